@@ -1,0 +1,38 @@
+# One command each on a fresh machine: the venv is created and the project installed on first use.
+PYTHON     ?= python3
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.installed
+# Override for another platform/CUDA build, e.g. TORCH_SPEC="torch torchvision --index-url ...".
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.PHONY: install train test ui smoke clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install $(TORCH_SPEC)
+	$(PY) -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+## Train the default config on the bundled sample (offline, CPU). Extra Hydra overrides: make train ARGS="head=linear"
+train: $(STAMP)
+	$(PY) -m fashion.train $(ARGS)
+
+## The test suite (fast enough for 2 CPU cores).
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## A seconds-long end-to-end run on a tiny random model.
+smoke: $(STAMP)
+	$(PY) -m fashion.train experiment=smoke
+
+## The MLflow UI on the local store: http://127.0.0.1:5000
+ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf outputs multirun .pytest_cache

@@ -1,0 +1,188 @@
+"""From a Kaggle-layout folder (styles.csv + images/<id>.jpg) to train/val/test dataloaders.
+
+Reads in one direction: styles.csv -> mapped labels -> rows with a readable image -> split ->
+vocabularies (train split only) -> encoded targets -> datasets. Everything dropped on the way is
+counted in `report` so the run can log it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+from torch.utils.data import DataLoader
+
+from fashion.data.dataset import ProductImages
+from fashion.data.images import find_unreadable
+from fashion.data.split import SPLITS, SplitSpec, assign_splits, load_split
+from fashion.data.styles import EXAMPLES_IN_REPORT, read_styles
+from fashion.data.transforms import Augmentation, Preprocessing
+from fashion.data.vocab import IGNORE_INDEX, LabelSpec, LabelVocabulary, build_vocabularies
+
+log = logging.getLogger(__name__)
+
+
+class FashionDataModule(L.LightningDataModule):
+    """Labels, split and loaders for one dataset folder; `preprocessing` comes from the backbone."""
+
+    def __init__(
+        self,
+        root: str,
+        labels: LabelSpec,
+        split: SplitSpec,
+        augmentation: Augmentation,
+        preprocessing: Preprocessing,
+        styles_file: str = "styles.csv",
+        images_dir: str = "images",
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        check_images: bool = True,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root)
+        self.labels, self.split_spec, self.augmentation = labels, split, augmentation
+        self.preprocessing = preprocessing
+        self.styles_path = self.root / styles_file
+        self.images_path = self.root / images_dir
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers, self.pin_memory, self.check_images = num_workers, pin_memory, check_images
+        self.table: pd.DataFrame | None = None
+        self.vocabularies: dict[str, LabelVocabulary] = {}
+        self.report: dict = {}
+        self.datasets: dict[str, ProductImages] = {}
+
+    # --- labels, split, vocabularies -------------------------------------------------------------
+    def prepare_labels(self) -> None:
+        """Build the labelled table, the split and the vocabularies once (idempotent)."""
+        if self.table is not None:
+            return
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"data.root does not exist: {self.root}")
+        if not self.images_path.is_dir():
+            raise FileNotFoundError(f"image folder not found: {self.images_path} (expected <root>/images/<id>.jpg)")
+        attributes = self.labels.attributes
+        split_columns = [self.split_spec.stratify_on, *self.split_spec.group_by]
+        frame, styles_report = read_styles(self.styles_path, list(dict.fromkeys([*attributes, *split_columns])))
+        frame["path"] = [str(self.images_path / f"{i}.jpg") for i in frame["id"]]
+        frame, image_report = self._drop_unusable_images(frame)
+        frame["split"] = self._splits_for(frame)  # on raw labels, so a mapping never changes the split
+        frame = frame[frame["split"].notna()].reset_index(drop=True)
+        for attribute in attributes:
+            frame[attribute] = self.labels.map_values(attribute, frame[attribute])
+        if frame.empty:
+            raise ValueError(f"no usable rows in {self.styles_path}: every row was malformed, unlabelled or had no image")
+        self.vocabularies = build_vocabularies(frame[frame["split"] == "train"], self.labels)
+        for attribute, vocab in self.vocabularies.items():
+            frame[f"y_{attribute}"] = [vocab.encode(v) for v in frame[attribute]]
+        self.table = frame
+        self.report = {**styles_report.__dict__, **image_report, **self._label_report(frame)}
+        log.info("%s", styles_report.summary())
+        log.info("images: %s", {k: v for k, v in image_report.items() if not k.endswith("examples")})
+
+    def _drop_unusable_images(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+        exists = np.array([Path(p).is_file() for p in frame["path"]], dtype=bool)
+        missing_ids = frame.loc[~exists, "id"].tolist()
+        frame = frame[exists]
+        corrupt_ids: list[int] = []
+        if self.check_images and len(frame):
+            bad = {str(p) for p in find_unreadable([Path(p) for p in frame["path"]])}
+            is_bad = frame["path"].isin(bad)
+            corrupt_ids = frame.loc[is_bad, "id"].tolist()
+            frame = frame[~is_bad]
+        if missing_ids:
+            log.warning("%d rows have no image file in %s, dropped (e.g. ids %s)", len(missing_ids), self.images_path, missing_ids[:5])
+        if corrupt_ids:
+            log.warning("%d images are corrupt or truncated, dropped: ids %s", len(corrupt_ids), corrupt_ids[:EXAMPLES_IN_REPORT])
+        report = {
+            "missing_images": len(missing_ids),
+            "missing_image_examples": missing_ids[:EXAMPLES_IN_REPORT],
+            "corrupt_images": len(corrupt_ids),
+            "corrupt_image_ids": corrupt_ids,
+        }
+        return frame.reset_index(drop=True), report
+
+    def _splits_for(self, frame: pd.DataFrame) -> pd.Series:
+        if self.split_spec.path:
+            saved = load_split(self.split_spec.path)
+            splits = frame["id"].map(saved)
+            if splits.isna().any():
+                log.warning("%d rows are not in split file %s and are left out", int(splits.isna().sum()), self.split_spec.path)
+            return splits
+        return assign_splits(frame, self.split_spec)
+
+    def _label_report(self, frame: pd.DataFrame) -> dict:
+        """Per split and attribute: samples whose label is masked (missing, rare or unseen in train)."""
+        masked = {
+            f"masked_labels/{split}/{a}": int((frame.loc[frame["split"] == split, f"y_{a}"] == IGNORE_INDEX).sum())
+            for split in SPLITS for a in self.labels.attributes
+        }
+        sizes = {f"split_size/{s}": int((frame["split"] == s).sum()) for s in SPLITS}
+        return {**sizes, **masked}
+
+    # --- what the rest of the run needs ------------------------------------------------------------
+    @property
+    def attributes(self) -> list[str]:
+        return list(self.labels.attributes)
+
+    @property
+    def num_classes(self) -> dict[str, int]:
+        self.prepare_labels()
+        return {a: len(v) for a, v in self.vocabularies.items()}
+
+    @property
+    def class_counts(self) -> dict[str, list[int]]:
+        self.prepare_labels()
+        return {a: list(v.counts) for a, v in self.vocabularies.items()}
+
+    @property
+    def split_table(self) -> pd.DataFrame:
+        self.prepare_labels()
+        return self.table[["id", "split"]].sort_values("id").reset_index(drop=True)
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of ids, split and (mapped) labels: equal fingerprints mean comparable runs."""
+        self.prepare_labels()
+        columns = ["id", "split", *self.attributes]
+        text = self.table[columns].sort_values("id").to_csv(index=False)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    # --- Lightning hooks -----------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare_labels()
+        if self.datasets:
+            return
+        eval_transform = self.preprocessing.eval_transform()
+        for split in SPLITS:
+            rows = self.table[self.table["split"] == split]
+            transform = self.augmentation.train_transform(self.preprocessing) if split == "train" else eval_transform
+            targets = {a: rows[f"y_{a}"].to_numpy() for a in self.attributes}
+            self.datasets[split] = ProductImages(rows["path"].tolist(), targets, transform, self.preprocessing.image_size)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.datasets[split]
+        batch_size = self.batch_size if split == "train" else self.eval_batch_size
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(dataset) > batch_size,  # a batch of 1 breaks BatchNorm
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

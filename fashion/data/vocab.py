@@ -1,0 +1,127 @@
+"""Label vocabularies: the classes each head predicts, built from the training split only.
+
+Head sizes come from here and nowhere else. Classes rarer than `min_count` in the training split
+are either ignored (their samples are masked for that attribute) or folded into one `Other` class;
+an optional mapping groups raw labels first (e.g. baseColour -> colour families).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from fashion.data.styles import ATTRIBUTES
+
+IGNORE_INDEX = -1
+RARE_POLICIES = ("ignore", "other")
+
+
+@dataclass
+class LabelSpec:
+    """Which attributes to learn and how their vocabularies are built (the `labels` config group)."""
+
+    attributes: list[str] = field(default_factory=lambda: list(ATTRIBUTES))
+    min_count: int | dict[str, int] = 1
+    rare_classes: str = "ignore"
+    other_label: str = "Other"
+    mappings: dict[str, dict[str, str]] = field(default_factory=dict)
+    unmapped: dict[str, str | None] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.attributes = list(self.attributes)
+        unknown = [a for a in self.attributes if a not in ATTRIBUTES]
+        if not self.attributes or unknown:
+            raise ValueError(f"labels.attributes: unknown {unknown or 'empty list'}; choose from {list(ATTRIBUTES)}")
+        if len(set(self.attributes)) != len(self.attributes):
+            raise ValueError(f"labels.attributes lists an attribute twice: {self.attributes}")
+        if self.rare_classes not in RARE_POLICIES:
+            raise ValueError(f"labels.rare_classes={self.rare_classes!r}; choose one of {RARE_POLICIES}")
+        for key in (*self.mappings, *self.unmapped):
+            if key not in self.attributes:
+                raise ValueError(f"labels.mappings/unmapped name {key!r}, which is not in labels.attributes")
+        if isinstance(self.min_count, Mapping):
+            stray = [k for k in self.min_count if k not in self.attributes]
+            if stray:
+                raise ValueError(f"labels.min_count names {stray}, not in labels.attributes")
+
+    def min_count_for(self, attribute: str) -> int:
+        if isinstance(self.min_count, Mapping):
+            return int(self.min_count.get(attribute, 1))
+        return int(self.min_count)
+
+    def map_values(self, attribute: str, values: pd.Series) -> pd.Series:
+        """Apply the attribute's mapping; labels the mapping does not name go to `unmapped` (or stay)."""
+        mapping = self.mappings.get(attribute)
+        if not mapping:
+            return values
+        fallback = self.unmapped.get(attribute)
+        mapped = values.map(lambda v: mapping.get(v, fallback if fallback is not None else v) if isinstance(v, str) else v)
+        return mapped
+
+
+@dataclass
+class LabelVocabulary:
+    """Class names of one attribute; index i is head output i."""
+
+    attribute: str
+    classes: list[str]
+    other_index: int | None = None
+    counts: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    def encode(self, value: object) -> int:
+        """Index of a label, `other_index` for a rare/unseen one when folding, else IGNORE_INDEX."""
+        if not isinstance(value, str):
+            return IGNORE_INDEX
+        index = self._index.get(value)
+        if index is not None:
+            return index
+        return self.other_index if self.other_index is not None else IGNORE_INDEX
+
+    def decode(self, index: int) -> str:
+        return self.classes[index]
+
+    @property
+    def _index(self) -> dict[str, int]:
+        cached = self.__dict__.get("_index_cache")
+        if cached is None:
+            cached = {c: i for i, c in enumerate(self.classes)}
+            self.__dict__["_index_cache"] = cached
+        return cached
+
+    def to_dict(self) -> dict:
+        return {"attribute": self.attribute, "classes": self.classes, "other_index": self.other_index, "counts": self.counts}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> LabelVocabulary:
+        return cls(data["attribute"], list(data["classes"]), data.get("other_index"), list(data.get("counts", [])))
+
+    @classmethod
+    def build(cls, attribute: str, values: Iterable[object], min_count: int, rare_classes: str, other_label: str) -> LabelVocabulary:
+        """Classes sorted by name (stable across runs); rare ones dropped or folded into `other_label`."""
+        counts = Counter(v for v in values if isinstance(v, str))
+        kept = sorted(c for c, n in counts.items() if n >= min_count and c != other_label)
+        rare = sum(n for c, n in counts.items() if n < min_count or c == other_label)
+        if rare_classes == "other" and rare:
+            classes = [*kept, other_label]
+            return cls(attribute, classes, len(kept), [counts[c] for c in kept] + [rare])
+        return cls(attribute, kept, None, [counts[c] for c in kept])
+
+
+def build_vocabularies(train: pd.DataFrame, spec: LabelSpec) -> dict[str, LabelVocabulary]:
+    """One vocabulary per attribute, from (already mapped) training labels."""
+    vocabularies = {}
+    for attribute in spec.attributes:
+        vocab = LabelVocabulary.build(attribute, train[attribute], spec.min_count_for(attribute), spec.rare_classes, spec.other_label)
+        if len(vocab) < 2:
+            raise ValueError(
+                f"attribute {attribute!r} has {len(vocab)} class(es) with >= {spec.min_count_for(attribute)} training "
+                "samples; a head needs at least 2. Lower labels.min_count or drop the attribute from labels.attributes."
+            )
+        vocabularies[attribute] = vocab
+    return vocabularies

@@ -1,0 +1,123 @@
+"""Train a multi-attribute tagger from a composed Hydra config: `fashion-train [overrides]`.
+
+    fashion-train                                   # default: lite0 on the bundled sample, CPU
+    fashion-train experiment=linear_probe data=subset
+    fashion-train -m loss_weighting=fixed,uncertainty,dwa   # one MLflow run per job
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import MLFlowLogger
+from omegaconf import DictConfig, OmegaConf
+
+from fashion.config import CONFIG_DIR
+from fashion.data.datamodule import FashionDataModule
+from fashion.losses.multi_attribute import MultiAttributeLoss
+from fashion.models.tagger import MultiHeadTagger
+from fashion.training.module import TaggerModule
+from fashion.training.tracking import ensure_experiment, log_run_inputs
+
+log = logging.getLogger("fashion.train")
+
+
+def build_module(cfg: DictConfig, datamodule: FashionDataModule, backbone: Any) -> TaggerModule:
+    """Assemble the model; head sizes and class weights come from the datamodule's vocabularies."""
+    heads = instantiate(cfg.head, in_features=backbone.num_features, num_classes=datamodule.num_classes)
+    loss = MultiAttributeLoss(
+        criterion=instantiate(cfg.loss),
+        weighting=instantiate(cfg.loss_weighting, attributes=datamodule.attributes),
+        class_weights=instantiate(cfg.class_weights),
+        class_counts=datamodule.class_counts,
+    )
+    return TaggerModule(
+        model=MultiHeadTagger(backbone, heads),
+        loss=loss,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        vocabularies={a: v.to_dict() for a, v in datamodule.vocabularies.items()},
+        run_config=OmegaConf.to_container(cfg, resolve=True),
+        **cfg.module,
+    )
+
+
+def sweep_tags() -> dict[str, str]:
+    """Tags that group the jobs of one `-m` sweep in the MLflow UI."""
+    if not HydraConfig.initialized():
+        return {}
+    hydra_cfg = HydraConfig.get()
+    tags = {"hydra.overrides": hydra_cfg.job.override_dirname or "(defaults)"}
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        tags |= {"sweep": str(hydra_cfg.sweep.dir), "sweep.job": str(hydra_cfg.job.num)}
+    return tags
+
+
+def build_logger(cfg: DictConfig) -> MLFlowLogger:
+    """The MLflow logger with its run created now, on rank zero, so spawned workers share one run."""
+    ensure_experiment(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg.logger.get("artifact_location"))
+    tags = sweep_tags()
+    run_name = cfg.logger.get("run_name") or tags.get("hydra.overrides", "run")
+    logger = instantiate(cfg.logger, run_name=run_name, tags=tags)
+    _ = logger.experiment, logger.run_id  # rank zero creates the run; others get a dummy
+    return logger
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit, then test the best checkpoint; return the final metrics."""
+    L.seed_everything(cfg.seed, workers=True)
+    backbone = instantiate(cfg.backbone)
+    datamodule: FashionDataModule = instantiate(cfg.data, preprocessing=backbone.preprocessing, _convert_="object")
+    datamodule.prepare_labels()
+    module = build_module(cfg, datamodule, backbone)
+    logger = build_logger(cfg)
+    try:
+        log_run_inputs(logger, cfg, datamodule)
+        callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+        trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}  # last epoch's
+        if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_score is not None:
+            metrics[f"best/{trainer.checkpoint_callback.monitor}"] = float(trainer.checkpoint_callback.best_model_score)
+        if cfg.get("test", True):
+            trainer.test(module, datamodule=datamodule, ckpt_path="best" if trainer.checkpoint_callback else None)
+            metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
+    except BaseException:
+        if logger.run_id and run_is_running(logger):
+            logger.experiment.set_terminated(logger.run_id, "FAILED")
+        raise
+    print_summary(logger, metrics, datamodule.attributes)
+    return metrics
+
+
+def run_is_running(logger: MLFlowLogger) -> bool:
+    return logger.experiment.get_run(logger.run_id).info.status == "RUNNING"
+
+
+def print_summary(logger: MLFlowLogger, metrics: dict[str, float], attributes: list[str]) -> None:
+    stage = "test" if any(k.startswith("test/") for k in metrics) else "val"
+    rows = [f"  {a:<15} acc {metrics.get(f'{stage}/{a}/acc', float('nan')):.3f}   "
+            f"macro-F1 {metrics.get(f'{stage}/{a}/f1', float('nan')):.3f}" for a in attributes]
+    print(
+        f"\nMLflow run {logger.run_id} (experiment '{logger._experiment_name}', {logger._tracking_uri})\n"
+        f"{stage} metrics:\n" + "\n".join(rows) +
+        f"\n  {'mean':<15} acc {metrics.get(f'{stage}/mean_acc', float('nan')):.3f}\n"
+        "Open the MLflow UI with: make ui   (then http://127.0.0.1:5000)\n"
+    )
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def main(cfg: DictConfig) -> float:
+    metrics = train(cfg)
+    monitored = cfg.get("optimized_metric", "val/mean_acc")
+    return metrics.get(f"best/{monitored}", metrics.get(monitored, float("nan")))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""The LightningModule: model + loss + optimizer/scheduler factories + per-attribute metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from torch.optim import Optimizer
+
+from fashion.losses.multi_attribute import MultiAttributeLoss
+from fashion.models.tagger import MultiHeadTagger
+from fashion.training.metrics import AttributeMetrics
+
+Batch = tuple[torch.Tensor, dict[str, torch.Tensor]]
+
+
+class TaggerModule(L.LightningModule):
+    """Trains a MultiHeadTagger; the backbone learns at `backbone_lr_scale` x the heads' rate.
+
+    Only plain containers go into checkpoint hparams (`vocabularies`, `run_config`): they are what
+    inference needs to rebuild the model, and they load under torch's `weights_only=True`.
+    """
+
+    def __init__(
+        self,
+        model: MultiHeadTagger,
+        loss: MultiAttributeLoss,
+        optimizer: Callable[..., Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        backbone_lr_scale: float = 0.1,
+        vocabularies: Mapping[str, dict] | None = None,
+        run_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False, ignore=["model", "loss", "optimizer", "scheduler"])
+        self.model, self.loss = model, loss
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.attributes = list(loss.weighting.attributes)
+        num_classes = dict(model.heads.num_classes)
+        self.val_metrics = AttributeMetrics(num_classes, "val")
+        self.test_metrics = AttributeMetrics(num_classes, "test", confusion=True)
+        self.test_confusion: dict[str, torch.Tensor] = {}
+        self._epoch_loss_sums = torch.zeros(len(self.attributes))
+        self._epoch_batches = 0
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model(images)
+
+    # --- training ------------------------------------------------------------------------------------
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        total, parts = self.loss(self.model(images), targets)
+        size = images.shape[0]
+        self.log("train/loss", total, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
+        self.log_dict({f"train/{a}/loss": v for a, v in parts.items()}, on_step=False, on_epoch=True, batch_size=size)
+        self._epoch_loss_sums += torch.stack([parts[a].detach().float().cpu() for a in self.attributes])
+        self._epoch_batches += 1
+        return total
+
+    def on_train_epoch_end(self) -> None:
+        means = self._epoch_loss_sums.to(self.device) / max(1, self._epoch_batches)
+        means = self.trainer.strategy.reduce(means, reduce_op="mean")
+        self.loss.weighting.end_epoch(dict(zip(self.attributes, means.tolist())))
+        self._epoch_loss_sums.zero_()
+        self._epoch_batches = 0
+        self.log_dict({f"loss_weight/{a}": w for a, w in self.loss.weighting.weights().items()})
+
+    # --- evaluation ----------------------------------------------------------------------------------
+    def _evaluate(self, batch: Batch, metrics: AttributeMetrics, stage: str) -> None:
+        images, targets = batch
+        logits = self.model(images)
+        total, _ = self.loss(logits, targets)
+        self.log(f"{stage}/loss", total, on_epoch=True, sync_dist=True, batch_size=images.shape[0])
+        metrics.update(logits, targets)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.val_metrics.compute()
+        self.log("val/mean_acc", values.pop("val/mean_acc"), prog_bar=True)
+        self.log_dict(values)
+        self.val_metrics.reset()
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute())
+        self.test_confusion = self.test_metrics.confusion_matrices()
+        self.test_metrics.reset()
+
+    # --- optimisation --------------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict:
+        backbone = [p for p in self.model.backbone.parameters() if p.requires_grad]
+        backbone_ids = {id(p) for p in backbone}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in backbone_ids]
+        groups = [{"params": rest, "name": "heads"}]
+        if backbone:
+            groups.append({"params": backbone, "name": "backbone"})
+        optimizer = self.optimizer_factory(groups)
+        if backbone:
+            optimizer.param_groups[1]["lr"] = optimizer.defaults["lr"] * self.hparams.backbone_lr_scale
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

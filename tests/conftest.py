@@ -1,0 +1,98 @@
+"""Shared fixtures: a tiny Kaggle-layout dataset built on the fly and composed Hydra configs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from PIL import Image
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+from fashion.config import CONFIG_DIR  # noqa: E402
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = PROJECT_ROOT / "data" / "sample"
+COLOURS = {"Black": (20, 20, 20), "White": (235, 235, 235), "Red": (200, 30, 30), "Blue": (30, 40, 190)}
+ARTICLES = {  # articleType -> (masterCategory, subCategory)
+    "Tshirts": ("Apparel", "Topwear"),
+    "Jeans": ("Apparel", "Bottomwear"),
+    "Casual Shoes": ("Footwear", "Shoes"),
+}
+
+
+def write_kaggle_folder(root: Path, n: int = 48, seed: int = 0, size: int = 32) -> pd.DataFrame:
+    """n products with every attribute, solid-colour JPEGs whose colour is the baseColour label."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        article = list(ARTICLES)[i % len(ARTICLES)]
+        colour = list(COLOURS)[(i // 3) % len(COLOURS)]
+        master, sub = ARTICLES[article]
+        pid = 1000 + 3 * i  # gaps > max_id_gap, so every product is its own group
+        rows.append({
+            "id": pid, "gender": ["Men", "Women"][i % 2], "masterCategory": master, "subCategory": sub,
+            "articleType": article, "baseColour": colour, "season": ["Summer", "Fall"][(i // 2) % 2],
+            "year": 2012, "usage": ["Casual", "Sports"][(i // 4) % 2],
+        })
+        pixels = np.full((size, size, 3), COLOURS[colour], dtype=np.uint8)
+        pixels = np.clip(pixels.astype(int) + rng.integers(-10, 10, pixels.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(root / "images" / f"{pid}.jpg", quality=90)
+    frame = pd.DataFrame(rows)
+    frame.to_csv(root / "styles.csv", index=False)
+    return frame
+
+
+@pytest.fixture
+def kaggle_folder(tmp_path: Path) -> Path:
+    root = tmp_path / "dataset"
+    write_kaggle_folder(root)
+    return root
+
+
+def tiny_overrides(tmp_path: Path, data_root: Path) -> list[str]:
+    """Overrides that make any config train in seconds on the tiny dataset, logging into tmp_path."""
+    return [
+        f"data.root={data_root}",
+        "data.num_workers=0",
+        "data.batch_size=8",
+        "data.eval_batch_size=16",
+        "labels.min_count=1",
+        f"paths.mlruns={tmp_path / 'mlruns'}",
+        f"paths.output_dir={tmp_path / 'out'}",
+        "backbone=test_tiny",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "trainer.num_sanity_val_steps=0",
+        "trainer.enable_model_summary=false",
+        "callbacks.progress_bar=null",
+    ]
+
+
+@pytest.fixture
+def compose_config() -> Callable[..., DictConfig]:
+    def _compose(overrides: list[str] = ()) -> DictConfig:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return compose(config_name="train", overrides=list(overrides))
+
+    return _compose
+
+
+@pytest.fixture(autouse=True)
+def isolated_mlflow_uri(monkeypatch):
+    """mlflow.set_tracking_uri() also exports MLFLOW_TRACKING_URI, which our logger config honours:
+    without this, one test's store would leak into the next test's runs."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield
+    import mlflow
+
+    mlflow.set_tracking_uri(None)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)

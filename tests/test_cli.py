@@ -1,0 +1,68 @@
+"""The command line as users run it: multirun sweeps and DDP, each checked in the MLflow store."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import PROJECT_ROOT, tiny_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def run_cli(args: list[str], tmp_path: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    result = subprocess.run(
+        [sys.executable, "-m", "fashion.train", *args], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=timeout,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def finished_runs(tmp_path: Path, experiment: str = "fashion") -> list:
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id]) if exp else []
+
+
+def cli_overrides(tmp_path: Path, data_root: Path) -> list[str]:
+    # paths.output_dir keeps its ${hydra:...} default on the command line; Hydra's own dirs go to tmp
+    overrides = [o for o in tiny_overrides(tmp_path, data_root) if not o.startswith("paths.output_dir")]
+    return overrides + [f"hydra.run.dir={tmp_path}/outputs", f"hydra.sweep.dir={tmp_path}/multirun"]
+
+
+def test_two_job_multirun_gives_two_tagged_mlflow_runs(tmp_path, kaggle_folder):
+    result = run_cli(["-m", *cli_overrides(tmp_path, kaggle_folder), "loss_weighting=fixed,uncertainty"], tmp_path)
+    runs = finished_runs(tmp_path)
+    assert len(runs) == 2, result.stdout[-2000:]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.data.params["loss_weighting._target_"] for r in runs} == {
+        "fashion.losses.FixedWeighting", "fashion.losses.UncertaintyWeighting"}
+    assert len({r.data.tags["sweep"] for r in runs}) == 1  # one sweep, one tag to filter on
+    assert {r.data.tags["sweep.job"] for r in runs} == {"0", "1"}
+    assert "loss_weighting=uncertainty" in {r.info.run_name for r in runs} | {r.data.tags["mlflow.runName"] for r in runs}
+
+
+def test_ddp_on_two_cpu_processes_logs_exactly_one_run(tmp_path, kaggle_folder):
+    run_cli([*cli_overrides(tmp_path, kaggle_folder), "trainer=ddp_cpu", "trainer.limit_train_batches=1"], tmp_path)
+    runs = finished_runs(tmp_path)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["trainer.strategy"] == "ddp_spawn" and run.data.params["trainer.devices"] == "2"
+    assert "test/gender/acc" in run.data.metrics and "val/mean_acc" in run.data.metrics
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    assert len(client.get_metric_history(run.info.run_id, "val/gender/acc")) == 1  # logged by rank 0 only
+
+
+def test_wrong_override_fails_fast_naming_the_key(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    result = subprocess.run([sys.executable, "-m", "fashion.train", "trainer.max_epoch=3"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "trainer.max_epoch" in result.stderr
+    assert not (PROJECT_ROOT / "mlruns" / "nonexistent").exists()

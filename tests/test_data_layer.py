@@ -1,0 +1,151 @@
+"""The data layer against missing images, corrupt JPEGs, NA labels, rare classes and the split."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fashion.data import Augmentation, FashionDataModule, LabelSpec, Preprocessing, SplitSpec
+from fashion.data.split import assign_splits, near_duplicate_groups
+from fashion.data.vocab import IGNORE_INDEX, LabelVocabulary
+
+PRE = Preprocessing(image_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+
+def datamodule(root: Path, **label_kwargs) -> FashionDataModule:
+    labels = LabelSpec(**{"min_count": 1, **label_kwargs})
+    return FashionDataModule(str(root), labels, SplitSpec(), Augmentation(), PRE, batch_size=4, num_workers=0)
+
+
+def test_rows_without_image_are_dropped_and_counted(kaggle_folder):
+    for pid in (1000, 1003, 1006):
+        (kaggle_folder / "images" / f"{pid}.jpg").unlink()
+    dm = datamodule(kaggle_folder)
+    dm.prepare_labels()
+    assert dm.report["missing_images"] == 3
+    assert dm.report["missing_image_examples"] == [1000, 1003, 1006]
+    assert len(dm.table) == 48 - 3
+
+
+def test_corrupt_and_truncated_images_are_dropped_and_named(kaggle_folder):
+    good = (kaggle_folder / "images" / "1009.jpg").read_bytes()
+    (kaggle_folder / "images" / "1009.jpg").write_bytes(good[: len(good) // 2])  # truncated
+    (kaggle_folder / "images" / "1012.jpg").write_bytes(b"not a jpeg at all")  # garbage
+    dm = datamodule(kaggle_folder)
+    dm.setup("fit")
+    assert dm.report["corrupt_images"] == 2
+    assert sorted(dm.report["corrupt_image_ids"]) == [1009, 1012]
+    assert not dm.table["id"].isin([1009, 1012]).any()
+    images, targets = next(iter(dm.train_dataloader()))  # the rest still loads
+    assert images.shape == (4, 3, 32, 32)
+
+
+def test_na_label_masks_only_that_attribute(kaggle_folder):
+    styles = pd.read_csv(kaggle_folder / "styles.csv")
+    styles.loc[styles["id"] == 1000, "baseColour"] = None
+    styles.to_csv(kaggle_folder / "styles.csv", index=False)
+    dm = datamodule(kaggle_folder)
+    dm.prepare_labels()
+    row = dm.table[dm.table["id"] == 1000].iloc[0]
+    assert row["y_baseColour"] == IGNORE_INDEX
+    assert row["y_gender"] != IGNORE_INDEX and row["y_articleType"] != IGNORE_INDEX
+    assert sum(dm.report[f"masked_labels/{s}/baseColour"] for s in ("train", "val", "test")) == 1
+
+
+def test_rare_classes_ignored_or_folded_into_other(kaggle_folder):
+    styles = pd.read_csv(kaggle_folder / "styles.csv")
+    styles.loc[styles["id"].isin([1000, 1003]), "baseColour"] = "Mauve"  # 2 samples
+    styles.to_csv(kaggle_folder / "styles.csv", index=False)
+
+    ignored = datamodule(kaggle_folder, min_count=3)
+    ignored.prepare_labels()
+    assert "Mauve" not in ignored.vocabularies["baseColour"].classes
+    assert (ignored.table.loc[ignored.table["id"].isin([1000, 1003]), "y_baseColour"] == IGNORE_INDEX).all()
+
+    folded = datamodule(kaggle_folder, min_count=3, rare_classes="other")
+    folded.prepare_labels()
+    vocab = folded.vocabularies["baseColour"]
+    assert vocab.classes[-1] == "Other" and vocab.other_index == len(vocab) - 1
+    assert (folded.table.loc[folded.table["id"].isin([1000, 1003]), "y_baseColour"] == vocab.other_index).all()
+    assert len(vocab) == len(ignored.vocabularies["baseColour"]) + 1
+
+
+def test_head_sizes_come_from_the_training_vocabulary(kaggle_folder):
+    dm = datamodule(kaggle_folder, attributes=["gender", "articleType", "baseColour"])
+    assert dm.num_classes == {"gender": 2, "articleType": 3, "baseColour": 4}
+
+
+def test_mapping_groups_labels_before_the_vocabulary(kaggle_folder):
+    dm = datamodule(
+        kaggle_folder, attributes=["baseColour"],
+        mappings={"baseColour": {"Black": "Dark", "Blue": "Dark"}}, unmapped={"baseColour": "Light"},
+    )
+    dm.prepare_labels()
+    assert dm.vocabularies["baseColour"].classes == ["Dark", "Light"]
+
+
+def test_label_spec_rejects_unknown_attribute_and_policy():
+    with pytest.raises(ValueError, match="unknown \\['colour'\\]"):
+        LabelSpec(attributes=["gender", "colour"])
+    with pytest.raises(ValueError, match="rare_classes='drop'"):
+        LabelSpec(rare_classes="drop")
+
+
+def test_single_class_attribute_is_an_error_naming_the_attribute(kaggle_folder):
+    styles = pd.read_csv(kaggle_folder / "styles.csv")
+    styles["season"] = "Summer"
+    styles.to_csv(kaggle_folder / "styles.csv", index=False)
+    with pytest.raises(ValueError, match="attribute 'season' has 1 class"):
+        datamodule(kaggle_folder).prepare_labels()
+
+
+def test_vocabulary_round_trip_and_unknown_labels():
+    vocab = LabelVocabulary.build("gender", ["Men", "Women", "Men", "Boys"], min_count=2, rare_classes="ignore", other_label="Other")
+    assert vocab.classes == ["Men"] or vocab.classes == ["Men"]
+    vocab = LabelVocabulary.build("gender", ["Men", "Women", "Men", "Women"], min_count=1, rare_classes="ignore", other_label="Other")
+    again = LabelVocabulary.from_dict(vocab.to_dict())
+    assert again.classes == ["Men", "Women"] and again.counts == [2, 2]
+    assert again.encode("Women") == 1 and again.encode("Unisex") == IGNORE_INDEX and again.encode(None) == IGNORE_INDEX
+
+
+def _catalogue(n: int = 400, seed: int = 1) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
+        "id": np.arange(n) + 10_000,
+        "articleType": rng.choice(["Tshirts", "Shirts", "Watches", "Heels"], n, p=[0.4, 0.3, 0.2, 0.1]),
+        "baseColour": rng.choice(["Black", "Blue"], n),
+        "gender": rng.choice(["Men", "Women"], n),
+    })
+
+
+def test_split_is_deterministic_stratified_and_keeps_groups_together():
+    frame = _catalogue()
+    spec = SplitSpec(seed=3)
+    first, second = assign_splits(frame, spec), assign_splits(frame, spec)
+    assert first.equals(second)
+    assert not first.equals(assign_splits(frame, SplitSpec(seed=4)))
+    shares = first.value_counts(normalize=True)
+    assert abs(shares["train"] - 0.8) < 0.03 and abs(shares["test"] - 0.1) < 0.03
+    for article, rows in frame.groupby("articleType"):  # stratified: each class in every split
+        assert set(first[rows.index]) == {"train", "val", "test"}, article
+    groups = near_duplicate_groups(frame, ["articleType", "baseColour", "gender"], 2)
+    assert (pd.DataFrame({"g": groups, "s": first}).groupby("g")["s"].nunique() == 1).all()
+    assert groups.nunique() < len(frame)  # the random catalogue does contain near-duplicate runs
+
+
+def test_saved_split_is_reused(kaggle_folder, tmp_path):
+    dm = datamodule(kaggle_folder)
+    dm.prepare_labels()
+    path = tmp_path / "split.csv"
+    table = dm.split_table
+    table.loc[table["id"] == 1000, "split"] = "test" if table.loc[table["id"] == 1000, "split"].item() != "test" else "val"
+    table.to_csv(path, index=False)
+    reused = FashionDataModule(str(kaggle_folder), LabelSpec(min_count=1), SplitSpec(path=str(path)), Augmentation(), PRE, num_workers=0)
+    assert reused.split_table.equals(table)
+    assert reused.fingerprint != dm.fingerprint
+
+
+def test_missing_data_root_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data.root does not exist"):
+        datamodule(tmp_path / "nowhere").prepare_labels()

@@ -1,0 +1,71 @@
+"""styles.csv reading: malformed rows, invalid/duplicate ids, missing values."""
+
+from pathlib import Path
+
+import pytest
+
+from fashion.data.styles import StylesFileError, read_styles
+
+HEADER = "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName\n"
+
+
+def write(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "styles.csv"
+    path.write_text(HEADER + body)
+    return path
+
+
+def test_rows_with_extra_commas_are_skipped_and_counted(tmp_path):
+    path = write(tmp_path, (
+        "1,Men,Apparel,Topwear,Tshirts,Blue,Summer,2012,Casual,Blue Tee\n"
+        "2,Men,Apparel,Topwear,Shirts,White,Fall,2011,Formal,Shirt, white, slim\n"  # 2 stray commas
+        "3,Women,Footwear,Shoes,Heels,Black,Winter,2012,Casual,Heels\n"
+    ))
+    frame, report = read_styles(path)
+    assert frame["id"].tolist() == [1, 3]
+    assert report.malformed_rows == 1
+    assert report.malformed_examples[0].startswith("2,Men")
+    assert report.rows_read == 2
+
+
+def test_invalid_and_duplicate_ids_are_skipped_and_counted(tmp_path):
+    path = write(tmp_path, (
+        "1,Men,Apparel,Topwear,Tshirts,Blue,Summer,2012,Casual,a\n"
+        "abc,Men,Apparel,Topwear,Tshirts,Blue,Summer,2012,Casual,b\n"
+        "1,Women,Apparel,Topwear,Tshirts,Red,Summer,2012,Casual,c\n"
+    ))
+    frame, report = read_styles(path)
+    assert frame["id"].tolist() == [1]
+    assert frame.loc[0, "gender"] == "Men"  # the first of the duplicates is kept
+    assert (report.invalid_ids, report.duplicate_ids) == (1, 1)
+
+
+def test_missing_labels_are_na_and_counted(tmp_path):
+    path = write(tmp_path, (
+        "1,Men,Apparel,Topwear,Tshirts,,Summer,2012,,a\n"
+        "2,Men,Apparel,Topwear,Tshirts,NA,Summer,2012,Casual,b\n"
+        "3,Men,Apparel,Topwear,Tshirts,Blue,Summer,2012,Casual,c\n"
+    ))
+    frame, report = read_styles(path)
+    assert frame["baseColour"].isna().tolist() == [True, True, False]
+    assert report.missing_labels["baseColour"] == 2
+    assert report.missing_labels["usage"] == 1
+    assert report.missing_labels["gender"] == 0
+
+
+def test_missing_file_and_missing_column_raise_clear_errors(tmp_path):
+    with pytest.raises(StylesFileError, match="not found"):
+        read_styles(tmp_path / "nope.csv")
+    path = tmp_path / "styles.csv"
+    path.write_text("id,gender\n1,Men\n")
+    with pytest.raises(StylesFileError, match=r"lacks column\(s\) \['masterCategory'"):
+        read_styles(path)
+
+
+def test_reads_the_real_full_styles_file():
+    path = Path(__file__).resolve().parents[2] / "shared/data/fashion-product-images-subset/styles.csv"
+    if not path.is_file():
+        pytest.skip("shared subset not present")
+    frame, report = read_styles(path)
+    assert report.rows_read == 44446 and len(frame) == 44446
+    assert report.missing_labels["usage"] > 0  # the real file has NA usage values
