@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -78,7 +79,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module = build_module(cfg, datamodule, backbone)
     logger = build_logger(cfg)
     try:
-        log_run_inputs(logger, cfg, datamodule)
+        log_run_inputs(logger, cfg, datamodule, Path(cfg.paths.output_dir))
         callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
         trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))

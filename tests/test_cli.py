@@ -44,7 +44,7 @@ def test_two_job_multirun_gives_two_tagged_mlflow_runs(tmp_path, kaggle_folder):
         "fashion.losses.FixedWeighting", "fashion.losses.UncertaintyWeighting"}
     assert len({r.data.tags["sweep"] for r in runs}) == 1  # one sweep, one tag to filter on
     assert {r.data.tags["sweep.job"] for r in runs} == {"0", "1"}
-    assert "loss_weighting=uncertainty" in {r.info.run_name for r in runs} | {r.data.tags["mlflow.runName"] for r in runs}
+    assert any("loss_weighting=uncertainty" in r.info.run_name for r in runs)  # run names show the overrides
 
 
 def test_ddp_on_two_cpu_processes_logs_exactly_one_run(tmp_path, kaggle_folder):

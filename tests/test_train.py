@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -37,7 +38,7 @@ def test_one_batch_fit_validate_test_is_logged_to_mlflow(tmp_path, kaggle_folder
     assert run["status"] == "FINISHED"
     assert run["params.backbone.name"] == "test_efficientnet"
     assert run["params.head._target_"] == "fashion.models.LinearHeads"
-    assert run["params.optimizer.lr"] == "0.001"
+    assert run["params.optimizer.lr"] == "0.003"
     for a in attributes:
         assert f"metrics.val/{a}/acc" in runs.columns and f"metrics.test/{a}/f1" in runs.columns
     assert run["metrics.data/missing_images"] == 0 and run["metrics.data/split_size/train"] > 0
@@ -52,6 +53,8 @@ def test_one_batch_fit_validate_test_is_logged_to_mlflow(tmp_path, kaggle_folder
         assert expected in paths
     assert any(p.startswith("checkpoints/") and p.endswith(".ckpt") for p in paths)
     assert str(tmp_path / "mlruns" / "artifacts") in client.get_run(run["run_id"]).info.artifact_uri
+    saved_split = pd.read_csv(tmp_path / "out" / "split.csv")  # ready for split.path=...
+    assert set(saved_split["split"]) == {"train", "val", "test"} and len(saved_split) == 48
 
 
 def test_each_epoch_logs_per_attribute_metrics(tmp_path, kaggle_folder, compose_config):

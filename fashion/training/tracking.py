@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +53,11 @@ def git_commit() -> dict[str, str]:
 
 
 @rank_zero_only
-def log_run_inputs(logger: MLFlowLogger, cfg: DictConfig, datamodule: FashionDataModule) -> None:
-    """Config, data provenance and data quality counts: what makes a run reproducible and comparable."""
+def log_run_inputs(logger: MLFlowLogger, cfg: DictConfig, datamodule: FashionDataModule, output_dir: Path) -> None:
+    """Config, data provenance and data quality counts: what makes a run reproducible and comparable.
+
+    The split is also written to `<output_dir>/split.csv`, ready for `split.path=...`.
+    """
     client, run_id = logger.experiment, logger.run_id
     resolved = OmegaConf.to_container(cfg, resolve=True)
     params = flatten({k: resolved[k] for k in PARAM_SECTIONS if k in resolved})
@@ -72,10 +74,10 @@ def log_run_inputs(logger: MLFlowLogger, cfg: DictConfig, datamodule: FashionDat
     client.log_dict(run_id, datamodule.report, "data/data_report.json")
     counts = {f"data/{k}": float(v) for k, v in datamodule.report.items() if isinstance(v, (int, float))}
     logger.log_metrics(counts, step=0)
-    with tempfile.TemporaryDirectory() as tmp:
-        split_path = Path(tmp) / "split.csv"
-        datamodule.split_table.to_csv(split_path, index=False)
-        client.log_artifact(run_id, str(split_path), "data")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    split_path = output_dir / "split.csv"
+    datamodule.split_table.to_csv(split_path, index=False)
+    client.log_artifact(run_id, str(split_path), "data")
 
 
 class MLflowArtifacts(Callback):
