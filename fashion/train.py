@@ -16,6 +16,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -24,6 +25,7 @@ from fashion.data.datamodule import FashionDataModule
 from fashion.losses.multi_attribute import MultiAttributeLoss
 from fashion.models.tagger import MultiHeadTagger
 from fashion.training.module import TaggerModule
+from fashion.training.resume import CHECKPOINT_TAG, ResumePoint, config_hash, find_resume_point
 from fashion.training.tracking import ensure_experiment, log_run_inputs
 
 log = logging.getLogger("fashion.train")
@@ -60,13 +62,21 @@ def sweep_tags() -> dict[str, str]:
     return tags
 
 
-def build_logger(cfg: DictConfig) -> MLFlowLogger:
-    """The MLflow logger with its run created now, on rank zero, so spawned workers share one run."""
+def build_logger(cfg: DictConfig, resume: ResumePoint | None) -> MLFlowLogger:
+    """The MLflow logger with its run created (or reopened) now, on rank zero, so spawned
+    workers and the test stage share one run."""
     ensure_experiment(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg.logger.get("artifact_location"))
-    tags = sweep_tags()
+    tags = {**sweep_tags(), "config.hash": config_hash(cfg)}
     run_name = cfg.logger.get("run_name") or tags.get("hydra.overrides", "run")
-    logger = instantiate(cfg.logger, run_name=run_name, tags=tags)
+    logger = instantiate(cfg.logger, run_name=run_name, tags=tags, run_id=resume.run_id if resume else None)
     _ = logger.experiment, logger.run_id  # rank zero creates the run; others get a dummy
+    if logger.run_id:
+        client = logger.experiment
+        if resume:
+            client.update_run(logger.run_id, status="RUNNING")
+            client.set_tag(logger.run_id, "resumed_from", resume.ckpt_path)
+        else:
+            client.set_tag(logger.run_id, CHECKPOINT_TAG, str(Path(cfg.paths.output_dir) / "checkpoints"))
     return logger
 
 
@@ -77,12 +87,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule: FashionDataModule = instantiate(cfg.data, preprocessing=backbone.preprocessing, _convert_="object")
     datamodule.prepare_labels()
     module = build_module(cfg, datamodule, backbone)
-    logger = build_logger(cfg)
+    resume = find_resume_point(cfg)
+    logger = build_logger(cfg, resume)
     try:
-        log_run_inputs(logger, cfg, datamodule, Path(cfg.paths.output_dir))
+        if resume is None:  # a resumed run keeps the inputs it logged first
+            log_run_inputs(logger, cfg, datamodule, Path(cfg.paths.output_dir))
         callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+        if resume:  # keep writing where the run started, so its best-so-far score carries over
+            for callback in callbacks:
+                if isinstance(callback, ModelCheckpoint):
+                    callback.dirpath = str(Path(resume.ckpt_path).parent)
         trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume.ckpt_path if resume else cfg.get("ckpt_path"))
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}  # last epoch's
         if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_score is not None:
             metrics[f"best/{trainer.checkpoint_callback.monitor}"] = float(trainer.checkpoint_callback.best_model_score)

@@ -14,10 +14,12 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import pandas as pd
+import torch
 from torch.utils.data import DataLoader
 
 from fashion.data.dataset import ProductImages
 from fashion.data.images import find_unreadable
+from fashion.data.sampler import EpochRandomSampler
 from fashion.data.split import SPLITS, SplitSpec, assign_splits, load_split
 from fashion.data.styles import EXAMPLES_IN_REPORT, read_styles
 from fashion.data.transforms import Augmentation, Preprocessing
@@ -41,8 +43,10 @@ class FashionDataModule(L.LightningDataModule):
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 2,
+        persistent_workers: bool = False,
         pin_memory: bool = False,
         check_images: bool = True,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.root = Path(root)
@@ -52,6 +56,10 @@ class FashionDataModule(L.LightningDataModule):
         self.images_path = self.root / images_dir
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.pin_memory, self.check_images = num_workers, pin_memory, check_images
+        # Fresh workers each epoch take their seeds from the (per-epoch) global seed: reproducible
+        # after a resume. Persistent workers save their start-up time but continue their own RNG.
+        self.persistent_workers = persistent_workers
+        self.seed = seed
         self.table: pd.DataFrame | None = None
         self.vocabularies: dict[str, LabelVocabulary] = {}
         self.report: dict = {}
@@ -165,24 +173,27 @@ class FashionDataModule(L.LightningDataModule):
             targets = {a: rows[f"y_{a}"].to_numpy() for a in self.attributes}
             self.datasets[split] = ProductImages(rows["path"].tolist(), targets, transform, self.preprocessing.image_size)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, sampler: EpochRandomSampler | None = None) -> DataLoader:
         dataset = self.datasets[split]
         batch_size = self.batch_size if split == "train" else self.eval_batch_size
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle and len(dataset) > batch_size,  # a batch of 1 breaks BatchNorm
+            sampler=sampler,
+            generator=sampler.loader_generator if sampler else None,
+            drop_last=sampler is not None and len(dataset) > batch_size,  # a batch of 1 breaks BatchNorm
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        sampler = EpochRandomSampler(self.datasets["train"], self.seed, loader_generator=torch.Generator())
+        sampler.set_epoch(self.trainer.current_epoch if self.trainer else 0)  # a resumed run starts mid-way
+        return self._loader("train", sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")

@@ -62,7 +62,8 @@ def log_run_inputs(logger: MLFlowLogger, cfg: DictConfig, datamodule: FashionDat
     resolved = OmegaConf.to_container(cfg, resolve=True)
     params = flatten({k: resolved[k] for k in PARAM_SECTIONS if k in resolved})
     # data.labels/split/augmentation repeat the top-level sections they are interpolated from.
-    params = {k: v for k, v in params.items() if not k.startswith(("data.labels.", "data.split.", "data.augmentation."))}
+    params = {k: v for k, v in params.items()
+              if not k.startswith(("data.labels.", "data.split.", "data.augmentation.")) and k != "trainer.default_root_dir"}
     logger.log_hyperparams({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in params.items()})
     client.set_tag(run_id, "dataset.fingerprint", datamodule.fingerprint)
     client.set_tag(run_id, "dataset.root", str(datamodule.root))
@@ -78,6 +79,36 @@ def log_run_inputs(logger: MLFlowLogger, cfg: DictConfig, datamodule: FashionDat
     split_path = output_dir / "split.csv"
     datamodule.split_table.to_csv(split_path, index=False)
     client.log_artifact(run_id, str(split_path), "data")
+
+
+class MLflowRunLogger(MLFlowLogger):
+    """Lightning's MLFlowLogger that never logs a metric twice at one step.
+
+    Lightning sends `epoch` with every metrics dict of a step, and a resumed run (`run_id=`)
+    replays the steps after its last checkpoint: both would leave duplicate points in MLflow.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._continuing = kwargs.get("run_id") is not None
+        self._logged: set[tuple[str, int]] | None = None
+
+    def _already_logged(self) -> set[tuple[str, int]]:
+        if self._logged is None:
+            self._logged = set()
+            if self._continuing:
+                client, run_id = self.experiment, self.run_id
+                for key in client.get_run(run_id).data.metrics:
+                    self._logged |= {(key, m.step) for m in client.get_metric_history(run_id, key)}
+        return self._logged
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        seen = self._already_logged()
+        fresh = {k: v for k, v in metrics.items() if (k, step or 0) not in seen}
+        if fresh:
+            super().log_metrics(fresh, step)
+            seen |= {(k, step or 0) for k in fresh}
 
 
 class MLflowArtifacts(Callback):

@@ -1,0 +1,93 @@
+"""Resume after SIGKILL into the same MLflow run, and seeded determinism."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from fashion.train import train
+from tests.conftest import PROJECT_ROOT, tiny_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def launch(args: list[str], cwd: Path, script: list[str] | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = str(PROJECT_ROOT)
+    command = [sys.executable, *(script or ["-m", "fashion.train"]), *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def recipe(tmp_path: Path, data_root: Path, experiment: str) -> list[str]:
+    overrides = [o for o in tiny_overrides(tmp_path, data_root) if not o.startswith("paths.output_dir")]
+    return overrides + [
+        f"hydra.run.dir={tmp_path}/outputs/{experiment}-${{now:%H%M%S%f}}",
+        f"logger.experiment_name={experiment}", "seed=7", "trainer.max_epochs=3", "trainer.limit_train_batches=3",
+        "augmentation=light", "head=mlp", "head.dropout=0.3",
+    ]
+
+
+def only_run(client: MlflowClient, experiment: str):
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    return runs[0]
+
+
+def test_killed_run_resumes_into_the_same_mlflow_run_with_identical_results(tmp_path, kaggle_folder):
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+
+    straight = launch(recipe(tmp_path, kaggle_folder, "straight"), tmp_path)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    killed = launch(recipe(tmp_path, kaggle_folder, "resumed"), tmp_path, [str(PROJECT_ROOT / "tests" / "kill_after_first_checkpoint.py")])
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    interrupted = only_run(client, "resumed")
+    assert interrupted.info.status == "RUNNING"  # nobody could close it
+    assert len(client.get_metric_history(interrupted.info.run_id, "val/gender/acc")) == 1  # epoch 0 only
+
+    resumed = launch(recipe(tmp_path, kaggle_folder, "resumed") + ["resume=auto"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run = only_run(client, "resumed")  # the same run, no second one
+    assert run.info.run_id == interrupted.info.run_id
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["resumed_from"].endswith("last.ckpt")
+
+    reference = only_run(client, "straight")
+    # the killed epoch's train/loss_epoch is lost (Lightning logs it after saving the checkpoint);
+    # the epochs trained after the resume match the uninterrupted run
+    ours = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train/loss_epoch")}
+    theirs = {m.step: m.value for m in client.get_metric_history(reference.info.run_id, "train/loss_epoch")}
+    assert len(ours) == 2 and ours == pytest.approx({s: theirs[s] for s in ours}, abs=1e-6)
+    for key in ("val/gender/acc", "val/articleType/f1", "val/mean_acc", "val/loss"):
+        ours = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+        theirs = sorted((m.step, m.value) for m in client.get_metric_history(reference.info.run_id, key))
+        assert [s for s, _ in ours] == [s for s, _ in theirs], key
+        assert [v for _, v in ours] == pytest.approx([v for _, v in theirs], abs=1e-6), key
+    test_keys = [k for k in reference.data.metrics if k.startswith("test/")]
+    assert test_keys and {k: run.data.metrics[k] for k in test_keys} == pytest.approx(
+        {k: reference.data.metrics[k] for k in test_keys})
+    for key in run.data.metrics:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert len(steps) == len(set(steps)), f"{key} logged twice at a step: {steps}"
+
+
+def test_seeded_deterministic_runs_are_identical(tmp_path, kaggle_folder, compose_config):
+    results = []
+    for attempt in ("a", "b"):
+        cfg = compose_config(tiny_overrides(tmp_path / attempt, kaggle_folder) + [
+            "seed=3", "trainer.deterministic=true", "trainer.max_epochs=2", "augmentation=strong", "head.dropout=0.5"])
+        results.append(train(cfg))
+    assert results[0] == results[1]
+    assert results[0]["test/mean_acc"] > 0
+
+
+def test_resume_of_unknown_run_is_a_clear_error(tmp_path, kaggle_folder, compose_config):
+    from mlflow.exceptions import MlflowException
+
+    cfg = compose_config(tiny_overrides(tmp_path, kaggle_folder) + ["resume=0123456789abcdef"])
+    with pytest.raises(MlflowException, match="0123456789abcdef"):
+        train(cfg)
