@@ -7,7 +7,7 @@ STAMP      := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install train test ui smoke clean
+.PHONY: install train test ui smoke sweep benchmark clean
 
 install: $(STAMP)
 
@@ -29,6 +29,14 @@ test: $(STAMP)
 ## A seconds-long end-to-end run on a tiny random model.
 smoke: $(STAMP)
 	$(PY) -m fashion.train experiment=smoke
+
+## A small Optuna study on the sample (4 short trials); the best lands in conf/experiment/tuned_fashion.yaml
+sweep: $(STAMP)
+	$(PY) -m fashion.train hparams_search=optuna hparams_search.n_trials=4 trainer.max_epochs=2 $(ARGS)
+
+## Speed and memory of the training loop vs the bare model, written to docs/performance.md
+benchmark: $(STAMP)
+	$(PY) scripts/benchmark.py $(ARGS)
 
 ## The MLflow UI on the local store: http://127.0.0.1:5000
 ui: $(STAMP)

@@ -3,12 +3,14 @@
     fashion-train                                   # default: lite0 on the bundled sample, CPU
     fashion-train experiment=linear_probe data=subset
     fashion-train -m loss_weighting=fixed,uncertainty,dwa   # one MLflow run per job
+    fashion-train hparams_search=optuna                     # Optuna study, see fashion/tune.py
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import hydra
@@ -16,6 +18,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
@@ -66,7 +69,7 @@ def build_logger(cfg: DictConfig, resume: ResumePoint | None) -> MLFlowLogger:
     """The MLflow logger with its run created (or reopened) now, on rank zero, so spawned
     workers and the test stage share one run."""
     ensure_experiment(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg.logger.get("artifact_location"))
-    tags = {**sweep_tags(), "config.hash": config_hash(cfg)}
+    tags = {**sweep_tags(), **(cfg.get("tags") or {}), "config.hash": config_hash(cfg)}
     run_name = cfg.logger.get("run_name") or tags.get("hydra.overrides", "run")
     logger = instantiate(cfg.logger, run_name=run_name, tags=tags, run_id=resume.run_id if resume else None)
     _ = logger.experiment, logger.run_id  # rank zero creates the run; others get a dummy
@@ -80,8 +83,8 @@ def build_logger(cfg: DictConfig, resume: ResumePoint | None) -> MLFlowLogger:
     return logger
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit, then test the best checkpoint; return the final metrics."""
+def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, float]:
+    """Fit, then test the best checkpoint; return the final metrics (and `best/<monitor>`)."""
     L.seed_everything(cfg.seed, workers=True)
     backbone = instantiate(cfg.backbone)
     datamodule: FashionDataModule = instantiate(cfg.data, preprocessing=backbone.preprocessing, _convert_="object")
@@ -92,7 +95,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     try:
         if resume is None:  # a resumed run keeps the inputs it logged first
             log_run_inputs(logger, cfg, datamodule, Path(cfg.paths.output_dir))
-        callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+        callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None] + list(extra_callbacks)
         if resume:  # keep writing where the run started, so its best-so-far score carries over
             for callback in callbacks:
                 if isinstance(callback, ModelCheckpoint):
@@ -131,6 +134,10 @@ def print_summary(logger: MLFlowLogger, metrics: dict[str, float], attributes: l
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float:
+    if cfg.get("hparams_search"):
+        from fashion.tune import tune
+
+        return tune(cfg)
     metrics = train(cfg)
     monitored = cfg.get("optimized_metric", "val/mean_acc")
     return metrics.get(f"best/{monitored}", metrics.get(monitored, float("nan")))

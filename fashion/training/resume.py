@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 # Keys that differ between two launches of the same experiment and must not change its identity.
 VOLATILE_KEYS = ("paths", "resume", "ckpt_path", "trainer.default_root_dir", "callbacks.model_checkpoint.dirpath",
-                 "logger.run_name", "hydra")
+                 "logger.run_name", "tags", "hydra")
 CHECKPOINT_TAG = "checkpoint_dir"
 UNFINISHED = ("RUNNING", "FAILED", "KILLED")
 

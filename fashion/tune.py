@@ -1,0 +1,136 @@
+"""Hyperparameter search with Optuna over the same `train(cfg)` every run uses.
+
+    fashion-train hparams_search=optuna                       # or: fashion-tune hparams_search=optuna
+    fashion-train hparams_search=optuna hparams_search.n_trials=50 data=subset
+
+Each trial composes the command-line config plus its sampled overrides, trains (pruned early by
+Optuna when it lags), and is an MLflow run tagged `sweep=<study>` and `optuna_trial=<n>`. The study
+lives in SQLite beside the MLflow store, so a second launch continues it. The best trial's choices
+are written out as an experiment config: `fashion-train experiment=<name>` reruns it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import hydra
+import optuna
+import yaml
+from hydra import compose
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch import Callback, LightningModule, Trainer
+from omegaconf import DictConfig
+
+from fashion.config import CONFIG_DIR
+
+log = logging.getLogger("fashion.tune")
+
+
+class OptunaPruning(Callback):
+    """Report the monitored metric after each validation; stop the trial when Optuna says so."""
+
+    def __init__(self, trial: optuna.Trial, monitor: str) -> None:
+        self.trial, self.monitor = trial, monitor
+        self.run_id: str | None = None
+        self.client = None
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        self.trial.report(float(trainer.callback_metrics[self.monitor]), step=trainer.current_epoch)
+        if self.trial.should_prune():
+            if trainer.logger is not None and getattr(trainer.logger, "run_id", None):
+                self.client, self.run_id = trainer.logger.experiment, trainer.logger.run_id
+                self.client.set_tag(self.run_id, "optuna.state", "pruned")
+            raise optuna.TrialPruned(f"trial {self.trial.number} pruned at epoch {trainer.current_epoch}")
+
+
+def suggest(trial: optuna.Trial, name: str, space: Mapping[str, Any]) -> Any:
+    """One value from a search-space entry: {type: float|int|categorical, low, high, log, step, choices}."""
+    kind = space.get("type")
+    if kind == "float":
+        return trial.suggest_float(name, space["low"], space["high"], log=space.get("log", False), step=space.get("step"))
+    if kind == "int":
+        return trial.suggest_int(name, space["low"], space["high"], log=space.get("log", False), step=space.get("step", 1))
+    if kind == "categorical":
+        return trial.suggest_categorical(name, list(space["choices"]))
+    raise ValueError(f"hparams_search.params.{name}: type must be float, int or categorical, got {kind!r}")
+
+
+def is_group(key: str) -> bool:
+    return (CONFIG_DIR / key).is_dir()
+
+
+def experiment_yaml(params: Mapping[str, Any], study: str, value: float) -> str:
+    """A `conf/experiment` file: group choices as defaults overrides, the rest as nested keys."""
+    body: dict[str, Any] = {}
+    defaults = [{f"override /{k}": v} for k, v in params.items() if is_group(k)]
+    if defaults:
+        body["defaults"] = defaults
+    for key, value_ in params.items():
+        if is_group(key):
+            continue
+        node = body
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value_
+    header = f"# @package _global_\n# Best trial of Optuna study '{study}' (objective {value:.4f}), written by fashion-tune.\n"
+    return header + yaml.safe_dump(body, sort_keys=False)
+
+
+def tune(cfg: DictConfig) -> float:
+    """Run (or continue) the study declared in `cfg.hparams_search`; return the best value."""
+    from fashion.train import train
+
+    search = cfg.hparams_search
+    monitor = cfg.optimized_metric
+    study = optuna.create_study(
+        study_name=search.study_name, storage=search.storage, direction=search.direction,
+        sampler=instantiate(search.sampler), pruner=instantiate(search.pruner), load_if_exists=True,
+    )
+    base = [o for o in HydraConfig.get().overrides.task if not o.split("=")[0].lstrip("+~").startswith("hparams_search")]
+    trials_dir = Path(cfg.paths.output_dir)
+
+    def objective(trial: optuna.Trial) -> float:
+        params = {name: suggest(trial, name, space) for name, space in search.params.items()}
+        overrides = [*base, *(f"{k}={v}" for k, v in params.items()), f"paths.output_dir={trials_dir / f'trial_{trial.number}'}",
+                     f"+tags.sweep={search.study_name}", f"+tags.optuna_trial={trial.number}",
+                     f"logger.run_name={search.study_name}-trial{trial.number}"]
+        trial_cfg = compose(config_name="train", overrides=overrides)
+        pruning = OptunaPruning(trial, monitor)
+        try:
+            metrics = train(trial_cfg, extra_callbacks=[pruning])
+        except optuna.TrialPruned:
+            if pruning.run_id:  # Lightning closed the run as FAILED; a pruned trial did not fail
+                pruning.client.set_terminated(pruning.run_id, "KILLED")
+            raise
+        return metrics.get(f"best/{monitor}", metrics[monitor])
+
+    study.optimize(objective, n_trials=search.n_trials, timeout=search.get("timeout"))
+    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not finished:
+        log.warning("study %s has no completed trial (all pruned or failed)", search.study_name)
+        return float("nan")
+    best = study.best_trial
+    target = Path(search.best_experiment_file)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(experiment_yaml(best.params, search.study_name, best.value))
+    print(f"\nbest trial {best.number}: {monitor} = {best.value:.4f} with {best.params}\n"
+          f"written to {target}: rerun with  fashion-train experiment={target.stem}\n")
+    return float(best.value)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def main(cfg: DictConfig) -> float:
+    if not cfg.get("hparams_search"):
+        raise ValueError("fashion-tune needs a search space: fashion-tune hparams_search=optuna")
+    return tune(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Optuna sweeps through the CLI, and the cluster launcher configs."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+
+from fashion.config import CONFIG_DIR
+from tests.conftest import tiny_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def tune_cli(tmp_path: Path, data_root: Path, extra: list[str]) -> subprocess.CompletedProcess:
+    overrides = [o for o in tiny_overrides(tmp_path, data_root) if not o.startswith("paths.output_dir")]
+    overrides += [
+        f"hydra.run.dir={tmp_path}/outputs", "hparams_search=optuna", "hparams_search.study_name=t",
+        f"hparams_search.storage=sqlite:///{tmp_path}/optuna.db",
+        f"hparams_search.best_experiment_file={tmp_path}/conf/experiment/tuned_t.yaml",
+        "trainer.max_epochs=2",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    result = subprocess.run([sys.executable, "-m", "fashion.train", *overrides, *extra], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result
+
+
+def test_optuna_study_is_resumable_prunes_and_writes_a_ready_experiment(tmp_path, kaggle_folder):
+    first = tune_cli(tmp_path, kaggle_folder, ["hparams_search.n_trials=2"])
+    assert "written to" in first.stdout
+    # a second launch continues the same study; this pruner stops every trial at its first report
+    tune_cli(tmp_path, kaggle_folder, ["hparams_search.n_trials=1", "~hparams_search.pruner",
+                                       "+hparams_search.pruner={_target_: optuna.pruners.ThresholdPruner, lower: 2.0}"])
+
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path}/optuna.db")
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 2
+    assert states.count(optuna.trial.TrialState.PRUNED) == 1
+    assert set(study.best_trial.params) == {"optimizer.lr", "module.backbone_lr_scale", "backbone.freeze", "head",
+                                            "loss_weighting", "augmentation"}
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("fashion").experiment_id], "tags.sweep = 't'")
+    assert len(runs) == 3
+    by_trial = {r.data.tags["optuna_trial"]: r for r in runs}
+    assert set(by_trial) == {"0", "1", "2"}
+    assert by_trial["2"].data.tags["optuna.state"] == "pruned" and by_trial["2"].info.status == "KILLED"
+    assert {by_trial["0"].info.status, by_trial["1"].info.status} == {"FINISHED"}
+    best_run = by_trial[str(study.best_trial.number)]
+    assert float(best_run.data.params["optimizer.lr"]) == pytest.approx(study.best_trial.params["optimizer.lr"])
+
+    written = tmp_path / "conf" / "experiment" / "tuned_t.yaml"
+    content = yaml.safe_load(written.read_text())
+    assert {"override /head": study.best_trial.params["head"]} in content["defaults"]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=tuned_t", f"hydra.searchpath=[file://{tmp_path}/conf]"])
+    assert cfg.optimizer.lr == pytest.approx(study.best_trial.params["optimizer.lr"])
+    assert cfg.head._target_.endswith("LinearHeads" if study.best_trial.params["head"] == "linear" else "MLPHeads")
+
+
+@pytest.mark.parametrize("launcher,target", [("slurm", "SlurmLauncher"), ("local_parallel", "JoblibLauncher")])
+def test_cluster_launchers_compose(launcher, target):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith(target)
+    if launcher == "slurm":
+        assert cfg.hydra.launcher.tasks_per_node == 1 and cfg.hydra.launcher.timeout_min == 240
