@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from fashion.config import CONFIG_DIR
@@ -120,6 +121,7 @@ def run_is_running(logger: MLFlowLogger) -> bool:
     return logger.experiment.get_run(logger.run_id).info.status == "RUNNING"
 
 
+@rank_zero_only
 def print_summary(logger: MLFlowLogger, metrics: dict[str, float], attributes: list[str]) -> None:
     stage = "test" if any(k.startswith("test/") for k in metrics) else "val"
     rows = [f"  {a:<15} acc {metrics.get(f'{stage}/{a}/acc', float('nan')):.3f}   "

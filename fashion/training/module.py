@@ -30,12 +30,15 @@ class TaggerModule(L.LightningModule):
         optimizer: Callable[..., Optimizer],
         scheduler: Callable[..., Any] | None = None,
         backbone_lr_scale: float = 0.1,
+        channels_last: bool = False,
         vocabularies: Mapping[str, dict] | None = None,
         run_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False, ignore=["model", "loss", "optimizer", "scheduler"])
         self.model, self.loss = model, loss
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.attributes = list(loss.weighting.attributes)
         num_classes = dict(model.heads.num_classes)
@@ -46,12 +49,13 @@ class TaggerModule(L.LightningModule):
         self._epoch_batches = 0
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.model(images)
+        """channels_last lets oneDNN/cuDNN pick faster convolution kernels (see docs/performance.md)."""
+        return self.model(images.contiguous(memory_format=self.memory_format))
 
     # --- training ------------------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch
-        total, parts = self.loss(self.model(images), targets)
+        total, parts = self.loss(self(images), targets)
         size = images.shape[0]
         self.log("train/loss", total, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
         self.log_dict({f"train/{a}/loss": v for a, v in parts.items()}, on_step=False, on_epoch=True, batch_size=size)
@@ -70,7 +74,7 @@ class TaggerModule(L.LightningModule):
     # --- evaluation ----------------------------------------------------------------------------------
     def _evaluate(self, batch: Batch, metrics: AttributeMetrics, stage: str) -> None:
         images, targets = batch
-        logits = self.model(images)
+        logits = self(images)
         total, _ = self.loss(logits, targets)
         self.log(f"{stage}/loss", total, on_epoch=True, sync_dist=True, batch_size=images.shape[0])
         metrics.update(logits, targets)

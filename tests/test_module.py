@@ -1,0 +1,49 @@
+"""The LightningModule's own choices: parameter groups and memory layout."""
+
+import torch
+
+from fashion.losses import CrossEntropy, FixedWeighting, MultiAttributeLoss, NoClassWeights
+from fashion.models import Backbone, LinearHeads, MultiHeadTagger
+from fashion.training import TaggerModule
+
+NUM_CLASSES = {"gender": 2, "articleType": 4}
+
+
+def module(channels_last: bool = False, freeze: str = "partial") -> TaggerModule:
+    torch.manual_seed(0)
+    backbone = Backbone("test_efficientnet", freeze=freeze, trainable_stages=2)
+    heads = LinearHeads(backbone.num_features, NUM_CLASSES)
+    loss = MultiAttributeLoss(CrossEntropy(), FixedWeighting(list(NUM_CLASSES)), NoClassWeights(),
+                              {a: [1] * n for a, n in NUM_CLASSES.items()})
+    return TaggerModule(MultiHeadTagger(backbone, heads), loss, optimizer=lambda groups: torch.optim.AdamW(groups, lr=1e-2),
+                        backbone_lr_scale=0.1, channels_last=channels_last)
+
+
+def test_channels_last_gives_the_same_logits():
+    images = torch.randn(2, 3, 32, 32)
+    plain, fast = module().eval(), module(channels_last=True).eval()
+    assert fast.model.backbone.model.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    a, b = plain(images), fast(images)
+    for attribute in NUM_CLASSES:
+        assert torch.allclose(a[attribute], b[attribute], atol=1e-5)
+
+
+def test_backbone_learns_slower_and_frozen_parameters_are_left_out():
+    m = module(freeze="partial")
+    optimizer = m.configure_optimizers()["optimizer"]
+    heads, backbone = optimizer.param_groups
+    assert (heads["name"], heads["lr"]) == ("heads", 1e-2)
+    assert backbone["name"] == "backbone" and backbone["lr"] == 1e-3
+    trainable = [p for p in m.model.backbone.parameters() if p.requires_grad]
+    assert 0 < len(backbone["params"]) == len(trainable) < len(list(m.model.backbone.parameters()))
+
+
+def test_frozen_backbone_keeps_batchnorm_statistics_in_training():
+    m = module(freeze="frozen")
+    m.train()
+    norms = [x for x in m.model.backbone.modules() if isinstance(x, torch.nn.BatchNorm2d)]
+    assert norms and not any(n.training for n in norms)
+    before = norms[0].running_mean.clone()
+    m(torch.randn(4, 3, 32, 32))
+    assert torch.equal(before, norms[0].running_mean)
+    assert len(m.configure_optimizers()["optimizer"].param_groups) == 1  # heads only
