@@ -257,7 +257,7 @@ def main() -> None:
         layout = ", channels_last" if cfg.module.get("channels_last") else ""
         report("training step, framework (images/s)", f"{framework:.1f}",
                f"Lightning + {cfg.data.num_workers} workers + metrics + MLflow, {cfg.trainer.precision}{layout}")
-        report("training step, bare model (images/s)", f"{bare:.1f}", f"same batches in memory, fwd+bwd+AdamW, same precision/layout")
+        report("training step, bare model (images/s)", f"{bare:.1f}", "same batches in memory, fwd+bwd+AdamW, same precision/layout")
         report("framework / bare", f"{framework / bare:.3f}", "target >= 0.90")
 
         per_worker = pipeline_per_worker(dm, items=8 * args.batch_size)
