@@ -9,12 +9,15 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
 from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -26,7 +29,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from fashion.config import CONFIG_DIR
 from fashion.data.datamodule import FashionDataModule
+from fashion.data.feature_cache import FeatureCache
 from fashion.losses.multi_attribute import MultiAttributeLoss
+from fashion.models.backbone import Backbone
 from fashion.models.tagger import MultiHeadTagger
 from fashion.training.module import TaggerModule
 from fashion.training.resume import CHECKPOINT_TAG, ResumePoint, config_hash, find_resume_point
@@ -35,9 +40,17 @@ from fashion.training.tracking import ensure_experiment, log_run_inputs
 log = logging.getLogger("fashion.train")
 
 
-def build_module(cfg: DictConfig, datamodule: FashionDataModule, backbone: Any) -> TaggerModule:
-    """Assemble the model; head sizes and class weights come from the datamodule's vocabularies."""
-    heads = instantiate(cfg.head, in_features=backbone.num_features, num_classes=datamodule.num_classes)
+def build_model(cfg: DictConfig, datamodule: FashionDataModule, backbone: Backbone) -> MultiHeadTagger:
+    """Backbone + extra features + heads; head sizes come from the datamodule's vocabularies."""
+    extras = {name: instantiate(node, preprocessing=backbone.preprocessing)
+              for name, node in (cfg.get("extra_features") or {}).items() if node is not None}
+    in_features = MultiHeadTagger.feature_size(backbone, extras)
+    heads = instantiate(cfg.head, in_features=in_features, num_classes=datamodule.num_classes)
+    return MultiHeadTagger(backbone, heads, extras)
+
+
+def build_module(cfg: DictConfig, datamodule: FashionDataModule, model: MultiHeadTagger) -> TaggerModule:
+    """Loss (class weights from the vocabularies' counts), optimizer and schedule around the model."""
     loss = MultiAttributeLoss(
         criterion=instantiate(cfg.loss),
         weighting=instantiate(cfg.loss_weighting, attributes=datamodule.attributes),
@@ -45,7 +58,7 @@ def build_module(cfg: DictConfig, datamodule: FashionDataModule, backbone: Any) 
         class_counts=datamodule.class_counts,
     )
     return TaggerModule(
-        model=MultiHeadTagger(backbone, heads),
+        model=model,
         loss=loss,
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
@@ -66,11 +79,18 @@ def sweep_tags() -> dict[str, str]:
     return tags
 
 
+def hardware(cfg: DictConfig) -> str:
+    """What the run trained on, in words, for the results table."""
+    if cfg.trainer.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return f"{cfg.trainer.devices}x {torch.cuda.get_device_name(0)} x {cfg.trainer.num_nodes} node(s)"
+    return f"CPU, {torch.get_num_threads()} threads on {os.cpu_count()} cores"
+
+
 def build_logger(cfg: DictConfig, resume: ResumePoint | None) -> MLFlowLogger:
     """The MLflow logger with its run created (or reopened) now, on rank zero, so spawned
     workers and the test stage share one run."""
     ensure_experiment(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg.logger.get("artifact_location"))
-    tags = {**sweep_tags(), **(cfg.get("tags") or {}), "config.hash": config_hash(cfg)}
+    tags = {**sweep_tags(), **(cfg.get("tags") or {}), "config.hash": config_hash(cfg), "hardware": hardware(cfg)}
     run_name = cfg.logger.get("run_name") or tags.get("hydra.overrides", "run")
     logger = instantiate(cfg.logger, run_name=run_name, tags=tags, run_id=resume.run_id if resume else None)
     _ = logger.experiment, logger.run_id  # rank zero creates the run; others get a dummy
@@ -85,17 +105,26 @@ def build_logger(cfg: DictConfig, resume: ResumePoint | None) -> MLFlowLogger:
 
 
 def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, float]:
-    """Fit, then test the best checkpoint; return the final metrics (and `best/<monitor>`)."""
+    """Fit, then test the best checkpoint; return the final metrics (and `best/<monitor>`).
+
+    `time/total_s` (logged) is the whole call, feature-cache filling included: the wall time a
+    user waits, which is what the results table reports.
+    """
+    started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
     backbone = instantiate(cfg.backbone)
     datamodule: FashionDataModule = instantiate(cfg.data, preprocessing=backbone.preprocessing, _convert_="object")
     datamodule.prepare_labels()
-    module = build_module(cfg, datamodule, backbone)
+    model = build_model(cfg, datamodule, backbone)
+    cache = use_feature_cache(cfg, model, datamodule)
+    module = build_module(cfg, datamodule, model)
     resume = find_resume_point(cfg)
     logger = build_logger(cfg, resume)
     try:
         if resume is None:  # a resumed run keeps the inputs it logged first
             log_run_inputs(logger, cfg, datamodule, Path(cfg.paths.output_dir))
+            if logger.run_id:
+                logger.experiment.set_tag(logger.run_id, "feature_cache", cache.last_status if cache else "off")
         callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None] + list(extra_callbacks)
         if resume:  # keep writing where the run started, so its best-so-far score carries over
             for callback in callbacks:
@@ -109,12 +138,27 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
         if cfg.get("test", True):
             trainer.test(module, datamodule=datamodule, ckpt_path="best" if trainer.checkpoint_callback else None)
             metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
+        metrics["time/total_s"] = time.perf_counter() - started
+        logger.log_metrics({"time/total_s": metrics["time/total_s"]})
     except BaseException:
         if logger.run_id and run_is_running(logger):
             logger.experiment.set_terminated(logger.run_id, "FAILED")
         raise
     print_summary(logger, metrics, datamodule.attributes)
     return metrics
+
+
+def use_feature_cache(cfg: DictConfig, model: MultiHeadTagger, datamodule: FashionDataModule) -> FeatureCache | None:
+    """Swap images for cached frozen-part outputs when that cannot change the result (see FeatureCache).
+
+    The module's checkpoint still holds the whole network, so it predicts from images as usual.
+    """
+    if not cfg.get("feature_cache"):
+        return None
+    cache: FeatureCache = instantiate(cfg.feature_cache)
+    if cache.applies(model, datamodule.augmentation):
+        datamodule.use_cached_inputs(cache.load_or_compute(model, datamodule.preprocessing, datamodule.table))
+    return cache
 
 
 def run_is_running(logger: MLFlowLogger) -> bool:

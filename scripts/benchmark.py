@@ -39,7 +39,7 @@ from PIL import Image  # noqa: E402
 
 from fashion.config import CONFIG_DIR, PROJECT_ROOT  # noqa: E402
 from fashion.data.images import load_rgb  # noqa: E402
-from fashion.train import build_module  # noqa: E402
+from fashion.train import build_model, build_module  # noqa: E402
 
 ROWS: list[tuple[str, str, str]] = []
 
@@ -74,7 +74,7 @@ def framework_throughput(cfg, warmup: int, batches: int, batch_size: int) -> flo
     L.seed_everything(cfg.seed)
     backbone = instantiate(cfg.backbone)
     dm = instantiate(cfg.data, preprocessing=backbone.preprocessing, _convert_="object")
-    module = build_module(cfg, dm, backbone)
+    module = build_module(cfg, dm, build_model(cfg, dm, backbone))
     timer = StepTimer(warmup)
     skip = {"progress_bar", "early_stopping", "model_checkpoint"}  # no validation in a timing run
     callbacks = [instantiate(c) for name, c in cfg.callbacks.items() if c is not None and name not in skip]
@@ -106,7 +106,7 @@ def bare_throughput(cfg, dm, batches, warmup: int, device: str, precision: str, 
     """forward + summed cross-entropy + backward + AdamW step, nothing else."""
     L.seed_everything(cfg.seed)
     backbone = instantiate(cfg.backbone)
-    model = build_module(cfg, dm, backbone).model.to(device).train()
+    model = build_module(cfg, dm, build_model(cfg, dm, backbone)).model.to(device).train()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)

@@ -68,6 +68,7 @@ def tiny_overrides(tmp_path: Path, data_root: Path) -> list[str]:
         "labels.min_count=1",
         f"paths.mlruns={tmp_path / 'mlruns'}",
         f"paths.output_dir={tmp_path / 'out'}",
+        f"paths.cache={tmp_path / 'cache'}",
         "backbone=test_tiny",
         "trainer.max_epochs=1",
         "trainer.limit_train_batches=2",
@@ -79,9 +80,9 @@ def tiny_overrides(tmp_path: Path, data_root: Path) -> list[str]:
 
 @pytest.fixture
 def compose_config() -> Callable[..., DictConfig]:
-    def _compose(overrides: list[str] = ()) -> DictConfig:
+    def _compose(overrides: list[str] = (), config_name: str = "train") -> DictConfig:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return compose(config_name="train", overrides=list(overrides))
+            return compose(config_name=config_name, overrides=list(overrides))
 
     return _compose
 

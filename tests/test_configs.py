@@ -66,13 +66,14 @@ def test_backbone_option_instantiates_and_runs(option, compose_config, tmp_path)
     features = backbone.eval()(torch.randn(1, 3, size, size))
     assert features.shape == (1, backbone.num_features)
     assert backbone.preprocessing.image_size == cfg.backbone.image_size
-    trainable = sum(p.requires_grad for p in backbone.parameters())
-    assert 0 < trainable < len(list(backbone.parameters())) if cfg.backbone.freeze == "partial" else trainable > 0
+    trainable, total = sum(p.requires_grad for p in backbone.parameters()), len(list(backbone.parameters()))
+    expected = {"frozen": trainable == 0, "partial": 0 < trainable < total, "full": trainable == total}
+    assert expected[cfg.backbone.freeze], (cfg.backbone.freeze, trainable, total)
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_experiment_composes_and_builds_the_module(experiment, compose_config, tmp_path, kaggle_folder):
-    from fashion.train import build_module
+    from fashion.train import build_model, build_module
 
     cfg = compose_config([f"experiment={experiment}", f"paths.output_dir={tmp_path}", f"data.root={kaggle_folder}",
                           "labels.min_count=1", "data.num_workers=0"])
@@ -80,8 +81,9 @@ def test_experiment_composes_and_builds_the_module(experiment, compose_config, t
         cfg.backbone.pretrained = False  # no hub here; the recipe is what is under test
     backbone = instantiate(cfg.backbone)
     dm = instantiate(cfg.data, preprocessing=backbone.preprocessing, _convert_="object")
-    module = build_module(cfg, dm, backbone)
-    logits = module(torch.randn(2, 3, 64, 64))
+    module = build_module(cfg, dm, build_model(cfg, dm, backbone))
+    size = backbone.preprocessing.image_size  # flatten-pooled recipes need their own input size
+    logits = module.eval()(torch.randn(2, 3, size, size))
     assert {a: t.shape[1] for a, t in logits.items()} == dm.num_classes
 
 

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from fashion.data.dataset import ProductImages
+from fashion.data.feature_cache import FeatureDataset
 from fashion.data.images import find_unreadable
 from fashion.data.sampler import EpochRandomSampler
 from fashion.data.split import SPLITS, SplitSpec, assign_splits, load_split
@@ -63,7 +64,7 @@ class FashionDataModule(L.LightningDataModule):
         self.table: pd.DataFrame | None = None
         self.vocabularies: dict[str, LabelVocabulary] = {}
         self.report: dict = {}
-        self.datasets: dict[str, ProductImages] = {}
+        self.datasets: dict[str, ProductImages | FeatureDataset] = {}
 
     # --- labels, split, vocabularies -------------------------------------------------------------
     def prepare_labels(self) -> None:
@@ -172,6 +173,17 @@ class FashionDataModule(L.LightningDataModule):
             transform = self.augmentation.train_transform(self.preprocessing) if split == "train" else eval_transform
             targets = {a: rows[f"y_{a}"].to_numpy() for a in self.attributes}
             self.datasets[split] = ProductImages(rows["path"].tolist(), targets, transform, self.preprocessing.image_size)
+
+    def use_cached_inputs(self, inputs: dict[str, torch.Tensor]) -> None:
+        """Serve precomputed model inputs (FeatureCache, one row per table row) instead of images."""
+        self.prepare_labels()
+        if any(len(t) != len(self.table) for t in inputs.values()):
+            raise ValueError(f"cached inputs of {[len(t) for t in inputs.values()]} rows for a table of {len(self.table)} rows")
+        for split in SPLITS:
+            mask = (self.table["split"] == split).to_numpy()
+            rows = self.table[mask]
+            selected = {name: tensor[torch.from_numpy(mask.copy())] for name, tensor in inputs.items()}
+            self.datasets[split] = FeatureDataset(selected, {a: rows[f"y_{a}"].to_numpy() for a in self.attributes})
 
     def _loader(self, split: str, sampler: EpochRandomSampler | None = None) -> DataLoader:
         dataset = self.datasets[split]

@@ -6,7 +6,7 @@ import logging
 
 import timm
 import torch
-from timm.models import group_parameters, split_model_name_tag
+from timm.models import EfficientNet, group_parameters, split_model_name_tag
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -16,6 +16,7 @@ from fashion.models.weights import load_state_dict_by_position, load_weights_fil
 log = logging.getLogger(__name__)
 
 FREEZE_MODES = ("frozen", "partial", "full")
+POOL_MODES = ("avg", "flatten")
 
 
 class Backbone(nn.Module):
@@ -26,6 +27,9 @@ class Backbone(nn.Module):
     `freeze`: `frozen` trains nothing here, `partial` the last `trainable_stages` stages (timm's own
     coarse parameter groups), `full` everything. Frozen BatchNorm layers stay in eval mode so their
     running statistics are not overwritten by small fashion batches.
+    `pool`: `avg` is the model's own global pooling; `flatten` keeps the last feature map and
+    flattens it (the Keras `include_top=False` + `Flatten()` recipes), so `num_features` then
+    depends on `image_size`.
     """
 
     def __init__(
@@ -38,6 +42,7 @@ class Backbone(nn.Module):
         trainable_stages: int = 2,
         image_size: int | None = None,
         drop_path_rate: float | None = None,
+        pool: str = "avg",
     ) -> None:
         super().__init__()
         sources = [s for s, on in (("pretrained", pretrained), ("checkpoint_path", checkpoint_path), ("packaged_weights", packaged_weights)) if on]
@@ -45,6 +50,8 @@ class Backbone(nn.Module):
             raise ValueError(f"backbone: set only one weight source, got {sources}")
         if freeze not in FREEZE_MODES:
             raise ValueError(f"backbone.freeze={freeze!r}; choose one of {FREEZE_MODES}")
+        if pool not in POOL_MODES:
+            raise ValueError(f"backbone.pool={pool!r}; choose one of {POOL_MODES}")
         if not timm.is_model(split_model_name_tag(name)[0]):
             raise ValueError(f"backbone.name={name!r} is not a timm model (see timm.list_models())")
         kwargs = {} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}
@@ -56,15 +63,65 @@ class Backbone(nn.Module):
         elif checkpoint_path:
             self.model.load_state_dict(load_weights_file(checkpoint_path), strict=True)
         self.model.reset_classifier(0)
-        self.num_features = int(getattr(self.model, "head_hidden_size", None) or self.model.num_features)
+        self.pool = pool
         data_config = timm.data.resolve_data_config({}, model=self.model)
         self.preprocessing = Preprocessing(
             image_size=int(image_size or data_config["input_size"][-1]),
             mean=tuple(float(m) for m in data_config["mean"]),
             std=tuple(float(s) for s in data_config["std"]),
         )
+        self.num_features = self._count_features()
         self.freeze, self.trainable_stages = freeze, trainable_stages
         self._frozen_norms = self._apply_freeze(freeze, trainable_stages)
+        self._frozen_blocks = self._count_frozen_blocks()
+        self.train(self.training)  # frozen norms to eval now: Lightning keeps module modes as it finds them
+
+    def _count_features(self) -> int:
+        if self.pool == "avg":
+            return int(getattr(self.model, "head_hidden_size", None) or self.model.num_features)
+        size = self.preprocessing.image_size
+        was_training = self.model.training
+        with torch.no_grad():
+            count = self.model.eval().forward_features(torch.zeros(1, 3, size, size)).flatten(1).shape[1]
+        self.model.train(was_training)
+        return int(count)
+
+    def _count_frozen_blocks(self) -> int | None:
+        """For EfficientNet-family models under `partial`: how many leading block stages are frozen."""
+        if self.freeze != "partial" or not isinstance(self.model, EfficientNet):
+            return None
+        frozen = 0
+        for stage in self.model.blocks:
+            if any(p.requires_grad for p in stage.parameters()):
+                break
+            frozen += 1
+        return frozen
+
+    @property
+    def cacheable(self) -> bool:
+        """Whether a frozen prefix can be split off: the whole model when frozen, the stem and the
+        frozen block stages of an EfficientNet-family model under `partial`."""
+        return self.freeze == "frozen" or self._frozen_blocks is not None
+
+    @property
+    def prefix_description(self) -> str:
+        return "all" if self.freeze == "frozen" else f"stem+blocks[:{self._frozen_blocks}]"
+
+    def forward_prefix(self, images: torch.Tensor) -> torch.Tensor:
+        """The frozen part's output: what the FeatureCache stores."""
+        if self.freeze == "frozen":
+            return self(images)
+        model = self.model
+        x = model.bn1(model.conv_stem(images))
+        return model.blocks[: self._frozen_blocks](x)
+
+    def forward_suffix(self, prefix_output: torch.Tensor) -> torch.Tensor:
+        """The trainable rest, from `forward_prefix`'s output to pooled features."""
+        if self.freeze == "frozen":
+            return prefix_output
+        model = self.model
+        x = model.bn2(model.conv_head(model.blocks[self._frozen_blocks:](prefix_output)))
+        return x.flatten(1) if self.pool == "flatten" else model.forward_head(x)
 
     def _apply_freeze(self, freeze: str, trainable_stages: int) -> list[nn.Module]:
         if freeze == "full":
@@ -91,4 +148,6 @@ class Backbone(nn.Module):
         return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.pool == "flatten":
+            return self.model.forward_features(images).flatten(1)
         return self.model(images)

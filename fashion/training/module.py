@@ -10,10 +10,15 @@ import torch
 from torch.optim import Optimizer
 
 from fashion.losses.multi_attribute import MultiAttributeLoss
-from fashion.models.tagger import MultiHeadTagger
+from fashion.models.tagger import CachedInputs, MultiHeadTagger
 from fashion.training.metrics import AttributeMetrics
 
-Batch = tuple[torch.Tensor, dict[str, torch.Tensor]]
+Inputs = torch.Tensor | CachedInputs   # images, or FeatureCache rows
+Batch = tuple[Inputs, dict[str, torch.Tensor]]
+
+
+def batch_size_of(inputs: Inputs) -> int:
+    return len(inputs) if isinstance(inputs, torch.Tensor) else len(next(iter(inputs.values())))
 
 
 class TaggerModule(L.LightningModule):
@@ -48,15 +53,21 @@ class TaggerModule(L.LightningModule):
         self._epoch_loss_sums = torch.zeros(len(self.attributes))
         self._epoch_batches = 0
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """channels_last lets oneDNN/cuDNN pick faster convolution kernels (see docs/performance.md)."""
-        return self.model(images.contiguous(memory_format=self.memory_format))
+    def forward(self, inputs: Inputs) -> dict[str, torch.Tensor]:
+        """Images, or the FeatureCache's stored inputs (a dict) for which only the trainable rest runs.
+
+        channels_last lets oneDNN/cuDNN pick faster convolution kernels (see docs/performance.md).
+        """
+        if isinstance(inputs, torch.Tensor):
+            return self.model(inputs.contiguous(memory_format=self.memory_format))
+        cached = {n: t.contiguous(memory_format=self.memory_format) if t.ndim == 4 else t for n, t in inputs.items()}
+        return self.model.forward_cached(cached)
 
     # --- training ------------------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        images, targets = batch
-        total, parts = self.loss(self(images), targets)
-        size = images.shape[0]
+        inputs, targets = batch
+        total, parts = self.loss(self(inputs), targets)
+        size = batch_size_of(inputs)
         self.log("train/loss", total, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
         self.log_dict({f"train/{a}/loss": v for a, v in parts.items()}, on_step=False, on_epoch=True, batch_size=size)
         self._epoch_loss_sums += torch.stack([parts[a].detach().float().cpu() for a in self.attributes])
@@ -73,10 +84,10 @@ class TaggerModule(L.LightningModule):
 
     # --- evaluation ----------------------------------------------------------------------------------
     def _evaluate(self, batch: Batch, metrics: AttributeMetrics, stage: str) -> None:
-        images, targets = batch
-        logits = self(images)
+        inputs, targets = batch
+        logits = self(inputs)
         total, _ = self.loss(logits, targets)
-        self.log(f"{stage}/loss", total, on_epoch=True, sync_dist=True, batch_size=images.shape[0])
+        self.log(f"{stage}/loss", total, on_epoch=True, sync_dist=True, batch_size=batch_size_of(inputs))
         metrics.update(logits, targets)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:

@@ -1,0 +1,158 @@
+"""Frozen-backbone features, computed once per (backbone, weights, preprocessing, images) and kept on disk.
+
+When the backbone is frozen and training images are not randomly augmented, every epoch would push
+the same pixels through the same network. The cache runs the backbone once over all rows of the
+table, stores the pooled features as safetensors, and the datamodule then serves feature vectors
+instead of images: later epochs, and later runs of the same images (a head sweep, a loss-weighting
+ablation, another label grouping), train only the heads.
+
+The same holds for the frozen prefix of a partially fine-tuned backbone (`Backbone.cacheable`):
+the cache then stores the feature maps where the trainable stages begin, and training runs only
+those stages and the heads.
+
+The key covers everything the features depend on and nothing else: backbone name and a digest of
+its weights, the preprocessing (size, mean, std, padding), the backbone's input pipeline, and the
+images themselves (ids, file sizes and modification times). Labels are not in it: regrouping colours
+or pruning classes reuses the same features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from fashion.data.dataset import ProductImages
+from fashion.data.transforms import Augmentation, Preprocessing
+
+if TYPE_CHECKING:
+    from fashion.models.tagger import MultiHeadTagger
+
+log = logging.getLogger(__name__)
+
+ENABLED_CHOICES = ("auto", "off")
+
+
+def weights_digest(module: nn.Module) -> str:
+    """sha256 over parameter and buffer bytes: a retrained or differently loaded backbone gets a new key."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def images_fingerprint(ids: list[int], paths: list[str]) -> str:
+    """sha256 over (id, size, mtime) per image, in id order: cheap, and it changes when any file is replaced."""
+    digest = hashlib.sha256()
+    for image_id, path in sorted(zip(ids, paths)):
+        stat = os.stat(path)
+        digest.update(f"{image_id}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+class FeatureDataset(Dataset):
+    """({input name: cached tensor}, {attribute: class index}) pairs: the cached stand-in for ProductImages."""
+
+    def __init__(self, inputs: Mapping[str, torch.Tensor], targets: Mapping[str, np.ndarray]) -> None:
+        rows = {len(t) for t in inputs.values()}
+        if len(rows) != 1 or any(len(t) not in rows for t in targets.values()):
+            raise ValueError(f"cached inputs with {sorted(rows)} rows do not match targets {[len(t) for t in targets.values()]}")
+        self.inputs = dict(inputs)
+        self.targets = {a: torch.as_tensor(t, dtype=torch.long) for a, t in targets.items()}
+        self.length = rows.pop()
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        return {n: t[index] for n, t in self.inputs.items()}, {a: t[index] for a, t in self.targets.items()}
+
+
+class FeatureCache:
+    """On-disk cache of backbone features (the `feature_cache` config key).
+
+    `enabled`: `auto` uses it whenever it is valid (frozen backbone, no random augmentation),
+    `off` never does. `batch_size` and `num_workers` only affect how fast it is filled.
+    """
+
+    def __init__(self, directory: str, enabled: str = "auto", batch_size: int = 64, num_workers: int = 0) -> None:
+        if enabled not in ENABLED_CHOICES:
+            raise ValueError(f"feature_cache.enabled={enabled!r}; choose one of {ENABLED_CHOICES}")
+        self.directory = Path(directory)
+        self.enabled = enabled
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.last_status: str = "off"  # off | hit | built: logged with the run
+
+    def applies(self, model: MultiHeadTagger, augmentation: Augmentation) -> bool:
+        """Valid only when what the frozen part computes for an image never changes during training."""
+        return self.enabled == "auto" and model.backbone.cacheable and not augmentation.is_random
+
+    def key(self, model: MultiHeadTagger, preprocessing: Preprocessing, ids: list[int], paths: list[str]) -> str:
+        backbone = model.backbone
+        parts = {
+            "backbone": backbone.name,
+            "pool": backbone.pool,
+            "prefix": backbone.prefix_description,
+            "weights": weights_digest(backbone),
+            "extras": {name: repr(extra) for name, extra in model.extras.items()},
+            "preprocessing": repr(preprocessing),
+            "images": images_fingerprint(ids, paths),
+        }
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+    def load_or_compute(self, model: MultiHeadTagger, preprocessing: Preprocessing, table: pd.DataFrame) -> dict[str, torch.Tensor]:
+        """`model.cacheable_inputs` for every row of `table` (columns id, path), in table order."""
+        ids, paths = table["id"].astype(int).tolist(), table["path"].tolist()
+        key = self.key(model, preprocessing, ids, paths)
+        path = self.directory / f"{key}.safetensors"
+        if path.is_file():
+            stored = load_file(path)
+            by_id = {int(i): n for n, i in enumerate(stored.pop("ids").tolist())}
+            if all(i in by_id for i in ids):
+                self.last_status = "hit"
+                log.info("feature cache hit: %s", path)
+                rows = torch.tensor([by_id[i] for i in ids])
+                return {name: tensor[rows] for name, tensor in stored.items()}
+        started = time.perf_counter()
+        inputs = compute_cacheable_inputs(model, preprocessing, paths, self.batch_size, self.num_workers)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".tmp")
+        save_file({"ids": torch.tensor(ids, dtype=torch.long), **inputs}, partial,
+                  metadata={"backbone": model.backbone.name, "preprocessing": repr(preprocessing)})
+        partial.replace(path)  # atomic: an interrupted run never leaves a half-written cache behind
+        self.last_status = "built"
+        log.info("feature cache built: %d images in %.1fs -> %s", len(ids), time.perf_counter() - started, path)
+        return inputs
+
+
+@torch.inference_mode()
+def compute_cacheable_inputs(model: MultiHeadTagger, preprocessing: Preprocessing, paths: list[str],
+                             batch_size: int = 64, num_workers: int = 0) -> dict[str, torch.Tensor]:
+    """One eval-mode pass over `paths`, with the same preprocessing as training."""
+    dataset = ProductImages(paths, {}, preprocessing.eval_transform(), preprocessing.image_size)
+    # Its own generator: filling the cache must not advance the global RNG, or a cached run would
+    # draw different dropout masks than the same run without the cache.
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator())
+    was_training = model.training
+    model.eval()
+    chunks: dict[str, list[torch.Tensor]] = {}
+    try:
+        for images, _ in loader:
+            for name, tensor in model.cacheable_inputs(images.contiguous(memory_format=torch.channels_last)).items():
+                chunks.setdefault(name, []).append(tensor.float().contiguous())
+    finally:
+        model.train(was_training)
+    return {name: torch.cat(parts).contiguous() for name, parts in chunks.items()}

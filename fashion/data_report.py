@@ -1,0 +1,59 @@
+"""`fashion-data report [overrides]`: class counts, imbalance, missing values, co-occurrences and
+sample grids of a dataset under a label config, written as PNGs + README.md and logged to MLflow
+as its own run (tag `run_type=data_report`). Read it before choosing `labels.min_count` and mappings.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+import mlflow
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from fashion.config import CONFIG_DIR
+from fashion.data.datamodule import FashionDataModule
+from fashion.data.report import build_report
+from fashion.training.tracking import ensure_experiment, git_commit
+
+COMMANDS = ("report",)
+
+
+def write_data_report(cfg: DictConfig) -> tuple[Path, str | None]:
+    """Build the report, write it to `report.output_dir`, log it; return (README path, run id)."""
+    datamodule: FashionDataModule = instantiate(cfg.data, preprocessing=None, _convert_="object")
+    report = build_report(datamodule, with_images=cfg.report.images)
+    title = f"Dataset report: {datamodule.root.name}"
+    readme = report.write(Path(cfg.report.output_dir), title)
+    experiment_id = ensure_experiment(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg.logger.get("artifact_location"))
+    mlflow.set_tracking_uri(cfg.logger.tracking_uri)
+    tags = {"run_type": "data_report", **git_commit()}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=cfg.logger.run_name, tags=tags) as run:
+        mlflow.log_params({"data.root": str(datamodule.root), "data.fingerprint": datamodule.fingerprint,
+                           "labels": OmegaConf.to_yaml(cfg.labels)[:6000]})
+        mlflow.log_metrics({k: float(v) for k, v in datamodule.report.items() if isinstance(v, (int, float))})
+        for attribute, row in report.summary.iterrows():
+            mlflow.log_metrics({f"{attribute}/classes": row["classes"], f"{attribute}/kept": row["kept"],
+                                f"{attribute}/imbalance": row["imbalance"], f"{attribute}/missing": row["missing"]})
+        mlflow.log_artifacts(str(readme.parent), artifact_path="data_report")
+    return readme, run.info.run_id
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="data_report")
+def report_main(cfg: DictConfig) -> None:
+    readme, run_id = write_data_report(cfg)
+    print(f"dataset report: {readme}\nMLflow run {run_id} (experiment '{cfg.logger.experiment_name}')")
+
+
+def main() -> None:
+    """Subcommand dispatch; everything after the subcommand is Hydra overrides."""
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        sys.exit(f"usage: fashion-data {{{'|'.join(COMMANDS)}}} [hydra overrides], e.g. fashion-data report data=subset")
+    sys.argv.pop(1)
+    report_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The frozen-feature cache: right key, right invalidation, same numbers as the uncached path."""
+
+import os
+
+import mlflow
+import pytest
+import torch
+
+from fashion.data import FeatureCache, Preprocessing
+from fashion.data.feature_cache import compute_cacheable_inputs
+from fashion.data.transforms import Augmentation
+from fashion.models import Backbone, ColourHistogram, LinearHeads, MultiHeadTagger
+from fashion.train import train
+from tests.conftest import tiny_overrides
+
+
+def tiny_backbone(**kwargs) -> Backbone:
+    torch.manual_seed(0)
+    return Backbone("test_efficientnet", image_size=32, **kwargs)
+
+
+def tiny_model(colour: bool = False, **kwargs) -> MultiHeadTagger:
+    backbone = tiny_backbone(**kwargs)
+    extras = {"colour": ColourHistogram(backbone.preprocessing, bins=4, size=16)} if colour else {}
+    heads = LinearHeads(MultiHeadTagger.feature_size(backbone, extras), {"gender": 2})
+    return MultiHeadTagger(backbone, heads, extras)
+
+
+@pytest.fixture
+def table(kaggle_folder):
+    import pandas as pd
+
+    frame = pd.read_csv(kaggle_folder / "styles.csv")[["id"]]
+    frame["path"] = [str(kaggle_folder / "images" / f"{i}.jpg") for i in frame["id"]]
+    return frame
+
+
+def test_cache_applies_only_when_the_prefix_output_is_fixed():
+    cache = FeatureCache("unused")
+    flip = Augmentation([__import__("albumentations").HorizontalFlip(p=0.5)])
+    assert cache.applies(tiny_model(freeze="frozen"), Augmentation([]))
+    assert not cache.applies(tiny_model(freeze="frozen"), flip)
+    assert not cache.applies(tiny_model(freeze="full"), Augmentation([]))
+    assert cache.applies(tiny_model(freeze="partial", trainable_stages=1), Augmentation([]))
+    assert not FeatureCache("unused", enabled="off").applies(tiny_model(freeze="frozen"), Augmentation([]))
+    with pytest.raises(ValueError, match="feature_cache.enabled"):
+        FeatureCache("unused", enabled="yes")
+
+
+def test_cached_inputs_equal_a_fresh_pass_and_are_reused(tmp_path, table):
+    model = tiny_model(colour=True, freeze="frozen").eval()
+    preprocessing = model.backbone.preprocessing
+    cache = FeatureCache(str(tmp_path / "cache"))
+    first = cache.load_or_compute(model, preprocessing, table)
+    assert cache.last_status == "built"
+    assert first["backbone"].shape == (len(table), model.backbone.num_features) and first["colour"].shape == (len(table), 64)
+    second = cache.load_or_compute(model, preprocessing, table.iloc[::-1].reset_index(drop=True))
+    assert cache.last_status == "hit"
+    for name in ("backbone", "colour"):  # rows follow the table asked for, not the stored order
+        assert torch.equal(second[name], first[name].flip(0))
+    fresh = compute_cacheable_inputs(model, preprocessing, table["path"].tolist())
+    assert torch.allclose(first["backbone"], fresh["backbone"], atol=1e-6)
+
+
+def test_key_changes_with_weights_preprocessing_prefix_extras_and_image_files(tmp_path, table):
+    cache = FeatureCache(str(tmp_path / "cache"))
+    model = tiny_model(freeze="frozen")
+    pre = model.backbone.preprocessing
+    ids, paths = table["id"].tolist(), table["path"].tolist()
+    key = cache.key(model, pre, ids, paths)
+    assert cache.key(model, pre, ids, paths) == key
+    assert cache.key(model, Preprocessing(48, pre.mean, pre.std), ids, paths) != key
+    assert cache.key(tiny_model(freeze="partial", trainable_stages=1), pre, ids, paths) != key
+    assert cache.key(tiny_model(colour=True, freeze="frozen"), pre, ids, paths) != key
+    with torch.no_grad():
+        next(model.backbone.parameters()).add_(1.0)
+    assert cache.key(model, pre, ids, paths) != key
+    key = cache.key(model, pre, ids, paths)
+    os.utime(paths[0], ns=(0, 0))  # an image replaced on disk
+    assert cache.key(model, pre, ids, paths) != key
+
+
+@pytest.mark.parametrize("freeze", ["frozen", "partial"])
+def test_cached_forward_is_the_whole_network(freeze):
+    model = tiny_model(colour=True, freeze=freeze, trainable_stages=1).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        whole = model(images)
+        split = model.forward_cached(model.cacheable_inputs(images))
+    assert model.backbone.prefix_description == ("all" if freeze == "frozen" else "stem+blocks[:4]")
+    assert torch.allclose(whole["gender"], split["gender"], atol=1e-6)
+
+
+@pytest.mark.parametrize("freeze", ["frozen", "partial"])
+def test_a_cached_run_matches_the_uncached_run(freeze, tmp_path, kaggle_folder, compose_config):
+    base = tiny_overrides(tmp_path, kaggle_folder) + [
+        "augmentation=none", f"backbone.freeze={freeze}", "backbone.trainable_stages=1", "head=linear", "test=false",
+        "+extra_features.colour={_target_:fashion.models.ColourHistogram,bins:4,size:16}"]
+    uncached = train(compose_config(base + ["feature_cache.enabled=off"]))
+    cached = train(compose_config(base))
+    again = train(compose_config(base))
+    assert cached["val/loss"] == pytest.approx(uncached["val/loss"], abs=1e-4)
+    assert again["val/loss"] == pytest.approx(cached["val/loss"], abs=1e-6)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["fashion"], order_by=["start_time ASC"])
+    assert runs["tags.feature_cache"].tolist() == ["off", "built", "hit"]
+
+
+def test_colour_histogram_sees_the_product_not_the_background():
+    pre = Preprocessing(32, (0.5,) * 3, (0.5,) * 3)
+    histogram = ColourHistogram(pre, bins=4, size=16)
+    image = torch.ones(1, 3, 32, 32)                 # white, in 0..1
+    image[:, :, 8:24, 8:24] = torch.tensor([0.9, 0.1, 0.1]).view(1, 3, 1, 1)  # a red square
+    features = histogram((image - 0.5) / 0.5)
+    red_bin = 3 * 16 + 0 * 4 + 0
+    assert features.shape == (1, 64)
+    assert features[0, red_bin] == pytest.approx(1.0)  # all foreground mass in one bin, background ignored
+    assert features.sum() == pytest.approx(1.0)
+    blank = histogram(torch.ones(1, 3, 32, 32))       # no foreground: the whole image counts
+    assert blank[0, 63] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("freeze", ["frozen", "partial"])
+def test_frozen_batch_norms_start_in_eval_mode(freeze):
+    """Lightning keeps module modes as it finds them, so frozen norms must be in eval mode from the start
+    (or their running statistics drift during training, and cached and uncached runs differ)."""
+    backbone = tiny_backbone(freeze=freeze, trainable_stages=1)
+    frozen_norms = [m for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d) and not any(p.requires_grad for p in m.parameters())]
+    assert frozen_norms and not any(m.training for m in frozen_norms)
