@@ -63,6 +63,7 @@ def build_module(cfg: DictConfig, datamodule: FashionDataModule, model: MultiHea
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         vocabularies={a: v.to_dict() for a, v in datamodule.vocabularies.items()},
+        taxonomy=datamodule.taxonomy,
         run_config=OmegaConf.to_container(cfg, resolve=True),
         **cfg.module,
     )

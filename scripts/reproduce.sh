@@ -17,7 +17,7 @@ BACKBONE=${BACKBONE-efficientnet_lite0}   # set empty to use each recipe's own b
 BEST=${BEST:-best_cpu}
 EXTRA=${EXTRA:-}
 STAGES=${*:-report reproductions best ablation table}
-RECIPES=(vgg16_7heads efficientnetb0_6heads resnet18_4heads convnext_tiny_4heads linear_probe)
+RECIPES=(linear_probe convnext_tiny_4heads efficientnetb0_6heads vgg16_7heads resnet18_4heads)  # cheapest first
 
 export NO_ALBUMENTATIONS_UPDATE=1
 common=(data="$DATA" trainer="$TRAINER" callbacks.progress_bar=null)

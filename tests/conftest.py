@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +98,41 @@ def isolated_mlflow_uri(monkeypatch):
 
     mlflow.set_tracking_uri(None)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+@dataclass
+class TrainedArtifacts:
+    """One tiny trained model shared by the inference and serving tests."""
+
+    root: Path            # tmp folder holding everything below
+    data: Path            # its Kaggle-layout dataset
+    checkpoint: Path
+    run_id: str
+    tracking_uri: str
+    bundle: Path
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> TrainedArtifacts:
+    """Train test_tiny (with the colour histogram) for one epoch, then export it as a bundle."""
+    import mlflow
+
+    from fashion.export import export
+    from fashion.train import train
+
+    root = tmp_path_factory.mktemp("trained")
+    data = root / "dataset"
+    write_kaggle_folder(data, n=60)
+    overrides = tiny_overrides(root, data) + [
+        "trainer.limit_train_batches=3", "+extra_features.colour={_target_:fashion.models.ColourHistogram,bins:4,size:16}"]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    train(cfg)
+    tracking_uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(tracking_uri)
+    run = mlflow.search_runs(experiment_names=["fashion"]).iloc[0]
+    checkpoint = next((root / "out" / "checkpoints").glob("best-*.ckpt"))
+    bundle, _ = export(run["run_id"], None, root / "bundle", tracking_uri, onnx=True, log_to_mlflow=False)
+    mlflow.set_tracking_uri(None)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    return TrainedArtifacts(root, data, checkpoint, run["run_id"], tracking_uri, bundle)

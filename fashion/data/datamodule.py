@@ -155,6 +155,24 @@ class FashionDataModule(L.LightningDataModule):
         return self.table[["id", "split"]].sort_values("id").reset_index(drop=True)
 
     @property
+    def taxonomy(self) -> dict[str, dict[str, str]]:
+        """articleType -> {subCategory, masterCategory} where the training split never disagrees.
+
+        Inference can then keep the three levels consistent (`fashion-predict --taxonomy`).
+        """
+        self.prepare_labels()
+        parents = [a for a in ("subCategory", "masterCategory") if a in self.attributes]
+        if "articleType" not in self.attributes or not parents:
+            return {}
+        train = self.table[self.table["split"] == "train"].dropna(subset=["articleType", *parents])
+        taxonomy = {}
+        for article, rows in train.groupby("articleType"):
+            unique = {a: rows[a].unique() for a in parents}
+            if all(len(values) == 1 for values in unique.values()):
+                taxonomy[str(article)] = {a: str(values[0]) for a, values in unique.items()}
+        return taxonomy
+
+    @property
     def fingerprint(self) -> str:
         """sha256 of ids, split and (mapped) labels: equal fingerprints mean comparable runs."""
         self.prepare_labels()

@@ -24,8 +24,8 @@ def batch_size_of(inputs: Inputs) -> int:
 class TaggerModule(L.LightningModule):
     """Trains a MultiHeadTagger; the backbone learns at `backbone_lr_scale` x the heads' rate.
 
-    Only plain containers go into checkpoint hparams (`vocabularies`, `run_config`): they are what
-    inference needs to rebuild the model, and they load under torch's `weights_only=True`.
+    Only plain containers go into checkpoint hparams (`vocabularies`, `run_config`, `taxonomy`): they
+    are what inference needs to rebuild the model, and they load under torch's `weights_only=True`.
     """
 
     def __init__(
@@ -38,6 +38,7 @@ class TaggerModule(L.LightningModule):
         channels_last: bool = False,
         vocabularies: Mapping[str, dict] | None = None,
         run_config: Mapping[str, Any] | None = None,
+        taxonomy: Mapping[str, dict[str, str]] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False, ignore=["model", "loss", "optimizer", "scheduler"])

@@ -1,0 +1,64 @@
+"""Rebuild a trained MultiHeadTagger from a Lightning checkpoint without unpickling arbitrary objects.
+
+TaggerModule keeps only plain containers in its hparams (`vocabularies`, `run_config`), so the
+checkpoint loads with `torch.load(weights_only=True)`; the architecture is re-instantiated from the
+run's own backbone/head config and the weights come from the checkpoint, never from a hub.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+
+from fashion.data.transforms import Preprocessing
+from fashion.data.vocab import LabelVocabulary
+from fashion.models.tagger import MultiHeadTagger
+
+NO_WEIGHT_SOURCE = {"pretrained": False, "packaged_weights": None, "checkpoint_path": None}
+
+
+@dataclass
+class TrainedModel:
+    """What inference needs: the network, its label vocabularies and its input preprocessing."""
+
+    model: MultiHeadTagger
+    vocabularies: dict[str, LabelVocabulary]
+    preprocessing: Preprocessing
+    run_config: dict[str, Any]
+    taxonomy: dict[str, dict[str, str]] = field(default_factory=dict)  # articleType -> its parents
+
+    @property
+    def attributes(self) -> list[str]:
+        return list(self.vocabularies)
+
+
+def build_model(run_config: Mapping[str, Any], vocabularies: Mapping[str, LabelVocabulary]) -> MultiHeadTagger:
+    """The architecture of a run, with random weights: callers load the trained state dict into it."""
+    backbone_cfg = {**run_config["backbone"], **NO_WEIGHT_SOURCE, "freeze": "full"}
+    backbone = instantiate(backbone_cfg)
+    extras = {name: instantiate(dict(node), preprocessing=backbone.preprocessing)
+              for name, node in (run_config.get("extra_features") or {}).items() if node}
+    heads = instantiate(dict(run_config["head"]), in_features=MultiHeadTagger.feature_size(backbone, extras),
+                        num_classes={a: len(v) for a, v in vocabularies.items()})
+    return MultiHeadTagger(backbone, heads, extras)
+
+
+def load_checkpoint(path: str | Path) -> TrainedModel:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    hparams = checkpoint.get("hyper_parameters") or {}
+    if "vocabularies" not in hparams or "run_config" not in hparams:
+        raise ValueError(f"{path} is not a fashion-train checkpoint (no vocabularies/run_config in its hyper_parameters)")
+    vocabularies = {a: LabelVocabulary.from_dict(v) for a, v in hparams["vocabularies"].items()}
+    model = build_model(hparams["run_config"], vocabularies)
+    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(state, strict=True)
+    return TrainedModel(model.eval(), vocabularies, model.backbone.preprocessing, dict(hparams["run_config"]),
+                        dict(hparams.get("taxonomy") or {}))

@@ -1,0 +1,36 @@
+"""The bundle's ONNX model under onnxruntime, with the same preprocessing and output as Predictor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fashion.inference.bundle import read_manifest
+from fashion.inference.checkpoint import TrainedModel
+from fashion.inference.predictor import Predictor
+
+
+class OnnxPredictor(Predictor):
+    """Predictor whose forward pass is onnxruntime (CPU) instead of eager PyTorch."""
+
+    def __init__(self, trained: TrainedModel, bundle_dir: str | Path, top_k: int = 3, batch_size: int = 32, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        super().__init__(trained, top_k, batch_size)
+        path = Path(bundle_dir) / "model.onnx"
+        if not path.is_file():
+            raise FileNotFoundError(f"no ONNX model in {bundle_dir} (was it exported with --no-onnx?)")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        expected = read_manifest(bundle_dir)["attributes"]
+        if self.output_names != expected:
+            raise ValueError(f"ONNX outputs {self.output_names} do not match the bundle's attributes {expected}")
+
+    def probabilities(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        outputs = self.session.run(self.output_names, {"images": np.ascontiguousarray(batch.numpy(), dtype=np.float32)})
+        return {name: torch.from_numpy(out) for name, out in zip(self.output_names, outputs)}

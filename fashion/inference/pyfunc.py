@@ -1,0 +1,76 @@
+"""The bundle as an MLflow pyfunc model: `mlflow.pyfunc.load_model` and `mlflow models serve` work.
+
+Input: a DataFrame with one image per row, as base64 text in an `image` column (what a JSON
+request to `mlflow models serve` can carry) or as a file path in a `path` column. Output: one row
+per image with `<attribute>` (label) and `<attribute>_confidence` columns, plus `error` for rows
+whose image could not be read (the other rows are still predicted).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from fashion.data.images import ImageReadError, load_rgb
+
+BUNDLE_ARTIFACT = "bundle"
+
+
+def decode_base64_image(text: str) -> np.ndarray:
+    try:
+        raw = base64.b64decode(text, validate=True)
+        with Image.open(io.BytesIO(raw)) as image:
+            return np.asarray(image.convert("RGB"))
+    except Exception as err:  # binascii, PIL and size errors all mean the same to the caller
+        raise ImageReadError(f"not a decodable base64 image: {err}") from err
+
+
+class FashionTaggerPyfunc(mlflow.pyfunc.PythonModel):
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        from fashion.inference.bundle import load_bundle
+        from fashion.inference.predictor import Predictor
+
+        self.predictor = Predictor(load_bundle(context.artifacts[BUNDLE_ARTIFACT]))
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        if "image" not in model_input and "path" not in model_input:
+            raise ValueError("input needs an 'image' column (base64) or a 'path' column")
+        images, errors = [], []
+        for _, row in model_input.iterrows():
+            try:
+                image = decode_base64_image(row["image"]) if "image" in row and isinstance(row["image"], str) else load_rgb(row["path"])
+                images.append(image)
+                errors.append(None)
+            except (ImageReadError, OSError, KeyError) as err:
+                images.append(None)
+                errors.append(str(err))
+        good = [i for i, image in enumerate(images) if image is not None]
+        predictions = self.predictor.predict([images[i] for i in good]) if good else []
+        rows = [{"error": e} for e in errors]
+        for index, prediction in zip(good, predictions):
+            for attribute, p in prediction.items():
+                rows[index][attribute] = p.label
+                rows[index][f"{attribute}_confidence"] = p.confidence
+        return pd.DataFrame(rows)
+
+
+def log_pyfunc(bundle_dir: str | Path, run_id: str | None = None, name: str = "tagger") -> str:
+    """Log the bundle as a pyfunc model (to `run_id`, or the active run); returns the model URI."""
+    from fashion.config import PROJECT_ROOT
+
+    context = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(nested=mlflow.active_run() is not None)
+    with context as run:
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=FashionTaggerPyfunc(),
+            artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
+            code_paths=[str(PROJECT_ROOT / "fashion")],
+            input_example=None,
+        )
+        return info.model_uri or f"runs:/{run.info.run_id}/{name}"

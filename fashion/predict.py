@@ -1,0 +1,142 @@
+"""`fashion-predict`: image files, folders or globs -> one JSON line (or CSV row) per image.
+
+    fashion-predict --bundle bundles/best photos/ 'more/*.jpg' > predictions.jsonl
+    fashion-predict --checkpoint best.ckpt shoe.jpg --format csv --output tags.csv --taxonomy
+
+An unreadable file gets a row with `error` and the batch goes on; the exit status is 1 when any
+file failed, so scripts notice. `--taxonomy` lets articleType decide subCategory/masterCategory
+where the training data says it does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TextIO
+
+from tqdm import tqdm
+
+from fashion.data.images import ImageReadError, load_rgb
+from fashion.inference.predictor import Predictor
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+PROGRESS_FROM = 64  # files; a progress bar on stderr from here on
+
+
+def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
+    """(image files, inputs that matched nothing), in the order given; folders are walked recursively."""
+    files: list[Path] = []
+    unmatched: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            found = [path]
+        else:
+            found = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+        if not found:
+            unmatched.append(item)
+        files += found
+    return list(dict.fromkeys(files)), unmatched
+
+
+def load_predictor(bundle: str | None, checkpoint: str | None, top_k: int, batch_size: int, taxonomy: bool) -> Predictor:
+    if bundle:
+        from fashion.inference.bundle import load_bundle
+
+        trained = load_bundle(bundle)
+    else:
+        from fashion.inference.checkpoint import load_checkpoint
+
+        trained = load_checkpoint(checkpoint)
+    return Predictor(trained, top_k=top_k, batch_size=batch_size, taxonomy=taxonomy)
+
+
+def predict_files(predictor: Predictor, files: list[Path], progress: bool) -> Iterator[dict]:
+    """Rows in input order; decoding happens batch by batch so memory stays flat on big folders."""
+    bar = tqdm(total=len(files), unit="img", file=sys.stderr, disable=not progress)
+    for start in range(0, len(files), predictor.batch_size):
+        chunk = files[start:start + predictor.batch_size]
+        images, rows = [], []
+        for path in chunk:
+            try:
+                images.append(load_rgb(path))
+                rows.append({"path": str(path)})
+            except ImageReadError as err:
+                rows.append({"path": str(path), "error": str(err)})
+        predictions = iter(predictor.predict(images) if images else [])
+        for row in rows:
+            if "error" not in row:
+                row["predictions"] = {a: p.to_dict() for a, p in next(predictions).items()}
+            yield row
+        bar.update(len(chunk))
+    bar.close()
+
+
+def write_csv(rows: Iterator[dict], attributes: list[str], out: TextIO) -> None:
+    columns = ["path", *[c for a in attributes for c in (a, f"{a}_confidence", f"{a}_top_k")], "error"]
+    writer = csv.DictWriter(out, fieldnames=columns)
+    writer.writeheader()
+    for row in rows:
+        flat = {"path": row["path"], "error": row.get("error", "")}
+        for attribute, p in row.get("predictions", {}).items():
+            flat[attribute], flat[f"{attribute}_confidence"] = p["label"], p["confidence"]
+            flat[f"{attribute}_top_k"] = ";".join(f"{t['label']}:{t['confidence']:.4f}" for t in p["top_k"])
+        writer.writerow(flat)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--bundle", help="a folder written by fashion-export")
+    source.add_argument("--checkpoint", help="a checkpoint written by fashion-train")
+    parser.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    parser.add_argument("--output", type=Path, help="file to write (default: stdout)")
+    parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--taxonomy", action="store_true", help="articleType decides subCategory/masterCategory")
+    args = parser.parse_args(argv)
+
+    files, unmatched = expand_inputs(args.inputs)
+    for item in unmatched:
+        print(f"fashion-predict: no image files match {item!r}", file=sys.stderr)
+    if not files:
+        return 2
+    predictor = load_predictor(args.bundle, args.checkpoint, args.top_k, args.batch_size, args.taxonomy)
+    rows = predict_files(predictor, files, progress=len(files) >= PROGRESS_FROM)
+    failed = 0
+
+    def counted(stream: Iterator[dict]) -> Iterator[dict]:
+        nonlocal failed
+        for row in stream:
+            if "error" in row:
+                failed += 1
+                print(f"fashion-predict: skipped {row['path']}: {row['error']}", file=sys.stderr)
+            yield row
+
+    out = args.output.open("w", newline="") if args.output else sys.stdout
+    try:
+        if args.format == "csv":
+            write_csv(counted(rows), predictor.attributes, out)
+        else:
+            for row in counted(rows):
+                out.write(json.dumps(row) + "\n")
+    finally:
+        if args.output:
+            out.close()
+    return 1 if failed or unmatched else 0
+
+
+def cli() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,165 @@
+"""Bundle round trip, ONNX parity, pyfunc, fashion-predict, fashion-eval and Grad-CAM."""
+
+import base64
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fashion.data.images import load_rgb
+from fashion.inference import Predictor, load_bundle, load_checkpoint
+from fashion.inference.bundle import BUNDLE_FILES, read_manifest
+from fashion.inference.explain import grad_cam
+from fashion.inference.onnx_runtime import OnnxPredictor
+from tests.conftest import SAMPLE
+
+REAL_IMAGES = sorted((SAMPLE / "images").glob("*.jpg"))[:8]
+
+
+def probabilities(predictor: Predictor, images: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    return predictor.probabilities(predictor.to_tensor(images))
+
+
+def test_bundle_round_trip_reproduces_the_checkpoint_without_pickle(trained, monkeypatch):
+    for name in (*BUNDLE_FILES, "model.onnx", "taxonomy.json"):
+        assert (trained.bundle / name).is_file(), name
+    manifest = read_manifest(trained.bundle)
+    assert manifest["source"]["mlflow_run_id"] == trained.run_id
+    assert len(manifest["dataset_fingerprint"]) == 64
+    assert "test/mean_acc" in manifest["metrics"] and manifest["attributes"][0] == "gender"
+
+    images = [load_rgb(p) for p in REAL_IMAGES]
+    expected = probabilities(Predictor(load_checkpoint(trained.checkpoint)), images)
+
+    def no_pickle(*args, **kwargs):
+        raise AssertionError("a bundle must load without torch.load")
+    monkeypatch.setattr(torch, "load", no_pickle)
+    loaded = load_bundle(trained.bundle)
+    got = probabilities(Predictor(loaded), images)
+    for attribute in expected:
+        assert torch.allclose(got[attribute], expected[attribute], atol=1e-6)
+    assert loaded.taxonomy["Tshirts"] == {"subCategory": "Topwear", "masterCategory": "Apparel"}
+
+
+def test_incomplete_bundle_names_the_missing_file(trained, tmp_path):
+    import shutil
+
+    broken = tmp_path / "bundle"
+    shutil.copytree(trained.bundle, broken)
+    (broken / "vocabularies.json").unlink()
+    with pytest.raises(FileNotFoundError, match="vocabularies.json"):
+        load_bundle(broken)
+
+
+def test_onnx_matches_eager_pytorch_on_real_images(trained):
+    images = [load_rgb(p) for p in REAL_IMAGES]
+    trained_model = load_bundle(trained.bundle)
+    eager = probabilities(Predictor(trained_model), images)
+    onnx = probabilities(OnnxPredictor(trained_model, trained.bundle), images)
+    worst = max(float((eager[a] - onnx[a]).abs().max()) for a in eager)
+    assert worst <= 1e-4, worst
+
+
+def test_pyfunc_model_loads_and_predicts_like_the_predictor(trained, tmp_path):
+    from fashion.inference.pyfunc import log_pyfunc
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_experiment("pyfunc-test")
+    uri = log_pyfunc(trained.bundle)
+    model = mlflow.pyfunc.load_model(uri)
+    encoded = [base64.b64encode(p.read_bytes()).decode() for p in REAL_IMAGES[:3]] + ["bm90IGFuIGltYWdl"]
+    out = model.predict(pd.DataFrame({"image": encoded}))
+    expected = Predictor(load_bundle(trained.bundle)).predict([load_rgb(p) for p in REAL_IMAGES[:3]])
+    assert out["articleType"].tolist()[:3] == [e["articleType"].label for e in expected]
+    assert out["error"].isna().tolist()[:3] == [True] * 3 and "not a decodable" in out["error"].iloc[3]
+
+
+def test_predict_cli_skips_unreadable_files_and_reports_them(trained, tmp_path, capsys):
+    from fashion.predict import main
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in REAL_IMAGES[:3]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    out = tmp_path / "predictions.jsonl"
+    code = main([str(folder), str(REAL_IMAGES[4].parent / REAL_IMAGES[4].name), "--bundle", str(trained.bundle),
+                 "--output", str(out), "--top-k", "2", "--taxonomy"])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert code == 1 and len(rows) == 5
+    broken = [r for r in rows if r["path"].endswith("broken.jpg")]
+    assert len(broken) == 1 and "cannot decode" in broken[0]["error"]
+    good = [r for r in rows if "error" not in r]
+    assert len(good) == 4 and len(good[0]["predictions"]["articleType"]["top_k"]) == 2
+    assert "skipped" in capsys.readouterr().err
+
+    csv_out = tmp_path / "p.csv"
+    assert main([str(p) for p in REAL_IMAGES[:2]] + ["--checkpoint", str(trained.checkpoint), "--format", "csv",
+                                                     "--output", str(csv_out)]) == 0
+    table = pd.read_csv(csv_out)
+    assert len(table) == 2 and {"articleType", "articleType_confidence", "articleType_top_k"} <= set(table.columns)
+    assert main(["no/such/*.jpg", "--bundle", str(trained.bundle)]) == 2
+
+
+def test_taxonomy_makes_parents_follow_article_type(trained):
+    loaded = load_bundle(trained.bundle)
+    predictor = Predictor(loaded, taxonomy=True)
+    for prediction in predictor.predict([load_rgb(p) for p in REAL_IMAGES]):
+        parents = loaded.taxonomy.get(prediction["articleType"].label)
+        if parents:
+            assert prediction["subCategory"].label == parents["subCategory"]
+            assert prediction["masterCategory"].label == parents["masterCategory"]
+
+
+def test_eval_cli_counts_unseen_labels_and_logs_a_linked_run(trained, tmp_path, capsys):
+    from fashion.evaluate import main
+
+    data = tmp_path / "eval_data"
+    (data / "images").mkdir(parents=True)
+    styles = pd.read_csv(trained.data / "styles.csv").head(12)
+    styles.loc[0, "articleType"] = "Kimono"  # never seen in training
+    styles.to_csv(data / "styles.csv", index=False)
+    for pid in styles["id"]:
+        (data / "images" / f"{pid}.jpg").write_bytes((trained.data / "images" / f"{pid}.jpg").read_bytes())
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert main(["--bundle", str(trained.bundle), "--data", str(data), "--output", str(tmp_path / "out"),
+                 "--tracking-uri", uri]) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["unseen/articleType"] == 1 and metrics["images"] == 12
+    assert 0.0 <= metrics["eval/articleType/acc"] <= 1.0
+    assert (tmp_path / "out" / "confusion_articleType.png").stat().st_size > 1000
+    printed = capsys.readouterr().out
+    assert "articleType" in printed and "macro-F1" in printed
+    mlflow.set_tracking_uri(uri)
+    run = mlflow.search_runs(experiment_names=["fashion"]).iloc[0]
+    assert run["tags.run_type"] == "evaluation" and run["tags.source_run_id"] == trained.run_id
+
+
+def test_grad_cam_heatmap_has_the_image_shape_and_varies(trained):
+    predictor = Predictor(load_bundle(trained.bundle))
+    image = load_rgb(REAL_IMAGES[0])
+    wide = np.full((60, 100, 3), 255, dtype=np.uint8)
+    wide[10:50, 20:60] = (200, 20, 20)
+    for picture in (image, wide):
+        maps = grad_cam(predictor, picture, ["articleType", "baseColour"])
+        for heatmap in maps.values():
+            assert heatmap.shape == picture.shape[:2]
+            assert heatmap.max() <= 1.0 and heatmap.min() >= 0.0 and heatmap.std() > 0.01
+    with pytest.raises(ValueError, match="cannot explain"):
+        grad_cam(predictor, image, ["sleeveLength"])
+
+
+def test_export_cli_from_a_checkpoint_logs_a_pyfunc_model(trained, tmp_path):
+    from fashion.export import export
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    bundle, model_uri = export(None, str(trained.checkpoint), tmp_path / "b", uri, onnx=False)
+    assert (bundle / "model.safetensors").is_file() and not (bundle / "model.onnx").exists()
+    assert model_uri and model_uri.startswith(("runs:/", "models:/"))
+    with pytest.raises(ValueError, match="exactly one"):
+        export(None, None, tmp_path / "c", uri)
+    assert Path(read_manifest(bundle)["source"]["checkpoint"]) == trained.checkpoint

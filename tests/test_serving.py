@@ -1,0 +1,138 @@
+"""Every endpoint of the REST API, every bad-input case, and a slow request not stalling /health."""
+
+import base64
+import io
+import threading
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from fashion.serving.app import create_app
+from fashion.serving.uploads import UploadLimits
+from tests.conftest import SAMPLE
+
+JPEG = sorted((SAMPLE / "images").glob("*.jpg"))[0]
+
+
+def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (40, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((size[1], size[0], 3), 120, dtype=np.uint8)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def client(trained):
+    limits = UploadLimits(max_bytes=200_000, max_pixels=1_000_000, max_files=3)
+    with TestClient(create_app(trained.bundle, limits)) as test_client:
+        yield test_client
+
+
+def test_health_labels_docs_and_page(client):
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["model_loaded"] and health["version"]
+    assert health["backbone"] == "test_efficientnet"
+    labels = client.get("/v1/labels").json()["attributes"]
+    assert "Tshirts" in labels["articleType"] and set(labels) == set(health["attributes"])
+    assert client.get("/docs").status_code == 200
+    assert "/v1/predict/batch" in client.get("/openapi.json").json()["paths"]
+    page = client.get("/")
+    assert page.status_code == 200 and "drop" in page.text.lower()
+
+
+def test_predict_multipart_returns_label_confidence_and_top_k(client):
+    response = client.post("/v1/predict", files={"file": (JPEG.name, JPEG.read_bytes(), "image/jpeg")})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["filename"] == JPEG.name
+    article = body["predictions"]["articleType"]
+    assert article["label"] in client.get("/v1/labels").json()["attributes"]["articleType"]
+    assert 0.0 < article["confidence"] <= 1.0 and len(article["top_k"]) == 3
+    assert "explanations" not in body
+
+
+def test_batch_and_base64_agree_with_single_predict(client):
+    single = client.post("/v1/predict", files={"file": ("a.jpg", JPEG.read_bytes(), "image/jpeg")}).json()
+    batch = client.post("/v1/predict/batch", files=[("files", ("a.jpg", JPEG.read_bytes(), "image/jpeg")),
+                                                    ("files", ("b.png", image_bytes(), "image/png"))]).json()
+    assert [r["filename"] for r in batch["results"]] == ["a.jpg", "b.png"]
+    assert batch["results"][0]["predictions"] == single["predictions"]
+    encoded = base64.b64encode(JPEG.read_bytes()).decode()
+    from_b64 = client.post("/v1/predict/base64", json={"image": encoded, "filename": "a.jpg"}).json()
+    assert from_b64["predictions"] == single["predictions"]
+
+
+def test_explain_returns_a_heatmap_per_requested_attribute(client):
+    response = client.post("/v1/predict?explain=articleType,baseColour",
+                           files={"file": ("a.jpg", JPEG.read_bytes(), "image/jpeg")})
+    explanations = response.json()["explanations"]
+    width, height = Image.open(JPEG).size
+    assert set(explanations) == {"articleType", "baseColour"}
+    heatmap = Image.open(io.BytesIO(base64.b64decode(explanations["articleType"]["heatmap_png"])))
+    assert heatmap.size == (width, height)
+    every = client.post("/v1/predict?explain=true", files={"file": ("a.jpg", JPEG.read_bytes(), "image/jpeg")}).json()
+    assert set(every["explanations"]) == set(every["predictions"])
+    bad = client.post("/v1/predict?explain=sleeve", files={"file": ("a.jpg", JPEG.read_bytes(), "image/jpeg")})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "unknown_attribute"
+
+
+@pytest.mark.parametrize("payload,status,code", [
+    (b"", 400, "empty_file"),
+    (b"name,colour\nshirt,red\n", 415, "not_an_image"),
+    (image_bytes("PPM"), 415, "unsupported_format"),
+    (b"\x00" * 200_001, 413, "file_too_large"),
+    (image_bytes("PNG", (1200, 1000)), 413, "too_many_pixels"),
+    (JPEG.read_bytes()[: len(JPEG.read_bytes()) // 2], 400, "corrupt_image"),
+])
+def test_bad_uploads_get_a_json_error_with_the_right_status(client, payload, status, code):
+    response = client.post("/v1/predict", files={"file": ("upload.bin", payload, "application/octet-stream")})
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code and error["message"] and error["filename"] == "upload.bin"
+
+
+def test_batch_and_base64_limits(client):
+    files = [("files", (f"{i}.png", image_bytes(), "image/png")) for i in range(4)]
+    response = client.post("/v1/predict/batch", files=files)
+    assert response.status_code == 413 and response.json()["error"]["code"] == "too_many_files"
+    bad_one = client.post("/v1/predict/batch", files=[("files", ("ok.png", image_bytes(), "image/png")),
+                                                      ("files", ("bad.txt", b"hello", "text/plain"))])
+    assert bad_one.status_code == 415 and bad_one.json()["error"]["filename"] == "bad.txt"
+    assert client.post("/v1/predict/base64", json={"image": "***"}).json()["error"]["code"] == "bad_base64"
+    assert client.post("/v1/predict/base64", json={"image": ""}).status_code == 400
+    assert client.post("/v1/predict/base64", json={"nothing": 1}).status_code == 422
+    huge = base64.b64encode(b"\x00" * 300_000).decode()
+    assert client.post("/v1/predict/base64", json={"image": huge}).status_code == 413
+
+
+def test_a_slow_prediction_does_not_stall_health(trained, monkeypatch):
+    import uvicorn
+
+    from fashion.inference.predictor import Predictor
+
+    original = Predictor.predict
+
+    def slow_predict(self, images):
+        time.sleep(2.0)
+        return original(self, images)
+    monkeypatch.setattr(Predictor, "predict", slow_predict)
+    server = uvicorn.Server(uvicorn.Config(create_app(trained.bundle), host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    import httpx
+
+    base = f"http://127.0.0.1:{port}"
+    slow = threading.Thread(target=lambda: httpx.post(f"{base}/v1/predict", files={"file": ("a.jpg", JPEG.read_bytes())}, timeout=30))
+    slow.start()
+    time.sleep(0.3)  # the prediction is now sleeping in the worker thread
+    started = time.perf_counter()
+    assert httpx.get(f"{base}/health", timeout=5).status_code == 200
+    assert time.perf_counter() - started < 1.0
+    slow.join()
+    server.should_exit = True
+    thread.join(timeout=5)

@@ -1,0 +1,63 @@
+"""The upload page in headless Chromium: upload a real photo, see its articleType, take a screenshot.
+
+Needs Debian's chromium (.ci/run installs it and sets FASHION_REQUIRE_BROWSER=1, which turns a
+missing browser into a failure instead of a skip).
+"""
+
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from fashion.serving.app import create_app
+from tests.conftest import SAMPLE
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def server(trained):
+    server = uvicorn.Server(uvicorn.Config(create_app(trained.bundle), host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    server.should_exit = True
+    thread.join(timeout=5)
+
+
+def test_upload_a_photo_and_see_its_article_type(server, tmp_path):
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("FASHION_REQUIRE_BROWSER"):
+            pytest.fail(f"chromium not found at {CHROMIUM} (apt-get install chromium)")
+        pytest.skip("Debian chromium is not installed (.ci/run installs it)")
+    from playwright.sync_api import expect, sync_playwright
+
+    photo = sorted((SAMPLE / "images").glob("*.jpg"))[0]
+    expected = httpx.post(f"{server}/v1/predict", files={"file": (photo.name, photo.read_bytes())}).json()
+    article = expected["predictions"]["articleType"]["label"]
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS,
+                                             ignore_default_args=["--headless=new"])
+        page = browser.new_page()
+        page.goto(server + "/")
+        expect(page.locator("#explain option")).not_to_have_count(0)   # /health answered
+        page.set_input_files("#file", str(photo))
+        card = page.locator(f'.card[data-filename="{photo.name}"]')
+        expect(card).to_have_class("card done", timeout=30_000)
+        expect(card.locator('.attr[data-attribute="articleType"] .label')).to_have_text(article)
+        page.check("#heat")
+        expect(card.locator("img.heat")).to_be_visible()
+        shot = tmp_path / "page.png"
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    assert shot.stat().st_size > 5_000
