@@ -127,3 +127,12 @@ def test_frozen_batch_norms_start_in_eval_mode(freeze):
     backbone = tiny_backbone(freeze=freeze, trainable_stages=1)
     frozen_norms = [m for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d) and not any(p.requires_grad for p in m.parameters())]
     assert frozen_norms and not any(m.training for m in frozen_norms)
+
+
+def test_colour_histogram_pooling_matches_adaptive_avg_pool():
+    from fashion.models.colour import adaptive_pool_matrix
+
+    images = torch.rand(2, 3, 224, 224)
+    pool = adaptive_pool_matrix(224, 64)
+    expected = torch.nn.functional.adaptive_avg_pool2d(images, 64)
+    assert torch.allclose(pool @ images @ pool.T, expected, atol=1e-6)

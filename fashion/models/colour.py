@@ -33,16 +33,30 @@ class ColourHistogram(nn.Module):
         self.register_buffer("mean", torch.tensor(preprocessing.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(preprocessing.std).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("place", torch.tensor([bins * bins, bins, 1]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pool", adaptive_pool_matrix(preprocessing.image_size, size), persistent=False)
 
     def extra_repr(self) -> str:
         return f"bins={self.bins}, size={self.size}, background={self.background}"
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         rgb = (images.float() * self.std + self.mean).clamp(0, 1)
-        rgb = F.adaptive_avg_pool2d(rgb, self.size)
+        if rgb.shape[-1] == rgb.shape[-2] == self.pool.shape[1]:
+            rgb = self.pool @ rgb @ self.pool.T    # = adaptive_avg_pool2d, in ops every ONNX runtime has
+        else:
+            rgb = F.adaptive_avg_pool2d(rgb, self.size)
         foreground = (rgb <= self.background).any(dim=1).flatten(1).float()              # (N, size*size)
         enough = foreground.mean(dim=1, keepdim=True) >= MIN_FOREGROUND
         weights = torch.where(enough, foreground, torch.ones_like(foreground))
         index = ((rgb * self.bins).floor().clamp(max=self.bins - 1) * self.place).sum(dim=1).long().flatten(1)
         histogram = torch.zeros(images.shape[0], self.num_features, device=images.device).scatter_add(1, index, weights)
         return (histogram / histogram.sum(dim=1, keepdim=True).clamp(min=1.0)).sqrt()
+
+
+def adaptive_pool_matrix(length: int, size: int) -> torch.Tensor:
+    """(size, length) averaging matrix with adaptive_avg_pool's bins: row i averages
+    [floor(i*length/size), ceil((i+1)*length/size))."""
+    matrix = torch.zeros(size, length)
+    for i in range(size):
+        start, end = (i * length) // size, -(-((i + 1) * length) // size)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
