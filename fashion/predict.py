@@ -5,7 +5,7 @@
 
 An unreadable file gets a row with `error` and the batch goes on; the exit status is 1 when any
 file failed, so scripts notice. `--taxonomy` lets articleType decide subCategory/masterCategory
-where the training data says it does.
+where the training data says it does; `--explain articleType,baseColour` writes Grad-CAM overlays.
 """
 
 from __future__ import annotations
@@ -58,7 +58,26 @@ def load_predictor(bundle: str | None, checkpoint: str | None, top_k: int, batch
     return Predictor(trained, top_k=top_k, batch_size=batch_size, taxonomy=taxonomy)
 
 
-def predict_files(predictor: Predictor, files: list[Path], progress: bool) -> Iterator[dict]:
+def save_explanations(predictor: Predictor, image, path: Path, attributes: list[str], folder: Path) -> dict[str, str]:
+    """Grad-CAM overlays as PNGs next to each other in `folder`; returns {attribute: file}."""
+    import cv2
+    import numpy as np
+
+    from fashion.inference.explain import grad_cam
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for attribute, heat in grad_cam(predictor, image, attributes).items():
+        colour = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
+        overlay = (0.55 * image + 0.45 * colour).astype(np.uint8)
+        target = folder / f"{path.stem}_{attribute}.png"
+        cv2.imwrite(str(target), overlay[:, :, ::-1])
+        written[attribute] = str(target)
+    return written
+
+
+def predict_files(predictor: Predictor, files: list[Path], progress: bool, explain: list[str] = (),
+                  explain_dir: Path | None = None) -> Iterator[dict]:
     """Rows in input order; decoding happens batch by batch so memory stays flat on big folders."""
     bar = tqdm(total=len(files), unit="img", file=sys.stderr, disable=not progress)
     for start in range(0, len(files), predictor.batch_size):
@@ -71,9 +90,13 @@ def predict_files(predictor: Predictor, files: list[Path], progress: bool) -> It
             except ImageReadError as err:
                 rows.append({"path": str(path), "error": str(err)})
         predictions = iter(predictor.predict(images) if images else [])
+        decoded = iter(images)
         for row in rows:
             if "error" not in row:
                 row["predictions"] = {a: p.to_dict() for a, p in next(predictions).items()}
+                image = next(decoded)
+                if explain:
+                    row["explanations"] = save_explanations(predictor, image, Path(row["path"]), list(explain), explain_dir)
             yield row
         bar.update(len(chunk))
     bar.close()
@@ -102,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--taxonomy", action="store_true", help="articleType decides subCategory/masterCategory")
+    parser.add_argument("--explain", help="attributes to explain with Grad-CAM, comma-separated, or 'all'")
+    parser.add_argument("--explain-dir", type=Path, default=Path("explanations"), help="where the overlay PNGs go")
     args = parser.parse_args(argv)
 
     files, unmatched = expand_inputs(args.inputs)
@@ -110,7 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     if not files:
         return 2
     predictor = load_predictor(args.bundle, args.checkpoint, args.top_k, args.batch_size, args.taxonomy)
-    rows = predict_files(predictor, files, progress=len(files) >= PROGRESS_FROM)
+    explain = [] if not args.explain else predictor.attributes if args.explain == "all" else args.explain.split(",")
+    unknown = [a for a in explain if a not in predictor.attributes]
+    if unknown:
+        parser.error(f"--explain names {unknown}; the model predicts {predictor.attributes}")
+    rows = predict_files(predictor, files, len(files) >= PROGRESS_FROM, explain, args.explain_dir)
     failed = 0
 
     def counted(stream: Iterator[dict]) -> Iterator[dict]:

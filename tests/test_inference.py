@@ -104,6 +104,15 @@ def test_predict_cli_skips_unreadable_files_and_reports_them(trained, tmp_path, 
     assert len(table) == 2 and {"articleType", "articleType_confidence", "articleType_top_k"} <= set(table.columns)
     assert main(["no/such/*.jpg", "--bundle", str(trained.bundle)]) == 2
 
+    explained = tmp_path / "explained.jsonl"
+    assert main([str(REAL_IMAGES[0]), "--bundle", str(trained.bundle), "--explain", "articleType,baseColour",
+                 "--explain-dir", str(tmp_path / "cam"), "--output", str(explained)]) == 0
+    row = json.loads(explained.read_text())
+    from PIL import Image
+
+    for attribute in ("articleType", "baseColour"):
+        assert Image.open(row["explanations"][attribute]).size == Image.open(REAL_IMAGES[0]).size
+
 
 def test_taxonomy_makes_parents_follow_article_type(trained):
     loaded = load_bundle(trained.bundle)
