@@ -105,7 +105,7 @@ def ablation_section(runs: pd.DataFrame) -> list[str]:
     if study.empty:
         return ["No runs tagged `study=loss_weighting` yet: `scripts/reproduce.sh ablation`."]
     study = study.assign(weighting=study["params.loss_weighting._target_"].str.rsplit(".", n=1).str[-1])
-    attributes = [a for a in ATTRIBUTES if f"metrics.test/{a}/acc" in study]
+    attributes = [a for a in ATTRIBUTES if f"metrics.test/{a}/acc" in study and study[f"metrics.test/{a}/acc"].notna().all()]
     lines = ["| weighting | seeds | " + " | ".join(attributes) + " | mean |", "|---|---|" + "---|" * (len(attributes) + 1)]
     stats = {}
     for weighting, group in study.groupby("weighting"):

