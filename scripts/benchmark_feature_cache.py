@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=PROJECT_ROOT / "docs" / "feature_cache.md")
     args = parser.parse_args()
     cache_dir = Path(tempfile.mkdtemp(prefix="feature-cache-bench-"))
-    overrides = [f"data={args.data}", f"experiment={args.experiment}", f"paths.cache={cache_dir}",
+    overrides = [f"data={args.data}", f"experiment={args.experiment}", f"paths.cache={cache_dir}", f"paths.output_dir={cache_dir}",
                  f"trainer.limit_train_batches={args.limit_batches or 'null'}", *args.overrides]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
