@@ -29,7 +29,7 @@ def main() -> None:
 
     settings = load_settings(sys.argv[1:])
     limits = UploadLimits(settings.max_bytes, settings.max_pixels, settings.max_files)
-    app = create_app(settings.bundle, limits, settings.model_threads, settings.top_k)
+    app = create_app(settings.bundle, limits, settings.model_threads, settings.top_k, settings.runtime)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
 
 

@@ -42,6 +42,19 @@ def test_health_labels_docs_and_page(client):
     assert page.status_code == 200 and "drop" in page.text.lower()
 
 
+def test_onnx_and_torch_runtimes_serve_the_same_answer(trained, client):
+    assert client.get("/health").json()["runtime"] == "onnx"   # auto: the bundle has a model.onnx
+    with TestClient(create_app(trained.bundle, runtime="torch")) as torch_client:
+        assert torch_client.get("/health").json()["runtime"] == "torch"
+        eager = torch_client.post("/v1/predict", files={"file": ("a.jpg", JPEG.read_bytes(), "image/jpeg")}).json()
+    onnx = client.post("/v1/predict", files={"file": ("a.jpg", JPEG.read_bytes(), "image/jpeg")}).json()
+    for attribute, prediction in eager["predictions"].items():
+        assert onnx["predictions"][attribute]["label"] == prediction["label"]
+        assert onnx["predictions"][attribute]["confidence"] == pytest.approx(prediction["confidence"], abs=1e-4)
+    with pytest.raises(ValueError, match="runtime"):
+        create_app(trained.bundle, runtime="tensorrt")
+
+
 def test_predict_multipart_returns_label_confidence_and_top_k(client):
     response = client.post("/v1/predict", files={"file": (JPEG.name, JPEG.read_bytes(), "image/jpeg")})
     assert response.status_code == 200, response.text

@@ -15,10 +15,11 @@ from fashion.inference.predictor import Predictor
 class OnnxPredictor(Predictor):
     """Predictor whose forward pass is onnxruntime (CPU) instead of eager PyTorch."""
 
-    def __init__(self, trained: TrainedModel, bundle_dir: str | Path, top_k: int = 3, batch_size: int = 32, threads: int | None = None) -> None:
+    def __init__(self, trained: TrainedModel, bundle_dir: str | Path, top_k: int = 3, batch_size: int = 32,
+                 taxonomy: bool = False, threads: int | None = None) -> None:
         import onnxruntime as ort
 
-        super().__init__(trained, top_k, batch_size)
+        super().__init__(trained, top_k, batch_size, taxonomy)
         path = Path(bundle_dir) / "model.onnx"
         if not path.is_file():
             raise FileNotFoundError(f"no ONNX model in {bundle_dir} (was it exported with --no-onnx?)")
