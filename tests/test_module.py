@@ -1,5 +1,6 @@
 """The LightningModule's own choices: parameter groups and memory layout."""
 
+import pytest
 import torch
 
 from fashion.losses import CrossEntropy, FixedWeighting, MultiAttributeLoss, NoClassWeights
@@ -47,3 +48,19 @@ def test_frozen_backbone_keeps_batchnorm_statistics_in_training():
     m(torch.randn(4, 3, 32, 32))
     assert torch.equal(before, norms[0].running_mean)
     assert len(m.configure_optimizers()["optimizer"].param_groups) == 1  # heads only
+
+
+def test_top5_is_not_top1_when_the_first_batch_is_all_correct():
+    """torchmetrics' compute groups once merged top-5 into top-1 after an all-correct first batch."""
+    from fashion.training.metrics import AttributeMetrics
+
+    metrics = AttributeMetrics({"articleType": 20}, stage="test")
+    targets = torch.arange(20)
+    metrics.update({"articleType": torch.nn.functional.one_hot(targets, 20).float()}, {"articleType": targets})
+    logits = torch.zeros(20, 20)
+    logits[torch.arange(20), (targets + 1) % 20] = 2.0   # top-1 wrong ...
+    logits[torch.arange(20), targets] = 1.0              # ... the truth second: top-5 right
+    metrics.update({"articleType": logits}, {"articleType": targets})
+    values = metrics.compute()
+    assert values["test/articleType/acc"] == pytest.approx(0.5)
+    assert values["test/articleType/top5"] == pytest.approx(1.0)

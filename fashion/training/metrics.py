@@ -21,7 +21,10 @@ def attribute_metrics(num_classes: int) -> MetricCollection:
     }
     if num_classes > TOP_K:
         metrics[f"top{TOP_K}"] = MulticlassAccuracy(num_classes, top_k=TOP_K, average="micro", ignore_index=IGNORE_INDEX)
-    return MetricCollection(metrics)
+    # compute_groups=False: torchmetrics groups metrics whose states are equal after the first update
+    # and from then on keeps one state per group, so a first batch that top-1 and top-5 both get
+    # right made top-5 report top-1 accuracy for the whole epoch.
+    return MetricCollection(metrics, compute_groups=False)
 
 
 class AttributeMetrics(nn.Module):
