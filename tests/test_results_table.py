@@ -31,7 +31,8 @@ def test_table_shows_run_numbers_targets_and_the_ablation(tmp_path):
     mlflow.set_experiment("fashion")
     best = log_run("best_cpu", "tf_efficientnet_lite0", {"gender": 0.9213, "baseColour": 0.61},
                    {"target/gender": "92", "target/baseColour": "65", "published/gender": "87.8"})
-    repro = log_run("convnext_tiny_4heads", "tf_efficientnet_lite0", {"gender": 0.88}, {"published/gender": "84.40"})
+    repro = log_run("convnext_tiny_4heads", "tf_efficientnet_lite0", {"gender": 0.88, "baseColour": 0.55}, {"published/gender": "84.40"},
+                    {"labels.mappings.baseColour.Navy Blue": "Blue"})
     for seed, weighting, gender in ((1, "FixedWeighting", 0.90), (2, "FixedWeighting", 0.91),
                                     (1, "UncertaintyWeighting", 0.80), (2, "UncertaintyWeighting", 0.81)):
         log_run("loss_weighting_ablation", "tf_efficientnet_lite0", {"gender": gender}, {"study": "loss_weighting"},
@@ -47,3 +48,5 @@ def test_table_shows_run_numbers_targets_and_the_ablation(tmp_path):
     assert "| UncertaintyWeighting | **-10.00** | **-10.00** |" in text  # beyond 2x the seed spread
     assert "| FixedWeighting | 2 | 90.50 ± 0.71 | 90.50 ± 0.71 |" in text  # ablation columns: its own attributes
     assert "`best_gpu` has no run" in text
+    assert "| gender | 87.80 | 92.13 | 88.00 |" in text                 # summary: published, best, reproduction
+    assert "| baseColour | – | 61.00 | 55.00† |" in text               # colour families are marked
