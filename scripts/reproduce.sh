@@ -20,7 +20,7 @@ STAGES=${*:-report reproductions best ablation table}
 RECIPES=(linear_probe convnext_tiny_4heads efficientnetb0_6heads vgg16_7heads resnet18_4heads)  # cheapest first
 
 export NO_ALBUMENTATIONS_UPDATE=1
-common=(data="$DATA" trainer="$TRAINER" callbacks.progress_bar=null)
+common=(data="$DATA" trainer="$TRAINER" callbacks.progress_bar=null trainer.enable_progress_bar=false)
 # shellcheck disable=SC2206
 extra=($EXTRA)
 

@@ -108,7 +108,7 @@ def test_a_cached_run_matches_the_uncached_run(freeze, tmp_path, kaggle_folder, 
 
 def test_colour_histogram_sees_the_product_not_the_background():
     pre = Preprocessing(32, (0.5,) * 3, (0.5,) * 3)
-    histogram = ColourHistogram(pre, bins=4, size=16)
+    histogram = ColourHistogram(pre, bins=4, size=16, scale=1.0)
     image = torch.ones(1, 3, 32, 32)                 # white, in 0..1
     image[:, :, 8:24, 8:24] = torch.tensor([0.9, 0.1, 0.1]).view(1, 3, 1, 1)  # a red square
     features = histogram((image - 0.5) / 0.5)
@@ -118,6 +118,8 @@ def test_colour_histogram_sees_the_product_not_the_background():
     assert features.sum() == pytest.approx(1.0)
     blank = histogram(torch.ones(1, 3, 32, 32))       # no foreground: the whole image counts
     assert blank[0, 63] == pytest.approx(1.0)
+    unit_rms = ColourHistogram(pre, bins=4, size=16)(torch.rand(5, 3, 32, 32) * 2 - 1)
+    assert unit_rms.pow(2).mean(dim=1).sqrt() == pytest.approx(torch.ones(5))  # default scale: the backbone's order
 
 
 @pytest.mark.parametrize("freeze", ["frozen", "partial"])

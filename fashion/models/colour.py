@@ -21,22 +21,27 @@ class ColourHistogram(nn.Module):
     """sqrt-normalised joint RGB histogram (`bins`^3 values) of the pixels that are not background.
 
     Inputs are the model's normalised images; `preprocessing` undoes the normalisation. Pixels with
-    every channel above `background` (in 0..1) count as studio background.
+    every channel above `background` (in 0..1) count as studio background. The sqrt histogram has
+    unit L2 norm, so each of its 512 values is ~20x smaller than a pooled backbone feature; `scale`
+    (default sqrt(bins^3): unit RMS) puts it on the backbone's scale, so the heads' weight decay and
+    initialisation do not mute it.
     """
 
-    def __init__(self, preprocessing: Preprocessing, bins: int = 8, size: int = 64, background: float = 0.92) -> None:
+    def __init__(self, preprocessing: Preprocessing, bins: int = 8, size: int = 64, background: float = 0.92,
+                 scale: float | None = None) -> None:
         super().__init__()
         if bins < 2 or size < 4:
             raise ValueError(f"ColourHistogram: bins={bins} must be >= 2 and size={size} >= 4")
         self.bins, self.size, self.background = bins, size, background
         self.num_features = bins**3
+        self.scale = float(scale) if scale is not None else float(self.num_features) ** 0.5
         self.register_buffer("mean", torch.tensor(preprocessing.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(preprocessing.std).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("place", torch.tensor([bins * bins, bins, 1]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pool", adaptive_pool_matrix(preprocessing.image_size, size), persistent=False)
 
     def extra_repr(self) -> str:
-        return f"bins={self.bins}, size={self.size}, background={self.background}"
+        return f"bins={self.bins}, size={self.size}, background={self.background}, scale={self.scale:g}"
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         rgb = (images.float() * self.std + self.mean).clamp(0, 1)
@@ -49,7 +54,7 @@ class ColourHistogram(nn.Module):
         weights = torch.where(enough, foreground, torch.ones_like(foreground))
         index = ((rgb * self.bins).floor().clamp(max=self.bins - 1) * self.place).sum(dim=1).long().flatten(1)
         histogram = torch.zeros(images.shape[0], self.num_features, device=images.device).scatter_add(1, index, weights)
-        return (histogram / histogram.sum(dim=1, keepdim=True).clamp(min=1.0)).sqrt()
+        return self.scale * (histogram / histogram.sum(dim=1, keepdim=True).clamp(min=1.0)).sqrt()
 
 
 def adaptive_pool_matrix(length: int, size: int) -> torch.Tensor:
