@@ -118,6 +118,27 @@ def grouped(run: pd.Series, attribute: str) -> bool:
     return any(k.startswith(prefix) and isinstance(v, str) and v for k, v in run.items())
 
 
+def tried_section(runs: pd.DataFrame) -> list[str]:
+    """Every run behind our recipes (tagged `trial`, or an earlier run of a recipe), oldest first:
+    what was tried, including what did not help."""
+    if "tags.trial" not in runs:
+        runs = runs.assign(**{"tags.trial": None})
+    tried = runs[(runs["tags.trial"].notna() | runs["tags.recipe"].isin(OURS)) & runs["tags.study"].isna()].iloc[::-1]
+    if tried.empty:
+        return ["No runs."]
+    header = ["run id", "recipe", "trial", *ATTRIBUTES, "mean", "wall (min)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, run in tried.iterrows():
+        cells = [percent(run.get(f"metrics.test/{a}/acc")) for a in ATTRIBUTES]
+        lines.append(f"| `{run['run_id'][:8]}` | {text_of(run['tags.recipe'])} | {text_of(run['tags.trial'])} | "
+                     + " | ".join(cells) + f" | {percent(run.get('metrics.test/mean_acc'))} | {wall_minutes(run)} |")
+    return lines
+
+
+def text_of(value: object) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) or value == "" else str(value)
+
+
 def short_backbone(run: pd.Series) -> str:
     return str(run["params.backbone.name"]).replace("tf_efficientnet_", "")
 
@@ -190,6 +211,9 @@ def render(runs: pd.DataFrame) -> str:
         lines += [f"### {run['tags.recipe']} on {run['params.backbone.name']} ({weights_of(run)})", ""]
         lines += attribute_table(run) + [""]
     lines += ["## All runs in this table", ""] + run_table(ours + reproductions) + [""]
+    lines += ["## Runs behind our recipes", "",
+              "Every run tagged `trial` or of a `best_*` recipe, oldest first (the newest per recipe is the one above); "
+              "overrides are in each run's `mlflow.runName`.", ""] + tried_section(runs) + [""]
     lines += ["## Loss weighting ablation", ""] + ablation_section(runs) + [""]
     return "\n".join(lines)
 

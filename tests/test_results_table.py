@@ -38,6 +38,7 @@ def test_table_shows_run_numbers_targets_and_the_ablation(tmp_path):
         log_run("loss_weighting_ablation", "tf_efficientnet_lite0", {"gender": gender}, {"study": "loss_weighting"},
                 {"loss_weighting._target_": f"fashion.losses.{weighting}", "seed": seed})
 
+    trial = log_run("best_cpu_trial", "tf_efficientnet_lite0", {"gender": 0.85}, {"trial": "no_colour"})
     text = load_script().render(load_script().load_runs(uri, "fashion"))
 
     assert "| gender | 87.80 | 92.00 | 92.13 (met) |" in text
@@ -49,4 +50,6 @@ def test_table_shows_run_numbers_targets_and_the_ablation(tmp_path):
     assert "| FixedWeighting | 2 | 90.50 ± 0.71 | 90.50 ± 0.71 |" in text  # ablation columns: its own attributes
     assert "`best_gpu` has no run" in text
     assert "| gender | 87.80 | 92.13 | 88.00 |" in text                 # summary: published, best, reproduction
-    assert "| baseColour | – | 61.00 | 55.00† |" in text               # colour families are marked
+    assert "| baseColour | – | 61.00 | 55.00† |" in text
+    assert f"| `{trial[:8]}` | best_cpu_trial | no_colour | 85.00 |" in text  # what was tried is listed
+    assert f"| `{best[:8]}` | best_cpu | – | 92.13 |" in text               # colour families are marked
