@@ -37,8 +37,13 @@ def load_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
     return runs
 
 
+def missing(value: object) -> bool:
+    """MLflow's DataFrame has None or NaN where a run lacks a tag, param or metric."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def percent(value: object) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * float(value):.2f}"
+    return "–" if missing(value) else f"{100 * float(value):.2f}"
 
 
 def weights_of(run: pd.Series) -> str:
@@ -53,7 +58,7 @@ def weights_of(run: pd.Series) -> str:
 
 def wall_minutes(run: pd.Series) -> str:
     seconds = run.get("metrics.time/total_s")
-    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
+    if missing(seconds):
         seconds = (run["end_time"] - run["start_time"]).total_seconds()
     return f"{seconds / 60:.1f}"
 
@@ -64,7 +69,7 @@ def attributes_of(run: pd.Series) -> list[str]:
 
 def tag_value(run: pd.Series, name: str) -> float | None:
     value = run.get(f"tags.{name}")
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value) / 100
+    return None if missing(value) else float(value) / 100
 
 
 def newest_per_recipe(runs: pd.DataFrame, recipes: tuple[str, ...]) -> list[pd.Series]:
@@ -136,7 +141,7 @@ def tried_section(runs: pd.DataFrame) -> list[str]:
 
 
 def text_of(value: object) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) or value == "" else str(value)
+    return "–" if missing(value) or value == "" else str(value)
 
 
 def short_backbone(run: pd.Series) -> str:
