@@ -26,7 +26,7 @@ from fashion.data.images import ImageReadError, load_rgb
 from fashion.data.styles import read_styles
 from fashion.data.vocab import IGNORE_INDEX
 from fashion.inference.predictor import Predictor
-from fashion.predict import load_predictor
+from fashion.inference.runtime import RUNTIMES, load_predictor
 from fashion.training.metrics import AttributeMetrics
 from fashion.training.reports import classification_report, confusion_figure
 from fashion.training.tracking import ensure_experiment
@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--styles-file", default="styles.csv")
     parser.add_argument("--output", type=Path, default=Path("eval_output"))
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--runtime", choices=RUNTIMES, default="auto", help="as in fashion-predict")
     parser.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI)
     parser.add_argument("--experiment", default="fashion")
     parser.add_argument("--no-mlflow", action="store_true")
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.data / args.styles_file).is_file():
         parser.error(f"{args.data / args.styles_file} not found (expected the Kaggle layout: styles.csv + images/)")
 
-    predictor = load_predictor(args.bundle, args.checkpoint, top_k=5, batch_size=args.batch_size, taxonomy=False)
+    predictor = load_predictor(args.bundle, args.checkpoint, args.runtime, top_k=5, batch_size=args.batch_size)
     values, counts, metrics = evaluate(predictor, args.data, args.styles_file)
     write_reports(metrics, predictor, args.output)
     (args.output / "metrics.json").write_text(json.dumps({**values, **counts}, indent=2))
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         if source_run:
             tags["source_run_id"] = source_run
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"eval {args.data.name}", tags=tags) as run:
-            mlflow.log_params({"model": args.bundle or args.checkpoint, "data": str(args.data)})
+            mlflow.log_params({"model": args.bundle or args.checkpoint, "data": str(args.data), "runtime": predictor.runtime})
             mlflow.log_metrics(values)
             mlflow.log_metrics({f"eval_data/{k}": float(v) for k, v in counts.items()})
             mlflow.log_artifacts(str(args.output), artifact_path="evaluation")

@@ -6,6 +6,7 @@
 An unreadable file gets a row with `error` and the batch goes on; the exit status is 1 when any
 file failed, so scripts notice. `--taxonomy` lets articleType decide subCategory/masterCategory
 where the training data says it does; `--explain articleType,baseColour` writes Grad-CAM overlays.
+`--runtime auto` (the default) answers with onnxruntime when the bundle has a model.onnx.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from fashion.data.images import ImageReadError, load_rgb
 from fashion.inference.predictor import Predictor
+from fashion.inference.runtime import RUNTIMES, load_predictor
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 PROGRESS_FROM = 64  # files; a progress bar on stderr from here on
@@ -44,18 +46,6 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
             unmatched.append(item)
         files += found
     return list(dict.fromkeys(files)), unmatched
-
-
-def load_predictor(bundle: str | None, checkpoint: str | None, top_k: int, batch_size: int, taxonomy: bool) -> Predictor:
-    if bundle:
-        from fashion.inference.bundle import load_bundle
-
-        trained = load_bundle(bundle)
-    else:
-        from fashion.inference.checkpoint import load_checkpoint
-
-        trained = load_checkpoint(checkpoint)
-    return Predictor(trained, top_k=top_k, batch_size=batch_size, taxonomy=taxonomy)
 
 
 def save_explanations(predictor: Predictor, image, path: Path, attributes: list[str], folder: Path) -> dict[str, str]:
@@ -125,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--taxonomy", action="store_true", help="articleType decides subCategory/masterCategory")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                        help="auto: onnxruntime when the bundle has model.onnx, else PyTorch (a checkpoint always runs in PyTorch)")
     parser.add_argument("--explain", help="attributes to explain with Grad-CAM, comma-separated, or 'all'")
     parser.add_argument("--explain-dir", type=Path, default=Path("explanations"), help="where the overlay PNGs go")
     args = parser.parse_args(argv)
@@ -134,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fashion-predict: no image files match {item!r}", file=sys.stderr)
     if not files:
         return 2
-    predictor = load_predictor(args.bundle, args.checkpoint, args.top_k, args.batch_size, args.taxonomy)
+    predictor = load_predictor(args.bundle, args.checkpoint, args.runtime, args.top_k, args.batch_size, args.taxonomy)
     explain = [] if not args.explain else predictor.attributes if args.explain == "all" else args.explain.split(",")
     unknown = [a for a in explain if a not in predictor.attributes]
     if unknown:

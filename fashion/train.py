@@ -13,7 +13,6 @@ import os
 import time
 from pathlib import Path
 from collections.abc import Sequence
-from typing import Any
 
 import hydra
 import lightning as L

@@ -89,9 +89,9 @@ def run_level(url: str, payload: bytes, clients: int, total: int) -> dict:
 def in_process_ms(bundle: Path, image: Path, runtime: str, repeats: int = 30) -> float:
     """The floor: decode + preprocess + model on one image, no HTTP, in this process."""
     from fashion.data.images import load_rgb
-    from fashion.serving.app import make_predictor
+    from fashion.inference.runtime import load_predictor
 
-    predictor = make_predictor(bundle, runtime, top_k=3)
+    predictor = load_predictor(bundle=bundle, runtime=runtime, top_k=3, taxonomy=True)
     for _ in range(3):
         predictor.predict([load_rgb(image)])
     times = []

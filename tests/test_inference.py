@@ -146,6 +146,27 @@ def test_eval_cli_counts_unseen_labels_and_logs_a_linked_run(trained, tmp_path, 
     mlflow.set_tracking_uri(uri)
     run = mlflow.search_runs(experiment_names=["fashion"]).iloc[0]
     assert run["tags.run_type"] == "evaluation" and run["tags.source_run_id"] == trained.run_id
+    assert run["params.runtime"] == "onnx"   # auto: the bundle has a model.onnx
+
+    assert main(["--bundle", str(trained.bundle), "--data", str(data), "--output", str(tmp_path / "torch_out"),
+                 "--runtime", "torch", "--no-mlflow"]) == 0
+    eager = json.loads((tmp_path / "torch_out" / "metrics.json").read_text())
+    for attribute in ("gender", "articleType", "baseColour"):
+        assert eager[f"eval/{attribute}/acc"] == pytest.approx(metrics[f"eval/{attribute}/acc"], abs=1e-6)
+
+
+def test_runtime_choice_follows_what_the_model_file_can_do(trained):
+    from fashion.inference.runtime import load_predictor
+
+    assert load_predictor(bundle=trained.bundle).runtime == "onnx"
+    assert load_predictor(bundle=trained.bundle, runtime="torch").runtime == "torch"
+    assert load_predictor(checkpoint=trained.checkpoint).runtime == "torch"   # a checkpoint has no ONNX graph
+    with pytest.raises(ValueError, match="fashion-export"):
+        load_predictor(checkpoint=trained.checkpoint, runtime="onnx")
+    with pytest.raises(ValueError, match="runtime"):
+        load_predictor(bundle=trained.bundle, runtime="tensorrt")
+    with pytest.raises(ValueError, match="exactly one"):
+        load_predictor(bundle=trained.bundle, checkpoint=trained.checkpoint)
 
 
 def test_grad_cam_heatmap_has_the_image_shape_and_varies(trained):

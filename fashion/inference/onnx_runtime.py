@@ -15,6 +15,8 @@ from fashion.inference.predictor import Predictor
 class OnnxPredictor(Predictor):
     """Predictor whose forward pass is onnxruntime (CPU) instead of eager PyTorch."""
 
+    runtime = "onnx"
+
     def __init__(self, trained: TrainedModel, bundle_dir: str | Path, top_k: int = 3, batch_size: int = 32,
                  taxonomy: bool = False, threads: int | None = None) -> None:
         import onnxruntime as ort

@@ -30,6 +30,10 @@ class Prediction:
 
 
 class Predictor:
+    """Images in, labels with confidences out; the forward pass is eager PyTorch (see OnnxPredictor)."""
+
+    runtime = "torch"
+
     def __init__(self, trained: TrainedModel, top_k: int = 3, batch_size: int = 32, taxonomy: bool = False) -> None:
         self.trained = trained
         self.model = trained.model.eval()

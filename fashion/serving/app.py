@@ -25,10 +25,9 @@ from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
-from fashion.inference.bundle import load_bundle, read_manifest
+from fashion.inference.bundle import read_manifest
 from fashion.inference.explain import grad_cam, heatmap_png
-from fashion.inference.onnx_runtime import OnnxPredictor
-from fashion.inference.predictor import Predictor
+from fashion.inference.runtime import load_predictor
 from fashion.serving.uploads import DecodedImage, UploadLimits, UploadRejected, decode_upload
 
 STATIC = Path(__file__).parent / "static"
@@ -46,24 +45,10 @@ class Base64Request(BaseModel):
     filename: str | None = None
 
 
-RUNTIMES = ("auto", "onnx", "torch")
-
-
-def make_predictor(bundle: str | Path, runtime: str, top_k: int) -> Predictor:
-    """onnxruntime answers about 3x faster than eager PyTorch on CPU (docs/onnx.md), with the same
-    probabilities; `auto` uses it when the bundle has a model.onnx. Grad-CAM always runs in PyTorch."""
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime={runtime!r}: choose one of {RUNTIMES}")
-    trained = load_bundle(bundle)
-    if runtime == "onnx" or (runtime == "auto" and (Path(bundle) / "model.onnx").is_file()):
-        return OnnxPredictor(trained, bundle, top_k=top_k, taxonomy=True)
-    return Predictor(trained, top_k=top_k, taxonomy=True)
-
-
 def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_threads: int = 1, top_k: int = 3,
                runtime: str = "auto") -> FastAPI:
     """`model_threads`: predictions that may run at once (1 suits a 2-core machine: one uses both)."""
-    predictor = make_predictor(bundle, runtime, top_k)
+    predictor = load_predictor(bundle=bundle, runtime=runtime, top_k=top_k, taxonomy=True)
     trained = predictor.trained
     manifest = read_manifest(bundle)
     limiter = anyio.CapacityLimiter(model_threads)
@@ -116,7 +101,7 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "model_loaded": True, "version": package_version(), "backbone": manifest.get("backbone"),
-                "attributes": predictor.attributes, "runtime": "onnx" if isinstance(predictor, OnnxPredictor) else "torch",
+                "attributes": predictor.attributes, "runtime": predictor.runtime,
                 "bundle_created": manifest.get("created"),
                 "source_run_id": manifest.get("source", {}).get("mlflow_run_id")}
 
