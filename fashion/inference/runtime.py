@@ -15,7 +15,7 @@ from fashion.inference.predictor import Predictor
 RUNTIMES = ("auto", "onnx", "torch")
 
 
-def load_predictor(bundle: str | Path | None = None, checkpoint: str | Path | None = None, runtime: str = "auto",
+def load_predictor(*, bundle: str | Path | None = None, checkpoint: str | Path | None = None, runtime: str = "auto",
                    top_k: int = 3, batch_size: int = 32, taxonomy: bool = False) -> Predictor:
     """Exactly one of `bundle` (a fashion-export folder) and `checkpoint` (a fashion-train .ckpt)."""
     if runtime not in RUNTIMES:
