@@ -80,3 +80,11 @@ def test_a_failing_run_is_marked_failed_and_keeps_what_it_logged(tmp_path, kaggl
 
 def broken_scheduler(optimizer, total_steps):
     raise RuntimeError("scheduler exploded")
+
+
+def test_weight_ema_is_one_override_away(tmp_path, kaggle_folder, compose_config):
+    ema = "callbacks.ema={_target_: fashion.training.callbacks.EMAWeights, decay: 0.9}"
+    cfg = compose_config(tiny_overrides(tmp_path, kaggle_folder) + ["trainer.limit_train_batches=2", ema])
+    metrics = train(cfg)
+    assert "test/articleType/acc" in metrics
+    assert runs_of(tmp_path).iloc[0]["params.callbacks.ema._target_"] == "fashion.training.callbacks.EMAWeights"

@@ -25,7 +25,9 @@ from fashion.training.reports import classification_report, confusion_figure
 log = logging.getLogger(__name__)
 
 PARAM_SECTIONS = ("data", "labels", "split", "augmentation", "backbone", "head", "loss", "class_weights",
-                  "loss_weighting", "optimizer", "scheduler", "trainer", "module", "seed")
+                  "loss_weighting", "optimizer", "scheduler", "trainer", "callbacks", "module", "seed")
+# Paths of this machine, not choices: they would make identical runs look different in the MLflow UI.
+MACHINE_PARAMS = ("trainer.default_root_dir", "callbacks.model_checkpoint.dirpath")
 
 
 def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | None) -> str:
@@ -63,7 +65,7 @@ def log_run_inputs(logger: MLFlowLogger, cfg: DictConfig, datamodule: FashionDat
     params = flatten({k: resolved[k] for k in PARAM_SECTIONS if k in resolved})
     # data.labels/split/augmentation repeat the top-level sections they are interpolated from.
     params = {k: v for k, v in params.items()
-              if not k.startswith(("data.labels.", "data.split.", "data.augmentation.")) and k != "trainer.default_root_dir"}
+              if not k.startswith(("data.labels.", "data.split.", "data.augmentation.")) and k not in MACHINE_PARAMS}
     logger.log_hyperparams({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in params.items()})
     client.set_tag(run_id, "dataset.fingerprint", datamodule.fingerprint)
     client.set_tag(run_id, "dataset.root", str(datamodule.root))
