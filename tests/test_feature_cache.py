@@ -45,6 +45,8 @@ def test_cache_applies_only_when_the_prefix_output_is_fixed():
     assert not FeatureCache("unused", enabled="off").applies(tiny_model(freeze="frozen"), Augmentation([]))
     with pytest.raises(ValueError, match="feature_cache.enabled"):
         FeatureCache("unused", enabled="yes")
+    with pytest.raises(ValueError, match="feature_cache.runtime"):
+        FeatureCache("unused", runtime="tensorrt")
 
 
 def test_cached_inputs_equal_a_fresh_pass_and_are_reused(tmp_path, table):
@@ -59,7 +61,20 @@ def test_cached_inputs_equal_a_fresh_pass_and_are_reused(tmp_path, table):
     for name in ("backbone", "colour"):  # rows follow the table asked for, not the stored order
         assert torch.equal(second[name], first[name].flip(0))
     fresh = compute_cacheable_inputs(model, preprocessing, table["path"].tolist())
-    assert torch.allclose(first["backbone"], fresh["backbone"], atol=1e-6)
+    assert torch.allclose(first["backbone"], fresh["backbone"], atol=1e-5)  # the cache fills in onnxruntime
+
+
+@pytest.mark.parametrize("freeze", ["frozen", "partial"])
+def test_onnxruntime_fill_matches_eager_pytorch(freeze, table):
+    model = tiny_model(colour=True, freeze=freeze, trainable_stages=1).train()
+    preprocessing, paths = model.backbone.preprocessing, table["path"].tolist()
+    eager = compute_cacheable_inputs(model, preprocessing, paths, batch_size=16, runtime="torch")
+    onnx = compute_cacheable_inputs(model, preprocessing, paths, batch_size=16, runtime="onnxruntime")
+    assert onnx.keys() == eager.keys() == {"backbone", "colour"}
+    for name in eager:
+        assert onnx[name].shape == eager[name].shape
+        assert torch.allclose(onnx[name], eager[name], atol=1e-5, rtol=1e-4), name
+    assert model.training and not model.backbone.model.bn1.training  # modes restored; frozen norms stay in eval
 
 
 def test_key_changes_with_weights_preprocessing_prefix_extras_and_image_files(tmp_path, table):
@@ -76,7 +91,10 @@ def test_key_changes_with_weights_preprocessing_prefix_extras_and_image_files(tm
         next(model.backbone.parameters()).add_(1.0)
     assert cache.key(model, pre, ids, paths) != key
     key = cache.key(model, pre, ids, paths)
-    os.utime(paths[0], ns=(0, 0))  # an image replaced on disk
+    os.utime(paths[0], ns=(0, 0))  # the same pixels copied or re-provisioned: still a hit
+    assert cache.key(model, pre, ids, paths) == key
+    with open(paths[0], "ab") as image:  # an image replaced on disk
+        image.write(b"\0")
     assert cache.key(model, pre, ids, paths) != key
 
 

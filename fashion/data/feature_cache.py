@@ -12,7 +12,7 @@ those stages and the heads.
 
 The key covers everything the features depend on and nothing else: backbone name and a digest of
 its weights, the preprocessing (size, mean, std, padding), the backbone's input pipeline, and the
-images themselves (ids, file sizes and modification times). Labels are not in it: regrouping colours
+images themselves (ids and file contents). Labels are not in it: regrouping colours
 or pruning classes reuses the same features.
 """
 
@@ -21,9 +21,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fashion.data.dataset import ProductImages
 from fashion.data.transforms import Augmentation, Preprocessing
+from fashion.models.onnx_graph import export_graph
 
 if TYPE_CHECKING:
     from fashion.models.tagger import MultiHeadTagger
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ENABLED_CHOICES = ("auto", "off")
+RUNTIMES = ("onnxruntime", "torch")
 
 
 def weights_digest(module: nn.Module) -> str:
@@ -55,11 +57,18 @@ def weights_digest(module: nn.Module) -> str:
 
 
 def images_fingerprint(ids: list[int], paths: list[str]) -> str:
-    """sha256 over (id, size, mtime) per image, in id order: cheap, and it changes when any file is replaced."""
+    """sha256 over (id, file bytes) per image, in id order.
+
+    The bytes, not size and mtime: a copied, re-downloaded or re-provisioned data set with the same
+    pixels keeps its cache (an mtime key rebuilt it each time, a 4-5 minute fill on the subset),
+    while any replaced image still changes the key. Reading the files costs about as much as the
+    start-of-run image check already pays, and far less than a fill.
+    """
     digest = hashlib.sha256()
     for image_id, path in sorted(zip(ids, paths)):
-        stat = os.stat(path)
-        digest.update(f"{image_id}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+        with open(path, "rb") as file:
+            content = hashlib.sha256(file.read()).hexdigest()
+        digest.update(f"{image_id}:{content}\n".encode())
     return digest.hexdigest()
 
 
@@ -85,14 +94,19 @@ class FeatureCache:
     """On-disk cache of backbone features (the `feature_cache` config key).
 
     `enabled`: `auto` uses it whenever it is valid (frozen backbone, no random augmentation),
-    `off` never does. `batch_size` and `num_workers` only affect how fast it is filled.
+    `off` never does. `runtime`, `batch_size` and `num_workers` only affect how fast it is filled:
+    `onnxruntime` (default) runs the frozen part about 2.5x faster than eager PyTorch on CPU
+    (docs/feature_cache.md) and agrees with it to ~1e-5; the runtime is not part of the key.
     """
 
-    def __init__(self, directory: str, enabled: str = "auto", batch_size: int = 64, num_workers: int = 0) -> None:
+    def __init__(self, directory: str, enabled: str = "auto", batch_size: int = 64, num_workers: int = 0,
+                 runtime: str = "onnxruntime") -> None:
         if enabled not in ENABLED_CHOICES:
             raise ValueError(f"feature_cache.enabled={enabled!r}; choose one of {ENABLED_CHOICES}")
+        if runtime not in RUNTIMES:
+            raise ValueError(f"feature_cache.runtime={runtime!r}; choose one of {RUNTIMES}")
         self.directory = Path(directory)
-        self.enabled = enabled
+        self.enabled, self.runtime = enabled, runtime
         self.batch_size, self.num_workers = batch_size, num_workers
         self.last_status: str = "off"  # off | hit | built: logged with the run
 
@@ -127,21 +141,25 @@ class FeatureCache:
                 rows = torch.tensor([by_id[i] for i in ids])
                 return {name: tensor[rows] for name, tensor in stored.items()}
         started = time.perf_counter()
-        inputs = compute_cacheable_inputs(model, preprocessing, paths, self.batch_size, self.num_workers)
+        inputs = compute_cacheable_inputs(model, preprocessing, paths, self.batch_size, self.num_workers, self.runtime)
         self.directory.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".tmp")
         save_file({"ids": torch.tensor(ids, dtype=torch.long), **inputs}, partial,
                   metadata={"backbone": model.backbone.name, "preprocessing": repr(preprocessing)})
         partial.replace(path)  # atomic: an interrupted run never leaves a half-written cache behind
         self.last_status = "built"
-        log.info("feature cache built: %d images in %.1fs -> %s", len(ids), time.perf_counter() - started, path)
+        log.info("feature cache built: %d images in %.1fs (%s) -> %s", len(ids), time.perf_counter() - started, self.runtime, path)
         return inputs
 
 
-@torch.inference_mode()
+InputsRunner = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+
+
 def compute_cacheable_inputs(model: MultiHeadTagger, preprocessing: Preprocessing, paths: list[str],
-                             batch_size: int = 64, num_workers: int = 0) -> dict[str, torch.Tensor]:
+                             batch_size: int = 64, num_workers: int = 0, runtime: str = "torch") -> dict[str, torch.Tensor]:
     """One eval-mode pass over `paths`, with the same preprocessing as training."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime={runtime!r}; choose one of {RUNTIMES}")
     dataset = ProductImages(paths, {}, preprocessing.eval_transform(), preprocessing.image_size)
     # Its own generator: filling the cache must not advance the global RNG, or a cached run would
     # draw different dropout masks than the same run without the cache.
@@ -150,9 +168,48 @@ def compute_cacheable_inputs(model: MultiHeadTagger, preprocessing: Preprocessin
     model.eval()
     chunks: dict[str, list[torch.Tensor]] = {}
     try:
-        for images, _ in loader:
-            for name, tensor in model.cacheable_inputs(images.contiguous(memory_format=torch.channels_last)).items():
-                chunks.setdefault(name, []).append(tensor.float().contiguous())
+        run = onnxruntime_runner(model, preprocessing.image_size) if runtime == "onnxruntime" else torch_runner(model)
+        with torch.inference_mode():
+            for images, _ in loader:
+                for name, tensor in run(images).items():
+                    chunks.setdefault(name, []).append(tensor.float().contiguous())
     finally:
         model.train(was_training)
     return {name: torch.cat(parts).contiguous() for name, parts in chunks.items()}
+
+
+def torch_runner(model: MultiHeadTagger) -> InputsRunner:
+    return lambda images: model.cacheable_inputs(images.contiguous(memory_format=torch.channels_last))
+
+
+class _CacheableInputsGraph(nn.Module):
+    """`cacheable_inputs` with tuple outputs, the form ONNX export takes."""
+
+    def __init__(self, model: MultiHeadTagger) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.model.cacheable_inputs(images).values())
+
+
+def onnxruntime_runner(model: MultiHeadTagger, image_size: int) -> InputsRunner:
+    """The eval-mode frozen part and extras exported to ONNX once, then run by onnxruntime.
+
+    Eager PyTorch runs EfficientNet's depthwise convolutions slowly on CPU; the exported graph has
+    its BatchNorms folded into the convolutions and runs on onnxruntime's fused kernels. The file is
+    temporary: the session holds the graph, and the fill is its only user.
+    """
+    import onnxruntime as ort
+
+    names = ["backbone", *model.extras]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_graph(_CacheableInputsGraph(model), torch.zeros(2, 3, image_size, image_size),
+                            Path(tmp) / "cacheable_inputs.onnx", "images", names)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def run(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        outputs = session.run(names, {"images": images.contiguous().numpy()})
+        return {name: torch.from_numpy(output) for name, output in zip(names, outputs)}
+
+    return run

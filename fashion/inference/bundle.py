@@ -27,9 +27,9 @@ from torch import nn
 from fashion.data.transforms import Preprocessing
 from fashion.data.vocab import LabelVocabulary
 from fashion.inference.checkpoint import TrainedModel, build_model
+from fashion.models.onnx_graph import ONNX_OPSET, export_graph
 
 BUNDLE_FILES = ("model.safetensors", "config.json", "vocabularies.json", "preprocessing.json", "manifest.json")
-ONNX_OPSET = 17
 
 
 class ProbabilityModel(nn.Module):
@@ -48,12 +48,7 @@ def export_onnx(trained: TrainedModel, path: Path) -> Path:
     size = trained.preprocessing.image_size
     wrapper = ProbabilityModel(trained.model.eval(), trained.attributes).eval()
     example = torch.zeros(2, 3, size, size)
-    torch.onnx.export(
-        wrapper, (example,), str(path), input_names=["images"], output_names=trained.attributes,
-        dynamic_axes={"images": {0: "batch"}, **{a: {0: "batch"} for a in trained.attributes}},
-        opset_version=ONNX_OPSET, dynamo=False,
-    )
-    return path
+    return export_graph(wrapper, example, path, "images", trained.attributes)
 
 
 def export_bundle(trained: TrainedModel, output: str | Path, manifest: dict[str, Any] | None = None, onnx: bool = True) -> Path:
