@@ -95,7 +95,7 @@ class FeatureCache:
 
     `enabled`: `auto` uses it whenever it is valid (frozen backbone, no random augmentation),
     `off` never does. `runtime`, `batch_size` and `num_workers` only affect how fast it is filled:
-    `onnxruntime` (default) runs the frozen part about 2.5x faster than eager PyTorch on CPU
+    `onnxruntime` (default) runs the frozen part 2.8-4x faster than eager PyTorch on 2 CPU cores
     (docs/feature_cache.md) and agrees with it to ~1e-5; the runtime is not part of the key.
     """
 
