@@ -30,13 +30,18 @@ from fashion.data.feature_cache import RUNTIMES, compute_cacheable_inputs
 from fashion.train import build_model, build_module, use_feature_cache
 
 
-def epoch_seconds(cfg, use_cache: bool) -> tuple[float, float, int]:
-    """(train-epoch seconds, cache fill seconds, training images) for one fresh module."""
-    L.seed_everything(cfg.seed)
+def data_and_model(cfg):
+    """A fresh datamodule (labels prepared) and model, as `fashion-train` builds them."""
     backbone = instantiate(cfg.backbone)
     datamodule = instantiate(cfg.data, preprocessing=backbone.preprocessing, _convert_="object")
     datamodule.prepare_labels()
-    model = build_model(cfg, datamodule, backbone)
+    return datamodule, build_model(cfg, datamodule, backbone)
+
+
+def epoch_seconds(cfg, use_cache: bool) -> tuple[float, float, int]:
+    """(train-epoch seconds, cache fill seconds, training images) for one fresh module."""
+    L.seed_everything(cfg.seed)
+    datamodule, model = data_and_model(cfg)
     fill = 0.0
     if use_cache:
         started = time.perf_counter()
@@ -55,10 +60,7 @@ def epoch_seconds(cfg, use_cache: bool) -> tuple[float, float, int]:
 
 def fill_seconds(cfg, images: int) -> dict[str, tuple[float, float]]:
     """Per runtime: (seconds to fill the first `images` rows, max |feature - eager feature|)."""
-    backbone = instantiate(cfg.backbone)
-    datamodule = instantiate(cfg.data, preprocessing=backbone.preprocessing, _convert_="object")
-    datamodule.prepare_labels()
-    model = build_model(cfg, datamodule, backbone)
+    datamodule, model = data_and_model(cfg)
     paths = datamodule.table["path"].tolist()[:images]
     results, reference = {}, None
     for runtime in sorted(RUNTIMES, key=lambda r: r != "torch"):  # eager first: the reference

@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ENABLED_CHOICES = ("auto", "off")
-RUNTIMES = ("onnxruntime", "torch")
 
 
 def weights_digest(module: nn.Module) -> str:
@@ -158,7 +157,7 @@ InputsRunner = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 def compute_cacheable_inputs(model: MultiHeadTagger, preprocessing: Preprocessing, paths: list[str],
                              batch_size: int = 64, num_workers: int = 0, runtime: str = "torch") -> dict[str, torch.Tensor]:
     """One eval-mode pass over `paths`, with the same preprocessing as training."""
-    if runtime not in RUNTIMES:
+    if runtime not in RUNNERS:
         raise ValueError(f"runtime={runtime!r}; choose one of {RUNTIMES}")
     dataset = ProductImages(paths, {}, preprocessing.eval_transform(), preprocessing.image_size)
     # Its own generator: filling the cache must not advance the global RNG, or a cached run would
@@ -168,7 +167,7 @@ def compute_cacheable_inputs(model: MultiHeadTagger, preprocessing: Preprocessin
     model.eval()
     chunks: dict[str, list[torch.Tensor]] = {}
     try:
-        run = onnxruntime_runner(model, preprocessing.image_size) if runtime == "onnxruntime" else torch_runner(model)
+        run = RUNNERS[runtime](model, preprocessing.image_size)
         with torch.inference_mode():
             for images, _ in loader:
                 for name, tensor in run(images).items():
@@ -178,7 +177,7 @@ def compute_cacheable_inputs(model: MultiHeadTagger, preprocessing: Preprocessin
     return {name: torch.cat(parts).contiguous() for name, parts in chunks.items()}
 
 
-def torch_runner(model: MultiHeadTagger) -> InputsRunner:
+def torch_runner(model: MultiHeadTagger, image_size: int) -> InputsRunner:
     return lambda images: model.cacheable_inputs(images.contiguous(memory_format=torch.channels_last))
 
 
@@ -213,3 +212,7 @@ def onnxruntime_runner(model: MultiHeadTagger, image_size: int) -> InputsRunner:
         return {name: torch.from_numpy(output) for name, output in zip(names, outputs)}
 
     return run
+
+
+RUNNERS: dict[str, Callable[[MultiHeadTagger, int], InputsRunner]] = {"onnxruntime": onnxruntime_runner, "torch": torch_runner}
+RUNTIMES = tuple(RUNNERS)
