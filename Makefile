@@ -7,7 +7,7 @@ STAMP      := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install train test ui smoke sweep benchmark benchmark-cache data-report reproduce clean
+.PHONY: install train test ui smoke sweep benchmark benchmark-cache data-report reproduce clean clean-cache
 
 install: $(STAMP)
 
@@ -56,3 +56,7 @@ ui: $(STAMP)
 
 clean:
 	rm -rf outputs multirun .pytest_cache
+
+## Delete the feature cache: an entry per backbone, weights, settings and image set piles up there; the next run refills what it needs
+clean-cache:
+	rm -rf .cache/features

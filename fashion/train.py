@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 import hydra
 import lightning as L
@@ -157,7 +157,8 @@ def use_feature_cache(cfg: DictConfig, model: MultiHeadTagger, datamodule: Fashi
         return None
     cache: FeatureCache = instantiate(cfg.feature_cache)
     if cache.applies(model, datamodule.augmentation):
-        datamodule.use_cached_inputs(cache.load_or_compute(model, datamodule.preprocessing, datamodule.table))
+        datamodule.use_cached_inputs(*cache.load_with_views(model, datamodule.preprocessing, datamodule.table,
+                                                            datamodule.augmentation.views))
     return cache
 
 

@@ -2,15 +2,20 @@
 
 import os
 
+import albumentations as A
 import mlflow
+import numpy as np
+import pandas as pd
 import pytest
 import torch
+from hydra.utils import instantiate
+from PIL import Image
 
 from fashion.data import FeatureCache, Preprocessing
-from fashion.data.feature_cache import compute_cacheable_inputs
+from fashion.data.feature_cache import RUNNERS, FeatureDataset, compute_cacheable_inputs
 from fashion.data.transforms import Augmentation
 from fashion.models import Backbone, ColourHistogram, LinearHeads, MultiHeadTagger
-from fashion.train import train
+from fashion.train import build_model, train, use_feature_cache
 from tests.conftest import tiny_overrides
 
 
@@ -28,8 +33,6 @@ def tiny_model(colour: bool = False, **kwargs) -> MultiHeadTagger:
 
 @pytest.fixture
 def table(kaggle_folder):
-    import pandas as pd
-
     frame = pd.read_csv(kaggle_folder / "styles.csv")[["id"]]
     frame["path"] = [str(kaggle_folder / "images" / f"{i}.jpg") for i in frame["id"]]
     return frame
@@ -37,7 +40,7 @@ def table(kaggle_folder):
 
 def test_cache_applies_only_when_the_prefix_output_is_fixed():
     cache = FeatureCache("unused")
-    flip = Augmentation([__import__("albumentations").HorizontalFlip(p=0.5)])
+    flip = Augmentation([A.HorizontalFlip(p=0.5)])
     assert cache.applies(tiny_model(freeze="frozen"), Augmentation([]))
     assert not cache.applies(tiny_model(freeze="frozen"), flip)
     assert not cache.applies(tiny_model(freeze="full"), Augmentation([]))
@@ -65,11 +68,15 @@ def test_cached_inputs_equal_a_fresh_pass_and_are_reused(tmp_path, table):
 
 
 @pytest.mark.parametrize("freeze", ["frozen", "partial"])
-def test_onnxruntime_fill_matches_eager_pytorch(freeze, table):
+def test_onnxruntime_fill_matches_eager_pytorch(freeze, table, monkeypatch):
     model = tiny_model(colour=True, freeze=freeze, trainable_stages=1).train()
     preprocessing, paths = model.backbone.preprocessing, table["path"].tolist()
+    used = []
+    for name, runner in list(RUNNERS.items()):  # so the test fails if `runtime` were ignored
+        monkeypatch.setitem(RUNNERS, name, lambda *args, _name=name, _runner=runner: used.append(_name) or _runner(*args))
     eager = compute_cacheable_inputs(model, preprocessing, paths, batch_size=16, runtime="torch")
     onnx = compute_cacheable_inputs(model, preprocessing, paths, batch_size=16, runtime="onnxruntime")
+    assert used == ["torch", "onnxruntime"]
     assert onnx.keys() == eager.keys() == {"backbone", "colour"}
     for name in eager:
         assert onnx[name].shape == eager[name].shape
@@ -156,3 +163,78 @@ def test_colour_histogram_pooling_matches_adaptive_avg_pool():
     pool = adaptive_pool_matrix(224, 64)
     expected = torch.nn.functional.adaptive_avg_pool2d(images, 64)
     assert torch.allclose(pool @ images @ pool.T, expected, atol=1e-6)
+
+
+@pytest.fixture
+def asymmetric_table(tmp_path):
+    """Images whose mirror image differs (the shared fixture's are solid colours)."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    paths = []
+    for i in range(6):
+        pixels = np.full((32, 32, 3), 255, dtype=np.uint8)
+        pixels[:, : 4 + 3 * i] = rng.integers(0, 120, size=3, dtype=np.uint8)  # a dark band on the left
+        Image.fromarray(pixels).save(tmp_path / "images" / f"{i}.jpg", quality=95)
+        paths.append(str(tmp_path / "images" / f"{i}.jpg"))
+    return pd.DataFrame({"id": range(6), "path": paths})
+
+
+def test_augmentation_views_are_cacheable_and_must_be_deterministic():
+    views = Augmentation(views=[A.HorizontalFlip(p=1.0)])
+    assert views.is_random and views.cacheable
+    assert not Augmentation([A.HorizontalFlip(p=0.5)]).cacheable
+    assert FeatureCache("unused").applies(tiny_model(freeze="partial", trainable_stages=1), views)
+    with pytest.raises(ValueError, match="HorizontalFlip has p=0.5"):
+        Augmentation(views=[A.HorizontalFlip(p=0.5)])
+
+
+def test_uncached_training_draws_the_image_or_its_view():
+    image = np.zeros((32, 32, 3), dtype=np.uint8)
+    image[:, :8] = 200
+    transform = Augmentation(views=[A.HorizontalFlip(p=1.0)]).train_transform(Preprocessing(32, (0.0,) * 3, (1.0,) * 3))
+    transform.set_random_seed(0)
+    left_bright = [bool(transform(image=image)["image"][0, 0, 0] > 0.5) for _ in range(40)]
+    assert 8 <= sum(left_bright) <= 32  # both versions drawn, about evenly
+
+
+def test_each_view_is_cached_under_its_own_key(tmp_path, asymmetric_table):
+    model = tiny_model(freeze="partial", trainable_stages=1).eval()
+    preprocessing, flip = model.backbone.preprocessing, A.HorizontalFlip(p=1.0)
+    cache = FeatureCache(str(tmp_path / "cache"))
+    inputs, (flipped,) = cache.load_with_views(model, preprocessing, asymmetric_table, [flip])
+    assert cache.last_status == "built" and len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
+    paths = asymmetric_table["path"].tolist()
+    assert torch.allclose(inputs["backbone"], compute_cacheable_inputs(model, preprocessing, paths)["backbone"], atol=1e-5)
+    expected = compute_cacheable_inputs(model, preprocessing, paths, view=flip)["backbone"]
+    assert torch.allclose(flipped["backbone"], expected, atol=1e-5)
+    assert not torch.allclose(flipped["backbone"], inputs["backbone"], atol=1e-3)
+    again, _ = cache.load_with_views(model, preprocessing, asymmetric_table, [flip])
+    assert cache.last_status == "hit" and torch.equal(again["backbone"], inputs["backbone"])
+    cache.load_with_views(model, preprocessing, asymmetric_table, [A.VerticalFlip(p=1.0)])
+    assert cache.last_status == "built"  # a new view, a new entry; the image's own entry is reused
+
+
+def test_feature_dataset_draws_among_views():
+    image, mirror = {"backbone": torch.zeros(4, 3)}, {"backbone": torch.ones(4, 3)}
+    dataset = FeatureDataset(image, {"gender": [0, 1, 0, 1]}, [mirror])
+    torch.manual_seed(0)
+    drawn = [float(dataset[i % 4][0]["backbone"][0]) for i in range(40)]
+    assert 8 <= sum(drawn) <= 32
+    assert float(FeatureDataset(image, {"gender": [0, 1, 0, 1]})[2][0]["backbone"].sum()) == 0.0
+    with pytest.raises(ValueError, match="different inputs"):
+        FeatureDataset(image, {"gender": [0, 1, 0, 1]}, [{"colour": torch.ones(4, 3)}])
+
+
+def test_a_run_with_flip_views_trains_on_the_cache_and_evaluates_on_the_images_alone(tmp_path, kaggle_folder, compose_config):
+    cfg = compose_config(tiny_overrides(tmp_path, kaggle_folder) + [
+        "augmentation=flip", "backbone.freeze=partial", "backbone.trainable_stages=1", "head=linear"])
+    backbone = instantiate(cfg.backbone)
+    datamodule = instantiate(cfg.data, preprocessing=backbone.preprocessing, _convert_="object")
+    datamodule.prepare_labels()
+    cache = use_feature_cache(cfg, build_model(cfg, datamodule, backbone), datamodule)
+    assert cache.last_status == "built"
+    assert all(isinstance(d, FeatureDataset) for d in datamodule.datasets.values())
+    assert len(datamodule.datasets["train"].versions) == 2
+    assert len(datamodule.datasets["val"].versions) == len(datamodule.datasets["test"].versions) == 1
+    metrics = train(cfg)
+    assert torch.isfinite(torch.tensor(metrics["val/loss"]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -18,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from fashion.data.dataset import ProductImages
-from fashion.data.feature_cache import FeatureDataset
+from fashion.data.feature_cache import CachedInputs, FeatureDataset
 from fashion.data.images import find_unreadable
 from fashion.data.sampler import EpochRandomSampler
 from fashion.data.split import SPLITS, SplitSpec, assign_splits, load_split
@@ -192,16 +193,20 @@ class FashionDataModule(L.LightningDataModule):
             targets = {a: rows[f"y_{a}"].to_numpy() for a in self.attributes}
             self.datasets[split] = ProductImages(rows["path"].tolist(), targets, transform, self.preprocessing.image_size)
 
-    def use_cached_inputs(self, inputs: dict[str, torch.Tensor]) -> None:
-        """Serve precomputed model inputs (FeatureCache, one row per table row) instead of images."""
+    def use_cached_inputs(self, inputs: CachedInputs, views: Sequence[CachedInputs] = ()) -> None:
+        """Serve precomputed model inputs (FeatureCache, one row per table row) instead of images.
+
+        `views`: the same for each augmentation view; training draws among them, evaluation never.
+        """
         self.prepare_labels()
-        if any(len(t) != len(self.table) for t in inputs.values()):
+        if any(len(t) != len(self.table) for version in (inputs, *views) for t in version.values()):
             raise ValueError(f"cached inputs of {[len(t) for t in inputs.values()]} rows for a table of {len(self.table)} rows")
         for split in SPLITS:
-            mask = (self.table["split"] == split).to_numpy()
-            rows = self.table[mask]
-            selected = {name: tensor[torch.from_numpy(mask.copy())] for name, tensor in inputs.items()}
-            self.datasets[split] = FeatureDataset(selected, {a: rows[f"y_{a}"].to_numpy() for a in self.attributes})
+            mask = torch.from_numpy((self.table["split"] == split).to_numpy().copy())
+            rows = self.table[mask.numpy()]
+            targets = {a: rows[f"y_{a}"].to_numpy() for a in self.attributes}
+            split_views = [{n: t[mask] for n, t in view.items()} for view in views] if split == "train" else []
+            self.datasets[split] = FeatureDataset({n: t[mask] for n, t in inputs.items()}, targets, split_views)
 
     def _loader(self, split: str, sampler: EpochRandomSampler | None = None) -> DataLoader:
         dataset = self.datasets[split]

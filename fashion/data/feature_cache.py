@@ -14,6 +14,9 @@ The key covers everything the features depend on and nothing else: backbone name
 its weights, the preprocessing (size, mean, std, padding), the backbone's input pipeline, and the
 images themselves (ids and file contents). Labels are not in it: regrouping colours
 or pruning classes reuses the same features.
+
+Augmentation `views` (the mirror image, say) are cached too, one entry per view, and training
+draws one version of each image per step; random augmentation `steps` switch the cache off.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,6 +42,8 @@ from fashion.data.transforms import Augmentation, Preprocessing
 from fashion.models.onnx_graph import export_graph
 
 if TYPE_CHECKING:
+    import albumentations as A
+
     from fashion.models.tagger import MultiHeadTagger
 
 log = logging.getLogger(__name__)
@@ -71,14 +76,24 @@ def images_fingerprint(ids: list[int], paths: list[str]) -> str:
     return digest.hexdigest()
 
 
-class FeatureDataset(Dataset):
-    """({input name: cached tensor}, {attribute: class index}) pairs: the cached stand-in for ProductImages."""
+CachedInputs = Mapping[str, torch.Tensor]
 
-    def __init__(self, inputs: Mapping[str, torch.Tensor], targets: Mapping[str, np.ndarray]) -> None:
-        rows = {len(t) for t in inputs.values()}
+
+class FeatureDataset(Dataset):
+    """({input name: cached tensor}, {attribute: class index}) pairs: the cached stand-in for ProductImages.
+
+    With `views` (the cached inputs of augmentation views, same rows), each item is the image's own
+    inputs or one of its views', drawn uniformly from torch's global RNG like dropout masks are.
+    """
+
+    def __init__(self, inputs: CachedInputs, targets: Mapping[str, np.ndarray], views: Sequence[CachedInputs] = ()) -> None:
+        versions = [dict(inputs), *map(dict, views)]
+        rows = {len(t) for version in versions for t in version.values()}
         if len(rows) != 1 or any(len(t) not in rows for t in targets.values()):
             raise ValueError(f"cached inputs with {sorted(rows)} rows do not match targets {[len(t) for t in targets.values()]}")
-        self.inputs = dict(inputs)
+        if any(version.keys() != versions[0].keys() for version in versions):
+            raise ValueError(f"cached views hold different inputs: {[sorted(v) for v in versions]}")
+        self.versions = versions
         self.targets = {a: torch.as_tensor(t, dtype=torch.long) for a, t in targets.items()}
         self.length = rows.pop()
 
@@ -86,16 +101,18 @@ class FeatureDataset(Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        return {n: t[index] for n, t in self.inputs.items()}, {a: t[index] for a, t in self.targets.items()}
+        version = self.versions[int(torch.randint(len(self.versions), ())) if len(self.versions) > 1 else 0]
+        return {n: t[index] for n, t in version.items()}, {a: t[index] for a, t in self.targets.items()}
 
 
 class FeatureCache:
     """On-disk cache of backbone features (the `feature_cache` config key).
 
-    `enabled`: `auto` uses it whenever it is valid (frozen backbone, no random augmentation),
-    `off` never does. `runtime`, `batch_size` and `num_workers` only affect how fast it is filled:
-    `onnxruntime` (default) runs the frozen part 2.8-4x faster than eager PyTorch on 2 CPU cores
-    (docs/feature_cache.md) and agrees with it to ~1e-5; the runtime is not part of the key.
+    `enabled`: `auto` uses it whenever it is valid (a frozen backbone or prefix, and no random
+    augmentation `steps`; augmentation `views` are cached too), `off` never does. `runtime`,
+    `batch_size` and `num_workers` only affect how fast it is filled: `onnxruntime` (default) runs
+    the frozen part 2.8-4x faster than eager PyTorch on 2 CPU cores (docs/feature_cache.md) and
+    agrees with it to ~1e-5; the runtime is not part of the key.
     """
 
     def __init__(self, directory: str, enabled: str = "auto", batch_size: int = 64, num_workers: int = 0,
@@ -110,10 +127,11 @@ class FeatureCache:
         self.last_status: str = "off"  # off | hit | built: logged with the run
 
     def applies(self, model: MultiHeadTagger, augmentation: Augmentation) -> bool:
-        """Valid only when what the frozen part computes for an image never changes during training."""
-        return self.enabled == "auto" and model.backbone.cacheable and not augmentation.is_random
+        """Valid only when each image has a fixed set of versions whose frozen-part outputs never change."""
+        return self.enabled == "auto" and model.backbone.cacheable and augmentation.cacheable
 
-    def key(self, model: MultiHeadTagger, preprocessing: Preprocessing, ids: list[int], paths: list[str]) -> str:
+    def key(self, model: MultiHeadTagger, preprocessing: Preprocessing, ids: list[int], paths: list[str],
+            view: A.BasicTransform | None = None) -> str:
         backbone = model.backbone
         parts = {
             "backbone": backbone.name,
@@ -124,12 +142,27 @@ class FeatureCache:
             "preprocessing": repr(preprocessing),
             "images": images_fingerprint(ids, paths),
         }
+        if view is not None:  # absent for the image itself, so its key predates views
+            parts["view"] = repr(view)
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
-    def load_or_compute(self, model: MultiHeadTagger, preprocessing: Preprocessing, table: pd.DataFrame) -> dict[str, torch.Tensor]:
+    def load_with_views(self, model: MultiHeadTagger, preprocessing: Preprocessing, table: pd.DataFrame,
+                        views: Sequence[A.BasicTransform]) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
+        """The images' cached inputs and each view's; `last_status` is `hit` only if all were on disk."""
+        inputs = self.load_or_compute(model, preprocessing, table)
+        statuses = [self.last_status]
+        view_inputs = []
+        for view in views:
+            view_inputs.append(self.load_or_compute(model, preprocessing, table, view))
+            statuses.append(self.last_status)
+        self.last_status = "hit" if set(statuses) == {"hit"} else "built"
+        return inputs, view_inputs
+
+    def load_or_compute(self, model: MultiHeadTagger, preprocessing: Preprocessing, table: pd.DataFrame,
+                        view: A.BasicTransform | None = None) -> dict[str, torch.Tensor]:
         """`model.cacheable_inputs` for every row of `table` (columns id, path), in table order."""
         ids, paths = table["id"].astype(int).tolist(), table["path"].tolist()
-        key = self.key(model, preprocessing, ids, paths)
+        key = self.key(model, preprocessing, ids, paths, view)
         path = self.directory / f"{key}.safetensors"
         if path.is_file():
             stored = load_file(path)
@@ -140,14 +173,15 @@ class FeatureCache:
                 rows = torch.tensor([by_id[i] for i in ids])
                 return {name: tensor[rows] for name, tensor in stored.items()}
         started = time.perf_counter()
-        inputs = compute_cacheable_inputs(model, preprocessing, paths, self.batch_size, self.num_workers, self.runtime)
+        inputs = compute_cacheable_inputs(model, preprocessing, paths, self.batch_size, self.num_workers, self.runtime, view)
         self.directory.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".tmp")
         save_file({"ids": torch.tensor(ids, dtype=torch.long), **inputs}, partial,
                   metadata={"backbone": model.backbone.name, "preprocessing": repr(preprocessing)})
         partial.replace(path)  # atomic: an interrupted run never leaves a half-written cache behind
         self.last_status = "built"
-        log.info("feature cache built: %d images in %.1fs (%s) -> %s", len(ids), time.perf_counter() - started, self.runtime, path)
+        log.info("feature cache built: %d images%s in %.1fs (%s) -> %s", len(ids), f" ({view!r})" if view else "",
+                 time.perf_counter() - started, self.runtime, path)
         return inputs
 
 
@@ -155,11 +189,13 @@ InputsRunner = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
 
 def compute_cacheable_inputs(model: MultiHeadTagger, preprocessing: Preprocessing, paths: list[str],
-                             batch_size: int = 64, num_workers: int = 0, runtime: str = "torch") -> dict[str, torch.Tensor]:
-    """One eval-mode pass over `paths`, with the same preprocessing as training."""
+                             batch_size: int = 64, num_workers: int = 0, runtime: str = "torch",
+                             view: A.BasicTransform | None = None) -> dict[str, torch.Tensor]:
+    """One eval-mode pass over `paths` (or their `view`), with the same preprocessing as training."""
     if runtime not in RUNNERS:
         raise ValueError(f"runtime={runtime!r}; choose one of {RUNTIMES}")
-    dataset = ProductImages(paths, {}, preprocessing.eval_transform(), preprocessing.image_size)
+    fixed = [view] if view is not None else []
+    dataset = ProductImages(paths, {}, preprocessing.eval_transform(*fixed), preprocessing.image_size)
     # Its own generator: filling the cache must not advance the global RNG, or a cached run would
     # draw different dropout masks than the same run without the cache.
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator())

@@ -37,19 +37,36 @@ class Preprocessing:
     def to_tensor(self) -> list[A.BasicTransform]:
         return [A.Normalize(mean=self.mean, std=self.std, max_pixel_value=255.0), ToTensorV2()]
 
-    def eval_transform(self) -> A.Compose:
-        return A.Compose([*self.resize_and_pad(), *self.to_tensor()], strict=True)
+    def eval_transform(self, *fixed: A.BasicTransform) -> A.Compose:
+        """`fixed`: deterministic transforms between padding and normalisation (a cached augmentation view)."""
+        return A.Compose([*self.resize_and_pad(), *fixed, *self.to_tensor()], strict=True)
 
 
 class Augmentation:
-    """Random transforms applied to training images between padding and normalisation."""
+    """Random transforms applied to training images between padding and normalisation.
 
-    def __init__(self, steps: Sequence[A.BasicTransform] = ()) -> None:
-        self.steps = list(steps)
+    `steps` are applied in turn, each with its own probability. `views` are fixed alternatives to
+    the image (its mirror image, say): each training sample is the image or one of its views, drawn
+    uniformly. A finite set of views keeps a frozen backbone (or frozen prefix) cacheable, since
+    the feature cache stores each view once; random `steps` do not.
+    """
+
+    def __init__(self, steps: Sequence[A.BasicTransform] = (), views: Sequence[A.BasicTransform] = ()) -> None:
+        self.steps, self.views = list(steps), list(views)
+        for view in self.views:
+            if getattr(view, "p", 1.0) != 1.0:
+                raise ValueError(f"augmentation view {type(view).__name__} has p={view.p}: a view is always applied "
+                                 "once drawn (set p: 1.0); the draw among the views is uniform")
 
     @property
     def is_random(self) -> bool:
-        return bool(self.steps)
+        return bool(self.steps or self.views)
+
+    @property
+    def cacheable(self) -> bool:
+        """Whether every training input is one of finitely many fixed versions of its image."""
+        return not self.steps
 
     def train_transform(self, preprocessing: Preprocessing) -> A.Compose:
-        return A.Compose([*preprocessing.resize_and_pad(), *self.steps, *preprocessing.to_tensor()], strict=True)
+        draw_view = [A.OneOf([A.NoOp(p=1.0), *self.views], p=1.0)] if self.views else []
+        return A.Compose([*preprocessing.resize_and_pad(), *draw_view, *self.steps, *preprocessing.to_tensor()], strict=True)
