@@ -132,6 +132,14 @@ class FeatureCache:
 
     def key(self, model: MultiHeadTagger, preprocessing: Preprocessing, ids: list[int], paths: list[str],
             view: A.BasicTransform | None = None) -> str:
+        return self.keys(model, preprocessing, ids, paths, [view])[0]
+
+    def keys(self, model: MultiHeadTagger, preprocessing: Preprocessing, ids: list[int], paths: list[str],
+             versions: Sequence[A.BasicTransform | None]) -> list[str]:
+        """One key per version of the images (None: the images themselves, whose key predates views).
+
+        The weights and the image files, the costly parts, are hashed once for all versions.
+        """
         backbone = model.backbone
         parts = {
             "backbone": backbone.name,
@@ -142,27 +150,28 @@ class FeatureCache:
             "preprocessing": repr(preprocessing),
             "images": images_fingerprint(ids, paths),
         }
-        if view is not None:  # absent for the image itself, so its key predates views
-            parts["view"] = repr(view)
-        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+        return [hashlib.sha256(json.dumps(parts if view is None else {**parts, "view": repr(view)},
+                                          sort_keys=True).encode()).hexdigest()[:24] for view in versions]
+
+    def load_or_compute(self, model: MultiHeadTagger, preprocessing: Preprocessing,
+                        table: pd.DataFrame) -> dict[str, torch.Tensor]:
+        """`model.cacheable_inputs` for every row of `table` (columns id, path), in table order."""
+        return self.load_with_views(model, preprocessing, table, ())[0]
 
     def load_with_views(self, model: MultiHeadTagger, preprocessing: Preprocessing, table: pd.DataFrame,
                         views: Sequence[A.BasicTransform]) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
         """The images' cached inputs and each view's; `last_status` is `hit` only if all were on disk."""
-        inputs = self.load_or_compute(model, preprocessing, table)
-        statuses = [self.last_status]
-        view_inputs = []
-        for view in views:
-            view_inputs.append(self.load_or_compute(model, preprocessing, table, view))
+        ids, paths = table["id"].astype(int).tolist(), table["path"].tolist()
+        versions = [None, *views]
+        loaded, statuses = [], []
+        for view, key in zip(versions, self.keys(model, preprocessing, ids, paths, versions)):
+            loaded.append(self._load_or_fill(key, model, preprocessing, ids, paths, view))
             statuses.append(self.last_status)
         self.last_status = "hit" if set(statuses) == {"hit"} else "built"
-        return inputs, view_inputs
+        return loaded[0], loaded[1:]
 
-    def load_or_compute(self, model: MultiHeadTagger, preprocessing: Preprocessing, table: pd.DataFrame,
-                        view: A.BasicTransform | None = None) -> dict[str, torch.Tensor]:
-        """`model.cacheable_inputs` for every row of `table` (columns id, path), in table order."""
-        ids, paths = table["id"].astype(int).tolist(), table["path"].tolist()
-        key = self.key(model, preprocessing, ids, paths, view)
+    def _load_or_fill(self, key: str, model: MultiHeadTagger, preprocessing: Preprocessing, ids: list[int],
+                      paths: list[str], view: A.BasicTransform | None) -> dict[str, torch.Tensor]:
         path = self.directory / f"{key}.safetensors"
         if path.is_file():
             stored = load_file(path)
