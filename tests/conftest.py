@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,15 @@ from fashion.config import CONFIG_DIR  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = PROJECT_ROOT / "data" / "sample"
+
+
+def load_script(name: str):
+    """A module of scripts/ (they are not part of the package), e.g. load_script("results_table")."""
+    spec = importlib.util.spec_from_file_location(name, PROJECT_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 COLOURS = {"Black": (20, 20, 20), "White": (235, 235, 235), "Red": (200, 30, 30), "Blue": (30, 40, 190)}
 ARTICLES = {  # articleType -> (masterCategory, subCategory)
     "Tshirts": ("Apparel", "Topwear"),

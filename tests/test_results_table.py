@@ -1,18 +1,9 @@
 """scripts/results_table.py renders what the MLflow runs hold, and nothing else."""
 
-import importlib.util
-from pathlib import Path
 
 import mlflow
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "results_table.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("results_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_script
 
 
 def log_run(recipe: str, backbone: str, acc: dict, tags: dict | None = None, params: dict | None = None) -> str:
@@ -39,7 +30,7 @@ def test_table_shows_run_numbers_targets_and_the_ablation(tmp_path):
                 {"loss_weighting._target_": f"fashion.losses.{weighting}", "seed": seed})
 
     trial = log_run("best_cpu_trial", "tf_efficientnet_lite0", {"gender": 0.85}, {"trial": "no_colour"})
-    text = load_script().render(load_script().load_runs(uri, "fashion"))
+    text = load_script("results_table").render(load_script("results_table").load_runs(uri, "fashion"))
 
     assert "| gender | 87.80 | 92.00 | 92.13 (met) |" in text
     assert "| baseColour | – | 65.00 | 61.00 (**missed**) |" in text

@@ -75,11 +75,16 @@ def test_killed_run_resumes_into_the_same_mlflow_run_with_identical_results(tmp_
         assert len(steps) == len(set(steps)), f"{key} logged twice at a step: {steps}"
 
 
-def test_seeded_deterministic_runs_are_identical(tmp_path, kaggle_folder, compose_config):
+@pytest.mark.parametrize("randomness", [
+    ["augmentation=strong"],
+    # cached views are drawn from torch's global RNG, which the per-epoch seeding resets
+    ["augmentation=flip", "backbone.freeze=partial", "backbone.trainable_stages=1"],
+], ids=["random_steps", "cached_views"])
+def test_seeded_deterministic_runs_are_identical(tmp_path, kaggle_folder, compose_config, randomness):
     results = []
     for attempt in ("a", "b"):
         cfg = compose_config(tiny_overrides(tmp_path / attempt, kaggle_folder) + [
-            "seed=3", "trainer.deterministic=true", "trainer.max_epochs=2", "augmentation=strong", "head.dropout=0.5"])
+            "seed=3", "trainer.deterministic=true", "trainer.max_epochs=2", "head.dropout=0.5", *randomness])
         results.append({k: v for k, v in train(cfg).items() if not k.startswith("time/")})
     assert results[0] == results[1]
     assert results[0]["test/mean_acc"] > 0

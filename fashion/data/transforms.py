@@ -59,10 +59,6 @@ class Augmentation:
                                  "once drawn (set p: 1.0); the draw among the views is uniform")
 
     @property
-    def is_random(self) -> bool:
-        return bool(self.steps or self.views)
-
-    @property
     def cacheable(self) -> bool:
         """Whether every training input is one of finitely many fixed versions of its image."""
         return not self.steps
