@@ -173,11 +173,11 @@ def test_grad_cam_heatmap_has_the_image_shape_and_varies(trained):
     # The bundle's 32px input leaves test_tiny a 1x1 feature map; the same weights at 160px give 5x5.
     from dataclasses import replace
 
-    from fashion.inference.checkpoint import build_model
+    from fashion.models.architecture import build_model
 
     loaded = load_bundle(trained.bundle)
     config = {**loaded.run_config, "backbone": {**loaded.run_config["backbone"], "image_size": 160}}
-    model = build_model(config, loaded.vocabularies)
+    model = build_model(config, {a: len(v) for a, v in loaded.vocabularies.items()})
     model.load_state_dict(loaded.model.state_dict())
     predictor = Predictor(replace(loaded, model=model.eval(), preprocessing=model.backbone.preprocessing))
     image = load_rgb(REAL_IMAGES[0])

@@ -149,3 +149,34 @@ def test_a_slow_prediction_does_not_stall_health(trained, monkeypatch):
     slow.join()
     server.should_exit = True
     thread.join(timeout=5)
+
+
+def test_every_error_has_the_documented_shape_and_a_stable_code(client):
+    from fashion.serving.errors import ERROR_CODES
+
+    cases = [
+        (client.post("/v1/predict/base64", json={"nothing": 1}), 422, "invalid_request", "image"),
+        (client.post("/v1/predict/base64", content=b"{not json", headers={"content-type": "application/json"}), 422,
+         "invalid_request", "JSON"),
+        (client.post("/v1/predict"), 422, "invalid_request", "file"),
+        (client.post("/v1/predict", files={"wrong_field": ("a.jpg", JPEG.read_bytes(), "image/jpeg")}), 422,
+         "invalid_request", "file"),
+        (client.get("/v1/nothing-here"), 404, "not_found", ""),
+        (client.get("/v1/predict"), 405, "method_not_allowed", ""),
+    ]
+    for response, status, code, mentions in cases:
+        assert response.status_code == status, response.text
+        error = response.json()["error"]
+        assert error["code"] == code and ERROR_CODES[code][0] == status
+        assert mentions in error["message"], error
+
+
+def test_the_openapi_schema_documents_the_errors(client):
+    schema = client.get("/openapi.json").json()
+    error = schema["components"]["schemas"]["ErrorResponse"]
+    assert error["properties"]["error"]["$ref"].endswith("/ErrorDetail")
+    for path in ("/v1/predict", "/v1/predict/batch", "/v1/predict/base64"):
+        responses = schema["paths"][path]["post"]["responses"]
+        for status in ("400", "413", "415", "422"):
+            assert responses[status]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse"), (path, status)
+        assert "corrupt_image" in responses["400"]["description"] and "too_many_pixels" in responses["413"]["description"]

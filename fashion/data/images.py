@@ -4,6 +4,10 @@ A corrupt or truncated JPEG must not crash a run hours in, so every image is dec
 (`find_unreadable`) and the bad ones are reported by id. JPEG decoding uses Pillow's `draft` mode,
 which lets libjpeg downscale by 2/4/8 while decoding: full-size Kaggle photos (1800x2400) decode
 several times faster when the model only needs 224 pixels.
+
+Every path that turns a file into pixels (training, predict, eval, the API and the pyfunc) goes
+through `to_rgb`, so a phone photo's EXIF orientation is applied everywhere, as every image viewer
+applies it, and a transparent background becomes the white studio background the model was trained on.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +29,43 @@ class ImageReadError(OSError):
     """An image file exists but cannot be decoded."""
 
 
+EXIF_ORIENTATION = 0x0112
+SWAPS_SIDES = {5, 6, 7, 8}  # orientations that rotate by 90 degrees
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """Upright HxWx3 uint8 pixels: EXIF orientation applied, alpha composited on white, any mode to RGB."""
+    image = ImageOps.exif_transpose(image) or image
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    elif image.mode.startswith("I;16") or image.mode in ("I", "F"):  # 16-bit or float grey: scale, do not clip
+        values = np.asarray(image, dtype=np.float64)
+        values = values / 257 if values.max(initial=0) > 255 else values
+        image = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), "L")
+    return np.asarray(image.convert("RGB"))
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) as shown, after the EXIF orientation, read from the header without decoding."""
+    width, height = image.size
+    try:
+        orientation = image.getexif().get(EXIF_ORIENTATION)
+    except Exception:  # a malformed EXIF block: exif_transpose will ignore it too
+        orientation = None
+    return (height, width) if orientation in SWAPS_SIDES else (width, height)
+
+
 def load_rgb(path: str | Path, min_side: int | None = None) -> np.ndarray:
-    """Decode to an HxWx3 uint8 array; `min_side` lets JPEG decoding downscale while keeping >= min_side."""
+    """Decode to an upright HxWx3 uint8 array; `min_side` lets JPEG decoding downscale while keeping >= min_side."""
     try:
         with Image.open(path) as image:
             if min_side is not None and image.format == "JPEG":
                 image.draft("RGB", (min_side, min_side))
-            return np.asarray(image.convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
+            return to_rgb(image)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise ImageReadError(f"cannot decode image {path}: {err}") from err
 
 

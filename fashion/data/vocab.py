@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import pandas as pd
+import pydantic
 
 from fashion.data.styles import ATTRIBUTES
 
@@ -99,7 +100,14 @@ class LabelVocabulary:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> LabelVocabulary:
-        return cls(data["attribute"], list(data["classes"]), data.get("other_index"), list(data.get("counts", [])))
+        """From `to_dict`'s output, which may come from a bundle or checkpoint made elsewhere: checked field by field."""
+        try:
+            saved = SavedVocabulary.model_validate(data)
+        except pydantic.ValidationError as err:
+            where = data.get("attribute", "?") if isinstance(data, Mapping) else "?"
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in err.errors())
+            raise ValueError(f"vocabulary {where!r}: {problems}") from None
+        return cls(saved.attribute, saved.classes, saved.other_index, saved.counts)
 
     @classmethod
     def build(cls, attribute: str, values: Iterable[object], min_count: int, rare_classes: str, other_label: str) -> LabelVocabulary:
@@ -111,6 +119,22 @@ class LabelVocabulary:
             classes = [*kept, other_label]
             return cls(attribute, classes, len(kept), [counts[c] for c in kept] + [rare])
         return cls(attribute, kept, None, [counts[c] for c in kept])
+
+
+class SavedVocabulary(pydantic.BaseModel):
+    """The plain-data form of a LabelVocabulary: strict types, no extra keys."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+    attribute: str
+    classes: list[str]
+    other_index: int | None = None
+    counts: list[int] = []
+
+    @pydantic.model_validator(mode="after")
+    def _other_index_in_range(self) -> SavedVocabulary:
+        if self.other_index is not None and not 0 <= self.other_index < len(self.classes):
+            raise ValueError(f"other_index {self.other_index} is outside classes[0..{len(self.classes) - 1}]")
+        return self
 
 
 def build_vocabularies(train: pd.DataFrame, spec: LabelSpec) -> dict[str, LabelVocabulary]:

@@ -1,4 +1,4 @@
-"""The model bundle: a self-contained folder that serving needs and nothing that runs code on load.
+"""The model bundle: a self-contained folder that serving needs, verified file by file on load.
 
     model.safetensors    weights (tensors only)
     model.onnx           the same network, softmax outputs per attribute, dynamic batch
@@ -6,30 +6,52 @@
     vocabularies.json    class names per attribute, in head-output order
     preprocessing.json   image size, mean, std, pad fill
     taxonomy.json        articleType -> subCategory/masterCategory where training data is unanimous
-    manifest.json        backbone, attributes, dataset fingerprint, metrics, source run, versions
+    manifest.json        format version, sha256 of every file above, backbone, attributes, dataset
+                         fingerprint, metrics, source run, versions
 
-Loading reads JSON and safetensors only: no pickle, so a bundle from elsewhere cannot execute code.
+Bundles are shared and pulled from registries, so loading treats one as untrusted data:
+- every file is read through `BundleFiles`, which refuses a file the manifest does not list or whose
+  sha256 differs (a tampered or truncated file names itself);
+- the architecture is rebuilt from `config.json` by `fashion.models.architecture`, which admits only
+  this project's model classes with typed fields (never Hydra `instantiate`);
+- weights are safetensors, the rest JSON: nothing is unpickled.
+The hashes make a bundle self-consistent, not authentic: whoever can rewrite the folder can rewrite
+the manifest too. Pin a bundle's origin by its manifest's digest, or pull it from a registry you trust.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
+from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 from torch import nn
 
 from fashion.data.transforms import Preprocessing
 from fashion.data.vocab import LabelVocabulary
-from fashion.inference.checkpoint import TrainedModel, build_model
+from fashion.inference.checkpoint import TrainedModel
+from fashion.models.architecture import ArchitectureError, build_model
 from fashion.models.onnx_graph import ONNX_OPSET, export_graph
 
-BUNDLE_FILES = ("model.safetensors", "config.json", "vocabularies.json", "preprocessing.json", "manifest.json")
+FORMAT = "fashion-bundle/2"          # 2: manifest["files"] maps each file to its sha256
+REQUIRED_FILES = ("model.safetensors", "config.json", "vocabularies.json", "preprocessing.json")
+OPTIONAL_FILES = ("taxonomy.json", "model.onnx")
+BUNDLE_FILES = (*REQUIRED_FILES, "manifest.json")
+MANIFEST = "manifest.json"
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be trusted or read: says which file and what is wrong with it."""
 
 
 class ProbabilityModel(nn.Module):
@@ -62,18 +84,18 @@ def export_bundle(trained: TrainedModel, output: str | Path, manifest: dict[str,
     write_json(output / "vocabularies.json", {a: v.to_dict() for a, v in trained.vocabularies.items()})
     write_json(output / "preprocessing.json", asdict(trained.preprocessing))
     write_json(output / "taxonomy.json", trained.taxonomy)
-    files = list(BUNDLE_FILES)
+    files = [*REQUIRED_FILES, "taxonomy.json"]
     if onnx:
         export_onnx(trained, output / "model.onnx")
         files.append("model.onnx")
-    write_json(output / "manifest.json", {
-        "format": "fashion-bundle/1",
+    write_json(output / MANIFEST, {
+        "format": FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "backbone": trained.run_config["backbone"]["name"],
         "attributes": trained.attributes,
         "num_classes": {a: len(v) for a, v in trained.vocabularies.items()},
         "image_size": trained.preprocessing.image_size,
-        "files": files,
+        "files": {name: sha256(output / name) for name in files},
         "onnx_opset": ONNX_OPSET if onnx else None,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         **(manifest or {}),
@@ -81,24 +103,114 @@ def export_bundle(trained: TrainedModel, output: str | Path, manifest: dict[str,
     return output
 
 
+class BundleFiles:
+    """A bundle folder whose files are read only through the sha256 its manifest records."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path)
+
+    def has(self, name: str) -> bool:
+        return name in self.manifest["files"]
+
+    def read_bytes(self, name: str) -> bytes:
+        if not self.has(name):
+            raise BundleError(f"{self.path / name}: not listed in {MANIFEST}, so it cannot be verified")
+        file = self.path / name
+        if not file.is_file():
+            raise BundleError(f"{file}: listed in {MANIFEST} but missing")
+        data = file.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != self.manifest["files"][name]:
+            raise BundleError(f"{file}: sha256 {digest[:12]}... does not match the manifest's "
+                              f"{self.manifest['files'][name][:12]}... ({len(data)} bytes): the file was changed or truncated")
+        return data
+
+    def json(self, name: str) -> Any:
+        try:
+            return json.loads(self.read_bytes(name))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise BundleError(f"{self.path / name}: not valid JSON ({err})") from None
+
+
+class SavedPreprocessing(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+    image_size: int = pydantic.Field(ge=8, le=4096)
+    mean: list[float] = pydantic.Field(min_length=3, max_length=3)
+    std: list[float] = pydantic.Field(min_length=3, max_length=3)
+    pad_fill: int = pydantic.Field(255, ge=0, le=255)
+
+
 def load_bundle(path: str | Path) -> TrainedModel:
-    """Rebuild the model from JSON + safetensors (no pickle); a missing file names itself."""
-    path = Path(path)
-    missing = [name for name in BUNDLE_FILES if not (path / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{path} is not a complete model bundle: missing {missing}")
-    config = json.loads((path / "config.json").read_text())
-    vocabularies = {a: LabelVocabulary.from_dict(v) for a, v in json.loads((path / "vocabularies.json").read_text()).items()}
-    prep = json.loads((path / "preprocessing.json").read_text())
-    preprocessing = Preprocessing(int(prep["image_size"]), tuple(prep["mean"]), tuple(prep["std"]), int(prep.get("pad_fill", 255)))
-    taxonomy = json.loads((path / "taxonomy.json").read_text()) if (path / "taxonomy.json").is_file() else {}
-    model = build_model(config, vocabularies)
-    model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+    """Rebuild the model from verified JSON + safetensors; any problem is a BundleError naming the file."""
+    files = BundleFiles(path)
+    prep = _validated(SavedPreprocessing, files.json("preprocessing.json"), files.path / "preprocessing.json")
+    preprocessing = Preprocessing(prep["image_size"], tuple(prep["mean"]), tuple(prep["std"]), prep["pad_fill"])
+    raw_vocabularies = files.json("vocabularies.json")
+    if not isinstance(raw_vocabularies, Mapping) or not raw_vocabularies:
+        raise BundleError(f"{files.path / 'vocabularies.json'}: expected an object of attribute -> vocabulary")
+    try:
+        vocabularies = {a: LabelVocabulary.from_dict(v) for a, v in raw_vocabularies.items()}
+    except ValueError as err:
+        raise BundleError(f"{files.path / 'vocabularies.json'}: {err}") from None
+    taxonomy = files.json("taxonomy.json") if files.has("taxonomy.json") else {}
+    config = files.json("config.json")
+    try:
+        model = build_model(config, {a: len(v) for a, v in vocabularies.items()}, source=str(files.path / "config.json"))
+    except ArchitectureError as err:
+        raise BundleError(str(err)) from None
+    try:
+        model.load_state_dict(load_safetensors(files.read_bytes("model.safetensors")), strict=True)
+    except (SafetensorError, RuntimeError) as err:
+        raise BundleError(f"{files.path / 'model.safetensors'}: does not fit the architecture in config.json: {err}") from None
     return TrainedModel(model.eval(), vocabularies, preprocessing, config, taxonomy)
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
-    return json.loads((Path(path) / "manifest.json").read_text())
+    """The manifest, checked for a known format and a sha256 for every required file (not yet the files)."""
+    file = Path(path) / MANIFEST
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"{path} is not a model bundle folder")
+    if not file.is_file():
+        raise FileNotFoundError(f"{path} is not a complete model bundle: missing {MANIFEST}")
+    try:
+        manifest = json.loads(file.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BundleError(f"{file}: not valid JSON ({err})") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{file}: expected a JSON object")
+    version = manifest.get("format")
+    if version != FORMAT:
+        hint = " (written before bundles recorded file hashes: export it again with fashion-export)" \
+            if version == "fashion-bundle/1" else ""
+        raise BundleError(f"{file}: bundle format {version!r} is not supported; this version reads {FORMAT!r}{hint}")
+    hashes = manifest.get("files")
+    if not isinstance(hashes, dict) or not all(isinstance(h, str) and len(h) == 64 for h in hashes.values()):
+        raise BundleError(f"{file}: 'files' must map each bundle file to its sha256")
+    unknown = sorted(set(hashes) - set(REQUIRED_FILES) - set(OPTIONAL_FILES))
+    missing = [name for name in REQUIRED_FILES if name not in hashes]
+    if unknown or missing:
+        raise BundleError(f"{file}: 'files' lists unknown files {unknown} / lacks required files {missing}")
+    absent = [name for name in hashes if not (Path(path) / name).is_file()]
+    if absent:
+        raise FileNotFoundError(f"{path} is not a complete model bundle: missing {absent}")
+    return manifest
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _validated(schema: type[pydantic.BaseModel], data: Any, where: Path | str) -> dict[str, Any]:
+    try:
+        return schema.model_validate(data).model_dump()
+    except pydantic.ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in err.errors())
+        raise BundleError(f"{where}: {problems}") from None
 
 
 def write_json(path: Path, data: Any) -> None:

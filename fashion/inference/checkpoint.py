@@ -1,8 +1,10 @@
 """Rebuild a trained MultiHeadTagger from a Lightning checkpoint without unpickling arbitrary objects.
 
 TaggerModule keeps only plain containers in its hparams (`vocabularies`, `run_config`), so the
-checkpoint loads with `torch.load(weights_only=True)`; the architecture is re-instantiated from the
-run's own backbone/head config and the weights come from the checkpoint, never from a hub.
+checkpoint loads with `torch.load(weights_only=True)`. A checkpoint may come from elsewhere, so the
+architecture is rebuilt from the run's backbone/head/extra_features config by
+`fashion.models.architecture` (this project's classes only, typed fields, no Hydra `instantiate`),
+and the weights come from the checkpoint, never from a hub.
 """
 
 from __future__ import annotations
@@ -13,13 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 
 from fashion.data.transforms import Preprocessing
 from fashion.data.vocab import LabelVocabulary
+from fashion.models.architecture import build_model
 from fashion.models.tagger import MultiHeadTagger
-
-NO_WEIGHT_SOURCE = {"pretrained": False, "packaged_weights": None, "checkpoint_path": None}
 
 
 @dataclass
@@ -37,17 +37,6 @@ class TrainedModel:
         return list(self.vocabularies)
 
 
-def build_model(run_config: Mapping[str, Any], vocabularies: Mapping[str, LabelVocabulary]) -> MultiHeadTagger:
-    """The architecture of a run, with random weights: callers load the trained state dict into it."""
-    backbone_cfg = {**run_config["backbone"], **NO_WEIGHT_SOURCE, "freeze": "full"}
-    backbone = instantiate(backbone_cfg)
-    extras = {name: instantiate(dict(node), preprocessing=backbone.preprocessing)
-              for name, node in (run_config.get("extra_features") or {}).items() if node}
-    heads = instantiate(dict(run_config["head"]), in_features=MultiHeadTagger.feature_size(backbone, extras),
-                        num_classes={a: len(v) for a, v in vocabularies.items()})
-    return MultiHeadTagger(backbone, heads, extras)
-
-
 def load_checkpoint(path: str | Path) -> TrainedModel:
     path = Path(path)
     if not path.is_file():
@@ -57,7 +46,7 @@ def load_checkpoint(path: str | Path) -> TrainedModel:
     if "vocabularies" not in hparams or "run_config" not in hparams:
         raise ValueError(f"{path} is not a fashion-train checkpoint (no vocabularies/run_config in its hyper_parameters)")
     vocabularies = {a: LabelVocabulary.from_dict(v) for a, v in hparams["vocabularies"].items()}
-    model = build_model(hparams["run_config"], vocabularies)
+    model = build_model(hparams["run_config"], {a: len(v) for a, v in vocabularies.items()}, source=f"{path}: run_config")
     state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state, strict=True)
     return TrainedModel(model.eval(), vocabularies, model.backbone.preprocessing, dict(hparams["run_config"]),

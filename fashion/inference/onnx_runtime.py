@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fashion.inference.bundle import read_manifest
+from fashion.inference.bundle import BundleFiles
 from fashion.inference.checkpoint import TrainedModel
 from fashion.inference.predictor import Predictor
 
@@ -22,15 +22,16 @@ class OnnxPredictor(Predictor):
         import onnxruntime as ort
 
         super().__init__(trained, top_k, batch_size, taxonomy)
-        path = Path(bundle_dir) / "model.onnx"
-        if not path.is_file():
+        files = BundleFiles(bundle_dir)
+        if not files.has("model.onnx"):
             raise FileNotFoundError(f"no ONNX model in {bundle_dir} (was it exported with --no-onnx?)")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        # From the verified bytes, not the path: the file onnxruntime parses is the one the manifest hashed.
+        self.session = ort.InferenceSession(files.read_bytes("model.onnx"), options, providers=["CPUExecutionProvider"])
         self.output_names = [o.name for o in self.session.get_outputs()]
-        expected = read_manifest(bundle_dir)["attributes"]
+        expected = trained.attributes
         if self.output_names != expected:
             raise ValueError(f"ONNX outputs {self.output_names} do not match the bundle's attributes {expected}")
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from fashion.data.images import ImageReadError, load_rgb
+from fashion.data.images import ImageReadError, load_rgb, to_rgb
 
 BUNDLE_ARTIFACT = "bundle"
 
@@ -26,7 +26,7 @@ def decode_base64_image(text: str) -> np.ndarray:
     try:
         raw = base64.b64decode(text, validate=True)
         with Image.open(io.BytesIO(raw)) as image:
-            return np.asarray(image.convert("RGB"))
+            return to_rgb(image)
     except Exception as err:  # binascii, PIL and size errors all mean the same to the caller
         raise ImageReadError(f"not a decodable base64 image: {err}") from err
 

@@ -28,10 +28,10 @@ def load_predictor(*, bundle: str | Path | None = None, checkpoint: str | Path |
         from fashion.inference.checkpoint import load_checkpoint
 
         return Predictor(load_checkpoint(checkpoint), top_k=top_k, batch_size=batch_size, taxonomy=taxonomy)
-    from fashion.inference.bundle import load_bundle
+    from fashion.inference.bundle import BundleFiles, load_bundle
 
     trained = load_bundle(bundle)
-    if runtime == "onnx" or (runtime == "auto" and (Path(bundle) / "model.onnx").is_file()):
+    if runtime == "onnx" or (runtime == "auto" and BundleFiles(bundle).has("model.onnx")):
         from fashion.inference.onnx_runtime import OnnxPredictor
 
         return OnnxPredictor(trained, bundle, top_k=top_k, batch_size=batch_size, taxonomy=taxonomy)

@@ -9,6 +9,7 @@
     GET  /docs              OpenAPI docs
 
 `?explain=articleType,baseColour` (or `explain=true` for every attribute) adds Grad-CAM heatmaps.
+Every error, FastAPI's own included, is `{"error": {"code", "message", "filename"?}}` (serving/errors.py).
 The model runs in a worker thread behind a limiter, so `/health` answers while requests queue.
 """
 
@@ -21,13 +22,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
-from fastapi import FastAPI, File, Query, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi import FastAPI, File, Query, UploadFile
+from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from fashion.inference.bundle import read_manifest
 from fashion.inference.explain import grad_cam, heatmap_png
 from fashion.inference.runtime import load_predictor
+from fashion.serving.errors import error_responses, install_error_handlers
 from fashion.serving.uploads import DecodedImage, UploadLimits, UploadRejected, decode_upload
 
 STATIC = Path(__file__).parent / "static"
@@ -55,9 +57,8 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
     app = FastAPI(title="fashion tagger", version=package_version(),
                   description="Catalogue attributes of a product photo: " + ", ".join(predictor.attributes))
 
-    @app.exception_handler(UploadRejected)
-    async def rejected(request: Request, exc: UploadRejected) -> JSONResponse:
-        return JSONResponse(status_code=exc.status, content=exc.to_dict(getattr(exc, "filename", None)))
+    install_error_handlers(app)
+    upload_errors = error_responses(400, 413, 415, 422, 500)
 
     def explain_list(explain: str | None) -> list[str]:
         if not explain or explain.lower() in ("false", "0", "no"):
@@ -109,14 +110,14 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
     async def labels() -> dict:
         return {"attributes": {a: v.classes for a, v in trained.vocabularies.items()}}
 
-    @app.post("/v1/predict")
+    @app.post("/v1/predict", responses=upload_errors)
     async def predict(file: Annotated[UploadFile, File(description="a product photo")],
                       explain: Annotated[str | None, Query(description="true, or attributes to explain")] = None) -> dict:
         attributes = explain_list(explain)
         image = await read_upload(file)
         return (await predict_images([image], [file.filename], attributes))[0]
 
-    @app.post("/v1/predict/batch")
+    @app.post("/v1/predict/batch", responses=upload_errors)
     async def predict_batch(files: Annotated[list[UploadFile], File(description="product photos")],
                             explain: Annotated[str | None, Query()] = None) -> dict:
         attributes = explain_list(explain)
@@ -125,7 +126,7 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
         images = [await read_upload(f) for f in files]
         return {"results": await predict_images(images, [f.filename for f in files], attributes)}
 
-    @app.post("/v1/predict/base64")
+    @app.post("/v1/predict/base64", responses=upload_errors)
     async def predict_base64(body: Base64Request, explain: Annotated[str | None, Query()] = None) -> dict:
         attributes = explain_list(explain)
         if len(body.image) > limits.max_bytes * 4 // 3 + 4:

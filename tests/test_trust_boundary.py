@@ -1,0 +1,193 @@
+"""A bundle or checkpoint from elsewhere is data: it can neither run code nor touch files, and a changed
+file is caught. Each hostile input below is what an attacker controls: they can rewrite the
+manifest's hashes too, so the architecture checks must hold on a self-consistent bundle."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from fashion.inference import load_bundle, load_checkpoint
+from fashion.inference.bundle import FORMAT, BundleError, read_manifest, sha256
+from fashion.inference.runtime import load_predictor
+from fashion.models.architecture import ArchitectureError, build_model, validate_architecture
+
+VICTIM_TEXT = "precious data\n"
+
+
+def copy_bundle(trained, tmp_path: Path) -> Path:
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained.bundle, bundle)
+    return bundle
+
+
+def rehash(bundle: Path) -> None:
+    """What an attacker does after editing a file: make the manifest agree with it."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"] = {name: sha256(bundle / name) for name in manifest["files"]}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+def edit_config(bundle: Path, edit) -> None:
+    config = json.loads((bundle / "config.json").read_text())
+    edit(config)
+    (bundle / "config.json").write_text(json.dumps(config))
+    rehash(bundle)
+
+
+@pytest.fixture
+def victim(tmp_path: Path) -> Path:
+    path = tmp_path / "victim.txt"
+    path.write_text(VICTIM_TEXT)
+    return path
+
+
+@pytest.fixture
+def no_instantiate(monkeypatch):
+    """Loading must never reach Hydra's instantiate, whatever the file says."""
+    import hydra.utils
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("hydra.utils.instantiate called while loading a saved model")
+    monkeypatch.setattr(hydra.utils, "instantiate", refuse)
+
+
+def hostile_edits(victim: Path) -> dict[str, tuple[object, str]]:
+    """name -> (edit of config.json, text the error must contain: the field it names)."""
+    open_for_write = {"_target_": "builtins.open", "file": str(victim), "mode": "w"}
+    return {
+        "open_for_write_as_backbone_name": (lambda c: c["backbone"].update(name=open_for_write), "backbone.name"),
+        "subprocess_as_backbone": (lambda c: c.update(backbone={"_target_": "subprocess.call", "args": ["rm", str(victim)]}),
+                                   "backbone._target_"),
+        "nested_target_in_head": (lambda c: c["head"].update(
+            _target_="fashion.models.MLPHeads", hidden_per_attribute={"articleType": open_for_write}),
+            "head.hidden_per_attribute.articleType._target_"),
+        "exec_as_extra_feature": (lambda c: c["extra_features"].update(colour={"_target_": "builtins.exec", "source": "1"}),
+                                  "extra_features.colour._target_"),
+        "partial_instantiation_key": (lambda c: c["backbone"].update(_partial_=True), "backbone._partial_"),
+        "unknown_key": (lambda c: c["backbone"].update(evil="x"), "backbone.evil"),
+        "wrong_type": (lambda c: c["backbone"].update(trainable_stages="3"), "backbone.trainable_stages"),
+        "hub_name_that_downloads": (lambda c: c["backbone"].update(name="hf-hub:someone/model"), "backbone.name"),
+        "head_not_an_object": (lambda c: c.update(head=["fashion.models.LinearHeads"]), "head"),
+        "memory_exhausting_size": (lambda c: c["backbone"].update(image_size=10**6), "backbone.image_size"),
+    }
+
+
+@pytest.mark.parametrize("case", list(hostile_edits(Path("x"))))
+def test_a_hostile_bundle_config_is_refused_naming_the_field_and_touches_nothing(trained, tmp_path, victim, no_instantiate, case):
+    bundle = copy_bundle(trained, tmp_path)
+    edit, field = hostile_edits(victim)[case]
+    edit_config(bundle, edit)
+    with pytest.raises(BundleError) as raised:
+        load_bundle(bundle)
+    assert field in str(raised.value) and "config.json" in str(raised.value)
+    with pytest.raises(BundleError):   # the CLIs and the API load through here
+        load_predictor(bundle=bundle)
+    assert victim.read_text() == VICTIM_TEXT
+
+
+def test_a_hostile_checkpoint_is_refused_and_touches_nothing(trained, tmp_path, victim, no_instantiate):
+    checkpoint = torch.load(trained.checkpoint, map_location="cpu", weights_only=True)
+    checkpoint["hyper_parameters"]["run_config"]["backbone"]["name"] = {
+        "_target_": "builtins.open", "file": str(victim), "mode": "w"}
+    evil = tmp_path / "evil.ckpt"
+    torch.save(checkpoint, evil)
+    with pytest.raises(ArchitectureError, match="backbone.name"):
+        load_checkpoint(evil)
+    assert victim.read_text() == VICTIM_TEXT
+    assert load_checkpoint(trained.checkpoint).model is not None   # the real one still loads, without instantiate
+
+
+@pytest.mark.parametrize("file", ["model.safetensors", "config.json", "vocabularies.json", "preprocessing.json",
+                                  "taxonomy.json", "model.onnx"])
+@pytest.mark.parametrize("damage", ["flip_a_byte", "truncate"])
+def test_a_changed_or_truncated_file_is_named(trained, tmp_path, file, damage):
+    bundle = copy_bundle(trained, tmp_path)
+    data = bytearray((bundle / file).read_bytes())
+    if damage == "flip_a_byte":
+        data[len(data) // 2] ^= 0x01
+    else:
+        data = data[: len(data) // 3]
+    (bundle / file).write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=rf"{file}: sha256 .* does not match"):
+        load_predictor(bundle=bundle)   # auto: the ONNX file is read (and so verified) too
+
+
+def test_format_version_is_checked(trained, tmp_path):
+    bundle = copy_bundle(trained, tmp_path)
+    manifest = read_manifest(bundle)
+    assert manifest["format"] == FORMAT and set(manifest["files"]) >= {"model.safetensors", "model.onnx", "config.json"}
+    for version, hint in (("fashion-bundle/99", "not supported"), ("fashion-bundle/1", "export it again"), (None, "not supported")):
+        (bundle / "manifest.json").write_text(json.dumps({**manifest, "format": version}))
+        with pytest.raises(BundleError, match=hint):
+            load_bundle(bundle)
+
+
+def test_only_listed_files_are_used(trained, tmp_path):
+    """A model.onnx dropped into a bundle exported without one is not verified, so it is not run."""
+    bundle = copy_bundle(trained, tmp_path)
+    manifest = read_manifest(bundle)
+    del manifest["files"]["model.onnx"]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    assert load_predictor(bundle=bundle).runtime == "torch"
+    with pytest.raises(FileNotFoundError, match="no ONNX model"):
+        load_predictor(bundle=bundle, runtime="onnx")
+    manifest["files"]["extra.py"] = "0" * 64
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="extra.py"):
+        load_bundle(bundle)
+
+
+@pytest.mark.parametrize("edit,field", [
+    (lambda v: v["articleType"].update(classes="Tshirts"), "classes"),
+    (lambda v: v["articleType"].update(other_index=99), "other_index"),
+    (lambda v: v["articleType"].update(evil=1), "evil"),
+])
+def test_malformed_vocabularies_are_refused(trained, tmp_path, edit, field):
+    bundle = copy_bundle(trained, tmp_path)
+    vocabularies = json.loads((bundle / "vocabularies.json").read_text())
+    edit(vocabularies)
+    (bundle / "vocabularies.json").write_text(json.dumps(vocabularies))
+    rehash(bundle)
+    with pytest.raises(BundleError, match=rf"vocabularies.json.*{field}"):
+        load_bundle(bundle)
+
+
+def test_weights_that_do_not_fit_the_architecture_are_a_clear_error(trained, tmp_path):
+    bundle = copy_bundle(trained, tmp_path)
+
+    def linear_head(config: dict) -> None:
+        config["head"] = {"_target_": "fashion.models.LinearHeads", "dropout": 0.0}
+    edit_config(bundle, linear_head)
+    with pytest.raises(BundleError, match="model.safetensors: does not fit"):
+        load_bundle(bundle)
+
+
+def architectures(compose_config) -> dict[str, dict]:
+    """The architecture section of every backbone x head option and every experiment recipe."""
+    from omegaconf import OmegaConf
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    overrides = [[f"backbone={b.stem}", f"head={h.stem}"] for b in sorted((conf / "backbone").glob("*.yaml"))
+                 for h in sorted((conf / "head").glob("*.yaml"))]
+    overrides += [[f"experiment={e.stem}"] for e in sorted((conf / "experiment").glob("*.yaml"))]
+    overrides += [["+extra_features.colour={_target_:fashion.models.ColourHistogram,bins:8}"]]
+    result = {}
+    for override in overrides:
+        cfg = OmegaConf.to_container(compose_config(override), resolve=False)
+        result[" ".join(override)] = {k: cfg.get(k) for k in ("backbone", "head", "extra_features")}
+    return result
+
+
+def test_every_architecture_the_project_configures_passes_validation(compose_config):
+    configs = architectures(compose_config)
+    assert len(configs) > 25
+    for name, config in configs.items():
+        arch = validate_architecture(config, name)
+        assert arch.backbone.kwargs["name"] == config["backbone"]["name"]
+    model = build_model(configs["backbone=efficientnet_lite0 head=mlp"], {"gender": 2, "articleType": 5})
+    assert model(torch.zeros(1, 3, 64, 64))["articleType"].shape == (1, 5)
