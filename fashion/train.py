@@ -24,48 +24,15 @@ from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from fashion.config import CONFIG_DIR
 from fashion.data.datamodule import FashionDataModule
-from fashion.data.feature_cache import FeatureCache
-from fashion.losses.multi_attribute import MultiAttributeLoss
-from fashion.models.backbone import Backbone
-from fashion.models.tagger import MultiHeadTagger
-from fashion.training.module import TaggerModule
+from fashion.training.assembly import build_model, build_module, use_feature_cache
 from fashion.training.resume import CHECKPOINT_TAG, ResumePoint, config_hash, find_resume_point
 from fashion.training.tracking import ensure_experiment, log_run_inputs
 
 log = logging.getLogger("fashion.train")
-
-
-def build_model(cfg: DictConfig, datamodule: FashionDataModule, backbone: Backbone) -> MultiHeadTagger:
-    """Backbone + extra features + heads; head sizes come from the datamodule's vocabularies."""
-    extras = {name: instantiate(node, preprocessing=backbone.preprocessing)
-              for name, node in (cfg.get("extra_features") or {}).items() if node is not None}
-    in_features = MultiHeadTagger.feature_size(backbone, extras)
-    heads = instantiate(cfg.head, in_features=in_features, num_classes=datamodule.num_classes)
-    return MultiHeadTagger(backbone, heads, extras)
-
-
-def build_module(cfg: DictConfig, datamodule: FashionDataModule, model: MultiHeadTagger) -> TaggerModule:
-    """Loss (class weights from the vocabularies' counts), optimizer and schedule around the model."""
-    loss = MultiAttributeLoss(
-        criterion=instantiate(cfg.loss),
-        weighting=instantiate(cfg.loss_weighting, attributes=datamodule.attributes),
-        class_weights=instantiate(cfg.class_weights),
-        class_counts=datamodule.class_counts,
-    )
-    return TaggerModule(
-        model=model,
-        loss=loss,
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        vocabularies={a: v.to_dict() for a, v in datamodule.vocabularies.items()},
-        taxonomy=datamodule.taxonomy,
-        run_config=OmegaConf.to_container(cfg, resolve=True),
-        **cfg.module,
-    )
 
 
 def sweep_tags() -> dict[str, str]:
@@ -146,20 +113,6 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
         raise
     print_summary(logger, metrics, datamodule.attributes)
     return metrics
-
-
-def use_feature_cache(cfg: DictConfig, model: MultiHeadTagger, datamodule: FashionDataModule) -> FeatureCache | None:
-    """Swap images for cached frozen-part outputs when that cannot change the result (see FeatureCache).
-
-    The module's checkpoint still holds the whole network, so it predicts from images as usual.
-    """
-    if not cfg.get("feature_cache"):
-        return None
-    cache: FeatureCache = instantiate(cfg.feature_cache)
-    if cache.applies(model, datamodule.augmentation):
-        datamodule.use_cached_inputs(*cache.load_with_views(model, datamodule.preprocessing, datamodule.table,
-                                                            datamodule.augmentation.views))
-    return cache
 
 
 def run_is_running(logger: MLFlowLogger) -> bool:

@@ -39,7 +39,7 @@ from PIL import Image  # noqa: E402
 
 from fashion.config import CONFIG_DIR, PROJECT_ROOT  # noqa: E402
 from fashion.data.images import load_rgb  # noqa: E402
-from fashion.train import build_model, build_module  # noqa: E402
+from fashion.training.assembly import build_model, build_module  # noqa: E402
 
 ROWS: list[tuple[str, str, str]] = []
 

@@ -27,7 +27,7 @@ from lightning.pytorch.callbacks import Timer
 
 from fashion.config import CONFIG_DIR, PROJECT_ROOT
 from fashion.data.feature_cache import RUNTIMES, compute_cacheable_inputs
-from fashion.train import build_model, build_module, use_feature_cache
+from fashion.training.assembly import build_model, build_module, use_feature_cache
 
 
 def data_and_model(cfg):

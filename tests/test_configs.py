@@ -73,7 +73,7 @@ def test_backbone_option_instantiates_and_runs(option, compose_config, tmp_path)
 
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_experiment_composes_and_builds_the_module(experiment, compose_config, tmp_path, kaggle_folder):
-    from fashion.train import build_model, build_module
+    from fashion.training.assembly import build_model, build_module
 
     cfg = compose_config([f"experiment={experiment}", f"paths.output_dir={tmp_path}", f"data.root={kaggle_folder}",
                           "labels.min_count=1", "data.num_workers=0"])

@@ -15,7 +15,8 @@ from fashion.data import FeatureCache, Preprocessing
 from fashion.data.feature_cache import RUNNERS, FeatureDataset, compute_cacheable_inputs
 from fashion.data.transforms import Augmentation
 from fashion.models import Backbone, ColourHistogram, LinearHeads, MultiHeadTagger
-from fashion.train import build_model, train, use_feature_cache
+from fashion.train import train
+from fashion.training.assembly import build_model, use_feature_cache
 from tests.conftest import tiny_overrides
 
 
@@ -145,6 +146,17 @@ def test_colour_histogram_sees_the_product_not_the_background():
     assert blank[0, 63] == pytest.approx(1.0)
     unit_rms = ColourHistogram(pre, bins=4, size=16)(torch.rand(5, 3, 32, 32) * 2 - 1)
     assert unit_rms.pow(2).mean(dim=1).sqrt() == pytest.approx(torch.ones(5))  # default scale: the backbone's order
+
+
+def test_colour_histogram_is_the_same_under_mixed_precision():
+    """best_gpu trains in bf16-mixed: autocast once ran the pooling in bf16, and bf16 turned bin 511 into 512."""
+    histogram = ColourHistogram(Preprocessing(224, (0.5,) * 3, (0.5,) * 3), bins=8, size=64)
+    images = torch.rand(4, 3, 224, 224) * 2 - 1
+    images[0] = 1.0                                    # all white: every pixel in the last bin
+    expected = histogram(images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = histogram(images)
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, expected)
 
 
 @pytest.mark.parametrize("freeze", ["frozen", "partial"])

@@ -44,7 +44,13 @@ class ColourHistogram(nn.Module):
         return f"bins={self.bins}, size={self.size}, background={self.background}, scale={self.scale:g}"
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        rgb = (images.float() * self.std + self.mean).clamp(0, 1)
+        # Always float32: under bf16/fp16 autocast the pooling matmul would round colours into the
+        # wrong bins, and bf16 cannot even hold the bin index 511 (it becomes 512: out of range).
+        with torch.autocast(images.device.type, enabled=False):
+            return self._histogram(images.float())
+
+    def _histogram(self, images: torch.Tensor) -> torch.Tensor:
+        rgb = (images * self.std + self.mean).clamp(0, 1)
         if rgb.shape[-1] == rgb.shape[-2] == self.pool.shape[1]:
             rgb = self.pool @ rgb @ self.pool.T    # = adaptive_avg_pool2d, in ops every ONNX runtime has
         else:
@@ -52,7 +58,7 @@ class ColourHistogram(nn.Module):
         foreground = (rgb <= self.background).any(dim=1).flatten(1).float()              # (N, size*size)
         enough = foreground.mean(dim=1, keepdim=True) >= MIN_FOREGROUND
         weights = torch.where(enough, foreground, torch.ones_like(foreground))
-        index = ((rgb * self.bins).floor().clamp(max=self.bins - 1) * self.place).sum(dim=1).long().flatten(1)
+        index = ((rgb * self.bins).floor().clamp(max=self.bins - 1).long() * self.place).sum(dim=1).flatten(1)
         histogram = torch.zeros(images.shape[0], self.num_features, device=images.device).scatter_add(1, index, weights)
         return self.scale * (histogram / histogram.sum(dim=1, keepdim=True).clamp(min=1.0)).sqrt()
 

@@ -71,7 +71,9 @@ class TaggerModule(L.LightningModule):
         size = batch_size_of(inputs)
         self.log("train/loss", total, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
         self.log_dict({f"train/{a}/loss": v for a, v in parts.items()}, on_step=False, on_epoch=True, batch_size=size)
-        self._epoch_loss_sums += torch.stack([parts[a].detach().float().cpu() for a in self.attributes])
+        # Summed where the loss lives: a .cpu() here would wait for the GPU at every step.
+        sums = torch.stack([parts[a].detach().float() for a in self.attributes])
+        self._epoch_loss_sums = self._epoch_loss_sums.to(sums.device) + sums
         self._epoch_batches += 1
         return total
 

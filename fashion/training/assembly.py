@@ -1,0 +1,60 @@
+"""A composed config -> the network, the LightningModule and the cached-input switch.
+
+What `fashion-train` builds before it starts the Trainer, apart from experiment tracking, so scripts
+(benchmarks, the GPU check) assemble exactly the training run's model without an MLflow run.
+"""
+
+from __future__ import annotations
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from fashion.data.datamodule import FashionDataModule
+from fashion.data.feature_cache import FeatureCache
+from fashion.losses.multi_attribute import MultiAttributeLoss
+from fashion.models.backbone import Backbone
+from fashion.models.tagger import MultiHeadTagger
+from fashion.training.module import TaggerModule
+
+
+def build_model(cfg: DictConfig, datamodule: FashionDataModule, backbone: Backbone) -> MultiHeadTagger:
+    """Backbone + extra features + heads; head sizes come from the datamodule's vocabularies."""
+    extras = {name: instantiate(node, preprocessing=backbone.preprocessing)
+              for name, node in (cfg.get("extra_features") or {}).items() if node is not None}
+    in_features = MultiHeadTagger.feature_size(backbone, extras)
+    heads = instantiate(cfg.head, in_features=in_features, num_classes=datamodule.num_classes)
+    return MultiHeadTagger(backbone, heads, extras)
+
+
+def build_module(cfg: DictConfig, datamodule: FashionDataModule, model: MultiHeadTagger) -> TaggerModule:
+    """Loss (class weights from the vocabularies' counts), optimizer and schedule around the model."""
+    loss = MultiAttributeLoss(
+        criterion=instantiate(cfg.loss),
+        weighting=instantiate(cfg.loss_weighting, attributes=datamodule.attributes),
+        class_weights=instantiate(cfg.class_weights),
+        class_counts=datamodule.class_counts,
+    )
+    return TaggerModule(
+        model=model,
+        loss=loss,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        vocabularies={a: v.to_dict() for a, v in datamodule.vocabularies.items()},
+        taxonomy=datamodule.taxonomy,
+        run_config=OmegaConf.to_container(cfg, resolve=True),
+        **cfg.module,
+    )
+
+
+def use_feature_cache(cfg: DictConfig, model: MultiHeadTagger, datamodule: FashionDataModule) -> FeatureCache | None:
+    """Swap images for cached frozen-part outputs when that cannot change the result (see FeatureCache).
+
+    The module's checkpoint still holds the whole network, so it predicts from images as usual.
+    """
+    if not cfg.get("feature_cache"):
+        return None
+    cache: FeatureCache = instantiate(cfg.feature_cache)
+    if cache.applies(model, datamodule.augmentation):
+        datamodule.use_cached_inputs(*cache.load_with_views(model, datamodule.preprocessing, datamodule.table,
+                                                            datamodule.augmentation.views))
+    return cache
