@@ -167,7 +167,7 @@ def fit_and_test(cfg, datamodule, epochs: int, max_minutes: float) -> dict:
     module = build(cfg, datamodule)
     timer = EpochTimer()
     fit = trainer(cfg, cfg.trainer.precision, max_epochs=epochs, callbacks=[timer],
-                  max_time={"minutes": max_minutes})
+                  max_time={"seconds": int(max_minutes * 60)})
     fit.fit(module, datamodule=datamodule)
     val = {k: float(v) for k, v in fit.callback_metrics.items() if k.startswith("val/") and k.endswith("acc")}
     fit.test(module, datamodule=datamodule, verbose=False)
