@@ -100,8 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.data / args.styles_file).is_file():
         parser.error(f"{args.data / args.styles_file} not found (expected the Kaggle layout: styles.csv + images/)")
 
-    predictor = load_predictor(bundle=args.bundle, checkpoint=args.checkpoint, runtime=args.runtime, top_k=5,
-                               batch_size=args.batch_size)
+    try:
+        predictor = load_predictor(bundle=args.bundle, checkpoint=args.checkpoint, runtime=args.runtime, top_k=5,
+                                   batch_size=args.batch_size)
+    except (ValueError, OSError) as err:  # a refused, tampered or missing bundle/checkpoint: say why, no traceback
+        print(f"fashion-eval: cannot load the model: {err}", file=sys.stderr)
+        return 2
     values, counts, metrics = evaluate(predictor, args.data, args.styles_file)
     write_reports(metrics, predictor, args.output)
     (args.output / "metrics.json").write_text(json.dumps({**values, **counts}, indent=2))

@@ -126,8 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fashion-predict: no image files match {item!r}", file=sys.stderr)
     if not files:
         return 2
-    predictor = load_predictor(bundle=args.bundle, checkpoint=args.checkpoint, runtime=args.runtime, top_k=args.top_k,
-                               batch_size=args.batch_size, taxonomy=args.taxonomy)
+    try:
+        predictor = load_predictor(bundle=args.bundle, checkpoint=args.checkpoint, runtime=args.runtime, top_k=args.top_k,
+                                   batch_size=args.batch_size, taxonomy=args.taxonomy)
+    except (ValueError, OSError) as err:  # a refused, tampered or missing bundle/checkpoint: say why, no traceback
+        print(f"fashion-predict: cannot load the model: {err}", file=sys.stderr)
+        return 2
     explain = [] if not args.explain else predictor.attributes if args.explain == "all" else args.explain.split(",")
     unknown = [a for a in explain if a not in predictor.attributes]
     if unknown:

@@ -29,7 +29,10 @@ def main() -> None:
 
     settings = load_settings(sys.argv[1:])
     limits = UploadLimits(settings.max_bytes, settings.max_pixels, settings.max_files)
-    app = create_app(settings.bundle, limits, settings.model_threads, settings.top_k, settings.runtime)
+    try:
+        app = create_app(settings.bundle, limits, settings.model_threads, settings.top_k, settings.runtime)
+    except (ValueError, OSError) as err:  # a refused, tampered or missing bundle: say why, no traceback
+        sys.exit(f"fashion-serve: cannot load the model: {err}")
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
 
 

@@ -90,6 +90,21 @@ def test_a_hostile_bundle_config_is_refused_naming_the_field_and_touches_nothing
     assert victim.read_text() == VICTIM_TEXT
 
 
+def test_the_clis_refuse_a_hostile_bundle_with_a_message_not_a_traceback(trained, tmp_path, victim, capsys):
+    from fashion.evaluate import main as evaluate_main
+    from fashion.predict import main as predict_main
+
+    bundle = copy_bundle(trained, tmp_path)
+    edit, _ = hostile_edits(victim)["open_for_write_as_backbone_name"]
+    edit_config(bundle, edit)
+    image = next((trained.data / "images").glob("*.jpg"))
+    assert predict_main([str(image), "--bundle", str(bundle)]) == 2
+    assert evaluate_main(["--bundle", str(bundle), "--data", str(trained.data), "--output", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("cannot load the model") == 2 and "backbone.name._target_" in err
+    assert victim.read_text() == VICTIM_TEXT
+
+
 def test_a_hostile_checkpoint_is_refused_and_touches_nothing(trained, tmp_path, victim, no_instantiate):
     checkpoint = torch.load(trained.checkpoint, map_location="cpu", weights_only=True)
     checkpoint["hyper_parameters"]["run_config"]["backbone"]["name"] = {
