@@ -15,6 +15,7 @@ import pandas as pd
 import pydantic
 
 from fashion.data.styles import ATTRIBUTES
+from fashion.validation import describe
 
 IGNORE_INDEX = -1
 RARE_POLICIES = ("ignore", "other")
@@ -105,8 +106,7 @@ class LabelVocabulary:
             saved = SavedVocabulary.model_validate(data)
         except pydantic.ValidationError as err:
             where = data.get("attribute", "?") if isinstance(data, Mapping) else "?"
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in err.errors())
-            raise ValueError(f"vocabulary {where!r}: {problems}") from None
+            raise ValueError(f"vocabulary {where!r}: {describe(err)}") from None
         return cls(saved.attribute, saved.classes, saved.other_index, saved.counts)
 
     @classmethod

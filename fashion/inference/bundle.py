@@ -42,6 +42,7 @@ from fashion.data.vocab import LabelVocabulary
 from fashion.inference.checkpoint import TrainedModel
 from fashion.models.architecture import ArchitectureError, build_model
 from fashion.models.onnx_graph import ONNX_OPSET, export_graph
+from fashion.validation import describe
 
 FORMAT = "fashion-bundle/2"          # 2: manifest["files"] maps each file to its sha256
 REQUIRED_FILES = ("model.safetensors", "config.json", "vocabularies.json", "preprocessing.json")
@@ -209,8 +210,7 @@ def _validated(schema: type[pydantic.BaseModel], data: Any, where: Path | str) -
     try:
         return schema.model_validate(data).model_dump()
     except pydantic.ValidationError as err:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in err.errors())
-        raise BundleError(f"{where}: {problems}") from None
+        raise BundleError(f"{where}: {describe(err)}") from None
 
 
 def write_json(path: Path, data: Any) -> None:

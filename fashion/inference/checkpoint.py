@@ -9,7 +9,6 @@ and the weights come from the checkpoint, never from a hub.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -24,6 +24,7 @@ from fashion.models.backbone import Backbone
 from fashion.models.colour import ColourHistogram
 from fashion.models.heads import LinearHeads, MLPHeads
 from fashion.models.tagger import MultiHeadTagger
+from fashion.validation import describe
 
 ARCHITECTURE_SECTIONS = ("backbone", "head", "extra_features")
 
@@ -105,9 +106,7 @@ def _component(node: Any, section: str, where: str) -> Component:
     try:
         validated = _schema(cls).model_validate(fields)
     except pydantic.ValidationError as err:
-        problems = "; ".join(f"{where}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r:.80})"
-                             for e in err.errors())
-        raise ArchitectureError(problems) from None
+        raise ArchitectureError(describe(err, where)) from None
     kwargs = {k: getattr(validated, k) for k in fields}
     for (limited_section, key), (low, high) in SIZE_LIMITS.items():
         value = kwargs.get(key)
