@@ -3,6 +3,11 @@
     fashion-eval --bundle bundles/best --data ../shared/data/fashion-product-images-subset
     fashion-eval --checkpoint best.ckpt --data /data/new-catalogue --output eval_out/
 
+The evaluation sets a training run scores (`data.out_of_time_years`, `data.eval_sets`) are the same calls:
+    fashion-eval --bundle b --data ../shared/data/fashion-product-images-small --years 2013 2014 2018 2019
+    fashion-eval --bundle b --data ../shared/data/fashion-product-images-subset --true-aspect 0.75 --exclude-split split.csv
+(`split.csv`: the run's `data/split.csv` artifact; its train and val products are left out.)
+
 Labels are encoded with the *training* vocabularies: a label the model never learned is counted
 (`unseen/<attribute>`) and left out of that attribute's metrics, never a crash. Prints accuracy,
 macro-F1 and top-5 per attribute, writes confusion matrices and per-class reports, and logs an
@@ -19,9 +24,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
+import pandas as pd
 import torch
 from tqdm import tqdm
 
+from fashion.data.dataset import restore_aspect
 from fashion.data.images import ImageReadError, load_rgb
 from fashion.data.styles import read_styles
 from fashion.data.vocab import IGNORE_INDEX
@@ -45,11 +52,19 @@ def encode_targets(predictor: Predictor, frame) -> tuple[dict[str, torch.Tensor]
     return targets, unseen
 
 
-def evaluate(predictor: Predictor, root: Path, styles_file: str = "styles.csv") -> tuple[dict[str, float], dict, AttributeMetrics]:
-    frame, styles_report = read_styles(root / styles_file, [a for a in predictor.attributes])
+def evaluate(predictor: Predictor, root: Path, styles_file: str = "styles.csv", true_aspect: float | None = None,
+             years: list[int] | None = None, exclude_ids: set[int] = frozenset()) -> tuple[dict[str, float], dict, AttributeMetrics]:
+    """`years`: only products of those catalogue years; `exclude_ids`: products to leave out (a run's train/val)."""
+    frame, styles_report = read_styles(root / styles_file, [*predictor.attributes, *(["year"] if years else [])])
+    if years:
+        frame = frame[pd.to_numeric(frame["year"], errors="coerce").isin(years)]
+    frame = frame[~frame["id"].isin(exclude_ids)].reset_index(drop=True)
     frame["path"] = [str(root / "images" / f"{i}.jpg") for i in frame["id"]]
     exists = np.array([Path(p).is_file() for p in frame["path"]], dtype=bool)
     frame = frame[exists].reset_index(drop=True)
+    if frame.empty:
+        raise ValueError(f"no product of {root / styles_file} with an image is left to evaluate"
+                         + (f" (years {years})" if years else "") + (" after --exclude-split" if exclude_ids else ""))
     targets, unseen = encode_targets(predictor, frame)
     metrics = AttributeMetrics({a: len(v) for a, v in predictor.trained.vocabularies.items()}, "eval", confusion=True)
     unreadable = []
@@ -58,7 +73,7 @@ def evaluate(predictor: Predictor, root: Path, styles_file: str = "styles.csv") 
         images, keep = [], []
         for row in rows:
             try:
-                images.append(load_rgb(frame.at[row, "path"]))
+                images.append(restore_aspect(load_rgb(frame.at[row, "path"]), true_aspect))
                 keep.append(row)
             except ImageReadError:
                 unreadable.append(int(frame.at[row, "id"]))
@@ -90,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--checkpoint")
     parser.add_argument("--data", type=Path, required=True, help="folder with styles.csv and images/<id>.jpg")
     parser.add_argument("--styles-file", default="styles.csv")
+    parser.add_argument("--true-aspect", type=float, help="width/height of the real photos when the folder stores them squashed (the subset: 0.75)")
+    parser.add_argument("--years", type=int, nargs="+", help="only these catalogue years (an out-of-time set)")
+    parser.add_argument("--exclude-split", type=Path, help="a run's split.csv: its train and val products are left out")
     parser.add_argument("--output", type=Path, default=Path("eval_output"))
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto", help="as in fashion-predict")
@@ -106,7 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as err:  # a refused, tampered or missing bundle/checkpoint: say why, no traceback
         print(f"fashion-eval: cannot load the model: {err}", file=sys.stderr)
         return 2
-    values, counts, metrics = evaluate(predictor, args.data, args.styles_file)
+    exclude = set()
+    if args.exclude_split:
+        split = pd.read_csv(args.exclude_split)
+        exclude = set(split.loc[split["split"].isin(["train", "val"]), "id"].astype(int))
+    try:
+        values, counts, metrics = evaluate(predictor, args.data, args.styles_file, args.true_aspect, args.years, exclude)
+    except ValueError as err:
+        print(f"fashion-eval: {err}", file=sys.stderr)
+        return 2
     write_reports(metrics, predictor, args.output)
     (args.output / "metrics.json").write_text(json.dumps({**values, **counts}, indent=2))
     print(f"{'attribute':<15} {'acc':>7} {'macro-F1':>9} {'top-5':>7} {'unseen':>7}")
@@ -123,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         if source_run:
             tags["source_run_id"] = source_run
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"eval {args.data.name}", tags=tags) as run:
-            mlflow.log_params({"model": args.bundle or args.checkpoint, "data": str(args.data), "runtime": predictor.runtime})
+            mlflow.log_params({"model": args.bundle or args.checkpoint, "data": str(args.data), "runtime": predictor.runtime,
+                               "true_aspect": args.true_aspect, "years": args.years,
+                               "exclude_split": str(args.exclude_split) if args.exclude_split else None})
             mlflow.log_metrics(values)
             mlflow.log_metrics({f"eval_data/{k}": float(v) for k, v in counts.items()})
             mlflow.log_artifacts(str(args.output), artifact_path="evaluation")

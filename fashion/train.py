@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 from fashion.config import CONFIG_DIR
 from fashion.data.datamodule import FashionDataModule
 from fashion.training.assembly import build_model, build_module, use_feature_cache
+from fashion.training.module import TaggerModule
 from fashion.training.resume import CHECKPOINT_TAG, ResumePoint, config_hash, find_resume_point
 from fashion.training.tracking import ensure_experiment, log_run_inputs
 
@@ -103,8 +104,10 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
         if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_score is not None:
             metrics[f"best/{trainer.checkpoint_callback.monitor}"] = float(trainer.checkpoint_callback.best_model_score)
         if cfg.get("test", True):
-            trainer.test(module, datamodule=datamodule, ckpt_path="best" if trainer.checkpoint_callback else None)
+            best = "best" if trainer.checkpoint_callback else None
+            trainer.test(module, datamodule=datamodule, ckpt_path=best)
             metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
+            metrics |= evaluate_sets(trainer, module, datamodule, best)
         metrics["time/total_s"] = time.perf_counter() - started
         logger.log_metrics({"time/total_s": metrics["time/total_s"]})
     except BaseException:
@@ -115,6 +118,16 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     return metrics
 
 
+def evaluate_sets(trainer: L.Trainer, module: TaggerModule, datamodule: FashionDataModule, ckpt_path: str | None) -> dict[str, float]:
+    """The same checkpoint as the test split, on each evaluation set (out of time, cross-resolution, ...)."""
+    metrics = {}
+    for name, loader in datamodule.eval_dataloaders().items():
+        with module.evaluating(f"eval/{name}"):
+            trainer.test(module, dataloaders=loader, ckpt_path=ckpt_path, verbose=False)
+        metrics |= {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"eval/{name}/")}
+    return metrics
+
+
 def run_is_running(logger: MLFlowLogger) -> bool:
     return logger.experiment.get_run(logger.run_id).info.status == "RUNNING"
 
@@ -122,8 +135,12 @@ def run_is_running(logger: MLFlowLogger) -> bool:
 @rank_zero_only
 def print_summary(logger: MLFlowLogger, metrics: dict[str, float], attributes: list[str]) -> None:
     stage = "test" if any(k.startswith("test/") for k in metrics) else "val"
-    rows = [f"  {a:<15} acc {metrics.get(f'{stage}/{a}/acc', float('nan')):.3f}   "
-            f"macro-F1 {metrics.get(f'{stage}/{a}/f1', float('nan')):.3f}" for a in attributes]
+    sets = sorted({k.split("/")[1] for k in metrics if k.startswith("eval/")})
+    header = f"  {'':<15} {stage} acc / macro-F1" + "".join(f"   {name} acc" for name in sets)
+    rows = [header] + [f"  {a:<15} acc {metrics.get(f'{stage}/{a}/acc', float('nan')):.3f}   "
+                       f"macro-F1 {metrics.get(f'{stage}/{a}/f1', float('nan')):.3f}"
+                       + "".join(f"   {metrics.get(f'eval/{n}/{a}/acc', float('nan')):>{len(n) + 4}.3f}" for n in sets)
+                       for a in attributes]
     print(
         f"\nMLflow run {logger.run_id} (experiment '{logger._experiment_name}', {logger._tracking_uri})\n"
         f"{stage} metrics:\n" + "\n".join(rows) +

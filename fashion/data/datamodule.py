@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from fashion.data.dataset import ProductImages
+from fashion.data.eval_sets import EvalSource
 from fashion.data.feature_cache import CachedInputs, FeatureDataset
 from fashion.data.images import find_unreadable
 from fashion.data.sampler import EpochRandomSampler
@@ -49,6 +50,9 @@ class FashionDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         check_images: bool = True,
         seed: int = 0,
+        true_aspect: float | None = None,
+        out_of_time_years: Sequence[int] = (),
+        eval_sets: Mapping[str, EvalSource] | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(root)
@@ -62,7 +66,11 @@ class FashionDataModule(L.LightningDataModule):
         # after a resume. Persistent workers save their start-up time but continue their own RNG.
         self.persistent_workers = persistent_workers
         self.seed = seed
+        self.true_aspect = true_aspect   # the folder's photos are stored squashed: restore this width/height
+        self.out_of_time_years = sorted(int(y) for y in out_of_time_years)
+        self.eval_sources = dict(eval_sets or {})
         self.table: pd.DataFrame | None = None
+        self.eval_tables: dict[str, pd.DataFrame] = {}
         self.vocabularies: dict[str, LabelVocabulary] = {}
         self.report: dict = {}
         self.datasets: dict[str, ProductImages | FeatureDataset] = {}
@@ -78,22 +86,77 @@ class FashionDataModule(L.LightningDataModule):
             raise FileNotFoundError(f"image folder not found: {self.images_path} (expected <root>/images/<id>.jpg)")
         attributes = self.labels.attributes
         split_columns = [self.split_spec.stratify_on, *self.split_spec.group_by]
-        frame, styles_report = read_styles(self.styles_path, list(dict.fromkeys([*attributes, *split_columns])))
+        year = ["year"] if self.out_of_time_years else []
+        frame, styles_report = read_styles(self.styles_path, list(dict.fromkeys([*attributes, *split_columns, *year])))
         frame["path"] = [str(self.images_path / f"{i}.jpg") for i in frame["id"]]
         frame, image_report = self._drop_unusable_images(frame)
+        frame, out_of_time = self._hold_out_years(frame)
         frame["split"] = self._splits_for(frame)  # on raw labels, so a mapping never changes the split
         frame = frame[frame["split"].notna()].reset_index(drop=True)
-        for attribute in attributes:
-            frame[attribute] = self.labels.map_values(attribute, frame[attribute])
+        frame = self._map_labels(frame)
         if frame.empty:
             raise ValueError(f"no usable rows in {self.styles_path}: every row was malformed, unlabelled or had no image")
         self.vocabularies = build_vocabularies(frame[frame["split"] == "train"], self.labels)
-        for attribute, vocab in self.vocabularies.items():
-            frame[f"y_{attribute}"] = [vocab.encode(v) for v in frame[attribute]]
-        self.table = frame
-        self.report = {**styles_report.__dict__, **image_report, **self._label_report(frame)}
+        self.table = self._encode(frame)
+        self.eval_tables = self._eval_tables(out_of_time)
+        self.report = {**styles_report.__dict__, **image_report, **self._label_report(self.table),
+                       **self._eval_report()}
         log.info("%s", styles_report.summary())
         log.info("images: %s", {k: v for k, v in image_report.items() if not k.endswith("examples")})
+
+    def _map_labels(self, frame: pd.DataFrame) -> pd.DataFrame:
+        for attribute in self.labels.attributes:
+            frame[attribute] = self.labels.map_values(attribute, frame[attribute])
+        return frame
+
+    def _encode(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """y_<attribute> columns with the training vocabularies (IGNORE_INDEX for an unseen or missing label)."""
+        for attribute, vocab in self.vocabularies.items():
+            frame[f"y_{attribute}"] = [vocab.encode(v) for v in frame[attribute]]
+        return frame
+
+    def _hold_out_years(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Rows of `out_of_time_years` leave train/val/test: they are the out-of-time evaluation set."""
+        if not self.out_of_time_years:
+            return frame, frame.iloc[:0]
+        year = pd.to_numeric(frame["year"], errors="coerce")
+        held = year.isin(self.out_of_time_years)
+        if not held.any():
+            raise ValueError(f"data.out_of_time_years={self.out_of_time_years}: no product of {self.styles_path} is from "
+                             f"those years (it has {sorted(year.dropna().astype(int).unique().tolist())})")
+        log.info("out of time: %d products of years %s held out of train/val/test", int(held.sum()), self.out_of_time_years)
+        return frame[~held].reset_index(drop=True), frame[held].reset_index(drop=True)
+
+    def _eval_tables(self, out_of_time: pd.DataFrame) -> dict[str, pd.DataFrame]:
+        tables = {"out_of_time": self._encode(self._map_labels(out_of_time.copy()))} if len(out_of_time) else {}
+        trained = set(self.table.loc[self.table["split"].isin(["train", "val"]), "id"])
+        for name, source in self.eval_sources.items():
+            if name in tables:
+                raise ValueError(f"data.eval_sets.{name}: the name is taken by the out-of-time set")
+            tables[name] = self._encode(self._map_labels(self._source_table(name, source, trained)))
+        return tables
+
+    def _source_table(self, name: str, source: EvalSource, trained: set[int]) -> pd.DataFrame:
+        root = Path(source.root)
+        if not (root / source.styles_file).is_file():
+            raise FileNotFoundError(f"data.eval_sets.{name}: {root / source.styles_file} not found (expected the Kaggle layout)")
+        frame, _ = read_styles(root / source.styles_file, self.labels.attributes)
+        frame["path"] = [str(root / source.images_dir / f"{i}.jpg") for i in frame["id"]]
+        frame = frame[[Path(p).is_file() for p in frame["path"]]]
+        if self.check_images and len(frame):
+            frame = frame[~frame["path"].isin({str(p) for p in find_unreadable([Path(p) for p in frame["path"]])})]
+        if source.unseen_only:
+            frame = frame[~frame["id"].isin(trained)]
+        if frame.empty:
+            raise ValueError(f"data.eval_sets.{name}: no usable image in {root} (after leaving out products the run trains on)")
+        return frame.assign(true_aspect=source.true_aspect).reset_index(drop=True)
+
+    def _eval_report(self) -> dict:
+        report = {}
+        for name, table in self.eval_tables.items():
+            report[f"eval_size/{name}"] = len(table)
+            report |= {f"masked_labels/{name}/{a}": int((table[f"y_{a}"] == IGNORE_INDEX).sum()) for a in self.attributes}
+        return report
 
     def _drop_unusable_images(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
         exists = np.array([Path(p).is_file() for p in frame["path"]], dtype=bool)
@@ -191,7 +254,8 @@ class FashionDataModule(L.LightningDataModule):
             rows = self.table[self.table["split"] == split]
             transform = self.augmentation.train_transform(self.preprocessing) if split == "train" else eval_transform
             targets = {a: rows[f"y_{a}"].to_numpy() for a in self.attributes}
-            self.datasets[split] = ProductImages(rows["path"].tolist(), targets, transform, self.preprocessing.image_size)
+            self.datasets[split] = ProductImages(rows["path"].tolist(), targets, transform, self.preprocessing.image_size,
+                                                 self.true_aspect)
 
     def use_cached_inputs(self, inputs: CachedInputs, views: Sequence[CachedInputs] = ()) -> None:
         """Serve precomputed model inputs (FeatureCache, one row per table row) instead of images.
@@ -232,3 +296,17 @@ class FashionDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
+
+    def eval_dataloaders(self) -> dict[str, DataLoader]:
+        """One loader of images per evaluation set (never cached inputs: scored as a user's photos are)."""
+        self.prepare_labels()
+        transform = self.preprocessing.eval_transform()
+        loaders = {}
+        for name, table in self.eval_tables.items():
+            aspect = table["true_aspect"].iloc[0] if "true_aspect" in table else self.true_aspect
+            targets = {a: table[f"y_{a}"].to_numpy() for a in self.attributes}
+            dataset = ProductImages(table["path"].tolist(), targets, transform, self.preprocessing.image_size,
+                                    None if pd.isna(aspect) else float(aspect))
+            loaders[name] = DataLoader(dataset, batch_size=self.eval_batch_size, num_workers=self.num_workers,
+                                       pin_memory=self.pin_memory)
+        return loaders

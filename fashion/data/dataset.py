@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -11,8 +12,19 @@ from torch.utils.data import Dataset
 from fashion.data.images import load_rgb
 
 
+def restore_aspect(image: np.ndarray, true_aspect: float | None) -> np.ndarray:
+    """Undo a squash: resize the width to `true_aspect` x the height (the subset's 224x224 photos are
+    3:4 products stored 1:1, `true_aspect` 0.75). None: the image is stored at its true aspect."""
+    if true_aspect is None:
+        return image
+    height = image.shape[0]
+    width = max(1, round(height * true_aspect))
+    return image if width == image.shape[1] else cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
 class ProductImages(Dataset):
-    """(image tensor, {attribute: class index}) pairs; decoding downscales to about `decode_size`."""
+    """(image tensor, {attribute: class index}) pairs; decoding downscales to about `decode_size`,
+    and `true_aspect` restores the shape of photos that were stored squashed (see restore_aspect)."""
 
     def __init__(
         self,
@@ -20,6 +32,7 @@ class ProductImages(Dataset):
         targets: Mapping[str, np.ndarray],
         transform: Callable[..., dict],
         decode_size: int | None = None,
+        true_aspect: float | None = None,
     ) -> None:
         lengths = {len(t) for t in targets.values()}
         if lengths and lengths != {len(paths)}:
@@ -27,7 +40,7 @@ class ProductImages(Dataset):
         self.paths = list(paths)
         self.targets = {a: torch.tensor(t, dtype=torch.long) for a, t in targets.items()}
         self.transform = transform
-        self.decode_size = decode_size
+        self.decode_size, self.true_aspect = decode_size, true_aspect
         self._transform_seed: int | None = None
 
     def __len__(self) -> int:
@@ -46,6 +59,6 @@ class ProductImages(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         self._sync_transform_seed()
-        image = load_rgb(self.paths[index], min_side=self.decode_size)
+        image = restore_aspect(load_rgb(self.paths[index], min_side=self.decode_size), self.true_aspect)
         tensor = self.transform(image=image)["image"]
         return tensor, {a: t[index] for a, t in self.targets.items()}

@@ -131,14 +131,15 @@ class FeatureCache:
         return self.enabled == "auto" and model.backbone.cacheable and augmentation.cacheable
 
     def key(self, model: MultiHeadTagger, preprocessing: Preprocessing, ids: list[int], paths: list[str],
-            view: A.BasicTransform | None = None) -> str:
-        return self.keys(model, preprocessing, ids, paths, [view])[0]
+            view: A.BasicTransform | None = None, true_aspect: float | None = None) -> str:
+        return self.keys(model, preprocessing, ids, paths, [view], true_aspect)[0]
 
     def keys(self, model: MultiHeadTagger, preprocessing: Preprocessing, ids: list[int], paths: list[str],
-             versions: Sequence[A.BasicTransform | None]) -> list[str]:
+             versions: Sequence[A.BasicTransform | None], true_aspect: float | None = None) -> list[str]:
         """One key per version of the images (None: the images themselves, whose key predates views).
 
         The weights and the image files, the costly parts, are hashed once for all versions.
+        `true_aspect` enters the key only when set, so caches of images stored at their true aspect keep theirs.
         """
         backbone = model.backbone
         parts = {
@@ -149,6 +150,8 @@ class FeatureCache:
             "extras": {name: repr(extra) for name, extra in model.extras.items()},
             "preprocessing": repr(preprocessing),
             "images": images_fingerprint(ids, paths),
+            **({"true_aspect": true_aspect} if true_aspect is not None else {}),
+            **({"source_max_side": preprocessing.source_max_side} if preprocessing.source_max_side else {}),
         }
         return [hashlib.sha256(json.dumps(parts if view is None else {**parts, "view": repr(view)},
                                           sort_keys=True).encode()).hexdigest()[:24] for view in versions]
@@ -159,19 +162,21 @@ class FeatureCache:
         return self.load_with_views(model, preprocessing, table, ())[0]
 
     def load_with_views(self, model: MultiHeadTagger, preprocessing: Preprocessing, table: pd.DataFrame,
-                        views: Sequence[A.BasicTransform]) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
+                        views: Sequence[A.BasicTransform], true_aspect: float | None = None,
+                        ) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
         """The images' cached inputs and each view's; `last_status` is `hit` only if all were on disk."""
         ids, paths = table["id"].astype(int).tolist(), table["path"].tolist()
         versions = [None, *views]
         loaded, statuses = [], []
-        for view, key in zip(versions, self.keys(model, preprocessing, ids, paths, versions)):
-            loaded.append(self._load_or_fill(key, model, preprocessing, ids, paths, view))
+        for view, key in zip(versions, self.keys(model, preprocessing, ids, paths, versions, true_aspect)):
+            loaded.append(self._load_or_fill(key, model, preprocessing, ids, paths, view, true_aspect))
             statuses.append(self.last_status)
         self.last_status = "hit" if set(statuses) == {"hit"} else "built"
         return loaded[0], loaded[1:]
 
     def _load_or_fill(self, key: str, model: MultiHeadTagger, preprocessing: Preprocessing, ids: list[int],
-                      paths: list[str], view: A.BasicTransform | None) -> dict[str, torch.Tensor]:
+                      paths: list[str], view: A.BasicTransform | None, true_aspect: float | None = None,
+                      ) -> dict[str, torch.Tensor]:
         path = self.directory / f"{key}.safetensors"
         if path.is_file():
             stored = load_file(path)
@@ -182,7 +187,8 @@ class FeatureCache:
                 rows = torch.tensor([by_id[i] for i in ids])
                 return {name: tensor[rows] for name, tensor in stored.items()}
         started = time.perf_counter()
-        inputs = compute_cacheable_inputs(model, preprocessing, paths, self.batch_size, self.num_workers, self.runtime, view)
+        inputs = compute_cacheable_inputs(model, preprocessing, paths, self.batch_size, self.num_workers, self.runtime, view,
+                                          true_aspect)
         self.directory.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".tmp")
         save_file({"ids": torch.tensor(ids, dtype=torch.long), **inputs}, partial,
@@ -199,12 +205,13 @@ InputsRunner = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
 def compute_cacheable_inputs(model: MultiHeadTagger, preprocessing: Preprocessing, paths: list[str],
                              batch_size: int = 64, num_workers: int = 0, runtime: str = "torch",
-                             view: A.BasicTransform | None = None) -> dict[str, torch.Tensor]:
+                             view: A.BasicTransform | None = None, true_aspect: float | None = None,
+                             ) -> dict[str, torch.Tensor]:
     """One eval-mode pass over `paths` (or their `view`), with the same preprocessing as training."""
     if runtime not in RUNNERS:
         raise ValueError(f"runtime={runtime!r}; choose one of {RUNTIMES}")
     fixed = [view] if view is not None else []
-    dataset = ProductImages(paths, {}, preprocessing.eval_transform(*fixed), preprocessing.image_size)
+    dataset = ProductImages(paths, {}, preprocessing.eval_transform(*fixed), preprocessing.image_size, true_aspect)
     # Its own generator: filling the cache must not advance the global RNG, or a cached run would
     # draw different dropout masks than the same run without the cache.
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator())

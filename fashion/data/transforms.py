@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check on import
 
@@ -27,9 +27,14 @@ class Preprocessing:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     pad_fill: int = 255
+    # Resolution normalisation: every photo is first brought to this longest side (the catalogue's
+    # thumbnails are 80 px), so a sharp upload and a thumbnail reach the model alike. None: off.
+    source_max_side: int | None = field(default=None, repr=False)  # not in repr: older feature-cache keys stay valid
 
     def resize_and_pad(self) -> list[A.BasicTransform]:
+        normalise = [A.LongestMaxSize(max_size=self.source_max_side, interpolation=cv2.INTER_AREA)] if self.source_max_side else []
         return [
+            *normalise,
             A.LongestMaxSize(max_size=self.image_size, interpolation=cv2.INTER_AREA),
             A.PadIfNeeded(self.image_size, self.image_size, border_mode=cv2.BORDER_CONSTANT, fill=self.pad_fill),
         ]

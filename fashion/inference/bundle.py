@@ -140,13 +140,15 @@ class SavedPreprocessing(pydantic.BaseModel):
     mean: list[float] = pydantic.Field(min_length=3, max_length=3)
     std: list[float] = pydantic.Field(min_length=3, max_length=3)
     pad_fill: int = pydantic.Field(255, ge=0, le=255)
+    source_max_side: int | None = pydantic.Field(None, ge=8, le=4096)
 
 
 def load_bundle(path: str | Path) -> TrainedModel:
     """Rebuild the model from verified JSON + safetensors; any problem is a BundleError naming the file."""
     files = BundleFiles(path)
     prep = _validated(SavedPreprocessing, files.json("preprocessing.json"), files.path / "preprocessing.json")
-    preprocessing = Preprocessing(prep["image_size"], tuple(prep["mean"]), tuple(prep["std"]), prep["pad_fill"])
+    preprocessing = Preprocessing(prep["image_size"], tuple(prep["mean"]), tuple(prep["std"]), prep["pad_fill"],
+                                  prep["source_max_side"])
     raw_vocabularies = files.json("vocabularies.json")
     if not isinstance(raw_vocabularies, Mapping) or not raw_vocabularies:
         raise BundleError(f"{files.path / 'vocabularies.json'}: expected an object of attribute -> vocabulary")

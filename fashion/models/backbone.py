@@ -29,7 +29,7 @@ class Backbone(nn.Module):
     running statistics are not overwritten by small fashion batches.
     `pool`: `avg` is the model's own global pooling; `flatten` keeps the last feature map and
     flattens it (the Keras `include_top=False` + `Flatten()` recipes), so `num_features` then
-    depends on `image_size`.
+    depends on `image_size`. `source_max_side`: see Preprocessing (resolution normalisation).
     """
 
     def __init__(
@@ -43,6 +43,7 @@ class Backbone(nn.Module):
         image_size: int | None = None,
         drop_path_rate: float | None = None,
         pool: str = "avg",
+        source_max_side: int | None = None,
     ) -> None:
         super().__init__()
         sources = [s for s, on in (("pretrained", pretrained), ("checkpoint_path", checkpoint_path), ("packaged_weights", packaged_weights)) if on]
@@ -69,6 +70,7 @@ class Backbone(nn.Module):
             image_size=int(image_size or data_config["input_size"][-1]),
             mean=tuple(float(m) for m in data_config["mean"]),
             std=tuple(float(s) for s in data_config["std"]),
+            source_max_side=source_max_side,
         )
         self.num_features = self._count_features()
         self.freeze, self.trainable_stages = freeze, trainable_stages

@@ -56,5 +56,5 @@ def use_feature_cache(cfg: DictConfig, model: MultiHeadTagger, datamodule: Fashi
     cache: FeatureCache = instantiate(cfg.feature_cache)
     if cache.applies(model, datamodule.augmentation):
         datamodule.use_cached_inputs(*cache.load_with_views(model, datamodule.preprocessing, datamodule.table,
-                                                            datamodule.augmentation.views))
+                                                            datamodule.augmentation.views, datamodule.true_aspect))
     return cache

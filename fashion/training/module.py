@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
@@ -49,6 +50,7 @@ class TaggerModule(L.LightningModule):
         self.attributes = list(loss.weighting.attributes)
         num_classes = dict(model.heads.num_classes)
         self.val_metrics = AttributeMetrics(num_classes, "val")
+        self.test_stage = "test"   # the metric prefix of trainer.test: `eval/<set>` while scoring an evaluation set
         self.test_metrics = AttributeMetrics(num_classes, "test", confusion=True)
         self.test_confusion: dict[str, torch.Tensor] = {}
         self._epoch_loss_sums = torch.zeros(len(self.attributes))
@@ -97,7 +99,18 @@ class TaggerModule(L.LightningModule):
         self._evaluate(batch, self.val_metrics, "val")
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics, "test")
+        self._evaluate(batch, self.test_metrics, self.test_stage)
+
+    @contextmanager
+    def evaluating(self, stage: str) -> Iterator[None]:
+        """`trainer.test` inside logs `<stage>/<attribute>/<metric>` instead of `test/...`."""
+        saved = self.test_stage, self.test_metrics
+        self.test_stage = stage
+        self.test_metrics = AttributeMetrics(dict(self.model.heads.num_classes), stage, confusion=True).to(self.device)
+        try:
+            yield
+        finally:
+            self.test_stage, self.test_metrics = saved
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()

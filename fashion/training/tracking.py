@@ -114,7 +114,8 @@ class MLflowRunLogger(MLFlowLogger):
 
 
 class MLflowArtifacts(Callback):
-    """Logs the best checkpoint after fit and confusion matrices + classification reports after test."""
+    """Logs the best checkpoint after fit and confusion matrices + classification reports after test
+    (and after each evaluation set, under `eval/<set>/`)."""
 
     def __init__(self, log_checkpoint: bool = True) -> None:
         self.log_checkpoint = log_checkpoint
@@ -143,10 +144,11 @@ class MLflowArtifacts(Callback):
             return
         import matplotlib.pyplot as plt
 
+        stage = getattr(pl_module, "test_stage", "test")   # test, or eval/<set>
         for attribute, matrix in pl_module.test_confusion.items():
             classes = vocabularies.get(attribute, {}).get("classes") or [str(i) for i in range(matrix.shape[0])]
-            fig = confusion_figure(matrix, classes, f"{attribute} (test)")
-            logger.experiment.log_figure(logger.run_id, fig, f"test/confusion_{attribute}.png")
+            fig = confusion_figure(matrix, classes, f"{attribute} ({stage})")
+            logger.experiment.log_figure(logger.run_id, fig, f"{stage}/confusion_{attribute}.png")
             plt.close(fig)
             report = classification_report(matrix, classes)
-            logger.experiment.log_text(logger.run_id, report.to_csv(float_format="%.4f"), f"test/report_{attribute}.csv")
+            logger.experiment.log_text(logger.run_id, report.to_csv(float_format="%.4f"), f"{stage}/report_{attribute}.csv")

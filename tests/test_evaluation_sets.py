@@ -1,0 +1,170 @@
+"""Out-of-time years, other folders scored after training, and photos stored squashed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from hydra.utils import instantiate
+from PIL import Image
+
+from fashion.data import EvalSource, Preprocessing
+from fashion.data.dataset import ProductImages, restore_aspect
+from tests.conftest import tiny_overrides, write_kaggle_folder
+
+PREP = Preprocessing(32, (0.5,) * 3, (0.5,) * 3)
+
+
+def with_years(root: Path, every: int = 4, year: int = 2015) -> pd.DataFrame:
+    styles = pd.read_csv(root / "styles.csv")
+    styles.loc[styles.index % every == 0, "year"] = year
+    styles.to_csv(root / "styles.csv", index=False)
+    return styles
+
+
+def datamodule(compose_config, overrides: list[str]):
+    cfg = compose_config(overrides)
+    dm = instantiate(cfg.data, preprocessing=PREP, _convert_="object")
+    dm.prepare_labels()
+    return dm
+
+
+def test_out_of_time_years_leave_every_split_and_become_an_evaluation_set(compose_config, kaggle_folder, tmp_path):
+    styles = with_years(kaggle_folder)
+    dm = datamodule(compose_config, tiny_overrides(tmp_path, kaggle_folder) + ["data.out_of_time_years=[2015]"])
+    held = set(styles.loc[styles["year"] == 2015, "id"])
+    assert held and not held & set(dm.table["id"])
+    assert set(dm.eval_tables["out_of_time"]["id"]) == held
+    assert dm.report["eval_size/out_of_time"] == len(held)
+    encoded = dm.eval_tables["out_of_time"]["y_articleType"]
+    assert (encoded >= 0).all()   # labels encoded with the training vocabularies
+    with pytest.raises(ValueError, match="no product .* from those years"):
+        datamodule(compose_config, tiny_overrides(tmp_path, kaggle_folder) + ["data.out_of_time_years=[1999]"])
+
+
+def test_an_evaluation_folder_leaves_out_what_the_run_trained_on(compose_config, kaggle_folder, tmp_path):
+    other = tmp_path / "other"
+    write_kaggle_folder(other, n=48, size=48)   # the same ids at another resolution
+    source = f"+data.eval_sets.sharp={{_target_:fashion.data.EvalSource,root:{other},true_aspect:0.75}}"
+    dm = datamodule(compose_config, tiny_overrides(tmp_path, kaggle_folder) + [source])
+    trained = set(dm.table.loc[dm.table["split"].isin(["train", "val"]), "id"])
+    scored = set(dm.eval_tables["sharp"]["id"])
+    assert scored == set(dm.table.loc[dm.table["split"] == "test", "id"]) and not scored & trained
+    loader = dm.eval_dataloaders()["sharp"]
+    assert loader.dataset.true_aspect == 0.75 and len(loader.dataset) == len(scored)
+    images, targets = next(iter(loader))
+    assert images.shape[1:] == (3, 32, 32) and set(targets) == set(dm.attributes)
+    assert isinstance(dm.eval_sources["sharp"], EvalSource)
+
+
+def test_restore_aspect_unsquashes_and_the_dataset_applies_it(tmp_path):
+    square = np.zeros((224, 224, 3), dtype=np.uint8)
+    assert restore_aspect(square, 0.75).shape == (224, 168, 3)
+    assert restore_aspect(square, None) is square
+    path = tmp_path / "p.png"
+    square[:, 100:124] = 255   # a white stripe: still centred after the width shrinks
+    Image.fromarray(square).save(path)
+    seen = {}
+
+    def transform(image):
+        seen["shape"] = image.shape
+        return {"image": image}
+    ProductImages([str(path)], {}, transform, true_aspect=0.75)[0]
+    assert seen["shape"] == (224, 168, 3)
+
+
+def test_the_feature_cache_key_depends_on_the_true_aspect(tmp_path):
+    from fashion.data.feature_cache import FeatureCache
+    from fashion.models import LinearHeads, MultiHeadTagger
+    from tests.test_feature_cache import tiny_backbone
+
+    backbone = tiny_backbone(freeze="frozen")
+    model = MultiHeadTagger(backbone, LinearHeads(backbone.num_features, {"gender": 2}))
+    paths = []
+    for i in range(2):
+        paths.append(str(tmp_path / f"{i}.jpg"))
+        Image.new("RGB", (8, 8), (i * 50, 0, 0)).save(paths[-1])
+    cache = FeatureCache(tmp_path / "cache")
+    plain = cache.key(model, backbone.preprocessing, [0, 1], paths)
+    assert cache.key(model, backbone.preprocessing, [0, 1], paths, true_aspect=None) == plain
+    assert cache.key(model, backbone.preprocessing, [0, 1], paths, true_aspect=0.75) != plain
+
+
+@pytest.mark.slow
+def test_a_run_logs_its_evaluation_sets_beside_its_test_split(compose_config, kaggle_folder, tmp_path, capsys):
+    from fashion.train import train
+
+    with_years(kaggle_folder)
+    other = tmp_path / "other"
+    write_kaggle_folder(other, n=48, size=48)
+    cfg = compose_config(tiny_overrides(tmp_path, kaggle_folder) + [
+        "data.out_of_time_years=[2015]",
+        f"+data.eval_sets.sharp={{_target_:fashion.data.EvalSource,root:{other}}}"])
+    metrics = train(cfg)
+    for name in ("out_of_time", "sharp"):
+        assert 0.0 <= metrics[f"eval/{name}/articleType/acc"] <= 1.0 and f"eval/{name}/gender/f1" in metrics
+    assert "test/articleType/acc" in metrics
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    run = mlflow.search_runs(experiment_names=["fashion"]).iloc[0]
+    assert run["metrics.eval/out_of_time/articleType/acc"] == pytest.approx(metrics["eval/out_of_time/articleType/acc"])
+    assert run["metrics.test/articleType/acc"] == pytest.approx(metrics["test/articleType/acc"])  # not overwritten
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run["run_id"], "eval/sharp")}
+    assert "eval/sharp/confusion_articleType.png" in artifacts
+    assert "out_of_time acc" in capsys.readouterr().out
+
+
+def test_fashion_eval_scores_the_same_sets(trained, tmp_path, capsys):
+    import json
+
+    from fashion.evaluate import main
+
+    def images_scored(*extra: str) -> int:
+        out = tmp_path / f"out{len(extra)}"
+        assert main(["--bundle", str(trained.bundle), "--data", str(trained.data), "--output", str(out), "--no-mlflow",
+                     *extra]) == 0
+        return json.loads((out / "metrics.json").read_text())["images"]
+
+    everything = images_scored()
+    styles = pd.read_csv(trained.data / "styles.csv")
+    split = tmp_path / "split.csv"
+    pd.DataFrame({"id": styles["id"], "split": ["train"] * 50 + ["test"] * (len(styles) - 50)}).to_csv(split, index=False)
+    assert images_scored("--exclude-split", str(split), "--true-aspect", "0.75") == everything - 50
+    assert images_scored("--years", "2012") == everything
+    assert main(["--bundle", str(trained.bundle), "--data", str(trained.data), "--no-mlflow", "--years", "1999",
+                 "--output", str(tmp_path / "none")]) == 2
+    assert "no product" in capsys.readouterr().err
+
+
+def test_resolution_normalisation_makes_a_sharp_photo_and_its_thumbnail_alike():
+    from fashion.data.images import load_rgb
+    from tests.conftest import SAMPLE
+
+    sharp = restore_aspect(load_rgb(sorted((SAMPLE / "images").glob("*.jpg"))[5]), 0.75)     # 224x168
+    thumbnail = np.asarray(Image.fromarray(sharp).resize((60, 80), Image.Resampling.BICUBIC))  # the catalogue's size
+    plain = Preprocessing(224, (0.5,) * 3, (0.5,) * 3)
+    normalised = Preprocessing(224, (0.5,) * 3, (0.5,) * 3, source_max_side=80)
+
+    def gap(prep: Preprocessing) -> float:
+        transform = prep.eval_transform()
+        return float((transform(image=sharp)["image"] - transform(image=thumbnail)["image"]).abs().mean())
+    assert gap(normalised) < 0.5 * gap(plain)
+    assert repr(normalised) == repr(plain)   # the feature cache adds it to its key only when set
+
+
+def test_a_bundle_keeps_its_resolution_normalisation(trained, tmp_path):
+    import json
+    import shutil
+
+    from fashion.inference import load_bundle
+    from tests.test_trust_boundary import rehash
+
+    bundle = tmp_path / "b"
+    shutil.copytree(trained.bundle, bundle)
+    prep = json.loads((bundle / "preprocessing.json").read_text())
+    assert prep["source_max_side"] is None
+    (bundle / "preprocessing.json").write_text(json.dumps({**prep, "source_max_side": 80}))
+    rehash(bundle)
+    assert load_bundle(bundle).preprocessing.source_max_side == 80
