@@ -39,6 +39,8 @@ def test_out_of_time_years_leave_every_split_and_become_an_evaluation_set(compos
     assert held and not held & set(dm.table["id"])
     assert set(dm.eval_tables["out_of_time"]["id"]) == held
     assert dm.report["eval_size/out_of_time"] == len(held)
+    genders = styles.loc[styles["year"] == 2015, "gender"].value_counts(normalize=True)
+    assert dm.report["majority_rate/out_of_time/gender"] == pytest.approx(genders.max())
     encoded = dm.eval_tables["out_of_time"]["y_articleType"]
     assert (encoded >= 0).all()   # labels encoded with the training vocabularies
     with pytest.raises(ValueError, match="no product .* from those years"):

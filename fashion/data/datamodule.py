@@ -155,7 +155,11 @@ class FashionDataModule(L.LightningDataModule):
         report = {}
         for name, table in self.eval_tables.items():
             report[f"eval_size/{name}"] = len(table)
-            report |= {f"masked_labels/{name}/{a}": int((table[f"y_{a}"] == IGNORE_INDEX).sum()) for a in self.attributes}
+            for attribute in self.attributes:
+                labelled = table.loc[table[f"y_{attribute}"] != IGNORE_INDEX, f"y_{attribute}"]
+                report[f"masked_labels/{name}/{attribute}"] = int(len(table) - len(labelled))
+                # The floor a model must beat there: always answering the set's most common class.
+                report[f"majority_rate/{name}/{attribute}"] = float(labelled.value_counts(normalize=True).max()) if len(labelled) else float("nan")
         return report
 
     def _drop_unusable_images(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
