@@ -136,7 +136,7 @@ def run_is_running(logger: MLFlowLogger) -> bool:
 def print_summary(logger: MLFlowLogger, metrics: dict[str, float], attributes: list[str]) -> None:
     stage = "test" if any(k.startswith("test/") for k in metrics) else "val"
     sets = sorted({k.split("/")[1] for k in metrics if k.startswith("eval/")})
-    header = f"  {'':<15} {stage} acc / macro-F1" + "".join(f"   {name} acc" for name in sets)
+    header = f"  {'':<15} {stage + ' acc, macro-F1':<26}" + "".join(f"   {name} acc" for name in sets)
     rows = [header] + [f"  {a:<15} acc {metrics.get(f'{stage}/{a}/acc', float('nan')):.3f}   "
                        f"macro-F1 {metrics.get(f'{stage}/{a}/f1', float('nan')):.3f}"
                        + "".join(f"   {metrics.get(f'eval/{n}/{a}/acc', float('nan')):>{len(n) + 4}.3f}" for n in sets)

@@ -172,7 +172,13 @@ def fit_and_test(cfg, datamodule, epochs: int, max_minutes: float) -> dict:
     val = {k: float(v) for k, v in fit.callback_metrics.items() if k.startswith("val/") and k.endswith("acc")}
     fit.test(module, datamodule=datamodule, verbose=False)
     test = {k: float(v) for k, v in fit.callback_metrics.items() if k.startswith("test/") and k.endswith("/acc")}
-    return {"epoch_s": timer.seconds, "epochs": epochs, "val": val, "test": test}
+    scores = {"val": val, "test": test}
+    for name, loader in datamodule.eval_dataloaders().items():   # out of time, cross-resolution, ...
+        with module.evaluating(f"eval/{name}"):
+            fit.test(module, dataloaders=loader, verbose=False)
+        scores[name] = {k.replace(f"eval/{name}/", "test/"): float(v) for k, v in fit.callback_metrics.items()
+                        if k.startswith(f"eval/{name}/") and k.endswith("/acc")}
+    return {"epoch_s": timer.seconds, "epochs": epochs, "scores": scores, "test": test}
 
 
 def shown_arguments() -> list[str]:
@@ -213,13 +219,14 @@ def report(args, cfg, datamodule, setup_s: float, rows: dict, epoch: dict, start
         lines += ["", f"The recipe itself ({cfg.trainer.precision}, validation each epoch): {done} epoch(s){cut}, "
                   f"{mean_s:.1f} s per epoch for {sizes.get('train', 0):,} training images. Projected for the whole "
                   f"catalogue ({full:,} products) and the recipe's {epochs} epochs: {mean_s * epochs * full / images / 60:.1f} min.",
-                  "", f"Accuracy (%) after those {done} epoch(s), on this data's own val/test split (in-split, "
-                  f"{sizes.get('test', 0):,} test images; {'a smoke check that the GPU path learns, not a result' if done < 3 else 'not out-of-time, not cross-resolution'}):",
+                  "", f"Accuracy (%) after those {done} epoch(s): val and test are this data's own split (in-split, "
+                  f"{sizes.get('test', 0):,} test images), further rows its evaluation sets "
+                  f"({'a smoke check that the GPU path learns, not a result' if done < 3 else 'the sets the data config names'}):",
                   "", "| split | " + " | ".join(k.split("/")[1] for k in epoch["test"]) + " |",
                   "|---|" + "---|" * len(epoch["test"])]
-        for split in ("val", "test"):
-            values = [epoch[split].get(k.replace("test/", f"{split}/"), float("nan")) for k in epoch["test"]]
-            lines.append(f"| {split} | " + " | ".join(f"{v * 100:.1f}" for v in values) + " |")
+        for split, values in epoch["scores"].items():
+            row = [values.get(k.replace("test/", f"{split}/") if split == "val" else k, float("nan")) for k in epoch["test"]]
+            lines.append(f"| {split} | " + " | ".join(f"{v * 100:.1f}" for v in row) + " |")
     lines += ["", f"Whole check: {(time.perf_counter() - started) / 60:.1f} min."]
     return "\n".join(lines) + "\n"
 
