@@ -38,8 +38,8 @@ ALLOWED_TARGETS: dict[str, dict[str, type]] = {
 }
 INJECTED = {"in_features", "num_classes", "preprocessing"}
 # Sizes that decide how much memory building the model takes: bounded, so a file cannot exhaust it.
-SIZE_LIMITS = {("backbone", "image_size"): (8, 4096), ("backbone", "source_max_side"): (8, 4096), ("extra_features", "size"): (4, 1024),
-               ("extra_features", "bins"): (2, 32)}
+SIZE_LIMITS = {("backbone", "image_size"): (8, 4096), ("backbone", "source_max_side"): (8, 4096),
+               ("extra_features", "size"): (4, 1024), ("extra_features", "bins"): (2, 32)}
 # A saved model never loads weights from anywhere but its own file: these are forced off.
 NO_WEIGHT_SOURCE = {"pretrained": False, "packaged_weights": None, "checkpoint_path": None}
 
