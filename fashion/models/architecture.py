@@ -64,13 +64,15 @@ class Architecture:
 def validate_architecture(config: Any, source: str = "config") -> Architecture:
     """Check a bundle/checkpoint architecture description completely, constructing nothing."""
     if not isinstance(config, Mapping):
-        raise ArchitectureError(f"{source}: expected an object with {ARCHITECTURE_SECTIONS}, got {type(config).__name__}")
+        raise ArchitectureError(f"{source}: expected an object with {ARCHITECTURE_SECTIONS}, "
+                                f"got {type(config).__name__}")
     for section in ("backbone", "head"):
         if section not in config:
             raise ArchitectureError(f"{source}: missing {section!r}")
     extras_config = config.get("extra_features") or {}
     if not isinstance(extras_config, Mapping):
-        raise ArchitectureError(f"{source}: extra_features must be an object of name -> feature, got {type(extras_config).__name__}")
+        raise ArchitectureError(f"{source}: extra_features must be an object of name -> feature, "
+                                f"got {type(extras_config).__name__}")
     backbone = _component(config["backbone"], "backbone", f"{source}: backbone")
     _check_timm_name(backbone.kwargs.get("name"), f"{source}: backbone.name")
     extras = {}
