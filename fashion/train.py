@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 from fashion.config import CONFIG_DIR
 from fashion.data.datamodule import FashionDataModule
 from fashion.training.assembly import build_model, build_module, use_feature_cache
-from fashion.training.module import TaggerModule
+from fashion.training.module import evaluate_sets
 from fashion.training.resume import CHECKPOINT_TAG, ResumePoint, config_hash, find_resume_point
 from fashion.training.tracking import ensure_experiment, log_run_inputs
 
@@ -107,7 +107,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
             best = "best" if trainer.checkpoint_callback else None
             trainer.test(module, datamodule=datamodule, ckpt_path=best)
             metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
-            metrics |= evaluate_sets(trainer, module, datamodule, best)
+            metrics |= evaluate_sets(trainer, module, datamodule.eval_dataloaders(), best)
         metrics["time/total_s"] = time.perf_counter() - started
         logger.log_metrics({"time/total_s": metrics["time/total_s"]})
     except BaseException:
@@ -115,16 +115,6 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
             logger.experiment.set_terminated(logger.run_id, "FAILED")
         raise
     print_summary(logger, metrics, datamodule.attributes)
-    return metrics
-
-
-def evaluate_sets(trainer: L.Trainer, module: TaggerModule, datamodule: FashionDataModule, ckpt_path: str | None) -> dict[str, float]:
-    """The same checkpoint as the test split, on each evaluation set (out of time, cross-resolution, ...)."""
-    metrics = {}
-    for name, loader in datamodule.eval_dataloaders().items():
-        with module.evaluating(f"eval/{name}"):
-            trainer.test(module, dataloaders=loader, ckpt_path=ckpt_path, verbose=False)
-        metrics |= {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"eval/{name}/")}
     return metrics
 
 

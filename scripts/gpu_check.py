@@ -39,6 +39,7 @@ from omegaconf import DictConfig  # noqa: E402
 from fashion.config import CONFIG_DIR  # noqa: E402
 from fashion.data.datamodule import FashionDataModule  # noqa: E402
 from fashion.training.assembly import build_model, build_module  # noqa: E402
+from fashion.training.module import evaluate_sets  # noqa: E402
 
 PRECISIONS = ("16-mixed", "bf16-mixed")
 AUTOCAST = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
@@ -173,10 +174,10 @@ def fit_and_test(cfg, datamodule, epochs: int, max_minutes: float) -> dict:
     fit.test(module, datamodule=datamodule, verbose=False)
     test = {k: float(v) for k, v in fit.callback_metrics.items() if k.startswith("test/") and k.endswith("/acc")}
     scores = {"val": val, "test": test}
-    for name, loader in datamodule.eval_dataloaders().items():   # out of time, cross-resolution, ...
-        with module.evaluating(f"eval/{name}"):
-            fit.test(module, dataloaders=loader, verbose=False)
-        scores[name] = {k.replace(f"eval/{name}/", "test/"): float(v) for k, v in fit.callback_metrics.items()
+    loaders = datamodule.eval_dataloaders()   # out of time, cross-resolution, ...
+    sets = evaluate_sets(fit, module, loaders, None)
+    for name in loaders:
+        scores[name] = {k.replace(f"eval/{name}/", "test/"): v for k, v in sets.items()
                         if k.startswith(f"eval/{name}/") and k.endswith("/acc")}
     return {"epoch_s": timer.seconds, "epochs": epochs, "scores": scores, "test": test}
 

@@ -138,3 +138,13 @@ class TaggerModule(L.LightningModule):
             return {"optimizer": optimizer}
         scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def evaluate_sets(trainer: L.Trainer, module: TaggerModule, loaders: Mapping[str, Any], ckpt_path: str | None) -> dict[str, float]:
+    """The same checkpoint as the test split, on each evaluation set (out of time, cross-resolution, ...)."""
+    metrics = {}
+    for name, loader in loaders.items():
+        with module.evaluating(f"eval/{name}"):
+            trainer.test(module, dataloaders=loader, ckpt_path=ckpt_path, verbose=False)
+        metrics |= {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"eval/{name}/")}
+    return metrics
