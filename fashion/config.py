@@ -1,4 +1,4 @@
-"""Hydra/OmegaConf glue shared by every entry point: resolvers and config flattening."""
+"""Hydra/OmegaConf glue shared by every entry point: resolvers, typed validation, flattening."""
 
 from __future__ import annotations
 
@@ -11,10 +11,69 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PROJECT_ROOT / "conf"
 
 
+def _tracking_uri(mlruns: str | None = None) -> str:
+    from fashion.tracking.run import tracking_uri
+
+    return tracking_uri(*([mlruns] if mlruns else []))
+
+
 def register_resolvers() -> None:
-    """`${project_root:}` lets configs name repo-relative paths that survive Hydra's output dirs."""
+    """`${project_root:}` lets configs name repo-relative paths that survive Hydra's output dirs;
+    `${tracking_uri:<mlruns>}` is the MLflow store, defined once in fashion.tracking."""
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+    if not OmegaConf.has_resolver("tracking_uri"):
+        OmegaConf.register_new_resolver("tracking_uri", _tracking_uri)
+
+
+class ConfigError(ValueError):
+    """A composed config with a key or value its class does not take; names the key."""
+
+
+def validate_config(cfg: DictConfig | dict) -> None:
+    """Check every `_target_` of this project's classes against its signature's types, before anything
+    is built: `backbone.freeze=sometimes` fails naming `backbone.freeze` and the values it takes.
+
+    Hydra already refuses unknown keys (struct mode); this adds the values (the `Literal`s, numbers,
+    lists) without a second, hand-written schema that could drift from the classes.
+    """
+    from hydra.utils import get_object
+
+    from fashion.validation import check_fields
+
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    problems, checked = [], []
+    for where, node in _target_nodes(container):
+        if node in checked:  # data.labels repeats labels
+            continue
+        checked.append(node)
+        fields = {k: v for k, v in node.items() if not (k.startswith("_") and k.endswith("_")) and not _has_target(v)}
+        try:
+            check_fields(get_object(node["_target_"]), fields, where)
+        except ValueError as err:
+            problems.append(str(err))
+    if problems:
+        raise ConfigError("invalid config: " + "; ".join(problems))
+
+
+def _has_target(value: Any) -> bool:
+    """Nested objects (validated on their own) and lists of them."""
+    if isinstance(value, dict):
+        return "_target_" in value or any(_has_target(v) for v in value.values())
+    return isinstance(value, list) and any(_has_target(v) for v in value)
+
+
+def _target_nodes(node: Any, where: str = "") -> list[tuple[str, dict]]:
+    found = []
+    if isinstance(node, dict):
+        if "_target_" in node:
+            found.append((where, node))
+        for key, value in node.items():
+            found += _target_nodes(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found += _target_nodes(value, f"{where}[{index}]")
+    return found
 
 
 def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:

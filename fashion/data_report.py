@@ -13,16 +13,17 @@ import mlflow
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fashion.config import CONFIG_DIR
+from fashion.config import CONFIG_DIR, validate_config
 from fashion.data.datamodule import FashionDataModule
 from fashion.data.report import build_report
-from fashion.training.tracking import ensure_experiment, git_commit
+from fashion.tracking.run import ensure_experiment, git_commit
 
 COMMANDS = ("report",)
 
 
 def write_data_report(cfg: DictConfig) -> tuple[Path, str | None]:
     """Build the report, write it to `report.output_dir`, log it; return (README path, run id)."""
+    validate_config(cfg)
     datamodule: FashionDataModule = instantiate(cfg.data, preprocessing=None, _convert_="object")
     report = build_report(datamodule, with_images=cfg.report.images)
     title = f"Dataset report: {datamodule.root.name}"

@@ -1,12 +1,12 @@
 """`fashion-eval`: a bundle or checkpoint, evaluated on any folder in the Kaggle layout.
 
-    fashion-eval --bundle bundles/best --data ../shared/data/fashion-product-images-subset
-    fashion-eval --checkpoint best.ckpt --data /data/new-catalogue --output eval_out/
+    fashion-eval bundle=bundles/best data=../shared/data/fashion-product-images-subset
+    fashion-eval checkpoint=best.ckpt data=/data/new-catalogue output=eval_out/
 
 The evaluation sets a training run scores (`data.out_of_time_years`, `data.eval_sets`) are the same calls:
-    fashion-eval --bundle b --data ../shared/data/fashion-product-images-small --years 2013 2014 2018 2019
-    fashion-eval --bundle b --data ../shared/data/fashion-product-images-subset --true-aspect 0.75 --exclude-split split.csv
-(`split.csv`: the run's `data/split.csv` artifact; its train and val products are left out.)
+    fashion-eval bundle=b data=../shared/data/fashion-product-images-small years=[2013,2014,2018,2019]
+    fashion-eval bundle=b data=../shared/data/fashion-product-images-subset true_aspect=0.75 exclude_split=split.csv
+(`split.csv`: the run's `data/split.csv` artifact; its train and val products are left out.) Keys: conf/eval.yaml.
 
 Labels are encoded with the *training* vocabularies: a label the model never learned is counted
 (`unseen/<attribute>`) and left out of that attribute's metrics, never a crash. Prints accuracy,
@@ -16,29 +16,25 @@ MLflow run (tag `run_type=evaluation`) that points at the training run (`source_
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import mlflow
-import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
 
+from fashion.cli import tool_config
 from fashion.data.dataset import restore_aspect
-from fashion.data.images import ImageReadError, load_rgb
-from fashion.data.styles import read_styles
+from fashion.data.eval_sets import EvalSource
+from fashion.data.images import load_rgb
 from fashion.data.vocab import IGNORE_INDEX
 from fashion.inference.predictor import Predictor
-from fashion.inference.runtime import RUNTIMES, load_predictor
-from fashion.training.metrics import AttributeMetrics
-from fashion.training.reports import classification_report, confusion_figure
-from fashion.training.tracking import ensure_experiment
-
-DEFAULT_TRACKING_URI = f"sqlite:///{Path(__file__).resolve().parents[1] / 'mlruns' / 'mlflow.db'}"
+from fashion.inference.runtime import Runtime, load_predictor
+from fashion.metrics import AttributeMetrics, classification_report, confusion_figure
+from fashion.tracking import ensure_experiment
 
 
 def encode_targets(predictor: Predictor, frame) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
@@ -52,40 +48,18 @@ def encode_targets(predictor: Predictor, frame) -> tuple[dict[str, torch.Tensor]
     return targets, unseen
 
 
-def evaluate(predictor: Predictor, root: Path, styles_file: str = "styles.csv", true_aspect: float | None = None,
-             years: list[int] | None = None, exclude_ids: set[int] = frozenset()) -> tuple[dict[str, float], dict, AttributeMetrics]:
-    """`years`: only products of those catalogue years; `exclude_ids`: products to leave out (a run's train/val)."""
-    frame, styles_report = read_styles(root / styles_file, [*predictor.attributes, *(["year"] if years else [])])
-    if years:
-        frame = frame[pd.to_numeric(frame["year"], errors="coerce").isin(years)]
-    frame = frame[~frame["id"].isin(exclude_ids)].reset_index(drop=True)
-    frame["path"] = [str(root / "images" / f"{i}.jpg") for i in frame["id"]]
-    exists = np.array([Path(p).is_file() for p in frame["path"]], dtype=bool)
-    frame = frame[exists].reset_index(drop=True)
-    if frame.empty:
-        raise ValueError(f"no product of {root / styles_file} with an image is left to evaluate"
-                         + (f" (years {years})" if years else "") + (" after --exclude-split" if exclude_ids else ""))
+def evaluate(predictor: Predictor, source: EvalSource, exclude_ids: set[int] = frozenset(),
+             ) -> tuple[dict[str, float], dict, AttributeMetrics]:
+    """`source`: the folder (and its years, its true aspect); `exclude_ids`: products to leave out (a run's train/val)."""
+    frame, counts = source.table(predictor.attributes, exclude_ids)
     targets, unseen = encode_targets(predictor, frame)
     metrics = AttributeMetrics({a: len(v) for a, v in predictor.trained.vocabularies.items()}, "eval", confusion=True)
-    unreadable = []
     for start in tqdm(range(0, len(frame), predictor.batch_size), unit="batch", file=sys.stderr):
-        rows = list(range(start, min(start + predictor.batch_size, len(frame))))
-        images, keep = [], []
-        for row in rows:
-            try:
-                images.append(restore_aspect(load_rgb(frame.at[row, "path"]), true_aspect))
-                keep.append(row)
-            except ImageReadError:
-                unreadable.append(int(frame.at[row, "id"]))
-        if images:
-            probs = predictor.probabilities(predictor.to_tensor(images))
-            index = torch.tensor(keep)
-            metrics.update(probs, {a: t[index] for a, t in targets.items()})
+        rows = slice(start, start + predictor.batch_size)
+        images = [restore_aspect(load_rgb(path), source.true_aspect) for path in frame["path"].iloc[rows]]
+        metrics.update(predictor.probabilities(predictor.to_tensor(images)), {a: t[rows] for a, t in targets.items()})
     values = {k: float(v) for k, v in metrics.compute().items()}
-    counts = {"images": int(len(frame) - len(unreadable)), "rows_without_image": int((~exists).sum()),
-              "unreadable_images": len(unreadable), "malformed_rows": styles_report.malformed_rows,
-              **{f"unseen/{a}": n for a, n in unseen.items()}}
-    return values, counts, metrics
+    return values, {"images": len(frame), **counts, **{f"unseen/{a}": n for a, n in unseen.items()}}, metrics
 
 
 def write_reports(metrics: AttributeMetrics, predictor: Predictor, output: Path) -> None:
@@ -99,64 +73,60 @@ def write_reports(metrics: AttributeMetrics, predictor: Predictor, output: Path)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--bundle")
-    source.add_argument("--checkpoint")
-    parser.add_argument("--data", type=Path, required=True, help="folder with styles.csv and images/<id>.jpg")
-    parser.add_argument("--styles-file", default="styles.csv")
-    parser.add_argument("--true-aspect", type=float, help="width/height of the real photos when the folder stores them squashed (the subset: 0.75)")
-    parser.add_argument("--years", type=int, nargs="+", help="only these catalogue years (an out-of-time set)")
-    parser.add_argument("--exclude-split", type=Path, help="a run's split.csv: its train and val products are left out")
-    parser.add_argument("--output", type=Path, default=Path("eval_output"))
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--runtime", choices=RUNTIMES, default="auto", help="as in fashion-predict")
-    parser.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI)
-    parser.add_argument("--experiment", default="fashion")
-    parser.add_argument("--no-mlflow", action="store_true")
-    args = parser.parse_args(argv)
-    if not (args.data / args.styles_file).is_file():
-        parser.error(f"{args.data / args.styles_file} not found (expected the Kaggle layout: styles.csv + images/)")
+    cfg = tool_config("fashion-eval", "eval", sys.argv[1:] if argv is None else argv, evaluate_folder, lists=("years",))
+    return evaluate_folder(**cfg)
 
+
+def evaluate_folder(data: str, bundle: str | None = None, checkpoint: str | None = None, styles_file: str = "styles.csv",
+                    true_aspect: float | None = None, years: list[int] | None = None, exclude_split: str | None = None,
+                    output: str = "eval_output", batch_size: int = 64, runtime: Runtime = "auto", mlflow: bool = True,
+                    tracking_uri: str | None = None, experiment: str = "fashion") -> int:
+    """Scores the model on the folder, writes reports under `output`, logs an evaluation run; 2 on bad input."""
     try:
-        predictor = load_predictor(bundle=args.bundle, checkpoint=args.checkpoint, runtime=args.runtime, top_k=5,
-                                   batch_size=args.batch_size)
+        predictor = load_predictor(bundle=bundle, checkpoint=checkpoint, runtime=runtime, top_k=5, batch_size=batch_size)
     except (ValueError, OSError) as err:  # a refused, tampered or missing bundle/checkpoint: say why, no traceback
         print(f"fashion-eval: cannot load the model: {err}", file=sys.stderr)
         return 2
     exclude = set()
-    if args.exclude_split:
-        split = pd.read_csv(args.exclude_split)
+    if exclude_split:
+        split = pd.read_csv(exclude_split)
         exclude = set(split.loc[split["split"].isin(["train", "val"]), "id"].astype(int))
+    source = EvalSource(root=data, styles_file=styles_file, true_aspect=true_aspect, years=years)
     try:
-        values, counts, metrics = evaluate(predictor, args.data, args.styles_file, args.true_aspect, args.years, exclude)
-    except ValueError as err:
+        values, counts, metrics = evaluate(predictor, source, exclude)
+    except (ValueError, FileNotFoundError) as err:
         print(f"fashion-eval: {err}", file=sys.stderr)
         return 2
-    write_reports(metrics, predictor, args.output)
-    (args.output / "metrics.json").write_text(json.dumps({**values, **counts}, indent=2))
+    out = Path(output)
+    write_reports(metrics, predictor, out)
+    (out / "metrics.json").write_text(json.dumps({**values, **counts}, indent=2))
     print(f"{'attribute':<15} {'acc':>7} {'macro-F1':>9} {'top-5':>7} {'unseen':>7}")
     for attribute in predictor.attributes:
         top5 = values.get(f"eval/{attribute}/top5")
         print(f"{attribute:<15} {values[f'eval/{attribute}/acc']:7.4f} {values[f'eval/{attribute}/f1']:9.4f} "
               f"{'' if top5 is None else f'{top5:7.4f}':>7} {counts[f'unseen/{attribute}']:7d}")
     print(f"images evaluated: {counts['images']}, rows without image: {counts['rows_without_image']}, unreadable: {counts['unreadable_images']}")
-    if not args.no_mlflow:
-        source_run = source_run_id(args.bundle)
-        mlflow.set_tracking_uri(args.tracking_uri)
-        experiment_id = ensure_experiment(args.tracking_uri, args.experiment, None)
-        tags = {"run_type": "evaluation", "eval.data": str(args.data.resolve())}
-        if source_run:
-            tags["source_run_id"] = source_run
-        with mlflow.start_run(experiment_id=experiment_id, run_name=f"eval {args.data.name}", tags=tags) as run:
-            mlflow.log_params({"model": args.bundle or args.checkpoint, "data": str(args.data), "runtime": predictor.runtime,
-                               "true_aspect": args.true_aspect, "years": args.years,
-                               "exclude_split": str(args.exclude_split) if args.exclude_split else None})
-            mlflow.log_metrics(values)
-            mlflow.log_metrics({f"eval_data/{k}": float(v) for k, v in counts.items()})
-            mlflow.log_artifacts(str(args.output), artifact_path="evaluation")
-        print(f"MLflow evaluation run {run.info.run_id}" + (f" (of training run {source_run})" if source_run else ""))
+    if mlflow:
+        settings = {"model": bundle or checkpoint, "data": data, "runtime": predictor.runtime, "true_aspect": true_aspect,
+                    "years": years, "exclude_split": exclude_split}
+        log_evaluation(tracking_uri, experiment, bundle, settings, values, counts, out)
     return 0
+
+
+def log_evaluation(tracking_uri: str, experiment: str, bundle: str | None, settings: dict, values: dict, counts: dict,
+                   output: Path) -> None:
+    source_run = source_run_id(bundle)
+    mlflow.set_tracking_uri(tracking_uri)
+    experiment_id = ensure_experiment(tracking_uri, experiment)
+    tags = {"run_type": "evaluation", "eval.data": str(Path(settings["data"]).resolve())}
+    if source_run:
+        tags["source_run_id"] = source_run
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"eval {Path(settings['data']).name}", tags=tags) as run:
+        mlflow.log_params(settings)
+        mlflow.log_metrics(values)
+        mlflow.log_metrics({f"eval_data/{k}": float(v) for k, v in counts.items()})
+        mlflow.log_artifacts(str(output), artifact_path="evaluation")
+    print(f"MLflow evaluation run {run.info.run_id}" + (f" (of training run {source_run})" if source_run else ""))
 
 
 def source_run_id(bundle: str | None) -> str | None:

@@ -1,25 +1,23 @@
 """`fashion-export`: a training run (MLflow run id) or a checkpoint -> a model bundle folder.
 
-    fashion-export --run-id 3f2a... --output bundles/best          # best checkpoint of that run
-    fashion-export --checkpoint outputs/.../best.ckpt --output bundles/x
+    fashion-export run_id=3f2a... output=bundles/best          # best checkpoint of that run
+    fashion-export checkpoint=outputs/.../best.ckpt output=bundles/x
 
 The bundle (see fashion/inference/bundle.py) is also logged to MLflow as a pyfunc model, to the
-training run itself when it came from one, so `mlflow models serve -m runs:/<id>/tagger` works.
+training run itself when it came from one, so `mlflow models serve -m runs:/<id>/tagger` works. Keys: conf/export.yaml.
 """
 
 from __future__ import annotations
 
-import argparse
+import sys
 import tempfile
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from fashion.config import PROJECT_ROOT
+from fashion.cli import tool_config
 from fashion.inference.bundle import export_bundle
 from fashion.inference.checkpoint import TrainedModel, load_checkpoint
-
-DEFAULT_TRACKING_URI = f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}"
 
 
 def checkpoint_of_run(client: MlflowClient, run_id: str, workdir: Path) -> Path:
@@ -58,7 +56,7 @@ def export(run_id: str | None, checkpoint: str | None, output: Path, tracking_ur
         import mlflow
 
         from fashion.inference.pyfunc import log_pyfunc
-        from fashion.training.tracking import ensure_experiment
+        from fashion.tracking import ensure_experiment
 
         mlflow.set_tracking_uri(tracking_uri)
         if run_id is None:
@@ -67,17 +65,18 @@ def export(run_id: str | None, checkpoint: str | None, output: Path, tracking_ur
     return bundle, model_uri
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run-id", help="MLflow run of fashion-train (its best checkpoint is exported)")
-    source.add_argument("--checkpoint", help="a Lightning checkpoint written by fashion-train")
-    parser.add_argument("--output", type=Path, required=True, help="bundle folder to write")
-    parser.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI)
-    parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX model")
-    parser.add_argument("--no-mlflow", action="store_true", help="do not log a pyfunc model")
-    args = parser.parse_args()
-    bundle, model_uri = export(args.run_id, args.checkpoint, args.output, args.tracking_uri, not args.no_onnx, not args.no_mlflow)
+def main(argv: list[str] | None = None) -> None:
+    cfg = tool_config("fashion-export", "export", sys.argv[1:] if argv is None else argv, export_cli)
+    export_cli(**cfg)
+
+
+def export_cli(output: str, run_id: str | None = None, checkpoint: str | None = None, onnx: bool = True,
+               mlflow: bool = True, tracking_uri: str | None = None) -> None:
+    """Writes the bundle folder and prints where it is, and how to serve its pyfunc model."""
+    try:
+        bundle, model_uri = export(run_id, checkpoint, Path(output), tracking_uri, onnx, mlflow)
+    except (ValueError, OSError) as err:  # no or two sources, a refused checkpoint, a run without one
+        raise SystemExit(f"fashion-export: {err}") from None
     print(f"bundle: {bundle}")
     if model_uri:
         print(f"pyfunc model: {model_uri}\n  serve with: mlflow models serve -m {model_uri} --env-manager local")

@@ -1,30 +1,30 @@
 """`fashion-predict`: image files, folders or globs -> one JSON line (or CSV row) per image.
 
-    fashion-predict --bundle bundles/best photos/ 'more/*.jpg' > predictions.jsonl
-    fashion-predict --checkpoint best.ckpt shoe.jpg --format csv --output tags.csv --taxonomy
+    fashion-predict bundle=bundles/best photos/ 'more/*.jpg' > predictions.jsonl
+    fashion-predict checkpoint=best.ckpt shoe.jpg format=csv output=tags.csv taxonomy=true
 
 An unreadable file gets a row with `error` and the batch goes on; the exit status is 1 when any
 file failed, so scripts notice. `--taxonomy` lets articleType decide subCategory/masterCategory
-where the training data says it does; `--explain articleType,baseColour` writes Grad-CAM overlays.
-`--runtime auto` (the default) answers with onnxruntime when the bundle has a model.onnx.
+where the training data says it does; `explain=articleType,baseColour` writes Grad-CAM overlays.
+`runtime=auto` (the default) answers with onnxruntime when the bundle has a model.onnx. Keys: conf/predict.yaml.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import glob
 import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import Literal, TextIO
 
 from tqdm import tqdm
 
+from fashion.cli import tool_config
 from fashion.data.images import ImageReadError, load_rgb
 from fashion.inference.predictor import Predictor
-from fashion.inference.runtime import RUNTIMES, load_predictor
+from fashion.inference.runtime import Runtime, load_predictor
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 PROGRESS_FROM = 64  # files; a progress bar on stderr from here on
@@ -105,38 +105,33 @@ def write_csv(rows: Iterator[dict], attributes: list[str], out: TextIO) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--bundle", help="a folder written by fashion-export")
-    source.add_argument("--checkpoint", help="a checkpoint written by fashion-train")
-    parser.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
-    parser.add_argument("--output", type=Path, help="file to write (default: stdout)")
-    parser.add_argument("--top-k", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--taxonomy", action="store_true", help="articleType decides subCategory/masterCategory")
-    parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
-                        help="auto: onnxruntime when the bundle has model.onnx, else PyTorch (a checkpoint always runs in PyTorch)")
-    parser.add_argument("--explain", help="attributes to explain with Grad-CAM, comma-separated, or 'all'")
-    parser.add_argument("--explain-dir", type=Path, default=Path("explanations"), help="where the overlay PNGs go")
-    args = parser.parse_args(argv)
+    cfg = tool_config("fashion-predict", "predict", sys.argv[1:] if argv is None else argv, predict,
+                      lists=("inputs",), positional="inputs")
+    return predict(**cfg)
 
-    files, unmatched = expand_inputs(args.inputs)
+
+def predict(inputs: list[str], bundle: str | None = None, checkpoint: str | None = None,
+            format: Literal["jsonl", "csv"] = "jsonl", output: str | None = None, top_k: int = 3, batch_size: int = 32,
+            taxonomy: bool = False, runtime: Runtime = "auto", explain: str | None = None,
+            explain_dir: str = "explanations") -> int:
+    """Tags every image of `inputs`; the exit status is 1 when any file failed, 2 when nothing could run."""
+    files, unmatched = expand_inputs(list(inputs))
     for item in unmatched:
         print(f"fashion-predict: no image files match {item!r}", file=sys.stderr)
     if not files:
         return 2
     try:
-        predictor = load_predictor(bundle=args.bundle, checkpoint=args.checkpoint, runtime=args.runtime, top_k=args.top_k,
-                                   batch_size=args.batch_size, taxonomy=args.taxonomy)
+        predictor = load_predictor(bundle=bundle, checkpoint=checkpoint, runtime=runtime, top_k=top_k,
+                                   batch_size=batch_size, taxonomy=taxonomy)
     except (ValueError, OSError) as err:  # a refused, tampered or missing bundle/checkpoint: say why, no traceback
         print(f"fashion-predict: cannot load the model: {err}", file=sys.stderr)
         return 2
-    explain = [] if not args.explain else predictor.attributes if args.explain == "all" else args.explain.split(",")
-    unknown = [a for a in explain if a not in predictor.attributes]
+    explained = [] if not explain else predictor.attributes if explain == "all" else explain.split(",")
+    unknown = [a for a in explained if a not in predictor.attributes]
     if unknown:
-        parser.error(f"--explain names {unknown}; the model predicts {predictor.attributes}")
-    rows = predict_files(predictor, files, len(files) >= PROGRESS_FROM, explain, args.explain_dir)
+        print(f"fashion-predict: explain names {unknown}; the model predicts {predictor.attributes}", file=sys.stderr)
+        return 2
+    rows = predict_files(predictor, files, len(files) >= PROGRESS_FROM, explained, Path(explain_dir))
     failed = 0
 
     def counted(stream: Iterator[dict]) -> Iterator[dict]:
@@ -147,15 +142,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"fashion-predict: skipped {row['path']}: {row['error']}", file=sys.stderr)
             yield row
 
-    out = args.output.open("w", newline="") if args.output else sys.stdout
+    out = Path(output).open("w", newline="") if output else sys.stdout
     try:
-        if args.format == "csv":
+        if format == "csv":
             write_csv(counted(rows), predictor.attributes, out)
         else:
             for row in counted(rows):
                 out.write(json.dumps(row) + "\n")
     finally:
-        if args.output:
+        if output:
             out.close()
     return 1 if failed or unmatched else 0
 

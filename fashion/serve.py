@@ -3,37 +3,31 @@
 from __future__ import annotations
 
 import sys
+from typing import Literal
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
-from fashion.config import CONFIG_DIR
-
-
-def load_settings(argv: list[str]) -> OmegaConf:
-    defaults = OmegaConf.load(CONFIG_DIR / "serve.yaml")
-    OmegaConf.set_struct(defaults, True)  # a misspelt key is an error, not silently ignored
-    try:
-        settings = OmegaConf.merge(defaults, OmegaConf.from_dotlist(argv))
-        OmegaConf.to_container(settings, throw_on_missing=True)
-    except OmegaConfBaseException as err:
-        sys.exit(f"fashion-serve: {err.__class__.__name__}: {err}\n(settings and defaults: conf/serve.yaml)")
-    return settings
+from fashion.cli import tool_config
+from fashion.inference.runtime import Runtime
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    cfg = tool_config("fashion-serve", "serve", sys.argv[1:] if argv is None else argv, serve)
+    serve(**cfg)
+
+
+def serve(bundle: str, host: str = "127.0.0.1", port: int = 8000, max_bytes: int = 10 << 20, max_pixels: int = 40_000_000,
+          max_files: int = 16, model_threads: int = 1, top_k: int = 3, runtime: Runtime = "auto",
+          log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info") -> None:
+    """The REST API and upload page for one bundle, until interrupted."""
     import uvicorn
 
     from fashion.serving.app import create_app
     from fashion.serving.uploads import UploadLimits
 
-    settings = load_settings(sys.argv[1:])
-    limits = UploadLimits(settings.max_bytes, settings.max_pixels, settings.max_files)
     try:
-        app = create_app(settings.bundle, limits, settings.model_threads, settings.top_k, settings.runtime)
+        app = create_app(bundle, UploadLimits(max_bytes, max_pixels, max_files), model_threads, top_k, runtime)
     except (ValueError, OSError) as err:  # a refused, tampered or missing bundle: say why, no traceback
         sys.exit(f"fashion-serve: cannot load the model: {err}")
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
 if __name__ == "__main__":

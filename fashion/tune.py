@@ -26,6 +26,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from omegaconf import DictConfig
 
 from fashion.config import CONFIG_DIR
+from fashion.training.fit import train
 
 log = logging.getLogger("fashion.tune")
 
@@ -35,8 +36,6 @@ class OptunaPruning(Callback):
 
     def __init__(self, trial: optuna.Trial, monitor: str) -> None:
         self.trial, self.monitor = trial, monitor
-        self.run_id: str | None = None
-        self.client = None
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
@@ -44,8 +43,7 @@ class OptunaPruning(Callback):
         self.trial.report(float(trainer.callback_metrics[self.monitor]), step=trainer.current_epoch)
         if self.trial.should_prune():
             if trainer.logger is not None and getattr(trainer.logger, "run_id", None):
-                self.client, self.run_id = trainer.logger.experiment, trainer.logger.run_id
-                self.client.set_tag(self.run_id, "optuna.state", "pruned")
+                trainer.logger.experiment.set_tag(trainer.logger.run_id, "optuna.state", "pruned")
             raise optuna.TrialPruned(f"trial {self.trial.number} pruned at epoch {trainer.current_epoch}")
 
 
@@ -85,8 +83,6 @@ def experiment_yaml(params: Mapping[str, Any], study: str, value: float) -> str:
 
 def tune(cfg: DictConfig) -> float:
     """Run (or continue) the study declared in `cfg.hparams_search`; return the best value."""
-    from fashion.train import train
-
     search = cfg.hparams_search
     monitor = cfg.optimized_metric
     study = optuna.create_study(
@@ -102,13 +98,8 @@ def tune(cfg: DictConfig) -> float:
                      f"+tags.sweep={search.study_name}", f"+tags.optuna_trial={trial.number}",
                      f"logger.run_name={search.study_name}-trial{trial.number}"]
         trial_cfg = compose(config_name="train", overrides=overrides)
-        pruning = OptunaPruning(trial, monitor)
-        try:
-            metrics = train(trial_cfg, extra_callbacks=[pruning])
-        except optuna.TrialPruned:
-            if pruning.run_id:  # Lightning closed the run as FAILED; a pruned trial did not fail
-                pruning.client.set_terminated(pruning.run_id, "KILLED")
-            raise
+        # A pruned trial did not fail: its MLflow run ends KILLED.
+        metrics = train(trial_cfg, extra_callbacks=[OptunaPruning(trial, monitor)], stopped_by=(optuna.TrialPruned,))
         return metrics.get(f"best/{monitor}", metrics[monitor])
 
     study.optimize(objective, n_trials=search.n_trials, timeout=search.get("timeout"))

@@ -1,7 +1,17 @@
-"""Plain data from elsewhere (a bundle, a checkpoint) is checked with strict pydantic schemas; this
-turns their errors into one message that names each offending field, the way the CLIs print them."""
+"""Typed checks from the classes' own signatures, for configs and for plain data from elsewhere.
+
+One mechanism, two strictness levels: a user's composed Hydra config is checked against the
+`Literal`/type annotations of each `_target_`'s signature before anything is built (lax: YAML's
+1 for 1.0 is fine), and a bundle's or checkpoint's saved architecture with strict schemas
+(`fashion.models.architecture`). Errors name each offending key, the way the CLIs print them.
+"""
 
 from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Callable, Collection
+from typing import Any
 
 import pydantic
 
@@ -11,3 +21,49 @@ def describe(err: pydantic.ValidationError, where: str = "") -> str:
     prefix = f"{where}." if where else ""
     return "; ".join(f"{prefix}{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']} (got {e.get('input')!r:.80})"
                      for e in err.errors())
+
+
+def _hints(func: Callable) -> dict[str, Any]:
+    """Each parameter's annotation; one that only exists for type checkers counts as Any."""
+    module = sys.modules.get(getattr(func, "__module__", ""), None)
+    namespace = vars(module) if module else {}
+    hints = {}
+    for name, annotation in inspect.get_annotations(func).items():
+        try:
+            hints[name] = eval(annotation, namespace) if isinstance(annotation, str) else annotation  # our own source, never data
+        except NameError:
+            hints[name] = Any
+    return hints
+
+
+_SCHEMAS: dict[tuple, type[pydantic.BaseModel]] = {}
+
+
+def signature_schema(target: Callable, *, strict: bool, skip: Collection[str] = (),
+                     all_optional: bool = False) -> type[pydantic.BaseModel]:
+    """A pydantic model of `target`'s (a class: its __init__'s) parameters, minus `skip` (the ones its
+    caller passes itself). Unknown keys fail unless the signature takes **kwargs."""
+    key = (target, strict, tuple(sorted(skip)), all_optional)
+    if key not in _SCHEMAS:
+        func = target.__init__ if isinstance(target, type) else target
+        hints = _hints(func)
+        params = inspect.signature(func).parameters
+        fields = {}
+        for name, param in params.items():
+            if name == "self" or name in skip or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                continue
+            empty = param.default is inspect.Parameter.empty
+            fields[name] = (hints.get(name, Any), None if all_optional and empty else ... if empty else param.default)
+        extra = "allow" if any(p.kind == p.VAR_KEYWORD for p in params.values()) else "forbid"
+        config = pydantic.ConfigDict(extra=extra, strict=strict, arbitrary_types_allowed=not strict)
+        _SCHEMAS[key] = pydantic.create_model(f"{target.__name__}Fields", __config__=config, **fields)
+    return _SCHEMAS[key]
+
+
+def check_fields(target: Callable, fields: dict[str, Any], where: str) -> None:
+    """Raise ValueError naming every key of `fields` that `target` does not take, or takes with another type."""
+    try:
+        signature_schema(target, strict=False, all_optional=True).model_validate(fields)
+    except pydantic.ValidationError as err:
+        raise ValueError(describe(err, where)) from None
+

@@ -69,7 +69,7 @@ class StepTimer(L.Callback):
 
 def framework_throughput(cfg, warmup: int, batches: int, batch_size: int) -> float:
     """A real `train()`-style fit: Lightning loop, workers, metrics and the MLflow logger."""
-    from fashion.train import build_logger
+    from fashion.tracking.run import open_run
 
     L.seed_everything(cfg.seed)
     backbone = instantiate(cfg.backbone)
@@ -81,7 +81,7 @@ def framework_throughput(cfg, warmup: int, batches: int, batch_size: int) -> flo
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision, max_epochs=1,
         limit_train_batches=warmup + batches, limit_val_batches=0, num_sanity_val_steps=0,
-        logger=build_logger(cfg, None), callbacks=[*callbacks, timer], enable_progress_bar=False,
+        logger=open_run(cfg, None), callbacks=[*callbacks, timer], enable_progress_bar=False,
         enable_model_summary=False, log_every_n_steps=cfg.trainer.log_every_n_steps, default_root_dir=cfg.paths.output_dir,
     )
     trainer.fit(module, datamodule=dm)

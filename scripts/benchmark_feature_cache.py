@@ -26,7 +26,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Timer
 
 from fashion.config import CONFIG_DIR, PROJECT_ROOT
-from fashion.data.feature_cache import RUNTIMES, compute_cacheable_inputs
+from fashion.features import RUNTIMES, compute_cacheable_inputs
 from fashion.training.assembly import build_model, build_module, use_feature_cache
 
 

@@ -27,9 +27,10 @@ from mlflow.tracking import MlflowClient
 from fashion.data.images import load_rgb
 from fashion.data.styles import read_styles
 from fashion.evaluate import encode_targets
-from fashion.export import DEFAULT_TRACKING_URI, checkpoint_of_run
+from fashion.export import checkpoint_of_run
 from fashion.inference.runtime import load_predictor
-from fashion.training.metrics import AttributeMetrics
+from fashion.metrics import AttributeMetrics
+from fashion.tracking import tracking_uri
 
 Scores = dict[str, torch.Tensor]
 
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_ids", nargs="+", help="two or more MLflow run ids (full ids)")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
     parser.add_argument("--data", type=Path, help="folder with styles.csv + images/ (default: the first run's data.root)")
-    parser.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI)
+    parser.add_argument("--tracking-uri", default=tracking_uri())
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--output", type=Path, help="also write the tables to this markdown file")
     args = parser.parse_args(argv)

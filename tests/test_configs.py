@@ -1,5 +1,6 @@
 """Every config group option and every experiment composes and instantiates (lightning-hydra-template style)."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -73,10 +74,12 @@ def test_backbone_option_instantiates_and_runs(option, compose_config, tmp_path)
 
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_experiment_composes_and_builds_the_module(experiment, compose_config, tmp_path, kaggle_folder):
+    from fashion.config import validate_config
     from fashion.training.assembly import build_model, build_module
 
     cfg = compose_config([f"experiment={experiment}", f"paths.output_dir={tmp_path}", f"data.root={kaggle_folder}",
                           "labels.min_count=1", "data.num_workers=0"])
+    validate_config(cfg)
     if cfg.backbone.get("pretrained"):
         cfg.backbone.pretrained = False  # no hub here; the recipe is what is under test
     backbone = instantiate(cfg.backbone)
@@ -96,10 +99,24 @@ def test_wrong_key_fails_naming_the_key(compose_config):
         compose_config(["backbone=resnet999"])
 
 
-def test_wrong_value_fails_naming_the_key(compose_config, tmp_path):
-    cfg = compose_config(["backbone.freeze=sometimes", f"paths.output_dir={tmp_path}"])
-    with pytest.raises(Exception, match="backbone.freeze='sometimes'"):
-        instantiate(cfg.backbone)
+@pytest.mark.parametrize("override,message", [
+    ("backbone.freeze=sometimes", "backbone.freeze: Input should be 'frozen', 'partial' or 'full'"),
+    ("backbone.pool=max", "backbone.pool: Input should be 'avg' or 'flatten'"),
+    ("feature_cache.runtime=onnxruntime", "feature_cache.runtime: Input should be 'onnx' or 'torch'"),
+    ("labels.rare_classes=drop", "labels.rare_classes: Input should be 'ignore' or 'other'"),
+    ("head.dropout=lots", "head.dropout: Input should be a valid number"),
+    ("optimizer.lr=fast", "optimizer.lr"),
+])
+def test_wrong_value_fails_before_anything_is_built_naming_the_key(override, message, compose_config, tmp_path):
+    """Typed configs: each value is checked against the Literal/type of its class's signature."""
+    from fashion.config import ConfigError, validate_config
+
+    validate_config(compose_config([f"paths.output_dir={tmp_path}"]))  # the default passes
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config(compose_config([override, f"paths.output_dir={tmp_path}"]))
+
+
+def test_wrong_augmentation_parameter_fails_naming_it(compose_config, tmp_path):
     cfg = compose_config(["augmentation=light", "+augmentation.steps.0.pp=0.5", f"paths.output_dir={tmp_path}"])
     from fashion.data import Preprocessing
     augmentation = instantiate(cfg.augmentation)

@@ -79,7 +79,7 @@ def test_restore_aspect_unsquashes_and_the_dataset_applies_it(tmp_path):
 
 
 def test_the_feature_cache_key_depends_on_the_true_aspect(tmp_path):
-    from fashion.data.feature_cache import FeatureCache
+    from fashion.features.fingerprint import cache_key
     from fashion.models import LinearHeads, MultiHeadTagger
     from tests.test_feature_cache import tiny_backbone
 
@@ -89,10 +89,9 @@ def test_the_feature_cache_key_depends_on_the_true_aspect(tmp_path):
     for i in range(2):
         paths.append(str(tmp_path / f"{i}.jpg"))
         Image.new("RGB", (8, 8), (i * 50, 0, 0)).save(paths[-1])
-    cache = FeatureCache(tmp_path / "cache")
-    plain = cache.key(model, backbone.preprocessing, [0, 1], paths)
-    assert cache.key(model, backbone.preprocessing, [0, 1], paths, true_aspect=None) == plain
-    assert cache.key(model, backbone.preprocessing, [0, 1], paths, true_aspect=0.75) != plain
+    plain = cache_key(model, backbone.preprocessing, [0, 1], paths)
+    assert cache_key(model, backbone.preprocessing, [0, 1], paths, true_aspect=None) == plain
+    assert cache_key(model, backbone.preprocessing, [0, 1], paths, true_aspect=0.75) != plain
 
 
 @pytest.mark.slow

@@ -11,9 +11,12 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from fashion.data import FeatureCache, Preprocessing
-from fashion.data.feature_cache import RUNNERS, FeatureDataset, compute_cacheable_inputs
+from fashion.data import Preprocessing
+from fashion.data.cached import FeatureDataset
 from fashion.data.transforms import Augmentation
+from fashion.features import FeatureCache
+from fashion.features.fingerprint import cache_key
+from fashion.features.runners import RUNNERS, compute_cacheable_inputs
 from fashion.models import Backbone, ColourHistogram, LinearHeads, MultiHeadTagger
 from fashion.train import train
 from fashion.training.assembly import build_model, use_feature_cache
@@ -46,11 +49,6 @@ def test_cache_applies_only_when_the_prefix_output_is_fixed():
     assert not cache.applies(tiny_model(freeze="frozen"), flip)
     assert not cache.applies(tiny_model(freeze="full"), Augmentation([]))
     assert cache.applies(tiny_model(freeze="partial", trainable_stages=1), Augmentation([]))
-    assert not FeatureCache("unused", enabled="off").applies(tiny_model(freeze="frozen"), Augmentation([]))
-    with pytest.raises(ValueError, match="feature_cache.enabled"):
-        FeatureCache("unused", enabled="yes")
-    with pytest.raises(ValueError, match="feature_cache.runtime"):
-        FeatureCache("unused", runtime="tensorrt")
 
 
 def test_cached_inputs_equal_a_fresh_pass_and_are_reused(tmp_path, table):
@@ -76,8 +74,8 @@ def test_onnxruntime_fill_matches_eager_pytorch(freeze, table, monkeypatch):
     for name, runner in list(RUNNERS.items()):  # so the test fails if `runtime` were ignored
         monkeypatch.setitem(RUNNERS, name, lambda *args, _name=name, _runner=runner: used.append(_name) or _runner(*args))
     eager = compute_cacheable_inputs(model, preprocessing, paths, batch_size=16, runtime="torch")
-    onnx = compute_cacheable_inputs(model, preprocessing, paths, batch_size=16, runtime="onnxruntime")
-    assert used == ["torch", "onnxruntime"]
+    onnx = compute_cacheable_inputs(model, preprocessing, paths, batch_size=16, runtime="onnx")
+    assert used == ["torch", "onnx"]
     assert onnx.keys() == eager.keys() == {"backbone", "colour"}
     for name in eager:
         assert onnx[name].shape == eager[name].shape
@@ -90,20 +88,20 @@ def test_key_changes_with_weights_preprocessing_prefix_extras_and_image_files(tm
     model = tiny_model(freeze="frozen")
     pre = model.backbone.preprocessing
     ids, paths = table["id"].tolist(), table["path"].tolist()
-    key = cache.key(model, pre, ids, paths)
-    assert cache.key(model, pre, ids, paths) == key
-    assert cache.key(model, Preprocessing(48, pre.mean, pre.std), ids, paths) != key
-    assert cache.key(tiny_model(freeze="partial", trainable_stages=1), pre, ids, paths) != key
-    assert cache.key(tiny_model(colour=True, freeze="frozen"), pre, ids, paths) != key
+    key = cache_key(model, pre, ids, paths)
+    assert cache_key(model, pre, ids, paths) == key
+    assert cache_key(model, Preprocessing(48, pre.mean, pre.std), ids, paths) != key
+    assert cache_key(tiny_model(freeze="partial", trainable_stages=1), pre, ids, paths) != key
+    assert cache_key(tiny_model(colour=True, freeze="frozen"), pre, ids, paths) != key
     with torch.no_grad():
         next(model.backbone.parameters()).add_(1.0)
-    assert cache.key(model, pre, ids, paths) != key
-    key = cache.key(model, pre, ids, paths)
+    assert cache_key(model, pre, ids, paths) != key
+    key = cache_key(model, pre, ids, paths)
     os.utime(paths[0], ns=(0, 0))  # the same pixels copied or re-provisioned: still a hit
-    assert cache.key(model, pre, ids, paths) == key
+    assert cache_key(model, pre, ids, paths) == key
     with open(paths[0], "ab") as image:  # an image replaced on disk
         image.write(b"\0")
-    assert cache.key(model, pre, ids, paths) != key
+    assert cache_key(model, pre, ids, paths) != key
 
 
 @pytest.mark.parametrize("freeze", ["frozen", "partial"])
@@ -112,7 +110,7 @@ def test_cached_forward_is_the_whole_network(freeze):
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         whole = model(images)
-        split = model.forward_cached(model.cacheable_inputs(images))
+        split = model(model.cacheable_inputs(images))
     assert model.backbone.prefix_description == ("all" if freeze == "frozen" else "stem+blocks[:4]")
     assert torch.allclose(whole["gender"], split["gender"], atol=1e-6)
 
@@ -122,7 +120,7 @@ def test_a_cached_run_matches_the_uncached_run(freeze, tmp_path, kaggle_folder, 
     base = tiny_overrides(tmp_path, kaggle_folder) + [
         "augmentation=none", f"backbone.freeze={freeze}", "backbone.trainable_stages=1", "head=linear", "test=false",
         "+extra_features.colour={_target_:fashion.models.ColourHistogram,bins:4,size:16}"]
-    uncached = train(compose_config(base + ["feature_cache.enabled=off"]))
+    uncached = train(compose_config(base + ["feature_cache=null"]))
     cached = train(compose_config(base))
     again = train(compose_config(base))
     assert cached["val/loss"] == pytest.approx(uncached["val/loss"], abs=1e-4)

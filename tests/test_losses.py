@@ -5,8 +5,15 @@ import torch
 
 from fashion.data.vocab import IGNORE_INDEX
 from fashion.losses import (
-    CrossEntropy, DWAWeighting, EffectiveNumber, FixedWeighting, FocalLoss, InverseFrequency,
-    MultiAttributeLoss, NoClassWeights, UncertaintyWeighting,
+    CrossEntropy,
+    DWAWeighting,
+    EffectiveNumber,
+    FixedWeighting,
+    FocalLoss,
+    InverseFrequency,
+    MultiAttributeLoss,
+    NoClassWeights,
+    UncertaintyWeighting,
 )
 
 ATTRS = ["gender", "articleType"]

@@ -52,7 +52,7 @@ def test_frozen_backbone_keeps_batchnorm_statistics_in_training():
 
 def test_top5_is_not_top1_when_the_first_batch_is_all_correct():
     """torchmetrics' compute groups once merged top-5 into top-1 after an all-correct first batch."""
-    from fashion.training.metrics import AttributeMetrics
+    from fashion.metrics import AttributeMetrics
 
     metrics = AttributeMetrics({"articleType": 20}, stage="test")
     targets = torch.arange(20)

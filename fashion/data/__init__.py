@@ -2,9 +2,8 @@
 
 from fashion.data.datamodule import FashionDataModule
 from fashion.data.eval_sets import EvalSource
-from fashion.data.feature_cache import FeatureCache
 from fashion.data.split import SplitSpec
 from fashion.data.transforms import Augmentation, Preprocessing
 from fashion.data.vocab import IGNORE_INDEX, LabelSpec, LabelVocabulary
 
-__all__ = ["FashionDataModule", "EvalSource", "FeatureCache", "SplitSpec", "Augmentation", "Preprocessing", "LabelSpec", "LabelVocabulary", "IGNORE_INDEX"]
+__all__ = ["FashionDataModule", "EvalSource", "SplitSpec", "Augmentation", "Preprocessing", "LabelSpec", "LabelVocabulary", "IGNORE_INDEX"]

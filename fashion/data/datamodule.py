@@ -18,9 +18,9 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from fashion.data.cached import CachedInputs, FeatureDataset
 from fashion.data.dataset import ProductImages
 from fashion.data.eval_sets import EvalSource
-from fashion.data.feature_cache import CachedInputs, FeatureDataset
 from fashion.data.images import find_unreadable
 from fashion.data.sampler import EpochRandomSampler
 from fashion.data.split import SPLITS, SplitSpec, assign_splits, load_split
@@ -137,19 +137,11 @@ class FashionDataModule(L.LightningDataModule):
         return tables
 
     def _source_table(self, name: str, source: EvalSource, trained: set[int]) -> pd.DataFrame:
-        root = Path(source.root)
-        if not (root / source.styles_file).is_file():
-            raise FileNotFoundError(f"data.eval_sets.{name}: {root / source.styles_file} not found (expected the Kaggle layout)")
-        frame, _ = read_styles(root / source.styles_file, self.labels.attributes)
-        frame["path"] = [str(root / source.images_dir / f"{i}.jpg") for i in frame["id"]]
-        frame = frame[[Path(p).is_file() for p in frame["path"]]]
-        if self.check_images and len(frame):
-            frame = frame[~frame["path"].isin({str(p) for p in find_unreadable([Path(p) for p in frame["path"]])})]
-        if source.unseen_only:
-            frame = frame[~frame["id"].isin(trained)]
-        if frame.empty:
-            raise ValueError(f"data.eval_sets.{name}: no usable image in {root} (after leaving out products the run trains on)")
-        return frame.assign(true_aspect=source.true_aspect).reset_index(drop=True)
+        try:
+            frame, _ = source.table(self.labels.attributes, trained if source.unseen_only else (), self.check_images)
+        except (FileNotFoundError, ValueError) as err:
+            raise type(err)(f"data.eval_sets.{name}: {err}") from None
+        return frame
 
     def _eval_report(self) -> dict:
         report = {}

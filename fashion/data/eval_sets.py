@@ -11,7 +11,14 @@ logged into the run as `eval/<name>/<attribute>/{acc,f1}`:
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from fashion.data.images import find_unreadable
+from fashion.data.styles import read_styles
 
 
 @dataclass
@@ -21,6 +28,7 @@ class EvalSource:
     `true_aspect`: width/height of the products' real photos when the folder stores them squashed
     (the subset: 0.75, stored 1:1); null when stored at the true aspect. `unseen_only`: leave out
     products whose id is in the run's train or val split (the same photo at another resolution).
+    `years`: only products of these catalogue years.
     """
 
     root: str
@@ -28,3 +36,30 @@ class EvalSource:
     images_dir: str = "images"
     true_aspect: float | None = None
     unseen_only: bool = True
+    years: list[int] | None = None
+
+    def table(self, attributes: Sequence[str], exclude_ids: Collection[int] = (), check_images: bool = True,
+              ) -> tuple[pd.DataFrame, dict[str, int]]:
+        """Rows (id, path, labels) with a readable image, and the counts of what was left out and why.
+
+        The one place a folder to score becomes rows: training's evaluation sets and fashion-eval.
+        """
+        root = Path(self.root)
+        if not (root / self.styles_file).is_file():
+            raise FileNotFoundError(f"{root / self.styles_file} not found (expected the Kaggle layout: styles.csv + images/)")
+        frame, styles_report = read_styles(root / self.styles_file, [*attributes, *(["year"] if self.years else [])])
+        if self.years:
+            frame = frame[pd.to_numeric(frame["year"], errors="coerce").isin(list(self.years))]
+        frame = frame[~frame["id"].isin(set(exclude_ids))]
+        frame = frame.assign(path=[str(root / self.images_dir / f"{i}.jpg") for i in frame["id"]])
+        exists = frame["path"].map(lambda p: Path(p).is_file())
+        frame = frame[exists]
+        unreadable = {str(p) for p in find_unreadable([Path(p) for p in frame["path"]])} if check_images and len(frame) else set()
+        frame = frame[~frame["path"].isin(unreadable)]
+        if frame.empty:
+            raise ValueError(f"no product of {root / self.styles_file} with a readable image is left to score"
+                             + (f" (years {list(self.years)})" if self.years else "")
+                             + (" after leaving out the run's own products" if len(exclude_ids) else ""))
+        counts = {"rows_without_image": int((~exists).sum()), "unreadable_images": len(unreadable),
+                  "malformed_rows": styles_report.malformed_rows}
+        return frame.assign(true_aspect=self.true_aspect).reset_index(drop=True), counts

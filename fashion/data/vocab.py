@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 import pandas as pd
 import pydantic
@@ -18,7 +19,6 @@ from fashion.data.styles import ATTRIBUTES
 from fashion.validation import describe
 
 IGNORE_INDEX = -1
-RARE_POLICIES = ("ignore", "other")
 
 
 @dataclass
@@ -27,7 +27,7 @@ class LabelSpec:
 
     attributes: list[str] = field(default_factory=lambda: list(ATTRIBUTES))
     min_count: int | dict[str, int] = 1
-    rare_classes: str = "ignore"
+    rare_classes: Literal["ignore", "other"] = "ignore"
     other_label: str = "Other"
     mappings: dict[str, dict[str, str]] = field(default_factory=dict)
     unmapped: dict[str, str | None] = field(default_factory=dict)
@@ -39,8 +39,6 @@ class LabelSpec:
             raise ValueError(f"labels.attributes: unknown {unknown or 'empty list'}; choose from {list(ATTRIBUTES)}")
         if len(set(self.attributes)) != len(self.attributes):
             raise ValueError(f"labels.attributes lists an attribute twice: {self.attributes}")
-        if self.rare_classes not in RARE_POLICIES:
-            raise ValueError(f"labels.rare_classes={self.rare_classes!r}; choose one of {RARE_POLICIES}")
         for key in (*self.mappings, *self.unmapped):
             if key not in self.attributes:
                 raise ValueError(f"labels.mappings/unmapped name {key!r}, which is not in labels.attributes")

@@ -1,8 +1,8 @@
 """Grad-CAM: which pixels drove an attribute's decision, as a heatmap over the original image.
 
 The gradient of the predicted class's logit with respect to the backbone's last feature map weighs
-its channels (Selvaraju et al., 2017). Works for any timm backbone because every timm model's
-forward is `forward_head(forward_features(x))`. The heatmap is cropped out of the letterbox
+its channels (Selvaraju et al., 2017). It runs the network's own stages (`Backbone.feature_map`,
+`pool_features`, `MultiHeadTagger.classify`), so it explains exactly what the model computes. The heatmap is cropped out of the letterbox
 padding and resized to the image's own size, so it overlays the photo the user sent.
 """
 
@@ -29,10 +29,8 @@ def grad_cam(predictor: Predictor, image: np.ndarray, attributes: list[str], siz
         raise ValueError(f"cannot explain {unknown}: the model predicts {predictor.attributes}")
     batch = predictor.to_tensor([image])
     with torch.enable_grad():
-        feature_map = backbone.model.forward_features(batch).detach().requires_grad_(True)
-        pooled = feature_map.flatten(1) if backbone.pool == "flatten" else backbone.model.forward_head(feature_map)
-        extras = [extra(batch) for extra in model.extras.values()]
-        logits = model.heads(torch.cat([pooled, *extras], dim=1) if extras else pooled)
+        feature_map = backbone.feature_map(batch).detach().requires_grad_(True)
+        logits = model.classify(backbone.pool_features(feature_map), model.extra_features(batch))
         heatmaps = {}
         for attribute in attributes:
             score = logits[attribute][0, logits[attribute][0].argmax()]

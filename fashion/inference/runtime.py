@@ -9,17 +9,16 @@ whichever runtime answers the predictions.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from fashion.inference.predictor import Predictor
 
-RUNTIMES = ("auto", "onnx", "torch")
+Runtime = Literal["auto", "onnx", "torch"]
 
 
-def load_predictor(*, bundle: str | Path | None = None, checkpoint: str | Path | None = None, runtime: str = "auto",
+def load_predictor(*, bundle: str | Path | None = None, checkpoint: str | Path | None = None, runtime: Runtime = "auto",
                    top_k: int = 3, batch_size: int = 32, taxonomy: bool = False) -> Predictor:
     """Exactly one of `bundle` (a fashion-export folder) and `checkpoint` (a fashion-train .ckpt)."""
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime={runtime!r}: choose one of {RUNTIMES}")
     if (bundle is None) == (checkpoint is None):
         raise ValueError("give exactly one of a bundle and a checkpoint")
     if checkpoint is not None:

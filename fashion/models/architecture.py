@@ -10,8 +10,6 @@ until the whole description has passed. `build_model` then calls the classes dir
 
 from __future__ import annotations
 
-import inspect
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +22,7 @@ from fashion.models.backbone import Backbone
 from fashion.models.colour import ColourHistogram
 from fashion.models.heads import LinearHeads, MLPHeads
 from fashion.models.tagger import MultiHeadTagger
-from fashion.validation import describe
+from fashion.validation import describe, signature_schema
 
 ARCHITECTURE_SECTIONS = ("backbone", "head", "extra_features")
 
@@ -106,7 +104,7 @@ def _component(node: Any, section: str, where: str) -> Component:
     cls = allowed[target]
     fields = {k: v for k, v in node.items() if k != "_target_"}
     try:
-        validated = _schema(cls).model_validate(fields)
+        validated = signature_schema(cls, strict=True, skip=INJECTED).model_validate(fields)
     except pydantic.ValidationError as err:
         raise ArchitectureError(describe(err, where)) from None
     kwargs = {k: getattr(validated, k) for k in fields}
@@ -133,21 +131,3 @@ def _check_timm_name(name: Any, where: str) -> None:
     """A plain timm architecture name: no `hf-hub:`/`local-dir:` prefix, which would fetch or read files."""
     if not isinstance(name, str) or ":" in name or not timm.is_model(split_model_name_tag(name)[0]):
         raise ArchitectureError(f"{where}={name!r} is not a timm architecture name (see timm.list_models())")
-
-
-_SCHEMAS: dict[type, type[pydantic.BaseModel]] = {}
-
-
-def _schema(cls: type) -> type[pydantic.BaseModel]:
-    """A strict pydantic model of `cls.__init__`'s data parameters: unknown keys and wrong types fail."""
-    if cls not in _SCHEMAS:
-        hints = typing.get_type_hints(cls.__init__)
-        fields = {}
-        for name, param in inspect.signature(cls.__init__).parameters.items():
-            if name == "self" or name in INJECTED or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-                continue
-            default = ... if param.default is inspect.Parameter.empty else param.default
-            fields[name] = (hints[name], default)
-        config = pydantic.ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=False)
-        _SCHEMAS[cls] = pydantic.create_model(f"Saved{cls.__name__}", __config__=config, **fields)
-    return _SCHEMAS[cls]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 import timm
 import torch
@@ -15,8 +16,8 @@ from fashion.models.weights import load_state_dict_by_position, load_weights_fil
 
 log = logging.getLogger(__name__)
 
-FREEZE_MODES = ("frozen", "partial", "full")
-POOL_MODES = ("avg", "flatten")
+Freeze = Literal["frozen", "partial", "full"]
+Pool = Literal["avg", "flatten"]
 
 
 class Backbone(nn.Module):
@@ -30,6 +31,11 @@ class Backbone(nn.Module):
     `pool`: `avg` is the model's own global pooling; `flatten` keeps the last feature map and
     flattens it (the Keras `include_top=False` + `Flatten()` recipes), so `num_features` then
     depends on `image_size`. `source_max_side`: see Preprocessing (resolution normalisation).
+
+    The forward pass is written once, in stages every user shares: `feature_map` (timm's
+    `forward_features`) -> `pool_features`. The FeatureCache splits the same stages at the frozen
+    prefix (`forward_prefix` -> `forward_suffix`), Grad-CAM differentiates at the feature map.
+    Values are checked against the `Literal` types when the config is composed (`fashion.config`).
     """
 
     def __init__(
@@ -38,21 +44,17 @@ class Backbone(nn.Module):
         pretrained: bool = False,
         checkpoint_path: str | None = None,
         packaged_weights: str | None = None,
-        freeze: str = "full",
+        freeze: Freeze = "full",
         trainable_stages: int = 2,
         image_size: int | None = None,
         drop_path_rate: float | None = None,
-        pool: str = "avg",
+        pool: Pool = "avg",
         source_max_side: int | None = None,
     ) -> None:
         super().__init__()
         sources = [s for s, on in (("pretrained", pretrained), ("checkpoint_path", checkpoint_path), ("packaged_weights", packaged_weights)) if on]
         if len(sources) > 1:
             raise ValueError(f"backbone: set only one weight source, got {sources}")
-        if freeze not in FREEZE_MODES:
-            raise ValueError(f"backbone.freeze={freeze!r}; choose one of {FREEZE_MODES}")
-        if pool not in POOL_MODES:
-            raise ValueError(f"backbone.pool={pool!r}; choose one of {POOL_MODES}")
         if not timm.is_model(split_model_name_tag(name)[0]):
             raise ValueError(f"backbone.name={name!r} is not a timm model (see timm.list_models())")
         kwargs = {} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}
@@ -64,7 +66,7 @@ class Backbone(nn.Module):
         elif checkpoint_path:
             self.model.load_state_dict(load_weights_file(checkpoint_path), strict=True)
         self.model.reset_classifier(0)
-        self.pool = pool
+        self.pooling = pool
         data_config = timm.data.resolve_data_config({}, model=self.model)
         self.preprocessing = Preprocessing(
             image_size=int(image_size or data_config["input_size"][-1]),
@@ -79,7 +81,7 @@ class Backbone(nn.Module):
         self.train(self.training)  # frozen norms to eval now: Lightning keeps module modes as it finds them
 
     def _count_features(self) -> int:
-        if self.pool == "avg":
+        if self.pooling == "avg":
             return int(getattr(self.model, "head_hidden_size", None) or self.model.num_features)
         size = self.preprocessing.image_size
         was_training = self.model.training
@@ -109,21 +111,29 @@ class Backbone(nn.Module):
     def prefix_description(self) -> str:
         return "all" if self.freeze == "frozen" else f"stem+blocks[:{self._frozen_blocks}]"
 
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """The last feature map, before pooling (where Grad-CAM takes its gradients)."""
+        return self.model.forward_features(images)
+
+    def pool_features(self, feature_map: torch.Tensor) -> torch.Tensor:
+        return feature_map.flatten(1) if self.pooling == "flatten" else self.model.forward_head(feature_map)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.pool_features(self.feature_map(images))
+
     def forward_prefix(self, images: torch.Tensor) -> torch.Tensor:
-        """The frozen part's output: what the FeatureCache stores."""
+        """The frozen part's output: what the FeatureCache stores (EfficientNet: stem + frozen blocks)."""
         if self.freeze == "frozen":
             return self(images)
         model = self.model
-        x = model.bn1(model.conv_stem(images))
-        return model.blocks[: self._frozen_blocks](x)
+        return model.blocks[: self._frozen_blocks](model.bn1(model.conv_stem(images)))
 
     def forward_suffix(self, prefix_output: torch.Tensor) -> torch.Tensor:
         """The trainable rest, from `forward_prefix`'s output to pooled features."""
         if self.freeze == "frozen":
             return prefix_output
         model = self.model
-        x = model.bn2(model.conv_head(model.blocks[self._frozen_blocks:](prefix_output)))
-        return x.flatten(1) if self.pool == "flatten" else model.forward_head(x)
+        return self.pool_features(model.bn2(model.conv_head(model.blocks[self._frozen_blocks:](prefix_output))))
 
     def _apply_freeze(self, freeze: str, trainable_stages: int) -> list[nn.Module]:
         if freeze == "full":
@@ -148,8 +158,3 @@ class Backbone(nn.Module):
         for norm in self._frozen_norms:
             norm.eval()
         return self
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.pool == "flatten":
-            return self.model.forward_features(images).flatten(1)
-        return self.model(images)

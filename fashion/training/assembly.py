@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fashion.data.datamodule import FashionDataModule
-from fashion.data.feature_cache import FeatureCache
+from fashion.features import FeatureCache
 from fashion.losses.multi_attribute import MultiAttributeLoss
 from fashion.models.backbone import Backbone
 from fashion.models.tagger import MultiHeadTagger
@@ -54,7 +54,7 @@ def use_feature_cache(cfg: DictConfig, model: MultiHeadTagger, datamodule: Fashi
     if not cfg.get("feature_cache"):
         return None
     cache: FeatureCache = instantiate(cfg.feature_cache)
-    if cache.applies(model, datamodule.augmentation):
+    if cache.applies(model, datamodule.augmentation):  # the one place that decides images vs cached inputs
         datamodule.use_cached_inputs(*cache.load_with_views(model, datamodule.preprocessing, datamodule.table,
                                                             datamodule.augmentation.views, datamodule.true_aspect))
     return cache

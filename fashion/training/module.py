@@ -8,18 +8,21 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning_utilities.core.apply_func import apply_to_collection
+from torch import nn
 from torch.optim import Optimizer
+from torchmetrics import MeanMetric
 
 from fashion.losses.multi_attribute import MultiAttributeLoss
+from fashion.metrics import AttributeMetrics
 from fashion.models.tagger import CachedInputs, MultiHeadTagger
-from fashion.training.metrics import AttributeMetrics
 
 Inputs = torch.Tensor | CachedInputs   # images, or FeatureCache rows
 Batch = tuple[Inputs, dict[str, torch.Tensor]]
 
 
-def batch_size_of(inputs: Inputs) -> int:
-    return len(inputs) if isinstance(inputs, torch.Tensor) else len(next(iter(inputs.values())))
+def batch_size_of(targets: dict[str, torch.Tensor]) -> int:
+    return len(next(iter(targets.values())))
 
 
 class TaggerModule(L.LightningModule):
@@ -53,38 +56,33 @@ class TaggerModule(L.LightningModule):
         self.test_stage = "test"   # the metric prefix of trainer.test: `eval/<set>` while scoring an evaluation set
         self.test_metrics = AttributeMetrics(num_classes, "test", confusion=True)
         self.test_confusion: dict[str, torch.Tensor] = {}
-        self._epoch_loss_sums = torch.zeros(len(self.attributes))
-        self._epoch_batches = 0
+        # Per-attribute epoch means for the loss weighting, kept on the device (no sync per step) and
+        # reduced over DDP processes by torchmetrics ("disable": no NaN check, which would sync).
+        self.epoch_losses = nn.ModuleDict({a: MeanMetric(nan_strategy="disable") for a in self.attributes})
 
     def forward(self, inputs: Inputs) -> dict[str, torch.Tensor]:
-        """Images, or the FeatureCache's stored inputs (a dict) for which only the trainable rest runs.
+        """Images, or the FeatureCache's stored inputs; channels_last lets oneDNN/cuDNN pick faster
+        convolution kernels for every 4-d tensor (see docs/performance.md)."""
+        return self.model(apply_to_collection(inputs, torch.Tensor, self._layout))
 
-        channels_last lets oneDNN/cuDNN pick faster convolution kernels (see docs/performance.md).
-        """
-        if isinstance(inputs, torch.Tensor):
-            return self.model(inputs.contiguous(memory_format=self.memory_format))
-        cached = {n: t.contiguous(memory_format=self.memory_format) if t.ndim == 4 else t for n, t in inputs.items()}
-        return self.model.forward_cached(cached)
+    def _layout(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.contiguous(memory_format=self.memory_format) if tensor.ndim == 4 else tensor
 
     # --- training ------------------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         inputs, targets = batch
         total, parts = self.loss(self(inputs), targets)
-        size = batch_size_of(inputs)
+        size = batch_size_of(targets)
         self.log("train/loss", total, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
         self.log_dict({f"train/{a}/loss": v for a, v in parts.items()}, on_step=False, on_epoch=True, batch_size=size)
-        # Summed where the loss lives: a .cpu() here would wait for the GPU at every step.
-        sums = torch.stack([parts[a].detach().float() for a in self.attributes])
-        self._epoch_loss_sums = self._epoch_loss_sums.to(sums.device) + sums
-        self._epoch_batches += 1
+        for attribute, mean in self.epoch_losses.items():
+            mean.update(parts[attribute].detach().float())
         return total
 
     def on_train_epoch_end(self) -> None:
-        means = self._epoch_loss_sums.to(self.device) / max(1, self._epoch_batches)
-        means = self.trainer.strategy.reduce(means, reduce_op="mean")
-        self.loss.weighting.end_epoch(dict(zip(self.attributes, means.tolist())))
-        self._epoch_loss_sums.zero_()
-        self._epoch_batches = 0
+        self.loss.weighting.end_epoch({a: float(mean.compute()) for a, mean in self.epoch_losses.items()})
+        for mean in self.epoch_losses.values():
+            mean.reset()
         self.log_dict({f"loss_weight/{a}": w for a, w in self.loss.weighting.weights().items()})
 
     # --- evaluation ----------------------------------------------------------------------------------
@@ -92,7 +90,7 @@ class TaggerModule(L.LightningModule):
         inputs, targets = batch
         logits = self(inputs)
         total, _ = self.loss(logits, targets)
-        self.log(f"{stage}/loss", total, on_epoch=True, sync_dist=True, batch_size=batch_size_of(inputs))
+        self.log(f"{stage}/loss", total, on_epoch=True, sync_dist=True, batch_size=batch_size_of(targets))
         metrics.update(logits, targets)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:

@@ -1,0 +1,83 @@
+"""One command-line style for every entry point: Hydra overrides (`key=value`), as `fashion-train` takes.
+
+The tools (`fashion-predict`, `-eval`, `-export`, `-serve`) compose `conf/<tool>.yaml` with Hydra's
+compose API, so a misspelt key fails naming it, and validate the values against the typed signature
+of the function the config feeds (`Literal` choices, numbers). `--help` prints the tool's config:
+every key, its default and what it does. The older `--flag value` spelling still works (translated
+to the same overrides: `--top-k 5` is `top_k=5`, `--no-mlflow` is `mlflow=false`), and bare words
+are the tool's `positional` list key (fashion-predict's `inputs`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from fashion.config import CONFIG_DIR
+from fashion.validation import check_fields
+
+
+class UsageError(SystemExit):
+    """A bad command line: one line on stderr, exit status 2 (as argparse does)."""
+
+    def __init__(self, tool: str, message: str) -> None:
+        print(f"{tool}: {message}\n(keys and defaults: {tool} --help)", file=sys.stderr)
+        super().__init__(2)
+
+
+def quote(value: str) -> str:
+    """A value as a Hydra override string that survives spaces, commas, quotes and globs."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def to_overrides(argv: Sequence[str], lists: Sequence[str] = (), positional: str | None = None) -> list[str]:
+    """`key=value` overrides from a command line that may use the older `--flag value` spelling."""
+    overrides, bare, index = [], [], 0
+    while index < len(argv):
+        token = argv[index]
+        index += 1
+        if not token.startswith("--"):
+            (overrides if "=" in token else bare).append(token)
+            continue
+        name, _, inline = token[2:].partition("=")
+        key = name.replace("-", "_")
+        values = [inline] if inline else []
+        while not inline and index < len(argv) and not argv[index].startswith("--") and "=" not in argv[index] \
+                and (key in lists or not values):
+            values.append(argv[index])
+            index += 1
+        if key in lists:
+            overrides.append(f"{key}=[{','.join(quote(v) for v in values)}]")
+        elif values:
+            overrides.append(f"{key}={quote(values[0])}")
+        else:   # a switch: --taxonomy, --no-mlflow
+            overrides.append(f"{key.removeprefix('no_')}={'false' if key.startswith('no_') else 'true'}")
+    if bare:
+        if positional is None:
+            raise ValueError(f"unexpected arguments {bare}: give settings as key=value")
+        overrides.append(f"{positional}=[{','.join(quote(v) for v in bare)}]")
+    return overrides
+
+
+def tool_config(tool: str, config_name: str, argv: Sequence[str], target: Callable[..., Any],
+                lists: Sequence[str] = (), positional: str | None = None) -> DictConfig:
+    """The composed, validated config of one tool run; `--help` prints the config file and exits."""
+    if {"-h", "--help"} & set(argv):
+        print(f"usage: {tool} [key=value ...]   (the older --key value spelling also works)\n\n"
+              f"{target.__doc__ or ''}\nKeys (conf/{config_name}.yaml):\n\n{(CONFIG_DIR / f'{config_name}.yaml').read_text()}")
+        raise SystemExit(0)
+    try:
+        overrides = to_overrides(argv, lists, positional)
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=overrides)
+        settings = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        check_fields(target, settings, "")
+    except (HydraException, OmegaConfBaseException, ValueError) as err:
+        raise UsageError(tool, str(err).replace("\n", " ")) from None
+    return cfg

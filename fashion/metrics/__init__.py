@@ -1,0 +1,9 @@
+"""Metrics stage: per-attribute accuracy, macro-F1, top-5 and confusion matrices, and their reports.
+
+Shared by training, `fashion-eval`, the data report and scripts, so it depends on no other stage.
+"""
+
+from fashion.metrics.attribute_metrics import AttributeMetrics
+from fashion.metrics.reports import classification_report, confusion_figure
+
+__all__ = ["AttributeMetrics", "classification_report", "confusion_figure"]

@@ -1,0 +1,84 @@
+"""What a run records in MLflow beyond Lightning's own metric logging: its inputs (config, data
+provenance and quality counts) before training, its best checkpoint and reports after.
+
+All of it runs on global rank zero only, so a DDP job records exactly one run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from fashion.data.datamodule import FashionDataModule
+from fashion.metrics import classification_report, confusion_figure
+from fashion.tracking.run import git_commit, run_params
+
+
+@rank_zero_only
+def log_run_inputs(logger: MLFlowLogger, cfg: DictConfig, datamodule: FashionDataModule, output_dir: Path) -> None:
+    """Config, data provenance and data quality counts: what makes a run reproducible and comparable.
+
+    The split is also written to `<output_dir>/split.csv`, ready for `split.path=...`.
+    """
+    client, run_id = logger.experiment, logger.run_id
+    logger.log_hyperparams(run_params(cfg))
+    client.set_tag(run_id, "dataset.fingerprint", datamodule.fingerprint)
+    client.set_tag(run_id, "dataset.root", str(datamodule.root))
+    for key, value in git_commit().items():
+        client.set_tag(run_id, key, value)
+    client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+    vocabularies = {a: v.to_dict() for a, v in datamodule.vocabularies.items()}
+    client.log_dict(run_id, vocabularies, "data/vocabularies.json")
+    client.log_dict(run_id, datamodule.report, "data/data_report.json")
+    counts = {f"data/{k}": float(v) for k, v in datamodule.report.items() if isinstance(v, (int, float))}
+    logger.log_metrics(counts, step=0)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    split_path = output_dir / "split.csv"
+    datamodule.split_table.to_csv(split_path, index=False)
+    client.log_artifact(run_id, str(split_path), "data")
+
+
+class MLflowArtifacts(Callback):
+    """Logs the best checkpoint after fit and confusion matrices + classification reports after test
+    (and after each evaluation set, under `eval/<set>/`)."""
+
+    def __init__(self, log_checkpoint: bool = True) -> None:
+        self.log_checkpoint = log_checkpoint
+
+    @staticmethod
+    def _mlflow(trainer: Trainer) -> MLFlowLogger | None:
+        return next((lg for lg in trainer.loggers if isinstance(lg, MLFlowLogger)), None)
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        logger, ckpt = self._mlflow(trainer), trainer.checkpoint_callback
+        if not (self.log_checkpoint and logger and ckpt):
+            return
+        best = ckpt.best_model_path or ckpt.last_model_path
+        if best:
+            logger.experiment.log_artifact(logger.run_id, best, "checkpoints")
+            logger.experiment.set_tag(logger.run_id, "best_checkpoint", f"checkpoints/{Path(best).name}")
+            if ckpt.best_model_score is not None:
+                logger.experiment.set_tag(logger.run_id, "best_score", f"{float(ckpt.best_model_score):.4f}")
+
+    @rank_zero_only
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        logger = self._mlflow(trainer)
+        vocabularies: dict[str, Any] = pl_module.hparams.get("vocabularies") or {}
+        if logger is None:
+            return
+        import matplotlib.pyplot as plt
+
+        stage = getattr(pl_module, "test_stage", "test")   # test, or eval/<set>
+        for attribute, matrix in pl_module.test_confusion.items():
+            classes = vocabularies.get(attribute, {}).get("classes") or [str(i) for i in range(matrix.shape[0])]
+            fig = confusion_figure(matrix, classes, f"{attribute} ({stage})")
+            logger.experiment.log_figure(logger.run_id, fig, f"{stage}/confusion_{attribute}.png")
+            plt.close(fig)
+            report = classification_report(matrix, classes)
+            logger.experiment.log_text(logger.run_id, report.to_csv(float_format="%.4f"), f"{stage}/report_{attribute}.csv")

@@ -1,0 +1,205 @@
+"""The one owner of a training run's MLflow run: where the store is, what identifies a run, and the
+run's life: created (or reopened to resume), named, tagged, then finished, FAILED or KILLED.
+
+A run is identified by a hash of its resolved config minus `VOLATILE_KEYS` (stored as the
+`config.hash` tag); the same config minus those keys is what the run logs as params.
+`resume=auto` finds the newest unfinished run with the same hash whose `last.ckpt` still exists;
+`resume=<run id>` names one. Everything here runs on global rank zero only, so a DDP job records
+exactly one run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback as HydraCallback
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import MLFlowLogger
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from fashion.config import PROJECT_ROOT, flatten
+
+log = logging.getLogger(__name__)
+
+# Keys that differ between two launches of the same experiment (paths of this machine, names, how
+# it was launched): they neither identify a run nor are logged as its params.
+VOLATILE_KEYS = ("paths", "resume", "ckpt_path", "trainer.default_root_dir", "callbacks.model_checkpoint.dirpath",
+                 "logger", "tags", "hydra", "feature_cache.directory", "hparams_search")
+# Interpolated copies of other sections (data.labels is ${labels}): logged once, under their own name.
+COPIES = ("data.labels", "data.split", "data.augmentation")
+CHECKPOINT_TAG = "checkpoint_dir"
+UNFINISHED = ("RUNNING", "FAILED", "KILLED")
+
+
+def tracking_uri(mlruns: str | Path = PROJECT_ROOT / "mlruns") -> str:
+    """The MLflow store every entry point uses (conf/logger/mlflow.yaml calls this): MLFLOW_TRACKING_URI
+    (a team server) when set, else SQLite under `mlruns`."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(mlruns) / 'mlflow.db'}"
+
+
+def ensure_experiment(uri: str, name: str, artifact_location: str | None = None) -> str:
+    """Create the store and experiment once, before parallel jobs race to create tables."""
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except mlflow.exceptions.MlflowException:  # another job created it first
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def git_commit() -> dict[str, str]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        return {"mlflow.source.git.commit": git("rev-parse", "HEAD"), "git.dirty": str(bool(git("status", "--porcelain")))}
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+
+
+# --- identity ------------------------------------------------------------------------------------------
+def identity(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config minus `VOLATILE_KEYS`: what makes two runs the same experiment."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for dotted in VOLATILE_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = container
+        for key in parents:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return container
+
+
+def config_hash(cfg: DictConfig) -> str:
+    return hashlib.sha256(json.dumps(identity(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_params(cfg: DictConfig) -> dict[str, Any]:
+    """The identity as dotted MLflow params; a list stays one value (JSON), so a sweep over it is one column."""
+    return {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in flatten(identity(cfg)).items()
+            if not k.startswith(tuple(f"{c}." for c in COPIES))}
+
+
+# --- resuming ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ResumePoint:
+    run_id: str
+    ckpt_path: str
+
+
+def _last_checkpoint(run: mlflow.entities.Run) -> str | None:
+    directory = run.data.tags.get(CHECKPOINT_TAG)
+    path = Path(directory) / "last.ckpt" if directory else None
+    return str(path) if path and path.is_file() else None
+
+
+def find_resume_point(cfg: DictConfig) -> ResumePoint | None:
+    """Where to continue from, or None for a fresh run; raises if a named run cannot be resumed."""
+    request = cfg.get("resume")
+    if not request:
+        return None
+    client = MlflowClient(cfg.logger.tracking_uri)
+    if request != "auto":
+        run = client.get_run(str(request))
+        ckpt = _last_checkpoint(run)
+        if ckpt is None:
+            raise FileNotFoundError(f"resume={request}: run has no last.ckpt under its '{CHECKPOINT_TAG}' tag")
+        return ResumePoint(run.info.run_id, ckpt)
+    experiment = client.get_experiment_by_name(cfg.logger.experiment_name)
+    runs = [] if experiment is None else client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`config.hash` = '{config_hash(cfg)}'",
+        order_by=["attributes.start_time DESC"])
+    for run in runs:
+        ckpt = _last_checkpoint(run) if run.info.status in UNFINISHED else None
+        if ckpt:
+            log.info("resume=auto: continuing run %s from %s", run.info.run_id, ckpt)
+            return ResumePoint(run.info.run_id, ckpt)
+    log.info("resume=auto: no unfinished run with this config has a checkpoint; starting fresh")
+    return None
+
+
+# --- the run's life ------------------------------------------------------------------------------------
+def launch_tags(cfg: DictConfig) -> dict[str, str]:
+    """How the run was launched: its overrides and `-m` sweep (groups sweep jobs in the UI), the hardware."""
+    tags = {**(cfg.get("tags") or {}), "config.hash": config_hash(cfg), "hardware": hardware(cfg)}
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        tags = {"hydra.overrides": hydra_cfg.job.override_dirname or "(defaults)", **tags}
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            tags |= {"sweep": str(hydra_cfg.sweep.dir), "sweep.job": str(hydra_cfg.job.num)}
+    return tags
+
+
+def hardware(cfg: DictConfig) -> str:
+    """What the run trained on, in words, for the results table."""
+    if cfg.trainer.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return f"{cfg.trainer.devices}x {torch.cuda.get_device_name(0)} x {cfg.trainer.num_nodes} node(s)"
+    return f"CPU, {torch.get_num_threads()} threads on {os.cpu_count()} cores"
+
+
+def open_run(cfg: DictConfig, resume: ResumePoint | None) -> MLFlowLogger:
+    """The Lightning MLflow logger with its run created (or reopened) now, on rank zero, so spawned
+    workers and the test stage share one run."""
+    ensure_experiment(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg.logger.get("artifact_location"))
+    tags = launch_tags(cfg)
+    run_name = cfg.logger.get("run_name") or tags.get("hydra.overrides", "run")
+    logger = instantiate(cfg.logger, run_name=run_name, tags=tags, run_id=resume.run_id if resume else None)
+    _ = logger.experiment, logger.run_id  # rank zero creates the run; others get a dummy
+    if logger.run_id:
+        client = logger.experiment
+        if resume:
+            client.update_run(logger.run_id, status="RUNNING")
+            client.set_tag(logger.run_id, "resumed_from", resume.ckpt_path)
+        else:
+            client.set_tag(logger.run_id, CHECKPOINT_TAG, str(Path(cfg.paths.output_dir) / "checkpoints"))
+    return logger
+
+
+@contextmanager
+def tracked_run(cfg: DictConfig, stopped_by: tuple[type[BaseException], ...] = (),
+                ) -> Iterator[tuple[MLFlowLogger, ResumePoint | None]]:
+    """The run (new, or the one `resume` names) open for the block; an exception ends it as FAILED, or
+    KILLED when it is a deliberate stop (Ctrl-C, or one of `stopped_by`, e.g. a pruned Optuna trial)."""
+    resume = find_resume_point(cfg)
+    logger = open_run(cfg, resume)
+    try:
+        yield logger, resume
+    except BaseException as err:
+        if logger.run_id:
+            killed = isinstance(err, (KeyboardInterrupt, *stopped_by))
+            logger.experiment.set_terminated(logger.run_id, "KILLED" if killed else "FAILED")
+        raise
+
+
+class PrepareMLflowStore(HydraCallback):
+    """Create the SQLite store and the experiment before (possibly parallel) Hydra jobs log to it."""
+
+    def _prepare(self, config: DictConfig) -> None:
+        logger = config.get("logger")
+        if logger and logger.get("tracking_uri"):
+            ensure_experiment(logger.tracking_uri, logger.experiment_name, logger.get("artifact_location"))
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._prepare(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._prepare(config)

@@ -1,0 +1,86 @@
+"""`train(cfg)`: one training run from a composed config, the function `fashion-train`, the Optuna
+study and the tests all call: build, fit, test, score the evaluation sets, inside one MLflow run."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig
+
+from fashion.config import validate_config
+from fashion.data.datamodule import FashionDataModule
+from fashion.tracking import log_run_inputs, tracked_run
+from fashion.training.assembly import build_model, build_module, use_feature_cache
+from fashion.training.module import evaluate_sets
+
+log = logging.getLogger("fashion.train")
+
+
+def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = (),
+          stopped_by: tuple[type[BaseException], ...] = ()) -> dict[str, float]:
+    """Fit, then test the best checkpoint; return the final metrics (and `best/<monitor>`).
+
+    `time/total_s` (logged) is the whole call, feature-cache filling included: the wall time a
+    user waits, which is what the results table reports. `stopped_by`: exceptions that end the run
+    as KILLED rather than FAILED (a pruned trial).
+    """
+    started = time.perf_counter()
+    validate_config(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    backbone = instantiate(cfg.backbone)
+    datamodule: FashionDataModule = instantiate(cfg.data, preprocessing=backbone.preprocessing, _convert_="object")
+    datamodule.prepare_labels()
+    model = build_model(cfg, datamodule, backbone)
+    cache = use_feature_cache(cfg, model, datamodule)
+    module = build_module(cfg, datamodule, model)
+    with tracked_run(cfg, stopped_by) as (logger, resume):
+        resumed_from = resume.ckpt_path if resume else None
+        if resumed_from is None:  # a resumed run keeps the inputs it logged first
+            log_run_inputs(logger, cfg, datamodule, Path(cfg.paths.output_dir))
+            if logger.run_id:
+                logger.experiment.set_tag(logger.run_id, "feature_cache", cache.last_status if cache else "off")
+        callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None] + list(extra_callbacks)
+        if resumed_from:  # keep writing where the run started, so its best-so-far score carries over
+            for callback in callbacks:
+                if isinstance(callback, ModelCheckpoint):
+                    callback.dirpath = str(Path(resumed_from).parent)
+        trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resumed_from or cfg.get("ckpt_path"))
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}  # last epoch's
+        if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_score is not None:
+            metrics[f"best/{trainer.checkpoint_callback.monitor}"] = float(trainer.checkpoint_callback.best_model_score)
+        if cfg.get("test", True):
+            best = "best" if trainer.checkpoint_callback else None
+            trainer.test(module, datamodule=datamodule, ckpt_path=best)
+            metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
+            metrics |= evaluate_sets(trainer, module, datamodule.eval_dataloaders(), best)
+        metrics["time/total_s"] = time.perf_counter() - started
+        logger.log_metrics({"time/total_s": metrics["time/total_s"]})
+    print_summary(logger, cfg, metrics, datamodule.attributes)
+    return metrics
+
+
+@rank_zero_only
+def print_summary(logger: MLFlowLogger, cfg: DictConfig, metrics: dict[str, float], attributes: list[str]) -> None:
+    stage = "test" if any(k.startswith("test/") for k in metrics) else "val"
+    sets = sorted({k.split("/")[1] for k in metrics if k.startswith("eval/")})
+    header = f"  {'':<15} {stage + ' acc, macro-F1':<26}" + "".join(f"   {name} acc" for name in sets)
+    rows = [header] + [f"  {a:<15} acc {metrics.get(f'{stage}/{a}/acc', float('nan')):.3f}   "
+                       f"macro-F1 {metrics.get(f'{stage}/{a}/f1', float('nan')):.3f}"
+                       + "".join(f"   {metrics.get(f'eval/{n}/{a}/acc', float('nan')):>{len(n) + 4}.3f}" for n in sets)
+                       for a in attributes]
+    print(
+        f"\nMLflow run {logger.run_id} (experiment '{cfg.logger.experiment_name}', {cfg.logger.tracking_uri})\n"
+        f"{stage} metrics:\n" + "\n".join(rows) +
+        f"\n  {'mean':<15} acc {metrics.get(f'{stage}/mean_acc', float('nan')):.3f}\n"
+        "Open the MLflow UI with: make ui   (then http://127.0.0.1:5000)\n"
+    )
