@@ -52,7 +52,7 @@ benchmark-cache: $(STAMP)
 
 ## The MLflow UI on the local store: http://127.0.0.1:5000
 ui: $(STAMP)
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000
+	$(VENV)/bin/mlflow ui --backend-store-uri "$$($(PY) -c 'from fashion.config import tracking_uri; print(tracking_uri())')" --host 127.0.0.1 --port 5000
 
 clean:
 	rm -rf outputs multirun .pytest_cache

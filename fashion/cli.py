@@ -11,16 +11,16 @@ are the tool's `positional` list key (fashion-predict's `inputs`).
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fashion.config import CONFIG_DIR
-from fashion.validation import check_fields
+from fashion.validation import check_fields, switches
 
 
 class UsageError(SystemExit):
@@ -36,8 +36,10 @@ def quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def to_overrides(argv: Sequence[str], lists: Sequence[str] = (), positional: str | None = None) -> list[str]:
-    """`key=value` overrides from a command line that may use the older `--flag value` spelling."""
+def to_overrides(argv: Sequence[str], lists: Sequence[str] = (), positional: str | None = None,
+                 flags: Collection[str] = (), renamed: Mapping[str, str] | None = None) -> list[str]:
+    """`key=value` overrides from a command line that may use the older `--flag value` spelling;
+    `flags` are the bool keys, which take no value (`--taxonomy`, `--no-mlflow`); `renamed`: old flag -> key."""
     overrides, bare, index = [], [], 0
     while index < len(argv):
         token = argv[index]
@@ -46,9 +48,10 @@ def to_overrides(argv: Sequence[str], lists: Sequence[str] = (), positional: str
             (overrides if "=" in token else bare).append(token)
             continue
         name, _, inline = token[2:].partition("=")
-        key = name.replace("-", "_")
+        key = (renamed or {}).get(name.replace("-", "_"), name.replace("-", "_"))
         values = [inline] if inline else []
-        while not inline and index < len(argv) and not argv[index].startswith("--") and "=" not in argv[index] \
+        takes_values = not inline and key.removeprefix("no_") not in flags
+        while takes_values and index < len(argv) and not argv[index].startswith("--") and "=" not in argv[index] \
                 and (key in lists or not values):
             values.append(argv[index])
             index += 1
@@ -66,18 +69,18 @@ def to_overrides(argv: Sequence[str], lists: Sequence[str] = (), positional: str
 
 
 def tool_config(tool: str, config_name: str, argv: Sequence[str], target: Callable[..., Any],
-                lists: Sequence[str] = (), positional: str | None = None) -> DictConfig:
-    """The composed, validated config of one tool run; `--help` prints the config file and exits."""
+                lists: Sequence[str] = (), positional: str | None = None, renamed: Mapping[str, str] | None = None,
+                ) -> dict[str, Any]:
+    """`target`'s arguments from the composed config, typed by its signature; `--help` prints the config."""
     if {"-h", "--help"} & set(argv):
+        keys = (CONFIG_DIR / f"{config_name}.yaml").read_text()
         print(f"usage: {tool} [key=value ...]   (the older --key value spelling also works)\n\n"
-              f"{target.__doc__ or ''}\nKeys (conf/{config_name}.yaml):\n\n{(CONFIG_DIR / f'{config_name}.yaml').read_text()}")
+              f"{target.__doc__ or ''}\nKeys (conf/{config_name}.yaml):\n\n{keys}")
         raise SystemExit(0)
     try:
-        overrides = to_overrides(argv, lists, positional)
+        overrides = to_overrides(argv, lists, positional, switches(target), renamed)
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(config_name=config_name, overrides=overrides)
-        settings = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-        check_fields(target, settings, "")
+        return check_fields(target, OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True), "")
     except (HydraException, OmegaConfBaseException, ValueError) as err:
         raise UsageError(tool, str(err).replace("\n", " ")) from None
-    return cfg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,19 +12,19 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PROJECT_ROOT / "conf"
 
 
-def _tracking_uri(mlruns: str | None = None) -> str:
-    from fashion.tracking.run import tracking_uri
-
-    return tracking_uri(*([mlruns] if mlruns else []))
+def tracking_uri(mlruns: str | Path | None = None) -> str:
+    """The MLflow store every entry point uses (conf/logger/mlflow.yaml and the tools' configs call this as
+    `${tracking_uri:...}`): MLFLOW_TRACKING_URI (a team server) when set, else SQLite under `mlruns`."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(mlruns or PROJECT_ROOT / 'mlruns') / 'mlflow.db'}"
 
 
 def register_resolvers() -> None:
     """`${project_root:}` lets configs name repo-relative paths that survive Hydra's output dirs;
-    `${tracking_uri:<mlruns>}` is the MLflow store, defined once in fashion.tracking."""
+    `${tracking_uri:<mlruns>}` is the MLflow store, defined once here."""
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
     if not OmegaConf.has_resolver("tracking_uri"):
-        OmegaConf.register_new_resolver("tracking_uri", _tracking_uri)
+        OmegaConf.register_new_resolver("tracking_uri", tracking_uri)
 
 
 class ConfigError(ValueError):

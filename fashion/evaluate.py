@@ -1,11 +1,11 @@
 """`fashion-eval`: a bundle or checkpoint, evaluated on any folder in the Kaggle layout.
 
-    fashion-eval bundle=bundles/best data=../shared/data/fashion-product-images-subset
-    fashion-eval checkpoint=best.ckpt data=/data/new-catalogue output=eval_out/
+    fashion-eval bundle=bundles/best root=../shared/data/fashion-product-images-subset
+    fashion-eval checkpoint=best.ckpt root=/data/new-catalogue output=eval_out/
 
 The evaluation sets a training run scores (`data.out_of_time_years`, `data.eval_sets`) are the same calls:
-    fashion-eval bundle=b data=../shared/data/fashion-product-images-small years=[2013,2014,2018,2019]
-    fashion-eval bundle=b data=../shared/data/fashion-product-images-subset true_aspect=0.75 exclude_split=split.csv
+    fashion-eval bundle=b root=../shared/data/fashion-product-images-small years=[2013,2014,2018,2019]
+    fashion-eval bundle=b root=../shared/data/fashion-product-images-subset true_aspect=0.75 exclude_split=split.csv
 (`split.csv`: the run's `data/split.csv` artifact; its train and val products are left out.) Keys: conf/eval.yaml.
 
 Labels are encoded with the *training* vocabularies: a label the model never learned is counted
@@ -73,11 +73,12 @@ def write_reports(metrics: AttributeMetrics, predictor: Predictor, output: Path)
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = tool_config("fashion-eval", "eval", sys.argv[1:] if argv is None else argv, evaluate_folder, lists=("years",))
+    cfg = tool_config("fashion-eval", "eval", sys.argv[1:] if argv is None else argv, evaluate_folder, lists=("years",),
+                      renamed={"data": "root"})
     return evaluate_folder(**cfg)
 
 
-def evaluate_folder(data: str, bundle: str | None = None, checkpoint: str | None = None, styles_file: str = "styles.csv",
+def evaluate_folder(root: str, bundle: str | None = None, checkpoint: str | None = None, styles_file: str = "styles.csv",
                     true_aspect: float | None = None, years: list[int] | None = None, exclude_split: str | None = None,
                     output: str = "eval_output", batch_size: int = 64, runtime: Runtime = "auto", mlflow: bool = True,
                     tracking_uri: str | None = None, experiment: str = "fashion") -> int:
@@ -91,7 +92,7 @@ def evaluate_folder(data: str, bundle: str | None = None, checkpoint: str | None
     if exclude_split:
         split = pd.read_csv(exclude_split)
         exclude = set(split.loc[split["split"].isin(["train", "val"]), "id"].astype(int))
-    source = EvalSource(root=data, styles_file=styles_file, true_aspect=true_aspect, years=years)
+    source = EvalSource(root=root, styles_file=styles_file, true_aspect=true_aspect, years=years)
     try:
         values, counts, metrics = evaluate(predictor, source, exclude)
     except (ValueError, FileNotFoundError) as err:
@@ -107,7 +108,7 @@ def evaluate_folder(data: str, bundle: str | None = None, checkpoint: str | None
               f"{'' if top5 is None else f'{top5:7.4f}':>7} {counts[f'unseen/{attribute}']:7d}")
     print(f"images evaluated: {counts['images']}, rows without image: {counts['rows_without_image']}, unreadable: {counts['unreadable_images']}")
     if mlflow:
-        settings = {"model": bundle or checkpoint, "data": data, "runtime": predictor.runtime, "true_aspect": true_aspect,
+        settings = {"model": bundle or checkpoint, "data": root, "runtime": predictor.runtime, "true_aspect": true_aspect,
                     "years": years, "exclude_split": exclude_split}
         log_evaluation(tracking_uri, experiment, bundle, settings, values, counts, out)
     return 0

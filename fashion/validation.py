@@ -8,6 +8,7 @@ One mechanism, two strictness levels: a user's composed Hydra config is checked 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
 from collections.abc import Callable, Collection
@@ -30,7 +31,8 @@ def _hints(func: Callable) -> dict[str, Any]:
     hints = {}
     for name, annotation in inspect.get_annotations(func).items():
         try:
-            hints[name] = eval(annotation, namespace) if isinstance(annotation, str) else annotation  # our own source, never data
+            # Our own source's annotations, never data.
+            hints[name] = eval(annotation, namespace) if isinstance(annotation, str) else annotation
         except NameError:
             hints[name] = Any
     return hints
@@ -60,10 +62,36 @@ def signature_schema(target: Callable, *, strict: bool, skip: Collection[str] = 
     return _SCHEMAS[key]
 
 
-def check_fields(target: Callable, fields: dict[str, Any], where: str) -> None:
-    """Raise ValueError naming every key of `fields` that `target` does not take, or takes with another type."""
+def check_fields(target: Callable, fields: dict[str, Any], where: str) -> dict[str, Any]:
+    """`fields` converted to `target`'s parameter types ("5" -> 5 for an int); ValueError naming every
+    key that `target` does not take, or takes with another type."""
     try:
-        signature_schema(target, strict=False, all_optional=True).model_validate(fields)
+        validated = signature_schema(target, strict=False, all_optional=True).model_validate(fields)
     except pydantic.ValidationError as err:
         raise ValueError(describe(err, where)) from None
+    return {name: getattr(validated, name) for name in fields}
 
+
+def switches(target: Callable) -> set[str]:
+    """`target`'s bool parameters: on the command line `--name` / `--no-name` set them."""
+    hints = _hints(target.__init__ if isinstance(target, type) else target)
+    return {name for name, hint in hints.items() if hint is bool}
+
+
+
+def typed(target: Callable) -> Callable:
+    """Decorator for a class or function: every call, from a config or from code, checks its arguments
+    against the annotations (the same check `validate_config` runs on a composed config)."""
+    function = target.__init__ if isinstance(target, type) else target
+    skip = 1 if isinstance(target, type) else 0   # self
+
+    @functools.wraps(function)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        arguments = inspect.signature(function).bind(*args, **kwargs).arguments
+        check_fields(target, dict(list(arguments.items())[skip:]), target.__name__)
+        return function(*args, **kwargs)
+
+    if isinstance(target, type):
+        target.__init__ = checked
+        return target
+    return checked

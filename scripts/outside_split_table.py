@@ -18,7 +18,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from fashion.config import PROJECT_ROOT
+from fashion.config import PROJECT_ROOT, tracking_uri
 from fashion.data.styles import ATTRIBUTES
 
 
@@ -53,7 +53,7 @@ def table(runs: pd.DataFrame) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tracking-uri", default=f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}")
+    parser.add_argument("--tracking-uri", default=tracking_uri())
     parser.add_argument("--experiment", default="fashion")
     parser.add_argument("--tag", help="only runs with this tag, e.g. recipe=catalogue_trial")
     parser.add_argument("--output", type=Path, default=PROJECT_ROOT / "docs" / "outside_the_split.md")

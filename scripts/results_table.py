@@ -4,9 +4,10 @@
     python scripts/results_table.py --tracking-uri http://mlflow:5000 --output docs/results.md
 
 Which runs count: finished runs tagged `recipe` (the experiment configs set it). Per recipe and
-backbone the newest run is shown. Published numbers and targets come from the runs' own tags
-(`published/<attribute>`, `target/<attribute>`), which the experiment configs set; runs tagged
-`study=loss_weighting` make the ablation section.
+backbone the newest run is shown. Published numbers and targets come from docs/published.yaml (or a
+run's own `published/<attribute>`, `target/<attribute>` tags, which older experiment configs set); runs
+tagged `study=loss_weighting` make the ablation section. Everything after the `HISTORY` marker in the
+existing output (the hand-written recipe history) is kept.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+import yaml
 
-from fashion.config import PROJECT_ROOT
+from fashion.config import PROJECT_ROOT, tracking_uri
 from fashion.data.styles import ATTRIBUTES
 
 REPRODUCTIONS = ("vgg16_7heads", "efficientnetb0_6heads", "resnet18_4heads", "convnext_tiny_4heads", "linear_probe")
 OURS = ("best_cpu", "best_gpu")
+REFERENCE = yaml.safe_load((PROJECT_ROOT / "docs" / "published.yaml").read_text()) or {}
+HISTORY = "<!-- recipe history: written by hand, kept by scripts/results_table.py -->"
 
 
 def load_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
@@ -69,6 +73,9 @@ def attributes_of(run: pd.Series) -> list[str]:
 
 def tag_value(run: pd.Series, name: str) -> float | None:
     value = run.get(f"tags.{name}")
+    if missing(value):   # published/gender -> docs/published.yaml's <recipe>.published.gender
+        kind, _, attribute = name.partition("/")
+        value = (REFERENCE.get(run.get("tags.recipe")) or {}).get(kind, {}).get(attribute)
     return None if missing(value) else float(value) / 100
 
 
@@ -100,6 +107,8 @@ def attribute_table(run: pd.Series) -> list[str]:
         lines.append(f"| {a} | {percent(published)} | {percent(target)} | {percent(acc)}{mark} | "
                      f"{percent(run.get(f'metrics.test/{a}/f1'))} |")
     source = run.get("tags.published_source")
+    if missing(source):
+        source = (REFERENCE.get(run.get("tags.recipe")) or {}).get("published_source")
     if isinstance(source, str) and source:
         lines += ["", f"Published numbers: {source}"]
     return lines
@@ -225,7 +234,7 @@ def render(runs: pd.DataFrame) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tracking-uri", default=f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}")
+    parser.add_argument("--tracking-uri", default=tracking_uri())
     parser.add_argument("--experiment", default="fashion")
     parser.add_argument("--output", type=Path, default=PROJECT_ROOT / "docs" / "results.md")
     args = parser.parse_args()
@@ -233,6 +242,8 @@ def main() -> None:
     if runs.empty:
         raise SystemExit(f"no finished runs in experiment {args.experiment!r} at {args.tracking_uri}")
     text = render(runs)
+    if args.output.is_file() and HISTORY in args.output.read_text():
+        text += "\n" + HISTORY + args.output.read_text().split(HISTORY, 1)[1]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
     print(text)

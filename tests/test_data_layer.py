@@ -88,7 +88,7 @@ def test_mapping_groups_labels_before_the_vocabulary(kaggle_folder):
 def test_label_spec_rejects_unknown_attribute_and_policy():
     with pytest.raises(ValueError, match="unknown \\['colour'\\]"):
         LabelSpec(attributes=["gender", "colour"])
-    with pytest.raises(ValueError, match="rare_classes='drop'"):
+    with pytest.raises(ValueError, match="rare_classes: Input should be 'ignore' or 'other' \\(got 'drop'\\)"):
         LabelSpec(rare_classes="drop")
 
 

@@ -49,6 +49,8 @@ def test_cache_applies_only_when_the_prefix_output_is_fixed():
     assert not cache.applies(tiny_model(freeze="frozen"), flip)
     assert not cache.applies(tiny_model(freeze="full"), Augmentation([]))
     assert cache.applies(tiny_model(freeze="partial", trainable_stages=1), Augmentation([]))
+    with pytest.raises(ValueError, match="runtime: Input should be 'onnx' or 'torch'"):
+        FeatureCache("unused", runtime="tensorrt")
 
 
 def test_cached_inputs_equal_a_fresh_pass_and_are_reused(tmp_path, table):

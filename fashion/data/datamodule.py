@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
@@ -21,7 +20,7 @@ from torch.utils.data import DataLoader
 from fashion.data.cached import CachedInputs, FeatureDataset
 from fashion.data.dataset import ProductImages
 from fashion.data.eval_sets import EvalSource
-from fashion.data.images import find_unreadable
+from fashion.data.images import split_usable
 from fashion.data.sampler import EpochRandomSampler
 from fashion.data.split import SPLITS, SplitSpec, assign_splits, load_split
 from fashion.data.styles import EXAMPLES_IN_REPORT, read_styles
@@ -155,15 +154,7 @@ class FashionDataModule(L.LightningDataModule):
         return report
 
     def _drop_unusable_images(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
-        exists = np.array([Path(p).is_file() for p in frame["path"]], dtype=bool)
-        missing_ids = frame.loc[~exists, "id"].tolist()
-        frame = frame[exists]
-        corrupt_ids: list[int] = []
-        if self.check_images and len(frame):
-            bad = {str(p) for p in find_unreadable([Path(p) for p in frame["path"]])}
-            is_bad = frame["path"].isin(bad)
-            corrupt_ids = frame.loc[is_bad, "id"].tolist()
-            frame = frame[~is_bad]
+        frame, missing_ids, corrupt_ids = split_usable(frame, self.check_images)
         if missing_ids:
             log.warning("%d rows have no image file in %s, dropped (e.g. ids %s)", len(missing_ids), self.images_path, missing_ids[:5])
         if corrupt_ids:
@@ -174,7 +165,7 @@ class FashionDataModule(L.LightningDataModule):
             "corrupt_images": len(corrupt_ids),
             "corrupt_image_ids": corrupt_ids,
         }
-        return frame.reset_index(drop=True), report
+        return frame, report
 
     def _splits_for(self, frame: pd.DataFrame) -> pd.Series:
         if self.split_spec.path:

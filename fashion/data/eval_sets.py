@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fashion.data.images import find_unreadable
+from fashion.data.images import split_usable
 from fashion.data.styles import read_styles
 
 
@@ -52,14 +52,11 @@ class EvalSource:
             frame = frame[pd.to_numeric(frame["year"], errors="coerce").isin(list(self.years))]
         frame = frame[~frame["id"].isin(set(exclude_ids))]
         frame = frame.assign(path=[str(root / self.images_dir / f"{i}.jpg") for i in frame["id"]])
-        exists = frame["path"].map(lambda p: Path(p).is_file())
-        frame = frame[exists]
-        unreadable = {str(p) for p in find_unreadable([Path(p) for p in frame["path"]])} if check_images and len(frame) else set()
-        frame = frame[~frame["path"].isin(unreadable)]
+        frame, missing, unreadable = split_usable(frame, check_images)
         if frame.empty:
             raise ValueError(f"no product of {root / self.styles_file} with a readable image is left to score"
                              + (f" (years {list(self.years)})" if self.years else "")
                              + (" after leaving out the run's own products" if len(exclude_ids) else ""))
-        counts = {"rows_without_image": int((~exists).sum()), "unreadable_images": len(unreadable),
+        counts = {"rows_without_image": len(missing), "unreadable_images": len(unreadable),
                   "malformed_rows": styles_report.malformed_rows}
-        return frame.assign(true_aspect=self.true_aspect).reset_index(drop=True), counts
+        return frame.assign(true_aspect=self.true_aspect), counts

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image, ImageFile, ImageOps
 
 log = logging.getLogger(__name__)
@@ -85,3 +86,13 @@ def find_unreadable(paths: list[Path], workers: int = 4) -> list[Path]:
     with ThreadPoolExecutor(max_workers=workers) as pool:
         readable = list(pool.map(_is_readable, paths, chunksize=64))
     return [p for p, ok in zip(paths, readable) if not ok]
+
+
+def split_usable(frame: pd.DataFrame, check: bool = True) -> tuple[pd.DataFrame, list[int], list[int]]:
+    """The rows (columns id, path) whose image exists and, with `check`, decodes; and the ids of the
+    missing and of the corrupt ones. Training's table and every evaluation set go through here."""
+    exists = frame["path"].map(lambda p: Path(p).is_file()).to_numpy(dtype=bool)
+    missing, frame = frame.loc[~exists, "id"].tolist(), frame[exists]
+    bad = {str(p) for p in find_unreadable([Path(p) for p in frame["path"]])} if check and len(frame) else set()
+    corrupt = frame["path"].isin(bad)
+    return frame[~corrupt].reset_index(drop=True), missing, frame.loc[corrupt, "id"].tolist()

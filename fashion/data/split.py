@@ -66,10 +66,6 @@ def assign_splits(frame: pd.DataFrame, spec: SplitSpec) -> pd.Series:
     return groups.map(assignment).rename("split")
 
 
-def save_split(ids: pd.Series, splits: pd.Series, path: str | Path) -> None:
-    pd.DataFrame({"id": ids.to_numpy(), "split": splits.to_numpy()}).sort_values("id").to_csv(path, index=False)
-
-
 def load_split(path: str | Path) -> pd.Series:
     """A saved split as id -> split name; rejects unknown split names."""
     table = pd.read_csv(path)

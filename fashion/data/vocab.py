@@ -16,11 +16,12 @@ import pandas as pd
 import pydantic
 
 from fashion.data.styles import ATTRIBUTES
-from fashion.validation import describe
+from fashion.validation import describe, typed
 
 IGNORE_INDEX = -1
 
 
+@typed
 @dataclass
 class LabelSpec:
     """Which attributes to learn and how their vocabularies are built (the `labels` config group)."""

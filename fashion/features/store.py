@@ -27,6 +27,7 @@ from fashion.data.transforms import Augmentation, Preprocessing
 from fashion.features.fingerprint import cache_keys
 from fashion.features.runners import Runtime, compute_cacheable_inputs
 from fashion.models.tagger import MultiHeadTagger
+from fashion.validation import typed
 
 if TYPE_CHECKING:
     import albumentations as A
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+@typed
 class FeatureCache:
     """On-disk cache of the frozen part's outputs (the `feature_cache` config key; `null` turns it off).
 

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Literal
 
 from fashion.inference.predictor import Predictor
+from fashion.validation import typed
 
 Runtime = Literal["auto", "onnx", "torch"]
 
 
+@typed
 def load_predictor(*, bundle: str | Path | None = None, checkpoint: str | Path | None = None, runtime: Runtime = "auto",
                    top_k: int = 3, batch_size: int = 32, taxonomy: bool = False) -> Predictor:
     """Exactly one of `bundle` (a fashion-export folder) and `checkpoint` (a fashion-train .ckpt)."""

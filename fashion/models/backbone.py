@@ -13,6 +13,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from fashion.data.transforms import Preprocessing
 from fashion.models.weights import load_state_dict_by_position, load_weights_file, packaged_weights_path
+from fashion.validation import typed
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,7 @@ Freeze = Literal["frozen", "partial", "full"]
 Pool = Literal["avg", "flatten"]
 
 
+@typed
 class Backbone(nn.Module):
     """Pooled image features from any timm model.
 
@@ -35,7 +37,7 @@ class Backbone(nn.Module):
     The forward pass is written once, in stages every user shares: `feature_map` (timm's
     `forward_features`) -> `pool_features`. The FeatureCache splits the same stages at the frozen
     prefix (`forward_prefix` -> `forward_suffix`), Grad-CAM differentiates at the feature map.
-    Values are checked against the `Literal` types when the config is composed (`fashion.config`).
+    `@typed`: a wrong value (`freeze='sometimes'`) fails naming the parameter and its choices.
     """
 
     def __init__(

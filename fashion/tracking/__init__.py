@@ -1,9 +1,10 @@
 """Tracking stage: the MLflow run (`run`: store, identity, life), what it records (`artifacts`) and
 the Lightning logger that writes its metrics (`logger`)."""
 
+from fashion.config import tracking_uri
 from fashion.tracking.artifacts import MLflowArtifacts, log_run_inputs
 from fashion.tracking.logger import MLflowRunLogger
-from fashion.tracking.run import PrepareMLflowStore, ensure_experiment, tracked_run, tracking_uri
+from fashion.tracking.run import PrepareMLflowStore, ensure_experiment, tracked_run
 
 __all__ = ["MLflowArtifacts", "MLflowRunLogger", "PrepareMLflowStore", "ensure_experiment", "log_run_inputs",
            "tracked_run", "tracking_uri"]

@@ -45,12 +45,6 @@ CHECKPOINT_TAG = "checkpoint_dir"
 UNFINISHED = ("RUNNING", "FAILED", "KILLED")
 
 
-def tracking_uri(mlruns: str | Path = PROJECT_ROOT / "mlruns") -> str:
-    """The MLflow store every entry point uses (conf/logger/mlflow.yaml calls this): MLFLOW_TRACKING_URI
-    (a team server) when set, else SQLite under `mlruns`."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(mlruns) / 'mlflow.db'}"
-
-
 def ensure_experiment(uri: str, name: str, artifact_location: str | None = None) -> str:
     """Create the store and experiment once, before parallel jobs race to create tables."""
     if uri.startswith("sqlite:///"):

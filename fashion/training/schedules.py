@@ -1,4 +1,12 @@
-"""Learning-rate schedules, stepped per optimizer step (the `scheduler` config group)."""
+"""Learning-rate schedules, stepped per optimizer step (the `scheduler` config group), as factors of
+torch's `LambdaLR`.
+
+Why not timm's `CosineLRScheduler` or torch's `CosineAnnealingLR`: both decay every parameter group
+to one absolute floor (`lr_min`, `eta_min`), while the backbone group trains at
+`module.backbone_lr_scale` x the heads' rate; a factor decays each group to `min_lr_ratio` x its own
+rate. Swapping would also move every published run's numbers (docs/results.md), which users
+reproduce from the experiment configs.
+"""
 
 from __future__ import annotations
 

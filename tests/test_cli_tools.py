@@ -1,0 +1,68 @@
+"""Every tool takes Hydra overrides like fashion-train; --help lists the keys; the old flags still work."""
+
+import json
+
+import pytest
+
+from fashion.cli import to_overrides
+from fashion.evaluate import main as eval_main
+from fashion.export import main as export_main
+from fashion.predict import main as predict_main
+from fashion.serve import main as serve_main
+from tests.conftest import SAMPLE
+
+IMAGES = sorted((SAMPLE / "images").glob("*.jpg"))[:2]
+
+
+def test_old_flags_become_the_same_overrides():
+    assert to_overrides(["--bundle", "b", "x.jpg", "--top-k", "5", "--taxonomy", "y it's.jpg"], positional="inputs",
+                        flags={"taxonomy"}) == [
+        "bundle='b'", "top_k='5'", "taxonomy=true", "inputs=['x.jpg','y it\\'s.jpg']"]
+    assert to_overrides(["--years", "2013", "2014", "--no-mlflow", "data=d"], lists=("years",), flags={"mlflow"}) == [
+        "years=['2013','2014']", "mlflow=false", "data=d"]
+
+
+def test_predict_takes_overrides_and_bare_paths(trained, tmp_path, capsys):
+    output = tmp_path / "tags.csv"
+    assert predict_main([f"bundle={trained.bundle}", *map(str, IMAGES), "format=csv", f"output={output}", "top_k=2"]) == 0
+    assert output.read_text().count("\n") == 3
+    assert predict_main([f"checkpoint={trained.checkpoint}", f"inputs=[{IMAGES[0]}]"]) == 0
+    row = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert set(row["predictions"]) == {"gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage"}
+
+
+@pytest.mark.parametrize("main,argv,message", [
+    (predict_main, ["bundle=b", "x.jpg", "topk=3"], "topk"),                         # misspelt key
+    (predict_main, ["bundle=b", "x.jpg", "runtime=tensorrt"], "runtime: Input should be 'auto', 'onnx' or 'torch'"),
+    (predict_main, ["bundle=b", "x.jpg", "format=xml"], "format: Input should be 'jsonl' or 'csv'"),
+    (eval_main, ["bundle=b", "root=d", "batch_size=many"], "batch_size"),
+    (eval_main, ["bundle=b"], "root"),                                               # mandatory key missing
+    (export_main, ["run_id=r"], "output"),
+    (serve_main, ["bundle=b", "port=http"], "port"),
+    (serve_main, ["bundle=b", "log_level=loud"], "log_level"),
+])
+def test_a_wrong_key_or_value_exits_2_naming_it(main, argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("main,keys", [
+    (predict_main, ["inputs:", "bundle:", "runtime:", "explain_dir:"]),
+    (eval_main, ["root:", "years:", "true_aspect:", "exclude_split:", "tracking_uri:"]),
+    (export_main, ["run_id:", "checkpoint:", "output:", "onnx:"]),
+    (serve_main, ["bundle:", "port:", "max_bytes:", "runtime:"]),
+])
+def test_help_lists_every_key(main, keys, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    printed = capsys.readouterr().out
+    assert all(key in printed for key in keys), printed
+
+
+def test_export_names_what_is_wrong_without_a_traceback(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        export_main([f"checkpoint={tmp_path / 'missing.ckpt'}", f"output={tmp_path / 'b'}", "mlflow=false"])
+    assert "missing.ckpt" in str(exit_.value.code)
