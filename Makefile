@@ -50,8 +50,9 @@ reproduce: $(STAMP)
 benchmark-cache: $(STAMP)
 	$(PY) scripts/benchmark_feature_cache.py $(ARGS)
 
-## The MLflow UI on the local store: http://127.0.0.1:5000
+## The MLflow UI on the local store; prints the link to the training runs
 ui: $(STAMP)
+	@$(PY) -c 'from fashion.tracking.run import ui_url; print("training runs:", ui_url())'
 	$(VENV)/bin/mlflow ui --backend-store-uri "$$($(PY) -c 'from fashion.config import tracking_uri; print(tracking_uri())')" --host 127.0.0.1 --port 5000
 
 clean:

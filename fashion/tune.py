@@ -4,7 +4,8 @@
     fashion-train hparams_search=optuna hparams_search.n_trials=50 data=subset
 
 Each trial composes the command-line config plus its sampled overrides, trains (pruned early by
-Optuna when it lags), and is an MLflow run tagged `sweep=<study>` and `optuna_trial=<n>`. The study
+Optuna when it lags), and is an MLflow run tagged `sweep=<study>` and `optuna_trial=<n>`, nested under the
+launch's parent run `optuna <study>`, which names the best trial (`best_run_id`). The study
 lives in SQLite beside the MLflow store, so a second launch continues it. The best trial's choices
 are written out as an experiment config: `fashion-train experiment=<name>` reruns it.
 """
@@ -25,7 +26,9 @@ from hydra.utils import instantiate
 from lightning.pytorch import Callback, LightningModule, Trainer
 from omegaconf import DictConfig
 
+from fashion.cli import quote
 from fashion.config import CONFIG_DIR
+from fashion.tracking.run import end_sweep, start_sweep
 from fashion.training.fit import train
 
 log = logging.getLogger("fashion.tune")
@@ -96,13 +99,20 @@ def tune(cfg: DictConfig) -> float:
         params = {name: suggest(trial, name, space) for name, space in search.params.items()}
         overrides = [*base, *(f"{k}={v}" for k, v in params.items()), f"paths.output_dir={trials_dir / f'trial_{trial.number}'}",
                      f"+tags.sweep={search.study_name}", f"+tags.optuna_trial={trial.number}",
-                     f"logger.run_name={search.study_name}-trial{trial.number}"]
+                     "logger.run_name=" + quote(f"trial {trial.number} · " + ",".join(f"{k}={v}" for k, v in params.items())),
+                     ]
         trial_cfg = compose(config_name="train", overrides=overrides)
         # A pruned trial did not fail: its MLflow run ends KILLED.
         metrics = train(trial_cfg, extra_callbacks=[OptunaPruning(trial, monitor)], stopped_by=(optuna.TrialPruned,))
         return metrics.get(f"best/{monitor}", metrics[monitor])
 
-    study.optimize(objective, n_trials=search.n_trials, timeout=search.get("timeout"))
+    sweep = start_sweep(cfg, f"optuna {search.study_name}")   # the trials nest under it; the best is marked on it
+    try:
+        study.optimize(objective, n_trials=search.n_trials, timeout=search.get("timeout"))
+    except BaseException:
+        end_sweep(cfg, sweep, "FAILED")
+        raise
+    end_sweep(cfg, sweep)
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not finished:
         log.warning("study %s has no completed trial (all pruned or failed)", search.study_name)

@@ -37,8 +37,16 @@ def cli_overrides(tmp_path: Path, data_root: Path) -> list[str]:
 
 def test_two_job_multirun_gives_two_tagged_mlflow_runs(tmp_path, kaggle_folder):
     result = run_cli(["-m", *cli_overrides(tmp_path, kaggle_folder), "loss_weighting=fixed,uncertainty"], tmp_path)
-    runs = finished_runs(tmp_path)
+    everything = finished_runs(tmp_path)
+    (parent,) = [r for r in everything if r.data.tags.get("run_type") == "sweep"]   # one run for the sweep ...
+    runs = [r for r in everything if r is not parent]
     assert len(runs) == 2, result.stdout[-2000:]
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}   # ... its jobs nested under it
+    assert parent.data.tags["best_run_id"] in {r.info.run_id for r in runs} and parent.info.status == "FINISHED"
+    assert parent.data.metrics["best/val/mean_acc"] == max(r.data.metrics["best/val/mean_acc"] for r in runs)
+    # names say what was trained (recipe, backbone, data, model overrides), not display flags
+    assert all(r.info.run_name.startswith("default · test_efficientnet · dataset · ") for r in runs)
+    assert not any("progress_bar" in r.info.run_name or "paths." in r.info.run_name for r in runs)
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert {r.data.params["loss_weighting._target_"] for r in runs} == {
         "fashion.losses.FixedWeighting", "fashion.losses.UncertaintyWeighting"}

@@ -115,6 +115,9 @@ def test_a_run_logs_its_evaluation_sets_beside_its_test_split(compose_config, ka
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run["run_id"], "eval/sharp")}
     assert "eval/sharp/confusion_articleType.png" in artifacts
     assert "out_of_time acc" in capsys.readouterr().out
+    names = {i.dataset.name for i in mlflow.MlflowClient().get_run(run["run_id"]).inputs.dataset_inputs}
+    assert {"dataset/out_of_time", "other/sharp", "dataset/train"} <= names   # every set is a dataset input
+    assert "| out_of_time acc | sharp acc |" in mlflow.MlflowClient().get_run(run["run_id"]).data.tags["mlflow.note.content"]
 
 
 def test_fashion_eval_scores_the_same_sets(trained, tmp_path, capsys):

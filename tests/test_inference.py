@@ -76,6 +76,14 @@ def test_pyfunc_model_loads_and_predicts_like_the_predictor(trained, tmp_path):
     expected = Predictor(load_bundle(trained.bundle)).predict([load_rgb(p) for p in REAL_IMAGES[:3]])
     assert out["articleType"].tolist()[:3] == [e["articleType"].label for e in expected]
     assert out["error"].isna().tolist()[:3] == [True] * 3 and "not a decodable" in out["error"].iloc[3]
+    by_path = model.predict(pd.DataFrame({"path": [str(REAL_IMAGES[0])]}))   # the other input column
+    assert by_path["articleType"].iloc[0] == expected[0]["articleType"].label
+    # What the MLflow UI and `mlflow models serve` show: a signature with both inputs, and an example.
+    info = mlflow.models.get_model_info(uri)
+    assert {c.name for c in info.signature.inputs.inputs} == {"image", "path"}
+    assert {"articleType", "articleType_confidence", "error"} <= {c.name for c in info.signature.outputs.inputs}
+    example = mlflow.models.Model.load(uri).load_input_example(mlflow.artifacts.download_artifacts(uri))
+    assert model.predict(example)["articleType"].iloc[0] in load_bundle(trained.bundle).vocabularies["articleType"].classes
 
 
 def test_predict_cli_skips_unreadable_files_and_reports_them(trained, tmp_path, capsys):
@@ -202,3 +210,46 @@ def test_export_cli_from_a_checkpoint_logs_a_pyfunc_model(trained, tmp_path):
     with pytest.raises(ValueError, match="exactly one"):
         export(None, None, tmp_path / "c", uri)
     assert Path(read_manifest(bundle)["source"]["checkpoint"]) == trained.checkpoint
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_the_logged_input_example(trained, tmp_path):
+    """`mlflow models serve` on the exported pyfunc, asked with the serving example MLflow saved beside it."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from fashion.inference.pyfunc import log_pyfunc
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_experiment("serve-test")
+    uri = log_pyfunc(trained.bundle)
+    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "model")))
+    request = (local / "serving_input_example.json").read_text()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # MLflow starts `uvicorn` by name: the environment's bin folder must be on PATH, as in an activated venv.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", str(local), "--env-manager", "local",
+                               "--host", "127.0.0.1", "-p", str(port)], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(240):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ping").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        answer = httpx.post(f"http://127.0.0.1:{port}/invocations", content=request,
+                            headers={"Content-Type": "application/json"}, timeout=60).json()
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    (row,) = answer["predictions"]
+    assert row["articleType"] in load_bundle(trained.bundle).vocabularies["articleType"].classes
+    assert 0.0 <= row["articleType_confidence"] <= 1.0

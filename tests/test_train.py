@@ -88,3 +88,32 @@ def test_weight_ema_is_one_override_away(tmp_path, kaggle_folder, compose_config
     metrics = train(cfg)
     assert "test/articleType/acc" in metrics
     assert runs_of(tmp_path).iloc[0]["params.callbacks.ema._target_"] == "fashion.training.callbacks.EMAWeights"
+
+
+def test_a_run_reads_well_in_the_mlflow_ui(tmp_path, kaggle_folder, compose_config, monkeypatch):
+    """Training-runs experiment, dataset inputs per split, a description with the test table, system metrics."""
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    metrics = train(compose_config(tiny_overrides(tmp_path, kaggle_folder)))
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name("fashion")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == "default · test_efficientnet · dataset"
+    inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"dataset/train", "dataset/val", "dataset/test"}
+    assert {t.value for i in inputs.values() for t in i.tags if t.key == "mlflow.data.context"} == {"train", "val", "test"}
+    assert len({i.dataset.digest for i in inputs.values()}) == 3      # different products, different digests
+    note = run.data.tags["mlflow.note.content"]
+    assert "| attribute | test acc | test macro-F1 |" in note
+    assert f"| gender | {100 * metrics['test/gender/acc']:.1f} |" in note
+    assert any(key.startswith("system/cpu_utilization") for key in run.data.metrics)
+
+
+def test_equal_data_gives_equal_dataset_digests(tmp_path, kaggle_folder, compose_config):
+    for seed in (1, 2):   # another seed trains differently on the same split
+        train(compose_config(tiny_overrides(tmp_path, kaggle_folder) + [f"seed={seed}", "logger.system_metrics=false"]))
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("fashion").experiment_id])
+    digests = [{i.dataset.name: i.dataset.digest for i in r.inputs.dataset_inputs} for r in runs]
+    assert len(runs) == 2 and digests[0] == digests[1]
+    assert not any(key.startswith("system/") for r in runs for key in r.data.metrics)

@@ -55,6 +55,14 @@ def test_optuna_study_is_resumable_prunes_and_writes_a_ready_experiment(tmp_path
     assert {by_trial["0"].info.status, by_trial["1"].info.status} == {"FINISHED"}
     best_run = by_trial[str(study.best_trial.number)]
     assert float(best_run.data.params["optimizer.lr"]) == pytest.approx(study.best_trial.params["optimizer.lr"])
+    # each launch is one parent run with its trials nested under it; the first one names the best trial
+    parents = client.search_runs([client.get_experiment_by_name("fashion").experiment_id],
+                                 "attributes.run_name = 'optuna t'", order_by=["attributes.start_time ASC"])
+    assert len(parents) == 2 and {p.data.tags["run_type"] for p in parents} == {"sweep"}
+    assert {by_trial[n].data.tags["mlflow.parentRunId"] for n in ("0", "1")} == {parents[0].info.run_id}
+    assert by_trial["2"].data.tags["mlflow.parentRunId"] == parents[1].info.run_id
+    assert parents[0].data.tags["best_run_id"] == best_run.info.run_id
+    assert by_trial["0"].info.run_name.startswith("trial 0 · ") and "optimizer.lr=" in by_trial["0"].info.run_name
 
     written = tmp_path / "conf" / "experiment" / "tuned_t.yaml"
     content = yaml.safe_load(written.read_text())

@@ -15,6 +15,8 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
 from PIL import Image
 
 from fashion.data.images import ImageReadError, load_rgb, to_rgb
@@ -60,9 +62,26 @@ class FashionTaggerPyfunc(mlflow.pyfunc.PythonModel):
         return pd.DataFrame(rows)
 
 
+def signature(attributes: list[str]) -> ModelSignature:
+    """Input: an `image` (base64) or a `path` column, either may be absent; output: label and confidence
+    per attribute, and `error` for a row whose image could not be read."""
+    outputs = [ColSpec(kind, f"{a}{suffix}") for a in attributes for kind, suffix in (("string", ""), ("double", "_confidence"))]
+    return ModelSignature(Schema([ColSpec("string", "image", required=False), ColSpec("string", "path", required=False)]),
+                          Schema([*outputs, ColSpec("string", "error", required=False)]))
+
+
+def input_example() -> pd.DataFrame:
+    """One white 3:4 product photo as base64 (what a JSON request to `mlflow models serve` carries)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (60, 80), "white").save(buffer, format="JPEG")
+    return pd.DataFrame({"image": [base64.b64encode(buffer.getvalue()).decode()]})
+
+
 def log_pyfunc(bundle_dir: str | Path, run_id: str | None = None, name: str = "tagger") -> str:
-    """Log the bundle as a pyfunc model (to `run_id`, or the active run); returns the model URI."""
+    """Log the bundle as a pyfunc model (to `run_id`, or the active run) with its signature and an input
+    example; returns the model URI."""
     from fashion.config import PROJECT_ROOT
+    from fashion.inference.bundle import read_manifest
 
     context = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(nested=mlflow.active_run() is not None)
     with context as run:
@@ -71,6 +90,7 @@ def log_pyfunc(bundle_dir: str | Path, run_id: str | None = None, name: str = "t
             python_model=FashionTaggerPyfunc(),
             artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
             code_paths=[str(PROJECT_ROOT / "fashion")],
-            input_example=None,
+            signature=signature(read_manifest(bundle_dir)["attributes"]),
+            input_example=input_example(),
         )
         return info.model_uri or f"runs:/{run.info.run_id}/{name}"

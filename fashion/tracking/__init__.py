@@ -2,9 +2,9 @@
 the Lightning logger that writes its metrics (`logger`)."""
 
 from fashion.config import tracking_uri
-from fashion.tracking.artifacts import MLflowArtifacts, log_run_inputs
+from fashion.tracking.artifacts import MLflowArtifacts, describe_run, log_run_inputs
 from fashion.tracking.logger import MLflowRunLogger
 from fashion.tracking.run import PrepareMLflowStore, ensure_experiment, tracked_run
 
-__all__ = ["MLflowArtifacts", "MLflowRunLogger", "PrepareMLflowStore", "ensure_experiment", "log_run_inputs",
+__all__ = ["MLflowArtifacts", "MLflowRunLogger", "PrepareMLflowStore", "describe_run", "ensure_experiment", "log_run_inputs",
            "tracked_run", "tracking_uri"]

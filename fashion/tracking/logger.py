@@ -15,8 +15,9 @@ class MLflowRunLogger(MLFlowLogger):
     replays the steps after its last checkpoint: both would leave duplicate points in MLflow.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, system_metrics: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.system_metrics = system_metrics   # the run's CPU/memory/GPU use as system/* metrics (fashion.tracking.run)
         self._continuing = kwargs.get("run_id") is not None
         self._logged: set[tuple[str, int]] | None = None
 

@@ -28,10 +28,11 @@ from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import MLFlowLogger
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from fashion.config import PROJECT_ROOT, flatten
+from fashion.config import PROJECT_ROOT, flatten, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -42,21 +43,39 @@ VOLATILE_KEYS = ("paths", "resume", "ckpt_path", "trainer.default_root_dir", "ca
 # Interpolated copies of other sections (data.labels is ${labels}): logged once, under their own name.
 COPIES = ("data.labels", "data.split", "data.augmentation")
 CHECKPOINT_TAG = "checkpoint_dir"
+EXPERIMENT_KIND, TRAINING = "mlflow.experimentKind", "custom_model_development"
+PARENT_RUN_ENV = "FASHION_SWEEP_RUN_ID"   # set while a sweep's parent run is open: its jobs nest under it
+# Overrides that change how a run looks or where it writes, not what it trains: left out of run names.
+DISPLAY_ONLY = ("callbacks.progress_bar", "trainer.enable_progress_bar", "trainer.enable_model_summary",
+                "trainer.log_every_n_steps", "data.num_workers", "data.persistent_workers", "data.pin_memory",
+                "data.root", "paths", "hydra", "logger", "tags", "resume", "ckpt_path")
+NAMED_GROUPS = ("experiment", "data", "backbone")   # in the name already
 UNFINISHED = ("RUNNING", "FAILED", "KILLED")
 
 
 def ensure_experiment(uri: str, name: str, artifact_location: str | None = None) -> str:
-    """Create the store and experiment once, before parallel jobs race to create tables."""
+    """Create the store and experiment once, before parallel jobs race to create tables. The experiment
+    is marked a model-training one (`mlflow.experimentKind`), so the UI opens on its runs, not GenAI traces."""
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location)
-    except mlflow.exceptions.MlflowException:  # another job created it first
-        return client.get_experiment_by_name(name).experiment_id
+    if experiment is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location, tags={EXPERIMENT_KIND: TRAINING})
+        except mlflow.exceptions.MlflowException:  # another job created it first
+            experiment = client.get_experiment_by_name(name)
+    if experiment.tags.get(EXPERIMENT_KIND) is None:   # a store from before: mark it once
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, TRAINING)
+    return experiment.experiment_id
+
+
+def ui_url(uri: str | None = None, experiment: str = "fashion", host: str = "http://127.0.0.1:5000") -> str:
+    """The experiment's training runs in the MLflow UI. The link says `workflowType=machine_learning`:
+    MLflow 3.17's UI opens a fresh browser on its GenAI view whatever the experiment's kind."""
+    found = MlflowClient(uri or tracking_uri()).get_experiment_by_name(experiment)
+    page = f"experiments/{found.experiment_id}/runs" if found else "experiments"
+    return f"{host}/#/{page}?workflowType=machine_learning"
 
 
 def git_commit() -> dict[str, str]:
@@ -132,6 +151,21 @@ def find_resume_point(cfg: DictConfig) -> ResumePoint | None:
 
 
 # --- the run's life ------------------------------------------------------------------------------------
+def run_name(cfg: DictConfig) -> str:
+    """What the run is: `<recipe> · <backbone> · <data folder>`, then the overrides that change the model
+    (the full list stays in the `hydra.overrides` tag)."""
+    recipe = (cfg.get("tags") or {}).get("recipe")
+    changes = []
+    if HydraConfig.initialized():
+        recipe = recipe or HydraConfig.get().runtime.choices.get("experiment")
+        for override in HydraConfig.get().overrides.task:
+            key = override.split("=", 1)[0].lstrip("+~")
+            if key not in NAMED_GROUPS and not key.startswith(DISPLAY_ONLY):
+                changes.append(override)
+    parts = [recipe or "default", cfg.backbone.name, Path(str(cfg.data.root)).name]
+    return " · ".join(parts + ([",".join(changes)] if changes else []))
+
+
 def launch_tags(cfg: DictConfig) -> dict[str, str]:
     """How the run was launched: its overrides and `-m` sweep (groups sweep jobs in the UI), the hardware."""
     tags = {**(cfg.get("tags") or {}), "config.hash": config_hash(cfg), "hardware": hardware(cfg)}
@@ -155,8 +189,10 @@ def open_run(cfg: DictConfig, resume: ResumePoint | None) -> MLFlowLogger:
     workers and the test stage share one run."""
     ensure_experiment(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg.logger.get("artifact_location"))
     tags = launch_tags(cfg)
-    run_name = cfg.logger.get("run_name") or tags.get("hydra.overrides", "run")
-    logger = instantiate(cfg.logger, run_name=run_name, tags=tags, run_id=resume.run_id if resume else None)
+    if os.environ.get(PARENT_RUN_ENV) and not resume:   # a job of a sweep: nested under the sweep's run
+        tags["mlflow.parentRunId"] = os.environ[PARENT_RUN_ENV]
+    name = cfg.logger.get("run_name") or run_name(cfg)
+    logger = instantiate(cfg.logger, run_name=name, tags=tags, run_id=resume.run_id if resume else None)
     _ = logger.experiment, logger.run_id  # rank zero creates the run; others get a dummy
     if logger.run_id:
         client = logger.experiment
@@ -175,6 +211,11 @@ def tracked_run(cfg: DictConfig, stopped_by: tuple[type[BaseException], ...] = (
     KILLED when it is a deliberate stop (Ctrl-C, or one of `stopped_by`, e.g. a pruned Optuna trial)."""
     resume = find_resume_point(cfg)
     logger = open_run(cfg, resume)
+    monitor = None
+    if logger.run_id and logger.system_metrics:   # MLflow's own CPU/memory/GPU sampling, as system/*
+        monitor = SystemMetricsMonitor(logger.run_id, resume_logging=resume is not None,
+                                       tracking_uri=cfg.logger.tracking_uri)
+        monitor.start()
     try:
         yield logger, resume
     except BaseException as err:
@@ -182,18 +223,59 @@ def tracked_run(cfg: DictConfig, stopped_by: tuple[type[BaseException], ...] = (
             killed = isinstance(err, (KeyboardInterrupt, *stopped_by))
             logger.experiment.set_terminated(logger.run_id, "KILLED" if killed else "FAILED")
         raise
+    finally:
+        if monitor:
+            monitor.finish()
+
+
+def start_sweep(cfg: DictConfig, name: str) -> str:
+    """The parent run of a sweep (Hydra `-m` or an Optuna study): every job started until `end_sweep`
+    in this process or its children is nested under it."""
+    uri = cfg.logger.tracking_uri
+    experiment = ensure_experiment(uri, cfg.logger.experiment_name, cfg.logger.get("artifact_location"))
+    tags = {"run_type": "sweep", **git_commit(), **(cfg.get("tags") or {})}
+    run_id = MlflowClient(uri).create_run(experiment, run_name=name, tags=tags).info.run_id
+    os.environ[PARENT_RUN_ENV] = run_id
+    return run_id
+
+
+def end_sweep(cfg: DictConfig, run_id: str, status: str = "FINISHED") -> None:
+    """Mark the sweep's best job on its parent run (tag `best_run_id`, metric `best/<monitor>`), then close it."""
+    os.environ.pop(PARENT_RUN_ENV, None)
+    client, monitor = MlflowClient(cfg.logger.tracking_uri), cfg.get("optimized_metric", "val/mean_acc")
+    maximize = (cfg.get("hparams_search") or {}).get("direction", "maximize") == "maximize"
+    scored = [(run.data.metrics.get(f"best/{monitor}", run.data.metrics.get(monitor)), run)
+              for run in client.search_runs([client.get_run(run_id).info.experiment_id],
+                                            filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")]
+    scored = [(value, run) for value, run in scored if value is not None]
+    if scored:
+        value, best = (max if maximize else min)(scored, key=lambda pair: pair[0])
+        client.set_tag(run_id, "best_run_id", best.info.run_id)
+        client.set_tag(run_id, "best_run_name", best.info.run_name)
+        client.log_metric(run_id, f"best/{monitor}", value)
+    client.set_terminated(run_id, status)
 
 
 class PrepareMLflowStore(HydraCallback):
-    """Create the SQLite store and the experiment before (possibly parallel) Hydra jobs log to it."""
+    """Create the SQLite store and the experiment before (possibly parallel) Hydra jobs log to it; a `-m`
+    sweep gets a parent run that its jobs nest under (an Optuna study makes its own, in fashion.tune)."""
 
-    def _prepare(self, config: DictConfig) -> None:
+    def __init__(self) -> None:
+        self.sweep_run_id: str | None = None
+
+    def _prepare(self, config: DictConfig) -> bool:
         logger = config.get("logger")
         if logger and logger.get("tracking_uri"):
             ensure_experiment(logger.tracking_uri, logger.experiment_name, logger.get("artifact_location"))
+        return bool(logger and logger.get("tracking_uri"))
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._prepare(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._prepare(config)
+        if self._prepare(config) and not config.get("hparams_search"):
+            self.sweep_run_id = start_sweep(config, f"sweep {Path(config.hydra.sweep.dir).name}")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.sweep_run_id:
+            end_sweep(config, self.sweep_run_id)

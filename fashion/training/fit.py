@@ -18,7 +18,8 @@ from omegaconf import DictConfig
 
 from fashion.config import validate_config
 from fashion.data.datamodule import FashionDataModule
-from fashion.tracking import log_run_inputs, tracked_run
+from fashion.tracking import describe_run, log_run_inputs, tracked_run
+from fashion.tracking.run import ui_url
 from fashion.training.assembly import build_model, build_module, use_feature_cache
 from fashion.training.module import evaluate_sets
 
@@ -56,8 +57,10 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = (),
         trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resumed_from or cfg.get("ckpt_path"))
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}  # last epoch's
-        if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_score is not None:
-            metrics[f"best/{trainer.checkpoint_callback.monitor}"] = float(trainer.checkpoint_callback.best_model_score)
+        checkpoint = trainer.checkpoint_callback
+        if checkpoint and checkpoint.best_model_score is not None:   # logged too: a column, and a sweep's yardstick
+            metrics[f"best/{checkpoint.monitor}"] = float(checkpoint.best_model_score)
+            logger.log_metrics({f"best/{checkpoint.monitor}": metrics[f"best/{checkpoint.monitor}"]})
         if cfg.get("test", True):
             best = "best" if trainer.checkpoint_callback else None
             trainer.test(module, datamodule=datamodule, ckpt_path=best)
@@ -65,6 +68,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = (),
             metrics |= evaluate_sets(trainer, module, datamodule.eval_dataloaders(), best)
         metrics["time/total_s"] = time.perf_counter() - started
         logger.log_metrics({"time/total_s": metrics["time/total_s"]})
+        describe_run(logger, metrics, datamodule.attributes)
     print_summary(logger, cfg, metrics, datamodule.attributes)
     return metrics
 
@@ -82,5 +86,5 @@ def print_summary(logger: MLFlowLogger, cfg: DictConfig, metrics: dict[str, floa
         f"\nMLflow run {logger.run_id} (experiment '{cfg.logger.experiment_name}', {cfg.logger.tracking_uri})\n"
         f"{stage} metrics:\n" + "\n".join(rows) +
         f"\n  {'mean':<15} acc {metrics.get(f'{stage}/mean_acc', float('nan')):.3f}\n"
-        "Open the MLflow UI with: make ui   (then http://127.0.0.1:5000)\n"
+        f"Open the MLflow UI with: make ui   (then {ui_url(cfg.logger.tracking_uri, cfg.logger.experiment_name)})\n"
     )
