@@ -216,6 +216,7 @@ def test_export_cli_from_a_checkpoint_logs_a_pyfunc_model(trained, tmp_path):
 def test_mlflow_models_serve_answers_the_logged_input_example(trained, tmp_path):
     """`mlflow models serve` on the exported pyfunc, asked with the serving example MLflow saved beside it."""
     import os
+    import signal
     import socket
     import subprocess
     import sys
@@ -237,7 +238,7 @@ def test_mlflow_models_serve_answers_the_logged_input_example(trained, tmp_path)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", str(local), "--env-manager", "local",
                                "--host", "127.0.0.1", "-p", str(port)], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+                              stderr=subprocess.DEVNULL, start_new_session=True)   # its uvicorn goes with it
     try:
         for _ in range(240):
             try:
@@ -248,7 +249,7 @@ def test_mlflow_models_serve_answers_the_logged_input_example(trained, tmp_path)
         answer = httpx.post(f"http://127.0.0.1:{port}/invocations", content=request,
                             headers={"Content-Type": "application/json"}, timeout=60).json()
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=20)
     (row,) = answer["predictions"]
     assert row["articleType"] in load_bundle(trained.bundle).vocabularies["articleType"].classes

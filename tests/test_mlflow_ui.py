@@ -5,6 +5,7 @@ Needs Debian's chromium, like the upload page's test (.ci/run installs it and se
 """
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -46,8 +47,10 @@ def mlflow_ui(store, tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    # Its own process group: `mlflow ui` starts uvicorn and job-queue workers, which must go with it.
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "--host", "127.0.0.1",
-                               "--port", str(port)], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               "--port", str(port)], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
     host = f"http://127.0.0.1:{port}"
     try:
         for _ in range(120):
@@ -58,7 +61,7 @@ def mlflow_ui(store, tmp_path):
                 time.sleep(0.5)
         yield ui_url(store, host=host)
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=20)
 
 
