@@ -56,9 +56,9 @@ def dataset_inputs(datamodule: FashionDataModule) -> list[DatasetInput]:
     sources = {name: source.root for name, source in datamodule.eval_sources.items()}
     inputs = []
     for context, table in tables.items():
-        dataset = mlflow.data.from_pandas(table[["id", *datamodule.attributes]].reset_index(drop=True),
-                                          source=str(sources.get(context, datamodule.root)),
-                                          name=f"{Path(sources.get(context, datamodule.root)).name}/{context}")
+        root = sources.get(context, datamodule.root)
+        rows = table[["id", *datamodule.attributes]].astype({"id": str}).reset_index(drop=True)   # ids name, not count
+        dataset = mlflow.data.from_pandas(rows, source=str(root), name=f"{Path(root).name}/{context}")
         inputs.append(DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)]))
     return inputs
 
@@ -72,10 +72,12 @@ def describe_run(logger: MLFlowLogger, metrics: dict[str, float], attributes: li
     lines = ["| attribute | test acc | test macro-F1 |" + "".join(f" {s} acc |" for s in sets),
              "|---|---|---|" + "---|" * len(sets)]
     for a in attributes:
-        cells = [metrics.get(f"test/{a}/acc"), metrics.get(f"test/{a}/f1"), *(metrics.get(f"eval/{s}/{a}/acc") for s in sets)]
+        cells = [metrics.get(f"test/{a}/acc"), metrics.get(f"test/{a}/f1"),
+                 *(metrics.get(f"eval/{s}/{a}/acc") for s in sets)]
         lines.append(f"| {a} | " + " | ".join("–" if v is None else f"{100 * v:.1f}" for v in cells) + " |")
     minutes = metrics.get("time/total_s", float("nan")) / 60
-    note = "\n".join(lines) + f"\n\nWall time {minutes:.1f} min. Columns worth adding: `val/mean_acc`, `test/<attribute>/acc`, `time/total_s`."
+    note = "\n".join(lines) + (f"\n\nWall time {minutes:.1f} min. Columns worth adding: `best/val/mean_acc`, "
+                                 "`test/<attribute>/acc`, `time/total_s`.")
     logger.experiment.set_tag(logger.run_id, "mlflow.note.content", note)
 
 
