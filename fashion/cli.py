@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fashion.config import CONFIG_DIR
-from fashion.validation import check_fields, switches
+from fashion.validation import check_fields, list_parameters, switches
 
 
 class UsageError(SystemExit):
@@ -69,8 +69,7 @@ def to_overrides(argv: Sequence[str], lists: Sequence[str] = (), positional: str
 
 
 def tool_config(tool: str, config_name: str, argv: Sequence[str], target: Callable[..., Any],
-                lists: Sequence[str] = (), positional: str | None = None, renamed: Mapping[str, str] | None = None,
-                ) -> dict[str, Any]:
+                positional: str | None = None, renamed: Mapping[str, str] | None = None) -> dict[str, Any]:
     """`target`'s arguments from the composed config, typed by its signature; `--help` prints the config."""
     if {"-h", "--help"} & set(argv):
         keys = (CONFIG_DIR / f"{config_name}.yaml").read_text()
@@ -78,7 +77,7 @@ def tool_config(tool: str, config_name: str, argv: Sequence[str], target: Callab
               f"{target.__doc__ or ''}\nKeys (conf/{config_name}.yaml):\n\n{keys}")
         raise SystemExit(0)
     try:
-        overrides = to_overrides(argv, lists, positional, switches(target), renamed)
+        overrides = to_overrides(argv, list_parameters(target), positional, switches(target), renamed)
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(config_name=config_name, overrides=overrides)
         return check_fields(target, OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True), "")

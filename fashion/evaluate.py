@@ -29,7 +29,7 @@ from tqdm import tqdm
 from fashion.cli import tool_config
 from fashion.data.dataset import restore_aspect
 from fashion.data.eval_sets import EvalSource
-from fashion.data.images import load_rgb
+from fashion.data.images import ImageReadError, load_rgb
 from fashion.data.vocab import IGNORE_INDEX
 from fashion.inference.predictor import Predictor
 from fashion.inference.runtime import Runtime, load_predictor
@@ -51,16 +51,25 @@ def encode_targets(predictor: Predictor, frame) -> tuple[dict[str, torch.Tensor]
 def evaluate(predictor: Predictor, source: EvalSource, exclude_ids: set[int] = frozenset(),
              ) -> tuple[dict[str, float], dict, AttributeMetrics]:
     """`source`: the folder (and its years, its true aspect); `exclude_ids`: products to leave out (a run's train/val)."""
-    frame, counts = source.table(predictor.attributes, exclude_ids)
+    # Images are decoded once, here: an unreadable one is counted and left out, not checked up front first.
+    frame, counts = source.table(predictor.attributes, exclude_ids, check_images=False)
     targets, unseen = encode_targets(predictor, frame)
     metrics = AttributeMetrics({a: len(v) for a, v in predictor.trained.vocabularies.items()}, "eval", confusion=True)
+    unreadable = 0
     for start in tqdm(range(0, len(frame), predictor.batch_size), unit="batch", file=sys.stderr):
-        rows = slice(start, start + predictor.batch_size)
-        images = [restore_aspect(load_rgb(path), source.true_aspect) for path in frame["path"].iloc[rows]]
-        metrics.update(predictor.probabilities(predictor.to_tensor(images)), {a: t[rows] for a, t in targets.items()})
+        images, keep = [], []
+        for row, path in enumerate(frame["path"].iloc[start:start + predictor.batch_size], start):
+            try:
+                images.append(restore_aspect(load_rgb(path), source.true_aspect))
+                keep.append(row)
+            except ImageReadError:
+                unreadable += 1
+        if images:
+            index = torch.tensor(keep)
+            metrics.update(predictor.probabilities(predictor.to_tensor(images)), {a: t[index] for a, t in targets.items()})
     values = {k: float(v) for k, v in metrics.compute().items()}
-    return values, {"images": len(frame), **counts, **{f"unseen/{a}": n for a, n in unseen.items()}}, metrics
-
+    counts = {**counts, "images": len(frame) - unreadable, "unreadable_images": unreadable}
+    return values, {**counts, **{f"unseen/{a}": n for a, n in unseen.items()}}, metrics
 
 def write_reports(metrics: AttributeMetrics, predictor: Predictor, output: Path) -> None:
     output.mkdir(parents=True, exist_ok=True)
@@ -73,7 +82,7 @@ def write_reports(metrics: AttributeMetrics, predictor: Predictor, output: Path)
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = tool_config("fashion-eval", "eval", sys.argv[1:] if argv is None else argv, evaluate_folder, lists=("years",),
+    cfg = tool_config("fashion-eval", "eval", sys.argv[1:] if argv is None else argv, evaluate_folder,
                       renamed={"data": "root"})
     return evaluate_folder(**cfg)
 

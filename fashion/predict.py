@@ -105,8 +105,7 @@ def write_csv(rows: Iterator[dict], attributes: list[str], out: TextIO) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = tool_config("fashion-predict", "predict", sys.argv[1:] if argv is None else argv, predict,
-                      lists=("inputs",), positional="inputs")
+    cfg = tool_config("fashion-predict", "predict", sys.argv[1:] if argv is None else argv, predict, positional="inputs")
     return predict(**cfg)
 
 

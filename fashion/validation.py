@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import sys
+import typing
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -78,16 +79,24 @@ def switches(target: Callable) -> set[str]:
     return {name for name, hint in hints.items() if hint is bool}
 
 
+def list_parameters(target: Callable) -> set[str]:
+    """`target`'s list parameters (`list[...]`, optional or not): `--name a b c` fills one."""
+    hints = _hints(target.__init__ if isinstance(target, type) else target)
+    return {name for name, hint in hints.items()
+            if typing.get_origin(hint) is list or any(typing.get_origin(h) is list for h in typing.get_args(hint))}
+
+
 
 def typed(target: Callable) -> Callable:
     """Decorator for a class or function: every call, from a config or from code, checks its arguments
     against the annotations (the same check `validate_config` runs on a composed config)."""
     function = target.__init__ if isinstance(target, type) else target
     skip = 1 if isinstance(target, type) else 0   # self
+    signature = inspect.signature(function)
 
     @functools.wraps(function)
     def checked(*args: Any, **kwargs: Any) -> Any:
-        arguments = inspect.signature(function).bind(*args, **kwargs).arguments
+        arguments = signature.bind(*args, **kwargs).arguments
         check_fields(target, dict(list(arguments.items())[skip:]), target.__name__)
         return function(*args, **kwargs)
 

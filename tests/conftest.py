@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Callable
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,3 +152,31 @@ def trained(tmp_path_factory) -> TrainedArtifacts:
     mlflow.set_tracking_uri(None)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     return TrainedArtifacts(root, data, checkpoint, run["run_id"], tracking_uri, bundle)
+
+
+@contextmanager
+def server_process(args: list[str], health: str, tries: int = 240, **popen) -> Iterator[str]:
+    """`python -m <args...> --port <free port>` until it answers `health`; yields its base URL.
+
+    In its own process group, stopped as a group: `mlflow ui` and `mlflow models serve` start uvicorn
+    and job-queue workers that a plain terminate() would leave behind.
+    """
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", *args, "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, **popen)
+    host = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(tries):
+            try:
+                if httpx.get(host + health).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        yield host
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=20)

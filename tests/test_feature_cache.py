@@ -86,7 +86,6 @@ def test_onnxruntime_fill_matches_eager_pytorch(freeze, table, monkeypatch):
 
 
 def test_key_changes_with_weights_preprocessing_prefix_extras_and_image_files(tmp_path, table):
-    cache = FeatureCache(str(tmp_path / "cache"))
     model = tiny_model(freeze="frozen")
     pre = model.backbone.preprocessing
     ids, paths = table["id"].tolist(), table["path"].tolist()

@@ -15,7 +15,7 @@ from fashion.inference import Predictor, load_bundle, load_checkpoint
 from fashion.inference.bundle import BUNDLE_FILES, read_manifest
 from fashion.inference.explain import grad_cam
 from fashion.inference.onnx_runtime import OnnxPredictor
-from tests.conftest import SAMPLE
+from tests.conftest import SAMPLE, server_process
 
 REAL_IMAGES = sorted((SAMPLE / "images").glob("*.jpg"))[:8]
 
@@ -216,11 +216,7 @@ def test_export_cli_from_a_checkpoint_logs_a_pyfunc_model(trained, tmp_path):
 def test_mlflow_models_serve_answers_the_logged_input_example(trained, tmp_path):
     """`mlflow models serve` on the exported pyfunc, asked with the serving example MLflow saved beside it."""
     import os
-    import signal
-    import socket
-    import subprocess
     import sys
-    import time
 
     import httpx
 
@@ -231,26 +227,11 @@ def test_mlflow_models_serve_answers_the_logged_input_example(trained, tmp_path)
     uri = log_pyfunc(trained.bundle)
     local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "model")))
     request = (local / "serving_input_example.json").read_text()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     # MLflow starts `uvicorn` by name: the environment's bin folder must be on PATH, as in an activated venv.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", str(local), "--env-manager", "local",
-                               "--host", "127.0.0.1", "-p", str(port)], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)   # its uvicorn goes with it
-    try:
-        for _ in range(240):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ping").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.5)
-        answer = httpx.post(f"http://127.0.0.1:{port}/invocations", content=request,
-                            headers={"Content-Type": "application/json"}, timeout=60).json()
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=20)
+    with server_process(["mlflow", "models", "serve", "-m", str(local), "--env-manager", "local"], "/ping", env=env) as host:
+        answer = httpx.post(f"{host}/invocations", content=request, headers={"Content-Type": "application/json"},
+                            timeout=60).json()
     (row,) = answer["predictions"]
     assert row["articleType"] in load_bundle(trained.bundle).vocabularies["articleType"].classes
     assert 0.0 <= row["articleType_confidence"] <= 1.0

@@ -5,20 +5,14 @@ Needs Debian's chromium, like the upload page's test (.ci/run installs it and se
 """
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 
-import httpx
 import pytest
 from hydra import compose, initialize_config_dir
 
 from fashion.config import CONFIG_DIR
 from fashion.tracking.run import end_sweep, start_sweep, ui_url
 from fashion.train import train
-from tests.conftest import tiny_overrides, write_kaggle_folder
+from tests.conftest import server_process, tiny_overrides, write_kaggle_folder
 from tests.test_web_e2e import CHROMIUM, CHROMIUM_FLAGS
 
 pytestmark = pytest.mark.slow
@@ -44,25 +38,8 @@ def store(tmp_path):
 
 @pytest.fixture
 def mlflow_ui(store, tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    # Its own process group: `mlflow ui` starts uvicorn and job-queue workers, which must go with it.
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "--host", "127.0.0.1",
-                               "--port", str(port)], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
-    host = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                if httpx.get(f"{host}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.5)
+    with server_process(["mlflow", "ui", "--backend-store-uri", store], "/health", cwd=tmp_path) as host:
         yield ui_url(store, host=host)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=20)
 
 
 def test_the_mlflow_ui_shows_training_runs_datasets_and_the_nested_sweep(mlflow_ui, tmp_path):

@@ -45,10 +45,11 @@ COPIES = ("data.labels", "data.split", "data.augmentation")
 CHECKPOINT_TAG = "checkpoint_dir"
 EXPERIMENT_KIND, TRAINING = "mlflow.experimentKind", "custom_model_development"
 PARENT_RUN_ENV = "FASHION_SWEEP_RUN_ID"   # set while a sweep's parent run is open: its jobs nest under it
-# Overrides that change how a run looks or where it writes, not what it trains: left out of run names.
+# Overrides that change how a run looks or how fast it loads, not what it trains: left out of run names,
+# as the VOLATILE_KEYS are (data.root: the folder is in the name already).
 DISPLAY_ONLY = ("callbacks.progress_bar", "trainer.enable_progress_bar", "trainer.enable_model_summary",
                 "trainer.log_every_n_steps", "data.num_workers", "data.persistent_workers", "data.pin_memory",
-                "data.root", "paths", "hydra", "logger", "tags", "resume", "ckpt_path")
+                "data.root")
 NAMED_GROUPS = ("experiment", "data", "backbone")   # in the name already
 UNFINISHED = ("RUNNING", "FAILED", "KILLED")
 
@@ -160,7 +161,7 @@ def run_name(cfg: DictConfig) -> str:
         recipe = recipe or HydraConfig.get().runtime.choices.get("experiment")
         for override in HydraConfig.get().overrides.task:
             key = override.split("=", 1)[0].lstrip("+~")
-            if key not in NAMED_GROUPS and not key.startswith(DISPLAY_ONLY):
+            if key not in NAMED_GROUPS and not key.startswith(VOLATILE_KEYS + DISPLAY_ONLY):
                 changes.append(override)
     parts = [recipe or "default", cfg.backbone.name, Path(str(cfg.data.root)).name]
     return " · ".join(parts + ([",".join(changes)] if changes else []))
