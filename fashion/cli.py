@@ -51,8 +51,10 @@ def to_overrides(argv: Sequence[str], lists: Sequence[str] = (), positional: str
         key = (renamed or {}).get(name.replace("-", "_"), name.replace("-", "_"))
         values = [inline] if inline else []
         takes_values = not inline and key.removeprefix("no_") not in flags
-        while takes_values and index < len(argv) and not argv[index].startswith("--") and "=" not in argv[index] \
-                and (key in lists or not values):
+        # As argparse: a flag's first value is taken whatever it holds ("=" included); a list's further
+        # values run up to the next --flag or key=value.
+        while takes_values and index < len(argv) and not argv[index].startswith("--") \
+                and (not values or (key in lists and "=" not in argv[index])):
             values.append(argv[index])
             index += 1
         if key in lists:

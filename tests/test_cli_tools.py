@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from fashion.cli import to_overrides
+from fashion.cli import to_overrides, tool_config
 from fashion.evaluate import main as eval_main
 from fashion.export import main as export_main
 from fashion.predict import main as predict_main
@@ -20,6 +20,17 @@ def test_old_flags_become_the_same_overrides():
         "bundle='b'", "top_k='5'", "taxonomy=true", "inputs=['x.jpg','y it\\'s.jpg']"]
     assert to_overrides(["--years", "2013", "2014", "--no-mlflow", "data=d"], lists=("years",), flags={"mlflow"}) == [
         "years=['2013','2014']", "mlflow=false", "data=d"]
+
+
+def test_an_old_flag_value_is_one_value_whatever_it_holds():
+    """A path with quotes, commas and '=' stays the flag's value: it cannot end the quoting and set other keys."""
+    from fashion.predict import predict
+
+    hostile = "b',format=csv,output='/tmp/pwned"
+    cfg = tool_config("fashion-predict", "predict", ["--bundle", hostile, "x].jpg", "--top-k", "2"], predict,
+                      positional="inputs")
+    assert cfg["bundle"] == hostile and cfg["format"] == "jsonl" and cfg["output"] is None
+    assert cfg["inputs"] == ["x].jpg"] and cfg["top_k"] == 2
 
 
 def test_predict_takes_overrides_and_bare_paths(trained, tmp_path, capsys):
