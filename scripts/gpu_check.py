@@ -1,7 +1,7 @@
 """The GPU check: `best_gpu` on the catalogue, in 16-mixed and bf16-mixed, measured against the bare model.
 
     python scripts/gpu_check.py                                  # the whole catalogue in ../shared
-    python scripts/gpu_check.py data.root=/data/small --limit 14000 --output docs/gpu.md
+    python scripts/gpu_check.py data.root=/data/small --epochs 25 --max-minutes 4 --output docs/gpu.md
 
 For each precision, in one process and on the same batches' shapes:
 - our training loop (Lightning, the recipe's datamodule with its augmentation and loader workers):
