@@ -2,7 +2,10 @@
 PYTHON     ?= python3
 VENV       ?= .venv
 PY         := $(VENV)/bin/python
-STAMP      := $(VENV)/.installed
+# Extras to install: dev (tests), spark (catalogue scoring on Spark; needs Java), lite, cluster.
+EXTRAS     ?= dev
+comma      := ,
+STAMP      := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 # Override for another platform/CUDA build, e.g. TORCH_SPEC="torch torchvision --index-url ...".
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 export NO_ALBUMENTATIONS_UPDATE := 1
@@ -15,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install $(TORCH_SPEC)
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 ## Train the default config on the bundled sample (offline, CPU). Extra Hydra overrides: make train ARGS="head=linear"

@@ -9,15 +9,21 @@ The evaluation sets a training run scores (`data.out_of_time_years`, `data.eval_
 (`split.csv`: the run's `data/split.csv` artifact; its train and val products are left out.) Keys: conf/eval.yaml.
 
 Labels are encoded with the *training* vocabularies: a label the model never learned is counted
-(`unseen/<attribute>`) and left out of that attribute's metrics, never a crash. Prints accuracy,
-macro-F1 and top-5 per attribute, writes confusion matrices and per-class reports, and logs an
-MLflow run (tag `run_type=evaluation`) that points at the training run (`source_run_id`).
+(`unseen/<attribute>`) and left out of that attribute's metrics, never a crash. Prints per attribute
+accuracy (each head on its own, and with the taxonomy levels decoded together as served), macro-F1,
+top-5, calibration error (ECE, 15 bins) and, at the model's thresholds, coverage (share accepted) and
+the precision of the accepted tags; counts predictions whose articleType/subCategory/masterCategory
+never occur together in the training data (`taxonomy/inconsistent*`). Writes confusion matrices,
+per-class reports, reliability diagrams and coverage curves, and logs an MLflow run
+(tag `run_type=evaluation`) that points at the training run (`source_run_id`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -26,6 +32,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from fashion.calibration import selective_scores
 from fashion.cli import tool_config
 from fashion.data.dataset import restore_aspect
 from fashion.data.eval_sets import EvalSource
@@ -34,6 +41,7 @@ from fashion.data.vocab import IGNORE_INDEX
 from fashion.inference.predictor import Predictor
 from fashion.inference.runtime import Runtime, load_predictor
 from fashion.metrics import AttributeMetrics, classification_report, confusion_figure
+from fashion.metrics.reports import coverage_figure, reliability_figure
 from fashion.tracking import ensure_experiment
 
 
@@ -54,7 +62,10 @@ def evaluate(predictor: Predictor, source: EvalSource, exclude_ids: set[int] = f
     # Images are decoded once, here: an unreadable one is counted and left out, not checked up front first.
     frame, counts = source.table(predictor.attributes, exclude_ids, check_images=False)
     targets, unseen = encode_targets(predictor, frame)
-    metrics = AttributeMetrics({a: len(v) for a, v in predictor.trained.vocabularies.items()}, "eval", confusion=True)
+    metrics = AttributeMetrics({a: len(v) for a, v in predictor.trained.vocabularies.items()}, "eval",
+                               confusion=True, confidence=True)
+    temperatures = predictor.trained.model.temperatures()
+    served: dict[str, list[torch.Tensor]] = defaultdict(list)
     unreadable = 0
     for start in tqdm(range(0, len(frame), predictor.batch_size), unit="batch", file=sys.stderr):
         images, keep = [], []
@@ -66,19 +77,72 @@ def evaluate(predictor: Predictor, source: EvalSource, exclude_ids: set[int] = f
                 unreadable += 1
         if images:
             index = torch.tensor(keep)
-            metrics.update(predictor.probabilities(predictor.to_tensor(images)), {a: t[index] for a, t in targets.items()})
+            probs = predictor.probabilities(predictor.to_tensor(images))
+            batch_targets = {a: t[index] for a, t in targets.items()}
+            # log-probabilities: softmax gives the calibrated probabilities back, x T the uncalibrated ones
+            metrics.update({a: p.clamp_min(1e-30).log() for a, p in probs.items()}, batch_targets, temperatures)
+            collect_decisions(predictor, probs, batch_targets, served)
     values = {k: float(v) for k, v in metrics.compute().items()}
+    values |= decision_scores(predictor, {k: torch.cat(v) for k, v in served.items()})
     counts = {**counts, "images": len(frame) - unreadable, "unreadable_images": unreadable}
     return values, {**counts, **{f"unseen/{a}": n for a, n in unseen.items()}}, metrics
 
+
+def collect_decisions(predictor: Predictor, probs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
+                      served: dict[str, list[torch.Tensor]]) -> None:
+    """Per attribute: each head's own choice, the jointly decoded (served) one, its confidence, the target."""
+    joint, chosen = predictor.choose(probs, taxonomy=True), predictor.choose(probs)
+    for attribute, p in probs.items():
+        served[f"{attribute}/own"].append(p.argmax(dim=1))
+        served[f"{attribute}/joint"].append(joint[attribute])
+        served[f"{attribute}/served"].append(chosen[attribute])
+        served[f"{attribute}/confidence"].append(p.gather(1, chosen[attribute].view(-1, 1)).squeeze(1))
+        served[f"{attribute}/target"].append(targets[attribute])
+
+
+def decision_scores(predictor: Predictor, served: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Accuracy with the taxonomy decoded jointly, coverage and accepted precision of what is served,
+    and how many predictions pair taxonomy levels the training data never pairs (with and without)."""
+    values = {}
+    for attribute in predictor.attributes:
+        target = served[f"{attribute}/target"]
+        labelled = target != IGNORE_INDEX
+        if not labelled.any():
+            continue
+        values[f"eval/{attribute}/acc_taxonomy"] = float((served[f"{attribute}/joint"] == target)[labelled].double().mean())
+        correct = (served[f"{attribute}/served"] == target)[labelled]
+        threshold = predictor.trained.decision.thresholds.get(attribute)
+        for name, value in selective_scores(served[f"{attribute}/confidence"][labelled], correct, threshold).items():
+            if math.isfinite(value):   # precision is undefined (NaN) when nothing is accepted
+                values[f"eval/{attribute}/{name}"] = value
+    taxonomy = predictor.trained.taxonomy
+    if taxonomy:
+        seen = set(taxonomy.combinations)
+        for decoding, name in (("own", "taxonomy/inconsistent_independent"), ("joint", "taxonomy/inconsistent")):
+            labels = [[predictor.trained.vocabularies[a].classes[i] for i in served[f"{a}/{decoding}"].tolist()]
+                      for a in taxonomy.attributes]
+            values[name] = float(sum(tuple(row) not in seen for row in zip(*labels)))
+    return values
+
 def write_reports(metrics: AttributeMetrics, predictor: Predictor, output: Path) -> None:
     output.mkdir(parents=True, exist_ok=True)
+    decision = predictor.trained.decision
     for attribute, matrix in metrics.confusion_matrices().items():
         classes = predictor.trained.vocabularies[attribute].classes
-        figure = confusion_figure(matrix, classes, f"{attribute} (eval)")
-        figure.savefig(output / f"confusion_{attribute}.png", dpi=90, bbox_inches="tight")
-        plt.close(figure)
+        save_figure(confusion_figure(matrix, classes, f"{attribute} (eval)"), output / f"confusion_{attribute}.png")
         classification_report(matrix, classes).to_csv(output / f"report_{attribute}.csv", float_format="%.4f")
+    for attribute, (confidence, correct, uncalibrated) in metrics.confidence_records().items():
+        if len(correct):
+            save_figure(reliability_figure(confidence, correct, uncalibrated, f"{attribute} (eval)"),
+                        output / f"reliability_{attribute}.png")
+            save_figure(coverage_figure(confidence, correct, decision.thresholds.get(attribute),
+                                        decision.target_precision.get(attribute), f"{attribute} (eval)"),
+                        output / f"coverage_{attribute}.png")
+
+
+def save_figure(figure, path: Path) -> None:
+    figure.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(figure)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,11 +153,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def evaluate_folder(root: str, bundle: str | None = None, checkpoint: str | None = None, styles_file: str = "styles.csv",
                     true_aspect: float | None = None, years: list[int] | None = None, exclude_split: str | None = None,
-                    output: str = "eval_output", batch_size: int = 64, runtime: Runtime = "auto", mlflow: bool = True,
+                    output: str = "eval_output", batch_size: int = 64, runtime: Runtime = "auto", taxonomy: bool = True,
+                    mlflow: bool = True,
                     tracking_uri: str | None = None, experiment: str = "fashion") -> int:
     """Scores the model on the folder, writes reports under `output`, logs an evaluation run; 2 on bad input."""
     try:
-        predictor = load_predictor(bundle=bundle, checkpoint=checkpoint, runtime=runtime, top_k=5, batch_size=batch_size)
+        predictor = load_predictor(bundle=bundle, checkpoint=checkpoint, runtime=runtime, top_k=5, batch_size=batch_size,
+                                   taxonomy=taxonomy)
     except (ValueError, OSError) as err:  # a refused, tampered or missing bundle/checkpoint: say why, no traceback
         print(f"fashion-eval: cannot load the model: {err}", file=sys.stderr)
         return 2
@@ -110,17 +176,27 @@ def evaluate_folder(root: str, bundle: str | None = None, checkpoint: str | None
     out = Path(output)
     write_reports(metrics, predictor, out)
     (out / "metrics.json").write_text(json.dumps({**values, **counts}, indent=2))
-    print(f"{'attribute':<15} {'acc':>7} {'macro-F1':>9} {'top-5':>7} {'unseen':>7}")
-    for attribute in predictor.attributes:
-        top5 = values.get(f"eval/{attribute}/top5")
-        print(f"{attribute:<15} {values[f'eval/{attribute}/acc']:7.4f} {values[f'eval/{attribute}/f1']:9.4f} "
-              f"{'' if top5 is None else f'{top5:7.4f}':>7} {counts[f'unseen/{attribute}']:7d}")
+    print_table(predictor.attributes, values, counts)
     print(f"images evaluated: {counts['images']}, rows without image: {counts['rows_without_image']}, unreadable: {counts['unreadable_images']}")
     if mlflow:
-        settings = {"model": bundle or checkpoint, "data": root, "runtime": predictor.runtime, "true_aspect": true_aspect,
+        settings = {"model": bundle or checkpoint, "data": root, "runtime": predictor.runtime, "taxonomy": taxonomy,
+                    "true_aspect": true_aspect,
                     "years": years, "exclude_split": exclude_split}
         log_evaluation(tracking_uri, experiment, bundle, settings, values, counts, out)
     return 0
+
+
+def print_table(attributes: list[str], values: dict[str, float], counts: dict) -> None:
+    columns = [("acc", "acc"), ("acc_taxonomy", "acc+tax"), ("f1", "macro-F1"), ("top5", "top-5"), ("ece", "ECE"),
+               ("coverage", "coverage"), ("accepted_precision", "prec@acc")]
+    print(f"{'attribute':<15}" + "".join(f" {title:>9}" for _, title in columns) + f" {'unseen':>7}")
+    for attribute in attributes:
+        cells = [values.get(f"eval/{attribute}/{key}") for key, _ in columns]
+        print(f"{attribute:<15}" + "".join(f" {'':>9}" if v is None else f" {v:9.4f}" for v in cells)
+              + f" {counts[f'unseen/{attribute}']:7d}")
+    if "taxonomy/inconsistent" in values:
+        print(f"taxonomy: {values['taxonomy/inconsistent']:.0f} inconsistent predictions decoded jointly (as served), "
+              f"{values['taxonomy/inconsistent_independent']:.0f} with each head on its own")
 
 
 def log_evaluation(tracking_uri: str, experiment: str, bundle: str | None, settings: dict, values: dict, counts: dict,

@@ -45,7 +45,7 @@ def test_predict_takes_overrides_and_bare_paths(trained, tmp_path, capsys):
 @pytest.mark.parametrize("main,argv,message", [
     (predict_main, ["bundle=b", "x.jpg", "topk=3"], "topk"),                         # misspelt key
     (predict_main, ["bundle=b", "x.jpg", "runtime=tensorrt"], "runtime: Input should be 'auto', 'onnx' or 'torch'"),
-    (predict_main, ["bundle=b", "x.jpg", "format=xml"], "format: Input should be 'jsonl' or 'csv'"),
+    (predict_main, ["bundle=b", "x.jpg", "format=xml"], "format: Input should be 'jsonl', 'csv' or 'parquet'"),
     (eval_main, ["bundle=b", "root=d", "batch_size=many"], "batch_size"),
     (eval_main, ["bundle=b"], "root"),                                               # mandatory key missing
     (export_main, ["run_id=r"], "output"),

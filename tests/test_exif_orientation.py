@@ -62,12 +62,12 @@ def test_a_rotated_photo_gets_the_upright_photos_pixels_and_prediction_everywher
     upright, sideways = save_pair(tmp_path, "PNG")
     expected = load_rgb(upright)
     seen: list[np.ndarray] = []   # what the model is given, on every path below
-    original = Predictor.predict
+    original = Predictor.preprocess
 
-    def spy(self, images):
-        seen.extend(images)
-        return original(self, images)
-    monkeypatch.setattr(Predictor, "predict", spy)
+    def spy(self, image):
+        seen.append(image)
+        return original(self, image)
+    monkeypatch.setattr(Predictor, "preprocess", spy)
 
     # API and upload page
     with TestClient(create_app(trained.bundle, runtime="torch")) as client:
@@ -79,7 +79,7 @@ def test_a_rotated_photo_gets_the_upright_photos_pixels_and_prediction_everywher
     # fashion-predict (fashion-eval and training read through the same load_rgb)
     out = tmp_path / "rows.jsonl"
     assert predict_main([str(upright), str(sideways), "--bundle", str(trained.bundle), "--runtime", "torch",
-                         "--output", str(out)]) == 0
+                         "--output", str(out), "--workers", "0"]) == 0   # decoded here, where the spy sees it
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows[0]["predictions"] == rows[1]["predictions"]
 

@@ -25,7 +25,7 @@ def probabilities(predictor: Predictor, images: list[np.ndarray]) -> dict[str, t
 
 
 def test_bundle_round_trip_reproduces_the_checkpoint_without_pickle(trained, monkeypatch):
-    for name in (*BUNDLE_FILES, "model.onnx", "taxonomy.json"):
+    for name in (*BUNDLE_FILES, "model.onnx", "taxonomy.json", "decision.json"):
         assert (trained.bundle / name).is_file(), name
     manifest = read_manifest(trained.bundle)
     assert manifest["source"]["mlflow_run_id"] == trained.run_id
@@ -33,7 +33,8 @@ def test_bundle_round_trip_reproduces_the_checkpoint_without_pickle(trained, mon
     assert "test/mean_acc" in manifest["metrics"] and manifest["attributes"][0] == "gender"
 
     images = [load_rgb(p) for p in REAL_IMAGES]
-    expected = probabilities(Predictor(load_checkpoint(trained.checkpoint)), images)
+    from_checkpoint = load_checkpoint(trained.checkpoint)
+    expected = probabilities(Predictor(from_checkpoint), images)
 
     def no_pickle(*args, **kwargs):
         raise AssertionError("a bundle must load without torch.load")
@@ -42,7 +43,10 @@ def test_bundle_round_trip_reproduces_the_checkpoint_without_pickle(trained, mon
     got = probabilities(Predictor(loaded), images)
     for attribute in expected:
         assert torch.allclose(got[attribute], expected[attribute], atol=1e-6)
-    assert loaded.taxonomy["Tshirts"] == {"subCategory": "Topwear", "masterCategory": "Apparel"}
+    assert loaded.taxonomy.attributes == ["articleType", "subCategory", "masterCategory"]
+    assert ("Tshirts", "Topwear", "Apparel") in loaded.taxonomy.combinations
+    assert loaded.model.temperatures() == from_checkpoint.model.temperatures() != {a: 1.0 for a in expected}
+    assert loaded.decision == from_checkpoint.decision
 
 
 def test_incomplete_bundle_names_the_missing_file(trained, tmp_path):
@@ -81,7 +85,8 @@ def test_pyfunc_model_loads_and_predicts_like_the_predictor(trained, tmp_path):
     # What the MLflow UI and `mlflow models serve` show: a signature with both inputs, and an example.
     info = mlflow.models.get_model_info(uri)
     assert {c.name for c in info.signature.inputs.inputs} == {"image", "path"}
-    assert {"articleType", "articleType_confidence", "error"} <= {c.name for c in info.signature.outputs.inputs}
+    assert {"articleType", "articleType_confidence", "articleType_status", "error"} <= {c.name for c in info.signature.outputs.inputs}
+    assert out["articleType_status"].tolist()[:3] == [e["articleType"].status for e in expected]
     example = mlflow.models.Model.load(uri).load_input_example(mlflow.artifacts.download_artifacts(uri))
     assert model.predict(example)["articleType"].iloc[0] in load_bundle(trained.bundle).vocabularies["articleType"].classes
 
@@ -109,7 +114,8 @@ def test_predict_cli_skips_unreadable_files_and_reports_them(trained, tmp_path, 
     assert main([str(p) for p in REAL_IMAGES[:2]] + ["--checkpoint", str(trained.checkpoint), "--format", "csv",
                                                      "--output", str(csv_out)]) == 0
     table = pd.read_csv(csv_out)
-    assert len(table) == 2 and {"articleType", "articleType_confidence", "articleType_top_k"} <= set(table.columns)
+    assert len(table) == 2 and {"articleType", "articleType_confidence", "articleType_status", "articleType_top_k"} <= set(table.columns)
+    assert set(table["articleType_status"]) <= {"accepted", "needs_review"}
     assert main(["no/such/*.jpg", "--bundle", str(trained.bundle)]) == 2
 
     explained = tmp_path / "explained.jsonl"
@@ -122,14 +128,13 @@ def test_predict_cli_skips_unreadable_files_and_reports_them(trained, tmp_path, 
         assert Image.open(row["explanations"][attribute]).size == Image.open(REAL_IMAGES[0]).size
 
 
-def test_taxonomy_makes_parents_follow_article_type(trained):
+def test_served_taxonomy_is_always_a_combination_the_training_data_has(trained):
     loaded = load_bundle(trained.bundle)
-    predictor = Predictor(loaded, taxonomy=True)
-    for prediction in predictor.predict([load_rgb(p) for p in REAL_IMAGES]):
-        parents = loaded.taxonomy.get(prediction["articleType"].label)
-        if parents:
-            assert prediction["subCategory"].label == parents["subCategory"]
-            assert prediction["masterCategory"].label == parents["masterCategory"]
+    images = [load_rgb(p) for p in REAL_IMAGES]
+    for prediction in Predictor(loaded).predict(images):   # on by default
+        assert loaded.taxonomy.is_consistent({a: prediction[a].label for a in loaded.taxonomy.attributes})
+    independent = Predictor(loaded, taxonomy=False).predict(images)
+    assert all(p.source == "model" for row in independent for p in row.values())
 
 
 def test_eval_cli_counts_unseen_labels_and_logs_a_linked_run(trained, tmp_path, capsys):
@@ -150,7 +155,12 @@ def test_eval_cli_counts_unseen_labels_and_logs_a_linked_run(trained, tmp_path, 
     assert 0.0 <= metrics["eval/articleType/acc"] <= 1.0
     assert (tmp_path / "out" / "confusion_articleType.png").stat().st_size > 1000
     printed = capsys.readouterr().out
-    assert "articleType" in printed and "macro-F1" in printed
+    assert "articleType" in printed and "macro-F1" in printed and "coverage" in printed
+    assert metrics["taxonomy/inconsistent"] == 0 and "taxonomy/inconsistent_independent" in metrics
+    assert 0.0 <= metrics["eval/articleType/acc_taxonomy"] <= 1.0 and 0.0 <= metrics["eval/articleType/ece"] <= 1.0
+    assert 0.0 <= metrics["eval/articleType/coverage"] <= 1.0
+    assert (tmp_path / "out" / "reliability_articleType.png").stat().st_size > 1000
+    assert (tmp_path / "out" / "coverage_articleType.png").stat().st_size > 1000
     mlflow.set_tracking_uri(uri)
     run = mlflow.search_runs(experiment_names=["fashion"]).iloc[0]
     assert run["tags.run_type"] == "evaluation" and run["tags.source_run_id"] == trained.run_id

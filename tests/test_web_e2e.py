@@ -5,6 +5,7 @@ missing browser into a failure instead of a skip).
 """
 
 import os
+import re
 import shutil
 import threading
 import time
@@ -55,6 +56,10 @@ def test_upload_a_photo_and_see_its_article_type(server, tmp_path):
         card = page.locator(f'.card[data-filename="{photo.name}"]')
         expect(card).to_have_class("card done", timeout=30_000)
         expect(card.locator('.attr[data-attribute="articleType"] .label')).to_have_text(article)
+        for attribute, prediction in expected["predictions"].items():   # review-needed tags are marked as such
+            row = card.locator(f'.attr[data-attribute="{attribute}"]')
+            expect(row).to_have_attribute("data-status", prediction["status"])
+            expect(row).to_have_class(re.compile("accepted" if prediction["status"] == "accepted" else "review"))
         page.check("#heat")
         expect(card.locator("img.heat")).to_be_visible()
         shot = tmp_path / "page.png"

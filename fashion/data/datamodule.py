@@ -11,6 +11,7 @@ import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pandas as pd
@@ -24,6 +25,7 @@ from fashion.data.images import split_usable
 from fashion.data.sampler import EpochRandomSampler
 from fashion.data.split import SPLITS, SplitSpec, assign_splits, load_split
 from fashion.data.styles import EXAMPLES_IN_REPORT, read_styles
+from fashion.data.taxonomy import Taxonomy
 from fashion.data.transforms import Augmentation, Preprocessing
 from fashion.data.vocab import IGNORE_INDEX, LabelSpec, LabelVocabulary, build_vocabularies
 
@@ -206,22 +208,12 @@ class FashionDataModule(L.LightningDataModule):
         return self.table[["id", "split"]].sort_values("id").reset_index(drop=True)
 
     @property
-    def taxonomy(self) -> dict[str, dict[str, str]]:
-        """articleType -> {subCategory, masterCategory} where the training split never disagrees.
-
-        Inference can then keep the three levels consistent (`fashion-predict --taxonomy`).
-        """
+    def taxonomy(self) -> dict[str, Any] | None:
+        """The articleType / subCategory / masterCategory combinations of the training split, so inference
+        can decode the levels together (`fashion.data.taxonomy`); a plain dict, for checkpoint hparams."""
         self.prepare_labels()
-        parents = [a for a in ("subCategory", "masterCategory") if a in self.attributes]
-        if "articleType" not in self.attributes or not parents:
-            return {}
-        train = self.table[self.table["split"] == "train"].dropna(subset=["articleType", *parents])
-        taxonomy = {}
-        for article, rows in train.groupby("articleType"):
-            unique = {a: rows[a].unique() for a in parents}
-            if all(len(values) == 1 for values in unique.values()):
-                taxonomy[str(article)] = {a: str(values[0]) for a, values in unique.items()}
-        return taxonomy
+        taxonomy = Taxonomy.from_table(self.table[self.table["split"] == "train"], self.attributes)
+        return taxonomy.to_dict() if taxonomy else None
 
     @property
     def fingerprint(self) -> str:

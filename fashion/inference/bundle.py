@@ -5,7 +5,8 @@
     config.json          the run's backbone / head / extra_features config (rebuilds the architecture)
     vocabularies.json    class names per attribute, in head-output order
     preprocessing.json   image size, mean, std, pad fill
-    taxonomy.json        articleType -> subCategory/masterCategory where training data is unanimous
+    taxonomy.json        articleType / subCategory / masterCategory combinations of the training split
+    decision.json        per attribute the confidence threshold for accepting a tag (calibration)
     manifest.json        format version, sha256 of every file above, backbone, attributes, dataset
                          fingerprint, metrics, source run, versions
 
@@ -37,6 +38,8 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 from torch import nn
 
+from fashion.calibration import Decision
+from fashion.data.taxonomy import Taxonomy
 from fashion.data.transforms import Preprocessing
 from fashion.data.vocab import LabelVocabulary
 from fashion.inference.checkpoint import TrainedModel
@@ -46,7 +49,7 @@ from fashion.validation import describe
 
 FORMAT = "fashion-bundle/2"          # 2: manifest["files"] maps each file to its sha256
 REQUIRED_FILES = ("model.safetensors", "config.json", "vocabularies.json", "preprocessing.json")
-OPTIONAL_FILES = ("taxonomy.json", "model.onnx")
+OPTIONAL_FILES = ("taxonomy.json", "decision.json", "model.onnx")
 BUNDLE_FILES = (*REQUIRED_FILES, "manifest.json")
 MANIFEST = "manifest.json"
 
@@ -84,8 +87,12 @@ def export_bundle(trained: TrainedModel, output: str | Path, manifest: dict[str,
     write_json(output / "config.json", config)
     write_json(output / "vocabularies.json", {a: v.to_dict() for a, v in trained.vocabularies.items()})
     write_json(output / "preprocessing.json", asdict(trained.preprocessing))
-    write_json(output / "taxonomy.json", trained.taxonomy)
-    files = [*REQUIRED_FILES, "taxonomy.json"]
+    files = list(REQUIRED_FILES)
+    if trained.taxonomy:
+        write_json(output / "taxonomy.json", trained.taxonomy.to_dict())
+        files.append("taxonomy.json")
+    write_json(output / "decision.json", trained.decision.to_dict())
+    files.append("decision.json")
     if onnx:
         export_onnx(trained, output / "model.onnx")
         files.append("model.onnx")
@@ -96,6 +103,7 @@ def export_bundle(trained: TrainedModel, output: str | Path, manifest: dict[str,
         "attributes": trained.attributes,
         "num_classes": {a: len(v) for a, v in trained.vocabularies.items()},
         "image_size": trained.preprocessing.image_size,
+        "temperatures": trained.model.temperatures(),
         "files": {name: sha256(output / name) for name in files},
         "onnx_opset": ONNX_OPSET if onnx else None,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
@@ -156,17 +164,23 @@ def load_bundle(path: str | Path) -> TrainedModel:
         vocabularies = {a: LabelVocabulary.from_dict(v) for a, v in raw_vocabularies.items()}
     except ValueError as err:
         raise BundleError(f"{files.path / 'vocabularies.json'}: {err}") from None
-    taxonomy = files.json("taxonomy.json") if files.has("taxonomy.json") else {}
+    try:
+        taxonomy = Taxonomy.from_dict(files.json("taxonomy.json"), str(files.path / "taxonomy.json")) \
+            if files.has("taxonomy.json") else None
+        decision = Decision.from_dict(files.json("decision.json"), list(vocabularies), str(files.path / "decision.json")) \
+            if files.has("decision.json") else None
+    except ValueError as err:
+        raise BundleError(str(err)) from None
     config = files.json("config.json")
     try:
         model = build_model(config, {a: len(v) for a, v in vocabularies.items()}, source=str(files.path / "config.json"))
     except ArchitectureError as err:
         raise BundleError(str(err)) from None
     try:
-        model.load_state_dict(load_safetensors(files.read_bytes("model.safetensors")), strict=True)
+        model.load_weights(load_safetensors(files.read_bytes("model.safetensors")))
     except (SafetensorError, RuntimeError) as err:
         raise BundleError(f"{files.path / 'model.safetensors'}: does not fit the architecture in config.json: {err}") from None
-    return TrainedModel(model.eval(), vocabularies, preprocessing, config, taxonomy)
+    return TrainedModel(model.eval(), vocabularies, preprocessing, config, taxonomy, decision)
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:

@@ -9,12 +9,14 @@ and the weights come from the checkpoint, never from a hub.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from fashion.calibration import Decision
+from fashion.data.taxonomy import Taxonomy
 from fashion.data.transforms import Preprocessing
 from fashion.data.vocab import LabelVocabulary
 from fashion.models.architecture import build_model
@@ -23,13 +25,19 @@ from fashion.models.tagger import MultiHeadTagger
 
 @dataclass
 class TrainedModel:
-    """What inference needs: the network, its label vocabularies and its input preprocessing."""
+    """What inference needs: the network (its temperatures included), its label vocabularies, its input
+    preprocessing, the taxonomy of its training data and its decision rule (acceptance thresholds)."""
 
     model: MultiHeadTagger
     vocabularies: dict[str, LabelVocabulary]
     preprocessing: Preprocessing
     run_config: dict[str, Any]
-    taxonomy: dict[str, dict[str, str]] = field(default_factory=dict)  # articleType -> its parents
+    taxonomy: Taxonomy | None = None
+    decision: Decision | None = None
+
+    def __post_init__(self) -> None:
+        if self.decision is None:
+            self.decision = Decision.review_everything(self.attributes, "the model was not calibrated")
 
     @property
     def attributes(self) -> list[str]:
@@ -47,6 +55,8 @@ def load_checkpoint(path: str | Path) -> TrainedModel:
     vocabularies = {a: LabelVocabulary.from_dict(v) for a, v in hparams["vocabularies"].items()}
     model = build_model(hparams["run_config"], {a: len(v) for a, v in vocabularies.items()}, source=f"{path}: run_config")
     state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(state, strict=True)
+    model.load_weights(state)
+    attributes = list(vocabularies)
+    decision = Decision.from_dict(checkpoint["decision"], attributes, f"{path}: decision") if checkpoint.get("decision") else None
     return TrainedModel(model.eval(), vocabularies, model.backbone.preprocessing, dict(hparams["run_config"]),
-                        dict(hparams.get("taxonomy") or {}))
+                        Taxonomy.from_dict(hparams.get("taxonomy"), f"{path}: taxonomy"), decision)

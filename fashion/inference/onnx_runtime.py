@@ -18,7 +18,7 @@ class OnnxPredictor(Predictor):
     runtime = "onnx"
 
     def __init__(self, trained: TrainedModel, bundle_dir: str | Path, top_k: int = 3, batch_size: int = 32,
-                 taxonomy: bool = False, threads: int | None = None) -> None:
+                 taxonomy: bool = True, threads: int | None = None) -> None:
         import onnxruntime as ort
 
         super().__init__(trained, top_k, batch_size, taxonomy)

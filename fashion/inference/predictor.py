@@ -17,24 +17,32 @@ from fashion.inference.checkpoint import TrainedModel
 
 @dataclass
 class Prediction:
-    """One attribute of one image. `source` is `taxonomy` when articleType decided the label."""
+    """One attribute of one image: the label, its calibrated confidence, and whether the model's decision
+    rule accepts it or a person should review it. `source` is `taxonomy` when decoding the taxonomy levels
+    together chose another label than this head's own first choice."""
 
     label: str
     confidence: float
     top_k: list[tuple[str, float]]
     source: str = "model"
+    accepted: bool = False
+
+    @property
+    def status(self) -> str:
+        return "accepted" if self.accepted else "needs_review"
 
     def to_dict(self) -> dict:
-        return {"label": self.label, "confidence": self.confidence, "source": self.source,
+        return {"label": self.label, "confidence": self.confidence, "status": self.status, "source": self.source,
                 "top_k": [{"label": label, "confidence": p} for label, p in self.top_k]}
 
 
 class Predictor:
-    """Images in, labels with confidences out; the forward pass is eager PyTorch (see OnnxPredictor)."""
+    """Images in, labels with confidences and review decisions out; the forward pass is eager PyTorch
+    (see OnnxPredictor). `taxonomy`: decode articleType/subCategory/masterCategory together (default)."""
 
     runtime = "torch"
 
-    def __init__(self, trained: TrainedModel, top_k: int = 3, batch_size: int = 32, taxonomy: bool = False) -> None:
+    def __init__(self, trained: TrainedModel, top_k: int = 3, batch_size: int = 32, taxonomy: bool = True) -> None:
         self.trained = trained
         self.model = trained.model.eval()
         self.transform = trained.preprocessing.eval_transform()
@@ -44,12 +52,16 @@ class Predictor:
     def attributes(self) -> list[str]:
         return self.trained.attributes
 
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """One decoded RGB image -> the model's input tensor (the training run's eval transform)."""
+        return self.transform(image=image)["image"]
+
     def to_tensor(self, images: list[np.ndarray]) -> torch.Tensor:
-        return torch.stack([self.transform(image=image)["image"] for image in images])
+        return torch.stack([self.preprocess(image) for image in images])
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Softmax per attribute for a preprocessed batch (N, 3, H, W)."""
+        """Calibrated softmax per attribute for a preprocessed batch (N, 3, H, W)."""
         logits = self.model(batch.contiguous(memory_format=torch.channels_last))
         return {a: torch.softmax(l.float(), dim=1) for a, l in logits.items()}
 
@@ -61,27 +73,27 @@ class Predictor:
             results += self.decode(probs)
         return results
 
+    def choose(self, probs: dict[str, torch.Tensor], taxonomy: bool | None = None) -> dict[str, torch.Tensor]:
+        """The class index per attribute (N,): each head's argmax, the taxonomy levels decoded together
+        (unless `taxonomy`, by default the predictor's setting, is off)."""
+        chosen = {a: p.argmax(dim=1) for a, p in probs.items()}
+        if (self.taxonomy if taxonomy is None else taxonomy) and self.trained.taxonomy:
+            classes = {a: v.classes for a, v in self.trained.vocabularies.items()}
+            chosen |= self.trained.taxonomy.decode(probs, classes)
+        return chosen
+
     def decode(self, probs: dict[str, torch.Tensor]) -> list[dict[str, Prediction]]:
+        chosen = self.choose(probs)
         rows: list[dict[str, Prediction]] = [{} for _ in range(len(next(iter(probs.values()))))]
         for attribute, p in probs.items():
             classes = self.trained.vocabularies[attribute].classes
             values, indices = p.topk(min(self.top_k, p.shape[1]), dim=1)
+            picked = chosen[attribute].tolist()
+            confidences = p.gather(1, chosen[attribute].view(-1, 1)).squeeze(1).tolist()
             for row, (vals, idx) in enumerate(zip(values.tolist(), indices.tolist())):
-                top = [(classes[i], round(v, 6)) for v, i in zip(vals, idx)]
-                rows[row][attribute] = Prediction(top[0][0], top[0][1], top)
-        if self.taxonomy:
-            for row, prediction in enumerate(rows):
-                self.apply_taxonomy(prediction, {a: p[row] for a, p in probs.items()})
+                confidence = round(confidences[row], 6)
+                rows[row][attribute] = Prediction(
+                    classes[picked[row]], confidence, [(classes[i], round(v, 6)) for v, i in zip(vals, idx)],
+                    source="model" if picked[row] == idx[0] else "taxonomy",
+                    accepted=self.trained.decision.accepts(attribute, confidences[row]))
         return rows
-
-    def apply_taxonomy(self, prediction: dict[str, Prediction], probs: dict[str, torch.Tensor]) -> None:
-        """Let articleType decide subCategory/masterCategory where the training data says it does."""
-        article = prediction.get("articleType")
-        parents = self.trained.taxonomy.get(article.label, {}) if article else {}
-        for attribute, label in parents.items():
-            current = prediction.get(attribute)
-            vocab = self.trained.vocabularies.get(attribute)
-            if current is None or vocab is None or current.label == label or label not in vocab.classes:
-                continue
-            confidence = round(float(probs[attribute][vocab.classes.index(label)]), 6)
-            prediction[attribute] = Prediction(label, confidence, current.top_k, source="taxonomy")

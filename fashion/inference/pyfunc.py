@@ -2,8 +2,10 @@
 
 Input: a DataFrame with one image per row, as base64 text in an `image` column (what a JSON
 request to `mlflow models serve` can carry) or as a file path in a `path` column. Output: one row
-per image with `<attribute>` (label) and `<attribute>_confidence` columns, plus `error` for rows
-whose image could not be read (the other rows are still predicted).
+per image with `<attribute>` (label), `<attribute>_confidence` (calibrated) and `<attribute>_status`
+(`accepted` or `needs_review`, from the bundle's thresholds) columns, plus `error` for rows whose
+image could not be read (the other rows are still predicted). The taxonomy levels are decoded
+together, as `fashion-predict` and the API do.
 """
 
 from __future__ import annotations
@@ -35,10 +37,10 @@ def decode_base64_image(text: str) -> np.ndarray:
 
 class FashionTaggerPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        from fashion.inference.bundle import load_bundle
-        from fashion.inference.predictor import Predictor
+        from fashion.inference.runtime import load_predictor
 
-        self.predictor = Predictor(load_bundle(context.artifacts[BUNDLE_ARTIFACT]))
+        # runtime auto: onnxruntime when the bundle has model.onnx, as fashion-predict, so both give the same numbers
+        self.predictor = load_predictor(bundle=context.artifacts[BUNDLE_ARTIFACT])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         if "image" not in model_input and "path" not in model_input:
@@ -59,13 +61,26 @@ class FashionTaggerPyfunc(mlflow.pyfunc.PythonModel):
             for attribute, p in prediction.items():
                 rows[index][attribute] = p.label
                 rows[index][f"{attribute}_confidence"] = p.confidence
-        return pd.DataFrame(rows)
+                rows[index][f"{attribute}_status"] = p.status
+        frame = pd.DataFrame(rows, columns=output_columns(self.predictor.attributes))   # every column, always
+        # Missing text is None, not NaN (pandas' string inference), so Spark's string columns get nulls, not "nan".
+        for column in frame.columns:
+            if not column.endswith("_confidence"):
+                frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
+        return frame
+
+
+OUTPUT_KINDS = (("string", ""), ("double", "_confidence"), ("string", "_status"))
+
+
+def output_columns(attributes: list[str]) -> list[str]:
+    return [f"{a}{suffix}" for a in attributes for _, suffix in OUTPUT_KINDS] + ["error"]
 
 
 def signature(attributes: list[str]) -> ModelSignature:
-    """Input: an `image` (base64) or a `path` column, either may be absent; output: label and confidence
-    per attribute, and `error` for a row whose image could not be read."""
-    outputs = [ColSpec(kind, f"{a}{suffix}") for a in attributes for kind, suffix in (("string", ""), ("double", "_confidence"))]
+    """Input: an `image` (base64) or a `path` column, either may be absent; output: label, confidence and
+    status per attribute, and `error` for a row whose image could not be read."""
+    outputs = [ColSpec(kind, f"{a}{suffix}") for a in attributes for kind, suffix in OUTPUT_KINDS]
     return ModelSignature(Schema([ColSpec("string", "image", required=False), ColSpec("string", "path", required=False)]),
                           Schema([*outputs, ColSpec("string", "error", required=False)]))
 

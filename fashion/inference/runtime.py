@@ -19,7 +19,7 @@ Runtime = Literal["auto", "onnx", "torch"]
 
 @typed
 def load_predictor(*, bundle: str | Path | None = None, checkpoint: str | Path | None = None, runtime: Runtime = "auto",
-                   top_k: int = 3, batch_size: int = 32, taxonomy: bool = False) -> Predictor:
+                   top_k: int = 3, batch_size: int = 32, taxonomy: bool = True) -> Predictor:
     """Exactly one of `bundle` (a fashion-export folder) and `checkpoint` (a fashion-train .ckpt)."""
     if (bundle is None) == (checkpoint is None):
         raise ValueError("give exactly one of a bundle and a checkpoint")

@@ -1,4 +1,5 @@
-"""Per-attribute torchmetrics: accuracy, macro-F1, top-5 (heads with > 5 classes), confusion matrix."""
+"""Per-attribute torchmetrics: accuracy, macro-F1, top-5 (heads with > 5 classes), confusion matrix,
+and for test and evaluation sets the confidence record (ECE, coverage at the model's thresholds)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
 from fashion.data.vocab import IGNORE_INDEX
+from fashion.metrics.confidence import ConfidenceRecord, confidence_scores
 
 TOP_K = 5
 
@@ -30,7 +32,7 @@ def attribute_metrics(num_classes: int) -> MetricCollection:
 class AttributeMetrics(nn.Module):
     """Metrics for every head of one stage, named `<stage>/<attribute>/<metric>` plus stage means."""
 
-    def __init__(self, num_classes: Mapping[str, int], stage: str, confusion: bool = False) -> None:
+    def __init__(self, num_classes: Mapping[str, int], stage: str, confusion: bool = False, confidence: bool = False) -> None:
         super().__init__()
         self.stage = stage
         self.metrics = nn.ModuleDict({a: attribute_metrics(n) for a, n in num_classes.items()})
@@ -38,18 +40,27 @@ class AttributeMetrics(nn.Module):
             nn.ModuleDict({a: MulticlassConfusionMatrix(n, ignore_index=IGNORE_INDEX) for a, n in num_classes.items()})
             if confusion else None
         )
+        self.records = nn.ModuleDict({a: ConfidenceRecord() for a in num_classes}) if confidence else None
 
-    def update(self, logits: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]) -> None:
+    def update(self, logits: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
+               temperatures: Mapping[str, float] | None = None) -> None:
+        """`temperatures`: what divided these logits, so the record can score the uncalibrated model too."""
         for attribute, collection in self.metrics.items():
             collection.update(logits[attribute].float(), targets[attribute])
             if self.confusion is not None:
                 self.confusion[attribute].update(logits[attribute].float(), targets[attribute])
+            if self.records is not None:
+                self.records[attribute].update(logits[attribute], targets[attribute], (temperatures or {}).get(attribute, 1.0))
 
-    def compute(self) -> dict[str, torch.Tensor]:
+    def compute(self, thresholds: Mapping[str, float | None] | None = None) -> dict[str, torch.Tensor]:
+        """`thresholds`: the model's acceptance thresholds, for coverage and accepted precision."""
         values = {}
         for attribute, collection in self.metrics.items():
             for name, value in collection.compute().items():
                 values[f"{self.stage}/{attribute}/{name}"] = value
+            if self.records is not None:
+                scores = confidence_scores(self.records[attribute].compute(), (thresholds or {}).get(attribute))
+                values |= {f"{self.stage}/{attribute}/{k}": torch.tensor(v) for k, v in scores.items()}
         for name in ("acc", "f1"):
             per_attribute = [values[f"{self.stage}/{a}/{name}"] for a in self.metrics]
             values[f"{self.stage}/mean_{name}"] = torch.stack(per_attribute).mean()
@@ -60,9 +71,16 @@ class AttributeMetrics(nn.Module):
             return {}
         return {a: m.compute().cpu() for a, m in self.confusion.items()}
 
+    def confidence_records(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per attribute (confidence, correct, uncalibrated confidence): for the diagrams."""
+        return {a: r.compute() for a, r in self.records.items()} if self.records is not None else {}
+
     def reset(self) -> None:
         for collection in self.metrics.values():
             collection.reset()
         if self.confusion is not None:
             for matrix in self.confusion.values():
                 matrix.reset()
+        if self.records is not None:
+            for record in self.records.values():
+                record.reset()

@@ -52,3 +52,49 @@ def confusion_figure(confusion: torch.Tensor, classes: list[str], title: str) ->
                 ax.text(j, i, int(value), ha="center", va="center", fontsize=7, color="white" if normalised[i, j] > 0.5 else "black")
     fig.tight_layout()
     return fig
+
+
+def reliability_figure(confidence: torch.Tensor, correct: torch.Tensor, uncalibrated: torch.Tensor, title: str) -> Figure:
+    """Accuracy against confidence per equal-width bin, before (grey) and after calibration (blue);
+    the diagonal is perfect calibration; ECE of each in the legend, bin counts underneath."""
+    from fashion.calibration.selective import ECE_BINS, reliability
+
+    fig, (ax, counts) = plt.subplots(2, 1, figsize=(4.6, 5.4), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    centres = (np.arange(ECE_BINS) + 0.5) / ECE_BINS
+    for scores, colour, name in ((uncalibrated, "0.6", "uncalibrated"), (confidence, "tab:blue", "calibrated")):
+        bins = reliability(scores, correct)
+        filled = bins["count"].numpy() > 0
+        ax.plot(bins["confidence"].numpy()[filled], bins["accuracy"].numpy()[filled], "o-", color=colour,
+                label=f"{name} (ECE {bins['ece']:.3f})")
+        if name == "calibrated":
+            counts.bar(centres, bins["count"].numpy(), width=1 / ECE_BINS, color=colour, alpha=0.7)
+    ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
+    ax.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"{title}: {len(correct)} rows")
+    ax.legend(loc="upper left", fontsize=8)
+    counts.set(xlabel="confidence", ylabel="rows")
+    fig.tight_layout()
+    return fig
+
+
+def coverage_figure(confidence: torch.Tensor, correct: torch.Tensor, threshold: float | None, target: float | None,
+                    title: str) -> Figure:
+    """Precision of the accepted tags against the share accepted, as the threshold falls; the model's
+    threshold and the target precision are marked."""
+    order = torch.argsort(confidence, descending=True)
+    hits = correct[order].double().numpy()
+    n = len(hits)
+    coverage = np.arange(1, n + 1) / max(n, 1)
+    precision = np.cumsum(hits) / np.arange(1, n + 1)
+    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    ax.plot(coverage, precision, color="tab:blue")
+    if target is not None:
+        ax.axhline(target, color="tab:red", linestyle="--", linewidth=0.8, label=f"target precision {target:.2f}")
+    if threshold is not None and n:
+        accepted = confidence >= threshold
+        share, precise = float(accepted.double().mean()), float(correct[accepted].double().mean()) if accepted.any() else float("nan")
+        ax.plot([share], [precise], "o", color="tab:red", label=f"threshold {threshold:.3f}: {share:.1%} at {precise:.1%}")
+    ax.set(xlabel="coverage (share accepted)", ylabel="precision of accepted", xlim=(0, 1),
+           ylim=(min(0.5, float(precision.min()) if n else 0.5), 1.005), title=title)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -18,6 +18,10 @@ class MultiHeadTagger(nn.Module):
     from features). `forward` takes images, or the FeatureCache's stored inputs (the backbone's
     frozen-prefix output and the extras, computed once): then only the trainable rest and the heads
     run. Which of the two arrives is a property of the data (`use_feature_cache` decides it).
+
+    `temperature` (one per attribute, in head order) divides the logits: 1 while training, fitted on
+    validation afterwards (`fashion.calibration`). Being a buffer, it travels in every checkpoint,
+    bundle and ONNX graph, so every runtime returns the same calibrated probabilities.
     """
 
     def __init__(self, backbone: Backbone, heads: nn.Module, extras: Mapping[str, nn.Module] | None = None) -> None:
@@ -25,6 +29,21 @@ class MultiHeadTagger(nn.Module):
         self.backbone = backbone
         self.heads = heads
         self.extras = nn.ModuleDict(dict(extras or {}))
+        self.attributes = list(heads.num_classes)
+        self.register_buffer("temperature", torch.ones(len(self.attributes)))
+
+    def set_temperatures(self, temperatures: Mapping[str, float]) -> None:
+        for attribute, value in temperatures.items():
+            self.temperature[self.attributes.index(attribute)] = float(value)
+
+    def temperatures(self) -> dict[str, float]:
+        return dict(zip(self.attributes, self.temperature.tolist()))
+
+    def load_weights(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Strict, except that weights saved before calibration existed load with every temperature 1."""
+        state = dict(state)
+        state.setdefault("temperature", torch.ones(len(self.attributes)))
+        self.load_state_dict(state, strict=True)
 
     @staticmethod
     def feature_size(backbone: Backbone, extras: Mapping[str, nn.Module] | None = None) -> int:
@@ -36,7 +55,8 @@ class MultiHeadTagger(nn.Module):
     def classify(self, pooled: torch.Tensor, extras: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Heads from the backbone's pooled features and the extras (in `self.extras` order)."""
         features = [pooled, *(extras[name] for name in self.extras)]
-        return self.heads(torch.cat(features, dim=1) if len(features) > 1 else pooled)
+        logits = self.heads(torch.cat(features, dim=1) if len(features) > 1 else pooled)
+        return {a: logits[a] / self.temperature[i] for i, a in enumerate(self.attributes)}
 
     def forward(self, inputs: torch.Tensor | CachedInputs) -> dict[str, torch.Tensor]:
         if isinstance(inputs, Mapping):

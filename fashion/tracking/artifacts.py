@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from fashion.data.datamodule import FashionDataModule
 from fashion.data.split import SPLITS
 from fashion.metrics import classification_report, confusion_figure
+from fashion.metrics.reports import coverage_figure, reliability_figure
 from fashion.tracking.run import git_commit, run_params
 
 
@@ -69,12 +70,15 @@ def describe_run(logger: MLFlowLogger, metrics: dict[str, float], attributes: li
     if not logger.run_id:
         return
     sets = sorted({k.split("/")[1] for k in metrics if k.startswith("eval/")})
-    lines = ["| attribute | test acc | test macro-F1 |" + "".join(f" {s} acc |" for s in sets),
-             "|---|---|---|" + "---|" * len(sets)]
+    lines = ["| attribute | test acc | test macro-F1 | test ECE | accepted (precision) |" + "".join(f" {s} acc |" for s in sets),
+             "|---|---|---|---|---|" + "---|" * len(sets)]
     for a in attributes:
-        cells = [metrics.get(f"test/{a}/acc"), metrics.get(f"test/{a}/f1"),
-                 *(metrics.get(f"eval/{s}/{a}/acc") for s in sets)]
-        lines.append(f"| {a} | " + " | ".join("–" if v is None else f"{100 * v:.1f}" for v in cells) + " |")
+        cells = [metrics.get(f"test/{a}/acc"), metrics.get(f"test/{a}/f1")]
+        ece, coverage, precision = (metrics.get(f"test/{a}/{k}") for k in ("ece", "coverage", "accepted_precision"))
+        accepted = "–" if coverage is None else f"{100 * coverage:.1f}" + ("" if precision is None else f" ({100 * precision:.1f})")
+        lines.append(f"| {a} | " + " | ".join("–" if v is None else f"{100 * v:.1f}" for v in cells)
+                     + f" | {'–' if ece is None else f'{ece:.3f}'} | {accepted} |"
+                     + "".join(" – |" if v is None else f" {100 * v:.1f} |" for v in (metrics.get(f"eval/{s}/{a}/acc") for s in sets)))
     minutes = metrics.get("time/total_s", float("nan")) / 60
     note = "\n".join(lines) + (f"\n\nWall time {minutes:.1f} min. Columns worth adding: `best/val/mean_acc`, "
                                  "`test/<attribute>/acc`, `time/total_s`.")
@@ -82,8 +86,8 @@ def describe_run(logger: MLFlowLogger, metrics: dict[str, float], attributes: li
 
 
 class MLflowArtifacts(Callback):
-    """Logs the best checkpoint after fit and confusion matrices + classification reports after test
-    (and after each evaluation set, under `eval/<set>/`)."""
+    """Logs the best checkpoint after fit; after test (and each evaluation set, under `eval/<set>/`)
+    confusion matrices, classification reports, reliability diagrams and coverage-precision curves."""
 
     def __init__(self, log_checkpoint: bool = True) -> None:
         self.log_checkpoint = log_checkpoint
@@ -120,3 +124,15 @@ class MLflowArtifacts(Callback):
             plt.close(fig)
             report = classification_report(matrix, classes)
             logger.experiment.log_text(logger.run_id, report.to_csv(float_format="%.4f"), f"{stage}/report_{attribute}.csv")
+        decision = getattr(pl_module, "decision", None)
+        for attribute, (confidence, correct, uncalibrated) in getattr(pl_module, "test_confidence", {}).items():
+            if not len(correct):
+                continue
+            fig = reliability_figure(confidence, correct, uncalibrated, f"{attribute} ({stage})")
+            logger.experiment.log_figure(logger.run_id, fig, f"{stage}/reliability_{attribute}.png")
+            plt.close(fig)
+            threshold = decision.thresholds.get(attribute) if decision else None
+            target = decision.target_precision.get(attribute) if decision else None
+            fig = coverage_figure(confidence, correct, threshold, target, f"{attribute} ({stage})")
+            logger.experiment.log_figure(logger.run_id, fig, f"{stage}/coverage_{attribute}.png")
+            plt.close(fig)

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.loggers import MLFlowLogger
+
+from fashion.calibration import Decision, calibrate
 
 
 class EpochSeed(Callback):
@@ -40,3 +48,76 @@ class EMAWeights(EMAWeightAveraging):
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         if self._average_model is not None:  # resuming `fit`: restore both the raw and the averaged weights
             super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+
+class Calibration(Callback):
+    """After fit, on the validation split and the weights that are tested and exported (the best
+    checkpoint's): a temperature per attribute, then the confidence threshold that reaches
+    `target_precision` (per attribute: `target_precision_per_attribute`). Both are written into that
+    checkpoint (`model.temperature`, key `decision`), so test, export and every runtime use them, and
+    logged as `calibration/<attribute>/*` with `calibration/decision.json`.
+
+    Runs on global rank zero over the whole validation split (a few thousand rows), then broadcasts.
+    Listed first in `callbacks`, so the checkpoint is calibrated before it is logged as an artifact.
+    """
+
+    def __init__(self, target_precision: float = 0.98, target_precision_per_attribute: Mapping[str, float] | None = None) -> None:
+        self.target_precision = float(target_precision)
+        self.per_attribute = dict(target_precision_per_attribute or {})
+
+    def targets(self, attributes: list[str]) -> dict[str, float]:
+        stray = sorted(set(self.per_attribute) - set(attributes))
+        if stray:
+            raise ValueError(f"callbacks.calibration.target_precision_per_attribute names {stray}, "
+                             f"which are not trained attributes {attributes}")
+        return {a: float(self.per_attribute.get(a, self.target_precision)) for a in attributes}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.targets(pl_module.model.attributes)   # a misspelt attribute fails before training, not after
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        checkpoint = trainer.checkpoint_callback
+        path = checkpoint.best_model_path if checkpoint else ""
+        decision = None
+        if trainer.is_global_zero:
+            if path:
+                pl_module.load_state_dict(torch.load(path, map_location=pl_module.device, weights_only=True)["state_dict"])
+            logits, targets = validation_logits(trainer, pl_module)
+            decision, report = calibrate(logits, targets, self.targets(pl_module.model.attributes))
+            if path:
+                write_into_checkpoint(Path(path), decision)
+            log_calibration(trainer, decision, report)
+        saved = trainer.strategy.broadcast(decision.to_dict() if decision else None, src=0)
+        pl_module.decision = Decision.from_dict(saved, pl_module.model.attributes, "calibration")
+        pl_module.model.set_temperatures(pl_module.decision.temperatures)
+        trainer.strategy.barrier()
+
+
+@torch.no_grad()
+def validation_logits(trainer: L.Trainer, module: L.LightningModule) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Uncalibrated logits and targets of the whole validation split, in the trainer's precision."""
+    module.eval()
+    temperatures = module.model.temperatures()
+    logits, targets = defaultdict(list), defaultdict(list)
+    for inputs, batch_targets in trainer.datamodule.val_dataloader():
+        with trainer.precision_plugin.forward_context():
+            outputs = module(move_data_to_device(inputs, module.device))
+        for attribute, values in outputs.items():
+            logits[attribute].append(values.float().cpu() * temperatures[attribute])
+            targets[attribute].append(batch_targets[attribute])
+    return {a: torch.cat(v) for a, v in logits.items()}, {a: torch.cat(v) for a, v in targets.items()}
+
+
+def write_into_checkpoint(path: Path, decision: Decision) -> None:
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    attributes = list(decision.thresholds)
+    checkpoint["state_dict"]["model.temperature"] = torch.tensor([decision.temperatures[a] for a in attributes])
+    checkpoint["decision"] = decision.to_dict()
+    torch.save(checkpoint, path)
+
+
+def log_calibration(trainer: L.Trainer, decision: Decision, report: dict[str, float]) -> None:
+    for logger in trainer.loggers:
+        logger.log_metrics(report)
+        if isinstance(logger, MLFlowLogger) and logger.run_id:
+            logger.experiment.log_dict(logger.run_id, decision.to_dict(), "calibration/decision.json")

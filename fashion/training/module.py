@@ -13,6 +13,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torchmetrics import MeanMetric
 
+from fashion.calibration import Decision
 from fashion.losses.multi_attribute import MultiAttributeLoss
 from fashion.metrics import AttributeMetrics
 from fashion.models.tagger import CachedInputs, MultiHeadTagger
@@ -42,7 +43,7 @@ class TaggerModule(L.LightningModule):
         channels_last: bool = False,
         vocabularies: Mapping[str, dict] | None = None,
         run_config: Mapping[str, Any] | None = None,
-        taxonomy: Mapping[str, dict[str, str]] | None = None,
+        taxonomy: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False, ignore=["model", "loss", "optimizer", "scheduler"])
@@ -54,8 +55,10 @@ class TaggerModule(L.LightningModule):
         num_classes = dict(model.heads.num_classes)
         self.val_metrics = AttributeMetrics(num_classes, "val")
         self.test_stage = "test"   # the metric prefix of trainer.test: `eval/<set>` while scoring an evaluation set
-        self.test_metrics = AttributeMetrics(num_classes, "test", confusion=True)
+        self.test_metrics = AttributeMetrics(num_classes, "test", confusion=True, confidence=True)
         self.test_confusion: dict[str, torch.Tensor] = {}
+        self.test_confidence: dict[str, tuple[torch.Tensor, ...]] = {}   # for the reliability diagrams
+        self.decision: Decision | None = None   # set by the Calibration callback, saved in checkpoints
         # Per-attribute epoch means for the loss weighting, kept on the device (no sync per step) and
         # reduced over DDP processes by torchmetrics ("disable": no NaN check, which would sync).
         self.epoch_losses = nn.ModuleDict({a: MeanMetric(nan_strategy="disable") for a in self.attributes})
@@ -91,7 +94,7 @@ class TaggerModule(L.LightningModule):
         logits = self(inputs)
         total, _ = self.loss(logits, targets)
         self.log(f"{stage}/loss", total, on_epoch=True, sync_dist=True, batch_size=batch_size_of(targets))
-        metrics.update(logits, targets)
+        metrics.update(logits, targets, self.model.temperatures() if metrics.records is not None else None)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._evaluate(batch, self.val_metrics, "val")
@@ -104,7 +107,7 @@ class TaggerModule(L.LightningModule):
         """`trainer.test` inside logs `<stage>/<attribute>/<metric>` instead of `test/...`."""
         saved = self.test_stage, self.test_metrics
         self.test_stage = stage
-        self.test_metrics = AttributeMetrics(dict(self.model.heads.num_classes), stage, confusion=True).to(self.device)
+        self.test_metrics = AttributeMetrics(dict(self.model.heads.num_classes), stage, confusion=True, confidence=True).to(self.device)
         try:
             yield
         finally:
@@ -117,9 +120,21 @@ class TaggerModule(L.LightningModule):
         self.val_metrics.reset()
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute())
+        self.log_dict(self.test_metrics.compute(self.decision.thresholds if self.decision else None))
         self.test_confusion = self.test_metrics.confusion_matrices()
+        self.test_confidence = self.test_metrics.confidence_records()
         self.test_metrics.reset()
+
+    # --- checkpoints ---------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.decision is not None:
+            checkpoint["decision"] = self.decision.to_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint from before calibration existed has no temperatures: they load as 1."""
+        checkpoint["state_dict"].setdefault("model.temperature", torch.ones(len(self.model.attributes)))
+        if checkpoint.get("decision") is not None:
+            self.decision = Decision.from_dict(checkpoint["decision"], self.model.attributes, "checkpoint")
 
     # --- optimisation --------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict:

@@ -1,0 +1,86 @@
+"""A consistent taxonomy: articleType, subCategory and masterCategory decoded together.
+
+Three independent heads can answer "Watches / Topwear / Apparel", a triple no product has. Decoding
+picks instead the most probable combination the training split contains,
+argmax over seen (a, s, m) of log p(a) + log p(s) + log p(m), so the served answer is always one a
+merchandiser has seen. Where the heads already agree on a seen combination, that is the answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic
+import torch
+
+from fashion.validation import describe
+
+HIERARCHY = ("articleType", "subCategory", "masterCategory")
+
+
+@dataclass
+class Taxonomy:
+    """`combinations`: label tuples (in `attributes` order) seen together in the training split."""
+
+    attributes: list[str]
+    combinations: list[tuple[str, ...]]
+
+    @classmethod
+    def from_table(cls, table: Any, attributes: Sequence[str]) -> Taxonomy | None:
+        """The combinations of the hierarchy's levels among `attributes` (two or more) in a labelled table."""
+        levels = [a for a in HIERARCHY if a in attributes]
+        if len(levels) < 2:
+            return None
+        rows = table.dropna(subset=levels)[levels].drop_duplicates().astype(str)
+        return cls(levels, sorted(map(tuple, rows.itertuples(index=False))))
+
+    def is_consistent(self, labels: Mapping[str, str]) -> bool:
+        return tuple(labels[a] for a in self.attributes) in set(self.combinations)
+
+    def decode(self, probs: Mapping[str, torch.Tensor], classes: Mapping[str, list[str]]) -> dict[str, torch.Tensor]:
+        """Per level, the class index (N,) of the most probable seen combination; combinations holding a
+        class the model does not predict are skipped."""
+        index = {a: {c: i for i, c in enumerate(classes[a])} for a in self.attributes}
+        known = [c for c in self.combinations if all(label in index[a] for a, label in zip(self.attributes, c))]
+        if not known:
+            return {a: probs[a].argmax(dim=1) for a in self.attributes}
+        table = torch.tensor([[index[a][label] for a, label in zip(self.attributes, c)] for c in known])
+        score = sum(torch.log(probs[a].double().clamp_min(1e-30))[:, table[:, j]] for j, a in enumerate(self.attributes))
+        best = score.argmax(dim=1)
+        return {a: table[best, j] for j, a in enumerate(self.attributes)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"attributes": self.attributes, "combinations": [list(c) for c in self.combinations]}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> Taxonomy | None:
+        """Validated (a bundle from elsewhere is data). Reads the older articleType -> parents mapping too."""
+        if not data:
+            return None
+        if isinstance(data, Mapping) and "combinations" not in data:   # the earlier {article: {subCategory, masterCategory}}
+            try:
+                levels = ["articleType", *next(iter(data.values()))]
+                data = {"attributes": levels, "combinations": [[a, *(p[l] for l in levels[1:])] for a, p in data.items()]}
+            except (AttributeError, KeyError, TypeError):
+                raise ValueError(f"{where}: neither a taxonomy nor an articleType -> parents mapping") from None
+        try:
+            saved = SavedTaxonomy.model_validate(data)
+        except pydantic.ValidationError as err:
+            raise ValueError(f"{where}: {describe(err)}") from None
+        return cls(list(saved.attributes), [tuple(c) for c in saved.combinations])
+
+
+class SavedTaxonomy(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+    attributes: list[str] = pydantic.Field(min_length=2, max_length=len(HIERARCHY))
+    combinations: list[list[str]] = pydantic.Field(max_length=100_000)
+
+    @pydantic.model_validator(mode="after")
+    def _shape(self) -> SavedTaxonomy:
+        if not set(self.attributes) <= set(HIERARCHY):
+            raise ValueError(f"attributes must come from {list(HIERARCHY)}")
+        if any(len(c) != len(self.attributes) for c in self.combinations):
+            raise ValueError(f"every combination needs {len(self.attributes)} labels")
+        return self

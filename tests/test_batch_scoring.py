@@ -1,0 +1,115 @@
+"""Scoring a catalogue: a manifest in, Parquet/CSV/JSON lines out, bad rows kept as error rows,
+an interrupted job resumed without redoing finished rows, and Spark giving the same rows."""
+
+import json
+import os
+
+import pandas as pd
+import pytest
+
+from fashion.predict import main
+from tests.conftest import SAMPLE
+
+IMAGES = sorted((SAMPLE / "images").glob("*.jpg"))
+
+
+def manifest_with_bad_rows(tmp_path, n: int = 10):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not a jpeg")
+    paths = [str(p) for p in IMAGES[:n]] + [str(broken), str(tmp_path / "missing.jpg")]
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame({"path": paths, "sku": range(len(paths))}).to_csv(manifest, index=False)
+    return manifest, paths
+
+
+def test_a_manifest_becomes_parquet_with_error_rows_for_bad_images(trained, tmp_path, capsys):
+    manifest, paths = manifest_with_bad_rows(tmp_path)
+    out = tmp_path / "tags"
+    assert main([f"bundle={trained.bundle}", f"manifest={manifest}", "format=parquet", f"output={out}"]) == 1
+    table = pd.read_parquet(out)
+    assert table["path"].tolist() == paths                               # every row, in manifest order
+    errors = table.set_index("path")["error"]
+    assert errors[paths[-2]].startswith("cannot decode image") and "No such file" in errors[paths[-1]]
+    assert errors[paths[:-2]].isna().all() and table["articleType"].notna().sum() == len(paths) - 2
+    assert set(table["articleType_status"].dropna()) <= {"accepted", "needs_review"}
+    assert "12 rows written, 2 of them errors" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("format", ["parquet", "csv", "jsonl"])
+def test_an_interrupted_job_resumes_without_redoing_finished_rows(trained, tmp_path, monkeypatch, format):
+    import fashion.predict as predict_module
+
+    manifest, paths = manifest_with_bad_rows(tmp_path)
+    out = tmp_path / ("tags" if format == "parquet" else f"tags.{format}")
+    first = tmp_path / "first.csv"
+    pd.read_csv(manifest).head(6).to_csv(first, index=False)           # the job "died" after 6 rows
+    assert main([f"bundle={trained.bundle}", f"manifest={first}", f"format={format}", f"output={out}"]) == 0
+    if format != "parquet":   # and in the middle of writing a 7th
+        with out.open("a") as handle:
+            handle.write('{"path": "half a line' if format == "jsonl" else "/half/a/row.jpg,Men")
+    else:
+        (out / ".part-00001.parquet.tmp").write_bytes(b"PAR1 unfinished")
+    scored = []
+    original = predict_module.score_paths
+    monkeypatch.setattr(predict_module, "score_paths", lambda p, files, w: (scored.extend(files), original(p, files, w))[1])
+    assert main([f"bundle={trained.bundle}", f"manifest={manifest}", f"format={format}", f"output={out}", "resume=true"]) == 1
+    assert scored == paths[6:]                                           # only what was not finished
+    if format == "parquet":
+        rows = pd.read_parquet(out)
+    elif format == "csv":
+        rows = pd.read_csv(out)
+    else:
+        rows = pd.DataFrame([json.loads(line) for line in out.read_text().splitlines()])
+    assert sorted(rows["path"]) == sorted(paths)                          # each once, the half-written one gone
+
+
+def test_loader_workers_change_nothing_but_speed(trained, tmp_path):
+    manifest, _ = manifest_with_bad_rows(tmp_path, n=40)
+    outputs = {}
+    for workers in (0, 2):
+        out = tmp_path / f"w{workers}.csv"
+        main([f"bundle={trained.bundle}", f"manifest={manifest}", "format=csv", f"output={out}", f"workers={workers}"])
+        outputs[workers] = pd.read_csv(out)
+    pd.testing.assert_frame_equal(outputs[0], outputs[2])
+
+
+def test_spark_scores_the_manifest_like_fashion_predict(trained, tmp_path):
+    """Spark local[2] through the logged pyfunc (`mlflow.pyfunc.spark_udf`), row for row."""
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:
+        if os.environ.get("FASHION_REQUIRE_SPARK"):
+            pytest.fail("pyspark is not installed (pip install -e '.[spark]')")
+        pytest.skip("the spark extra is not installed")
+    import mlflow
+
+    from fashion.inference.pyfunc import log_pyfunc
+    from fashion.inference.spark import local_session, score_manifest
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not a jpeg")
+    paths = [str(p) for p in IMAGES[:200]] + [str(broken)]
+    manifest = tmp_path / "manifest.parquet"
+    pd.DataFrame({"path": paths}).to_parquet(manifest)
+    local = tmp_path / "local"
+    main([f"bundle={trained.bundle}", f"manifest={manifest}", "format=parquet", f"output={local}"])
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_experiment("spark")
+    uri = log_pyfunc(trained.bundle)
+    spark = local_session(2, "fashion-test")
+    try:
+        errors = score_manifest(spark, uri, str(manifest), str(tmp_path / "spark"))
+    finally:
+        spark.stop()
+        mlflow.set_tracking_uri(None)
+    assert errors == 1, pd.read_parquet(tmp_path / "spark")["error"].dropna().head(3).tolist()
+    expected = pd.read_parquet(local).set_index("path").sort_index()
+    got = pd.read_parquet(tmp_path / "spark").set_index("path").sort_index()
+    assert got.index.tolist() == expected.index.tolist()
+    for column in got.columns:
+        if column.endswith("_confidence"):
+            assert (got[column] - expected[column]).abs().max() <= 1e-6, column
+        elif column == "error":
+            assert got[column].isna().tolist() == expected[column].isna().tolist()
+        else:
+            assert got[column].tolist() == expected[column].tolist(), column

@@ -1,0 +1,199 @@
+"""Calibrated confidence, abstention and a consistent taxonomy: the fits, their edge cases, what a
+training run records, and that every runtime returns the same calibrated answer."""
+
+import base64
+import json
+import shutil
+
+import httpx
+import mlflow
+import pandas as pd
+import pytest
+import torch
+from torchmetrics.classification import MulticlassCalibrationError
+
+from fashion.calibration import Decision, calibrate, choose_threshold, fit_temperature, reliability
+from fashion.data.images import load_rgb
+from fashion.data.taxonomy import Taxonomy
+from fashion.data.vocab import IGNORE_INDEX
+from fashion.inference import Predictor, load_bundle, load_checkpoint
+from fashion.inference.bundle import BundleError, sha256
+from fashion.inference.onnx_runtime import OnnxPredictor
+from tests.conftest import SAMPLE, tiny_overrides
+
+REAL_IMAGES = sorted((SAMPLE / "images").glob("*.jpg"))[:6]
+
+
+def sampled(temperature: float, n: int = 20_000, classes: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits whose labels are drawn from softmax(logits / temperature): the NLL-optimal T is `temperature`."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = 3 * torch.randn(n, classes, generator=generator)
+    targets = torch.multinomial(torch.softmax(logits / temperature, dim=1), 1, generator=generator).squeeze(1)
+    return logits, targets
+
+
+@pytest.mark.parametrize("true_t", [0.5, 2.0])
+def test_temperature_scaling_recovers_the_temperature_and_lowers_ece(true_t):
+    logits, targets = sampled(true_t)
+    fit = fit_temperature(logits, targets)
+    assert fit.temperature == pytest.approx(true_t, rel=0.05) and fit.nll_after < fit.nll_before
+    conf_before, predicted = torch.softmax(logits, 1).max(1)
+    conf_after = torch.softmax(logits / fit.temperature, 1).max(1).values
+    correct = predicted == targets
+    assert reliability(conf_after, correct)["ece"] < 0.02 < reliability(conf_before, correct)["ece"]
+
+
+def test_our_ece_is_torchmetrics_top_label_ece():
+    logits, targets = sampled(2.0, n=3000)
+    confidence, predicted = torch.softmax(logits, 1).max(1)
+    reference = MulticlassCalibrationError(num_classes=6, n_bins=15, norm="l1")(torch.softmax(logits, 1), targets)
+    assert reliability(confidence, predicted == targets)["ece"] == pytest.approx(float(reference), abs=1e-6)
+
+
+def test_threshold_is_the_largest_coverage_at_the_target_precision():
+    confidence = torch.tensor([0.99, 0.95, 0.90, 0.80, 0.70])
+    correct = torch.tensor([True, True, True, False, True])
+    assert choose_threshold(confidence, correct, 0.98) == pytest.approx(0.90)   # top 3: precision 1.0; top 4: 0.75
+    assert choose_threshold(confidence, correct, 0.80) == pytest.approx(0.70)   # all 5: 0.8
+    assert choose_threshold(confidence, torch.zeros(5, dtype=torch.bool), 0.5) is None   # nothing is ever right
+    # equal confidences share one decision: no cut between the two 0.9s
+    assert choose_threshold(torch.tensor([0.9, 0.9, 0.8]), torch.tensor([True, False, True]), 0.6) == pytest.approx(0.8)
+    assert choose_threshold(torch.tensor([0.9, 0.9, 0.8]), torch.tensor([True, False, False]), 0.6) is None
+
+
+def test_edge_cases_fall_back_to_temperature_one_and_no_threshold():
+    n = 40
+    logits = {"gender": torch.randn(n, 3), "masterCategory": torch.randn(n, 1), "season": torch.randn(n, 4),
+              "usage": torch.randn(n, 5)}
+    targets = {"gender": torch.randint(0, 3, (n,)), "masterCategory": torch.zeros(n, dtype=torch.long),
+               "season": torch.full((n,), IGNORE_INDEX), "usage": torch.randint(0, 2, (n,))}   # classes 2-4 absent
+    decision, report = calibrate(logits, targets, {a: 0.98 for a in logits})
+    assert decision.temperatures["masterCategory"] == 1.0 and decision.thresholds["masterCategory"] is None
+    assert "single class" in decision.notes["masterCategory"]
+    assert decision.temperatures["season"] == 1.0 and decision.thresholds["season"] is None
+    assert "no labelled" in decision.notes["season"]
+    assert 0.05 <= decision.temperatures["usage"] <= 20.0          # a class absent from validation is no problem
+    assert all(value == value and abs(value) != float("inf") for value in report.values())   # no NaN, no inf
+    assert not decision.accepts("season", 1.0)
+
+
+def test_taxonomy_decodes_the_most_probable_seen_combination():
+    taxonomy = Taxonomy(["articleType", "subCategory", "masterCategory"],
+                        [("Tshirts", "Topwear", "Apparel"), ("Watches", "Watches", "Accessories")])
+    classes = {"articleType": ["Tshirts", "Watches"], "subCategory": ["Topwear", "Watches"],
+               "masterCategory": ["Accessories", "Apparel"]}
+    probs = {"articleType": torch.tensor([[0.55, 0.45], [0.9, 0.1]]),      # row 0: heads disagree
+             "subCategory": torch.tensor([[0.1, 0.9], [0.8, 0.2]]),
+             "masterCategory": torch.tensor([[0.8, 0.2], [0.3, 0.7]])}
+    chosen = taxonomy.decode(probs, classes)
+    assert chosen["articleType"].tolist() == [1, 0]          # row 0: Watches/Watches/Accessories wins jointly
+    assert chosen["subCategory"].tolist() == [1, 0] and chosen["masterCategory"].tolist() == [0, 1]
+    old = Taxonomy.from_dict({"Tshirts": {"subCategory": "Topwear", "masterCategory": "Apparel"}}, "old")
+    assert old.is_consistent({"articleType": "Tshirts", "subCategory": "Topwear", "masterCategory": "Apparel"})
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("decision.json", {"thresholds": {"gender": 1.5}}, "must lie in"),
+    ("decision.json", {"thresholds": {"sleeve": 0.9}}, "does not predict"),
+    ("decision.json", {"thresholds": {}, "_target_": "os.system"}, "Extra inputs"),
+    ("taxonomy.json", {"attributes": ["articleType", "colour"], "combinations": []}, "must come from"),
+    ("taxonomy.json", {"attributes": ["articleType", "subCategory"], "combinations": [["a"]]}, "needs 2 labels"),
+])
+def test_a_hostile_decision_or_taxonomy_file_is_refused_by_name(trained, tmp_path, name, content, message):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained.bundle, bundle)
+    (bundle / name).write_text(json.dumps(content))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"][name] = sha256(bundle / name)   # a consistent forgery: only validation can stop it
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=message) as err:
+        load_bundle(bundle)
+    assert name in str(err.value)
+
+
+def test_a_bundle_without_calibration_loads_with_temperature_one_and_reviews_everything(trained, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained.bundle, bundle)
+    state = load_file(bundle / "model.safetensors")
+    del state["temperature"]
+    save_file(state, bundle / "model.safetensors")
+    (bundle / "decision.json").unlink()
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["model.safetensors"] = sha256(bundle / "model.safetensors")
+    del manifest["files"]["decision.json"]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    loaded = load_bundle(bundle)
+    assert set(loaded.model.temperatures().values()) == {1.0}
+    prediction = Predictor(loaded).predict([load_rgb(REAL_IMAGES[0])])[0]
+    assert {p.status for p in prediction.values()} == {"needs_review"}
+
+
+def test_a_training_run_calibrates_logs_and_saves_its_decision(trained):
+    checkpoint = torch.load(trained.checkpoint, map_location="cpu", weights_only=True)
+    attributes = list(checkpoint["hyper_parameters"]["vocabularies"])
+    decision = Decision.from_dict(checkpoint["decision"], attributes, "checkpoint")
+    temperatures = checkpoint["state_dict"]["model.temperature"].tolist()
+    assert temperatures == pytest.approx([decision.temperatures[a] for a in attributes]) and set(temperatures) != {1.0}
+    assert set(decision.target_precision.values()) == {0.98}
+    client = mlflow.MlflowClient(trained.tracking_uri)
+    metrics = client.get_run(trained.run_id).data.metrics
+    for attribute in attributes:
+        assert metrics[f"calibration/{attribute}/temperature"] == pytest.approx(decision.temperatures[attribute])
+        assert 0.0 <= metrics[f"test/{attribute}/ece"] <= 1.0 and 0.0 <= metrics[f"test/{attribute}/ece_uncalibrated"] <= 1.0
+        assert 0.0 <= metrics[f"test/{attribute}/coverage"] <= 1.0
+    logged = {a.path for a in client.list_artifacts(trained.run_id, "test")}
+    assert {"test/reliability_articleType.png", "test/coverage_articleType.png"} <= logged
+    assert "calibration/decision.json" in {a.path for a in client.list_artifacts(trained.run_id, "calibration")}
+
+
+def test_every_runtime_returns_the_same_calibrated_probabilities(trained, tmp_path):
+    """PyTorch (checkpoint and bundle), ONNX, the MLflow pyfunc and the API (which the web page shows)."""
+    from fastapi.testclient import TestClient
+
+    from fashion.inference.pyfunc import log_pyfunc
+    from fashion.serving.app import create_app
+
+    images = [load_rgb(p) for p in REAL_IMAGES]
+    bundle = load_bundle(trained.bundle)
+    reference = Predictor(load_checkpoint(trained.checkpoint)).predict(images)
+    # the temperatures are applied: softmax(raw logits / T), not softmax(raw logits)
+    with torch.inference_mode():
+        batch = Predictor(bundle).to_tensor(images)
+        raw = bundle.model.heads(torch.cat([bundle.model.backbone(batch), *bundle.model.extra_features(batch).values()], 1))
+    for attribute, t in bundle.model.temperatures().items():
+        expected = torch.softmax(raw[attribute] / t, 1).gather(1, torch.tensor(
+            [[bundle.vocabularies[attribute].classes.index(r[attribute].label)] for r in reference])).squeeze(1)
+        assert torch.allclose(expected, torch.tensor([r[attribute].confidence for r in reference]), atol=1e-5)
+
+    answers = {"bundle": Predictor(bundle).predict(images),
+               "onnx": OnnxPredictor(bundle, trained.bundle).predict(images)}
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_experiment("parity")
+    pyfunc = mlflow.pyfunc.load_model(log_pyfunc(trained.bundle)).predict(
+        pd.DataFrame({"image": [base64.b64encode(p.read_bytes()).decode() for p in REAL_IMAGES]}))
+    client = TestClient(create_app(trained.bundle))
+    api = [client.post("/v1/predict", files={"file": (p.name, p.read_bytes())}).json()["predictions"] for p in REAL_IMAGES]
+    for row, expected in enumerate(reference):
+        for attribute, p in expected.items():
+            for runtime, answer in answers.items():
+                assert answer[row][attribute].label == p.label, runtime
+                assert abs(answer[row][attribute].confidence - p.confidence) <= 1e-4, runtime
+                assert answer[row][attribute].status == p.status, runtime
+            assert pyfunc[attribute].iloc[row] == p.label
+            assert abs(pyfunc[f"{attribute}_confidence"].iloc[row] - p.confidence) <= 1e-4
+            assert pyfunc[f"{attribute}_status"].iloc[row] == p.status
+            assert api[row][attribute]["label"] == p.label and api[row][attribute]["status"] == p.status
+            assert abs(api[row][attribute]["confidence"] - p.confidence) <= 1e-4
+    mlflow.set_tracking_uri(None)
+
+
+def test_an_unknown_attribute_in_the_per_attribute_targets_is_named(tmp_path, kaggle_folder, compose_config):
+    from fashion.train import train
+
+    cfg = compose_config(tiny_overrides(tmp_path, kaggle_folder)
+                         + ["+callbacks.calibration.target_precision_per_attribute.sleeve=0.9"])
+    with pytest.raises(ValueError, match="sleeve"):   # before training, not after it
+        train(cfg)
+    assert not list(tmp_path.rglob("*.ckpt"))
