@@ -91,7 +91,8 @@ def evaluate(predictor: Predictor, source: EvalSource, exclude_ids: set[int] = f
 def collect_decisions(predictor: Predictor, probs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
                       served: dict[str, list[torch.Tensor]]) -> None:
     """Per attribute: each head's own choice, the jointly decoded (served) one, its confidence, the target."""
-    joint, chosen = predictor.choose(probs, taxonomy=True), predictor.choose(probs)
+    joint = predictor.choose(probs, taxonomy=True)
+    chosen = joint if predictor.taxonomy else predictor.choose(probs)
     for attribute, p in probs.items():
         served[f"{attribute}/own"].append(p.argmax(dim=1))
         served[f"{attribute}/joint"].append(joint[attribute])

@@ -43,7 +43,7 @@ class AttributeMetrics(nn.Module):
         self.records = nn.ModuleDict({a: ConfidenceRecord() for a in num_classes}) if confidence else None
 
     def update(self, logits: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
-               temperatures: Mapping[str, float] | None = None) -> None:
+               temperatures: Mapping[str, float | torch.Tensor] | None = None) -> None:
         """`temperatures`: what divided these logits, so the record can score the uncalibrated model too."""
         for attribute, collection in self.metrics.items():
             collection.update(logits[attribute].float(), targets[attribute])

@@ -28,7 +28,7 @@ class ConfidenceRecord(Metric):
         for name in ("confidence", "correct", "uncalibrated"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
-    def update(self, logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> None:
+    def update(self, logits: torch.Tensor, targets: torch.Tensor, temperature: float | torch.Tensor = 1.0) -> None:
         labelled = targets != IGNORE_INDEX
         logits, targets = logits[labelled].float(), targets[labelled]
         confidence, predicted = torch.softmax(logits, dim=1).max(dim=1)

@@ -94,7 +94,7 @@ class TaggerModule(L.LightningModule):
         logits = self(inputs)
         total, _ = self.loss(logits, targets)
         self.log(f"{stage}/loss", total, on_epoch=True, sync_dist=True, batch_size=batch_size_of(targets))
-        metrics.update(logits, targets, self.model.temperatures() if metrics.records is not None else None)
+        metrics.update(logits, targets, dict(zip(self.model.attributes, self.model.temperature)) if metrics.records is not None else None)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._evaluate(batch, self.val_metrics, "val")
