@@ -4,8 +4,9 @@
     fashion-predict checkpoint=best.ckpt shoe.jpg format=csv output=tags.csv
     fashion-predict bundle=bundles/best manifest=catalogue.parquet format=parquet output=tags/ resume=true
 
-A whole catalogue: `manifest=` (CSV or Parquet with a `path` column) or folders; images are decoded in
-`workers` loader processes while the model runs (fashion/inference/batch.py); `resume=true` skips the
+A whole catalogue: `manifest=` (CSV or Parquet with a `path` column) or folders; `lanes` batches (one per
+core) decode and run the model at once on threads, so decoding overlaps the model (fashion/inference/batch.py,
+throughput against the bare model in docs/batch_scoring.md); `resume=true` skips the
 paths the output already holds (fashion/inference/outputs.py). Across machines, the same scoring runs
 on Spark through the MLflow pyfunc (fashion/inference/spark.py, docs/batch_scoring.md).
 
@@ -117,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoint: str | None = None,
             manifest: str | None = None, path_column: str = "path", format: Format = "jsonl", output: str | None = None,
-            resume: bool = False, top_k: int = 3, batch_size: int = 32, workers: int | None = None, taxonomy: bool = True,
+            resume: bool = False, top_k: int = 3, batch_size: int = 32, lanes: int | None = None, workers: int = 0,
+            taxonomy: bool = True,
             runtime: Runtime = "auto", explain: str | None = None, explain_dir: str = "explanations") -> int:
     """Tags every image of `inputs` and `manifest`; the exit status is 1 when any file failed, 2 when nothing could run."""
     files, unmatched = expand_inputs(list(inputs or []))
@@ -136,8 +138,9 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
         files = [f for f in files if f not in done]
         print(f"fashion-predict: resuming: {len(done)} already in {output}, {len(files)} to score", file=sys.stderr)
     try:
+        cores = usable_cores()
         predictor = load_predictor(bundle=bundle, checkpoint=checkpoint, runtime=runtime, top_k=top_k,
-                                   batch_size=batch_size, taxonomy=taxonomy)
+                                   batch_size=batch_size, taxonomy=taxonomy, threads=max(1, cores // (lanes or cores)))
     except (ValueError, OSError) as err:  # a refused, tampered or missing bundle/checkpoint: say why, no traceback
         print(f"fashion-predict: cannot load the model: {err}", file=sys.stderr)
         return 2
@@ -149,7 +152,8 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
     if explained:   # Grad-CAM needs the decoded image beside its prediction: decode here, batch by batch
         rows = predict_files(predictor, [Path(f) for f in files], len(files) >= PROGRESS_FROM, explained, Path(explain_dir))
     else:
-        rows = progress(score_paths(predictor, files, default_workers() if workers is None else workers), len(files))
+        lanes = lanes or (cores if predictor.runtime == "onnx" else 1)   # PyTorch already spreads one batch over every core
+        rows = progress(score_paths(predictor, files, workers, lanes), len(files))
     failed = scored = 0
 
     def counted(stream: Iterator[dict]) -> Iterator[dict]:
@@ -172,11 +176,9 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
     return 1 if failed or unmatched else 0
 
 
-def default_workers() -> int:
-    """Decoding processes beside the model: none on 2 cores, where they only take cores from onnxruntime
-    (docs/batch_scoring.md: 0.78 of the bare model without, 0.65 with 2), half the cores above that."""
-    cores = os.cpu_count() or 1
-    return 0 if cores <= 2 else min(8, cores // 2)
+def usable_cores() -> int:
+    """The cores this process may run on (a container's or a SLURM job's share, not the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def progress(rows: Iterator[dict], total: int) -> Iterator[dict]:

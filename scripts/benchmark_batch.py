@@ -5,26 +5,33 @@ end, and Spark local[2] through the pyfunc.
     python scripts/benchmark_batch.py --bundle bundles/best --images ../shared/data/fashion-product-images-small/images --limit 5000
 
 1. bare: onnxruntime (the bundle's model.onnx, as fashion-predict's runtime=auto) on tensors decoded
-   and preprocessed beforehand: the reference, no decoding in the timed part;
-2. fashion-predict: manifest -> Parquet, decoding in `workers` loader processes (0, 1, 2: the command a
-   user runs; 0 decodes between the model's batches);
+   and preprocessed beforehand, no decoding in the timed part, run two ways: one session over every
+   core, one batch at a time (onnxruntime's default), and one intra-op thread per core with one batch
+   per core at once (how fashion-predict runs it). The faster is the reference;
+2. fashion-predict end to end: the command a user runs, manifest -> Parquet, start-up included, with its
+   default lanes and with `workers` loader processes (--workers);
 3. Spark local[2]: the same manifest through `mlflow.pyfunc.spark_udf` (session start-up not timed;
-   skipped without the spark extra).
-The bare run is repeated last; ratios are to the faster of the two. Images/s, the ratio to bare, and the
-peak RSS of the process and its children. Writes docs/batch_scoring.md.
+   skipped without the spark extra), once.
+A shared machine's speed drifts by 10-20% over minutes, so 1 and 2 are interleaved for `--rounds` rounds
+and each path reports its best round (and the median): a ratio compares runs that saw the same machine.
+Images/s, the ratio to the reference, and peak RSS of the process and its children. Writes docs/batch_scoring.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import gc
 import platform
+import shutil
+import statistics
 import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import onnxruntime
 import pandas as pd
 import psutil
 import torch
@@ -35,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 from fashion.data.images import load_rgb  # noqa: E402
 from fashion.inference.runtime import load_predictor  # noqa: E402
 from fashion.predict import main as fashion_predict  # noqa: E402
+from fashion.predict import usable_cores
 
 
 class PeakRSS:
@@ -42,6 +50,7 @@ class PeakRSS:
 
     def __enter__(self) -> PeakRSS:
         self.peak, self.running = 0, True
+        self.baseline = psutil.Process().memory_info().rss   # what the process held before the measured path
         self.thread = threading.Thread(target=self.sample, daemon=True)
         self.thread.start()
         return self
@@ -61,25 +70,30 @@ class PeakRSS:
         self.thread.join()
 
 
-def bare(bundle: str, paths: list[str], batch_size: int) -> tuple[float, int]:
+def decoded(bundle: str, paths: list[str], batch_size: int) -> list[torch.Tensor]:
     predictor = load_predictor(bundle=bundle, runtime="onnx", batch_size=batch_size)
-    batches = [predictor.to_tensor([load_rgb(p) for p in paths[i:i + batch_size]]) for i in range(0, len(paths), batch_size)]
+    return [predictor.to_tensor([load_rgb(p) for p in paths[i:i + batch_size]]) for i in range(0, len(paths), batch_size)]
+
+
+def bare(bundle: str, batches: list[torch.Tensor], lanes: int) -> tuple[float, int]:
+    """The model alone on pre-decoded batches: `lanes` batches at once with cores/lanes threads each."""
+    predictor = load_predictor(bundle=bundle, runtime="onnx", threads=max(1, usable_cores() // lanes))
     predictor.probabilities(batches[0])   # warm-up
-    with PeakRSS() as memory:
+    with PeakRSS() as memory, ThreadPoolExecutor(lanes) as pool:
         started = time.perf_counter()
-        for batch in batches:
-            predictor.probabilities(batch)
+        list(pool.map(predictor.probabilities, batches))
         seconds = time.perf_counter() - started
-    return len(paths) / seconds, memory.peak
+    return sum(len(b) for b in batches) / seconds, memory.peak, memory.peak - memory.baseline
 
 
 def end_to_end(bundle: str, manifest: Path, out: Path, workers: int, batch_size: int) -> tuple[float, int]:
+    shutil.rmtree(out, ignore_errors=True)   # a fresh job each round, not a resumed one
     with PeakRSS() as memory:
         started = time.perf_counter()
         fashion_predict([f"bundle={bundle}", f"manifest={manifest}", "format=parquet", f"output={out}",
                          f"workers={workers}", f"batch_size={batch_size}"])
         seconds = time.perf_counter() - started
-    return len(pd.read_parquet(out)) / seconds, memory.peak
+    return len(pd.read_parquet(out)) / seconds, memory.peak, memory.peak - memory.baseline
 
 
 def spark(bundle: str, manifest: Path, out: Path, tmp: Path) -> tuple[float, int] | None:
@@ -101,7 +115,7 @@ def spark(bundle: str, manifest: Path, out: Path, tmp: Path) -> tuple[float, int
             started = time.perf_counter()
             score_manifest(session, uri, str(manifest), str(out))
             seconds = time.perf_counter() - started
-        return len(pd.read_parquet(out)) / seconds, memory.peak
+        return len(pd.read_parquet(out)) / seconds, memory.peak, memory.peak - memory.baseline
     finally:
         session.stop()
 
@@ -111,37 +125,58 @@ def main() -> None:
     parser.add_argument("--bundle", required=True)
     parser.add_argument("--images", default=str(ROOT / "data" / "sample" / "images"))
     parser.add_argument("--limit", type=int, default=1000)
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="fashion-predict's loader processes")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0], help="fashion-predict's loader processes")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "batch_scoring.md")
     args = parser.parse_args()
     paths = [str(p) for p in sorted(Path(args.images).glob("*.jpg"))[:args.limit]]
-    rows = {}
+    cores = usable_cores()
+    runs: dict[str, list[tuple[float, int, int]]] = {}
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
         manifest = tmp / "manifest.parquet"
         pd.DataFrame({"path": paths}).to_parquet(manifest)
-        first = bare(args.bundle, paths, args.batch_size)
-        for workers in args.workers:
-            rows[f"fashion-predict, manifest -> Parquet, workers={workers}"] = end_to_end(
-                args.bundle, manifest, tmp / f"local{workers}", workers, args.batch_size)
+        for round in range(args.rounds):
+            batches = decoded(args.bundle, paths, args.batch_size)   # freed before fashion-predict, whose memory is measured
+            runs.setdefault("bare onnxruntime, one session over every core, one batch at a time", []).append(
+                bare(args.bundle, batches, 1))
+            runs.setdefault(f"bare onnxruntime, one thread per core, {cores} batches at once", []).append(
+                bare(args.bundle, batches, cores))
+            del batches
+            gc.collect()
+            for workers in args.workers:
+                runs.setdefault(f"fashion-predict, manifest -> Parquet, workers={workers}", []).append(
+                    end_to_end(args.bundle, manifest, tmp / f"local{workers}", workers, args.batch_size))
+            print(f"round {round + 1}: " + ", ".join(f"{v[-1][0]:.1f}" for v in runs.values()), flush=True)
         result = spark(args.bundle, manifest, tmp / "spark", tmp)
         if result:
-            rows["Spark local[2], pyfunc spark_udf"] = result
-        last = bare(args.bundle, paths, args.batch_size)   # again at the end: the machine's drift shows
-    # The reference is the faster of the two bare runs, so a ratio is never flattered by a slow reference.
-    reference = max(first[0], last[0])
-    rows = {"bare onnxruntime, pre-decoded tensors (first run)": first, "bare, again after the others": last, **rows}
+            runs["Spark local[2], pyfunc spark_udf (one run)"] = [result]
+    best = {name: max(speed for speed, *_ in values) for name, values in runs.items()}
+    # The reference is the faster bare configuration in its best round, so a ratio is never flattered.
+    reference = max(speed for name, speed in best.items() if name.startswith("bare"))
     size = load_predictor(bundle=args.bundle).trained.preprocessing.image_size
     lines = ["# Catalogue scoring throughput", "",
-             f"Written by `python scripts/benchmark_batch.py --bundle <bundle> --limit {args.limit}`; measured in one run.", "",
-             f"- Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-             f"Python {platform.python_version()}",
+             f"Written by `python scripts/benchmark_batch.py --bundle <bundle> --images {Path(args.images).name} "
+             f"--limit {args.limit} --rounds {args.rounds}`; measured in one run.", "",
+             f"- Machine: {platform.processor() or platform.machine()}, {cores} CPU cores, torch {torch.__version__}, "
+             f"onnxruntime {onnxruntime.__version__}, Python {platform.python_version()}",
              f"- Images: {len(paths):,} from `{Path(args.images).name}/`; the model's input {size}x{size}, batch {args.batch_size}",
-             "", "| path | images/s | vs bare (the faster bare run) | peak RSS (GiB, with children) |", "|---|---|---|---|"]
-    for name, (speed, peak) in rows.items():
-        lines.append(f"| {name} | {speed:.1f} | {speed / reference:.2f} | {peak / 2**30:.2f} |")
-    if "Spark local[2], pyfunc spark_udf" not in rows:
+             f"- Rounds: {args.rounds}, interleaved; images/s of the best round (median in brackets); memory: peak RSS of"
+             " the process and its children during the path, and what the path added to what the process held before it",
+             "", "| path | images/s | vs bare (the faster bare configuration) | peak RSS (GiB) | added (GiB) |",
+             "|---|---|---|---|---|"]
+    for name, values in runs.items():
+        speeds = [speed for speed, *_ in values]
+        lines.append(f"| {name} | {best[name]:.1f} ({statistics.median(speeds):.1f}) | {best[name] / reference:.2f} | "
+                     f"{max(v[1] for v in values) / 2**30:.2f} | {max(v[2] for v in values) / 2**30:.2f} |")
+    bare_names = [name for name in runs if name.startswith("bare")]
+    for workers in args.workers:
+        name = f"fashion-predict, manifest -> Parquet, workers={workers}"
+        ratios = [runs[name][r][0] / max(runs[b][r][0] for b in bare_names) for r in range(args.rounds)]
+        lines.append(f"\nPer round, {name} / the faster bare run of that round: "
+                     + ", ".join(f"{ratio:.2f}" for ratio in ratios))
+    if not any(name.startswith("Spark") for name in runs):
         lines += ["", "Spark: not measured (the spark extra is not installed)."]
     args.output.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -51,7 +51,7 @@ def test_an_interrupted_job_resumes_without_redoing_finished_rows(trained, tmp_p
         (out / ".part-00001.parquet.tmp").write_bytes(b"PAR1 unfinished")
     scored = []
     original = predict_module.score_paths
-    monkeypatch.setattr(predict_module, "score_paths", lambda p, files, w: (scored.extend(files), original(p, files, w))[1])
+    monkeypatch.setattr(predict_module, "score_paths", lambda p, files, *args: (scored.extend(files), original(p, files, *args))[1])
     assert main([f"bundle={trained.bundle}", f"manifest={manifest}", f"format={format}", f"output={out}", "resume=true"]) == 1
     assert scored == paths[6:]                                           # only what was not finished
     if format == "parquet":
@@ -63,14 +63,20 @@ def test_an_interrupted_job_resumes_without_redoing_finished_rows(trained, tmp_p
     assert sorted(rows["path"]) == sorted(paths)                          # each once, the half-written one gone
 
 
-def test_loader_workers_change_nothing_but_speed(trained, tmp_path):
+def test_lanes_and_loader_workers_change_nothing_but_speed(trained, tmp_path):
+    """One lane, three lanes (batches decoded and scored on concurrent threads, onnxruntime at one
+    thread each) and two loader processes write the same table, errors included, in input order."""
     manifest, _ = manifest_with_bad_rows(tmp_path, n=40)
     outputs = {}
-    for workers in (0, 2):
-        out = tmp_path / f"w{workers}.csv"
-        main([f"bundle={trained.bundle}", f"manifest={manifest}", "format=csv", f"output={out}", f"workers={workers}"])
-        outputs[workers] = pd.read_csv(out)
-    pd.testing.assert_frame_equal(outputs[0], outputs[2])
+    for lanes, workers in ((1, 0), (3, 0), (2, 2)):
+        out = tmp_path / f"l{lanes}w{workers}.csv"
+        main([f"bundle={trained.bundle}", f"manifest={manifest}", "format=csv", f"output={out}", f"lanes={lanes}",
+              f"workers={workers}", "batch_size=4"])
+        outputs[lanes, workers] = pd.read_csv(out)
+    assert list(outputs[1, 0]["path"]) == list(pd.read_csv(manifest)["path"])
+    assert outputs[1, 0]["error"].notna().sum() == 2
+    pd.testing.assert_frame_equal(outputs[1, 0], outputs[3, 0])
+    pd.testing.assert_frame_equal(outputs[1, 0], outputs[2, 2])
 
 
 def test_spark_scores_the_manifest_like_fashion_predict(trained, tmp_path):

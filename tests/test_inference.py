@@ -245,3 +245,22 @@ def test_mlflow_models_serve_answers_the_logged_input_example(trained, tmp_path)
     (row,) = answer["predictions"]
     assert row["articleType"] in load_bundle(trained.bundle).vocabularies["articleType"].classes
     assert 0.0 <= row["articleType_confidence"] <= 1.0
+
+
+@pytest.mark.parametrize("mean, std", [((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+def test_batch_normalisation_is_bit_for_bit_the_training_eval_transform(mean, std):
+    """Inference normalises a whole batch through lookup tables (fashion/data/transforms.py); it must give
+    exactly what albumentations' eval transform gives image by image: thumbnails that get padded, squares,
+    wide and tall photos, ImageNet and [-1, 1] statistics."""
+    from fashion.data.transforms import Preprocessing
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((80, 60), (224, 224), (300, 225), (90, 400), (1, 1))]
+    prep = Preprocessing(224, mean, std)
+    geometry, full = prep.geometry(), prep.eval_transform()
+    expected = torch.stack([full(image=image)["image"] for image in images])
+    got = prep.normalise([geometry(image=image)["image"] for image in images])
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    assert torch.equal(got, expected)
+    with pytest.raises(ValueError, match="padded 224x224x3 uint8"):
+        prep.normalise([images[0]])

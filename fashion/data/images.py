@@ -12,13 +12,14 @@ applies it, and a transparent background becomes the white studio background the
 
 from __future__ import annotations
 
+import io
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +33,18 @@ class ImageReadError(OSError):
 
 EXIF_ORIENTATION = 0x0112
 SWAPS_SIDES = {5, 6, 7, 8}  # orientations that rotate by 90 degrees
+TRANSPOSES = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}  # as ImageOps.exif_transpose, which copies even an upright image
 
 
 def to_rgb(image: Image.Image) -> np.ndarray:
-    """Upright HxWx3 uint8 pixels: EXIF orientation applied, alpha composited on white, any mode to RGB."""
-    image = ImageOps.exif_transpose(image) or image
+    """Upright HxWx3 uint8 pixels: EXIF orientation applied, alpha composited on white, any mode to RGB.
+    Takes ownership of `image`; an RGB image without a rotation is never copied (catalogue scoring decodes
+    millions of them)."""
+    method = TRANSPOSES.get(exif_orientation(image))
+    if method is not None:
+        image = image.transpose(method)
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -46,26 +54,34 @@ def to_rgb(image: Image.Image) -> np.ndarray:
         values = np.asarray(image, dtype=np.float64)
         values = values / 257 if values.max(initial=0) > 255 else values
         image = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), "L")
-    return np.asarray(image.convert("RGB"))
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag (1, upright, when absent), read from the header without decoding; a
+    malformed EXIF block counts as upright, as image viewers treat it."""
+    try:
+        return int(image.getexif().get(EXIF_ORIENTATION, 1))
+    except Exception:
+        return 1
 
 
 def upright_size(image: Image.Image) -> tuple[int, int]:
     """(width, height) as shown, after the EXIF orientation, read from the header without decoding."""
     width, height = image.size
-    try:
-        orientation = image.getexif().get(EXIF_ORIENTATION)
-    except Exception:  # a malformed EXIF block: exif_transpose will ignore it too
-        orientation = None
-    return (height, width) if orientation in SWAPS_SIDES else (width, height)
+    return (height, width) if exif_orientation(image) in SWAPS_SIDES else (width, height)
 
 
 def load_rgb(path: str | Path, min_side: int | None = None) -> np.ndarray:
     """Decode to an upright HxWx3 uint8 array; `min_side` lets JPEG decoding downscale while keeping >= min_side."""
     try:
-        with Image.open(path) as image:
+        data = io.BytesIO(Path(path).read_bytes())   # one read, not one per 4 KiB block
+        with Image.open(data) as image:
             if min_side is not None and image.format == "JPEG":
                 image.draft("RGB", (min_side, min_side))
             return to_rgb(image)
+    except UnidentifiedImageError:   # Pillow's own message names the in-memory buffer, not the file
+        raise ImageReadError(f"cannot decode image {path}: cannot identify image file") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise ImageReadError(f"cannot decode image {path}: {err}") from err
 

@@ -11,11 +11,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check on import
 
 import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 
 
@@ -41,6 +44,32 @@ class Preprocessing:
 
     def to_tensor(self) -> list[A.BasicTransform]:
         return [A.Normalize(mean=self.mean, std=self.std, max_pixel_value=255.0), ToTensorV2()]
+
+    def geometry(self) -> A.Compose:
+        """The eval transform up to normalisation: uint8 pixels, resized and padded (see `normalise`)."""
+        return A.Compose(self.resize_and_pad(), strict=True)
+
+    @cached_property
+    def lookup_tables(self) -> list[np.ndarray]:
+        """Per channel, 256 float32 values: what `to_tensor`'s Normalize makes of each uint8 value, taken
+        from Normalize itself (applied to the 256 values), so a batch normalised through them is bit for
+        bit what the per-image transform gives."""
+        ramp = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=2)
+        values = A.Compose(self.to_tensor()[:1])(image=ramp)["image"].astype(np.float32)
+        return [np.ascontiguousarray(values[:, 0, c]) for c in range(3)]
+
+    def normalise(self, padded: Sequence[np.ndarray]) -> torch.Tensor:
+        """Padded uint8 images (H, W, 3) -> the model's input batch (N, 3, H, W), equal to stacking the eval
+        transform's output image by image; each channel plane is looked up straight into its place in
+        the batch (catalogue scoring's hot path: 4x less work than the per-image transform and a stack)."""
+        batch = np.empty((len(padded), 3, self.image_size, self.image_size), np.float32)
+        for i, image in enumerate(padded):
+            if image.shape != (self.image_size, self.image_size, 3) or image.dtype != np.uint8:
+                raise ValueError(f"normalise takes padded {self.image_size}x{self.image_size}x3 uint8 images, "
+                                 f"got {image.shape} {image.dtype}: run geometry() first")
+            for channel, plane in enumerate(cv2.split(image)):
+                cv2.LUT(plane, self.lookup_tables[channel], dst=batch[i, channel])
+        return torch.from_numpy(batch)
 
     def eval_transform(self, *fixed: A.BasicTransform) -> A.Compose:
         """`fixed`: deterministic transforms between padding and normalisation (a cached augmentation view)."""

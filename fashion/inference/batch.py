@@ -1,15 +1,23 @@
-"""Scoring a catalogue on one machine: images are decoded and preprocessed in loader processes while
-the model runs, so the model never waits for JPEG decoding and the two overlap.
+"""Scoring a catalogue on one machine: images are decoded and preprocessed while the model runs, so
+the model never waits for JPEG decoding and every core stays busy.
 
-torch's DataLoader is the bounded queue: `workers` processes each prepare whole batches, and at most
-`workers x prefetch` batches wait for the model, so memory holds a few batches whatever the catalogue's
-size (plus the list of paths, ~100 bytes each). An image that cannot be read becomes an error row with
-the reason; the job goes on.
+`lanes` batches go through the model at once, each on its own thread; a lane decodes its batch and then
+runs the model on it. Pillow's decoder, OpenCV and onnxruntime release the GIL, so while one lane
+decodes, the others keep the cores busy with the model. With onnxruntime at one intra-op thread per
+lane this beats one session spread over every core even on bare, pre-decoded tensors: single-threaded
+runs never wait for each other at a parallel region's barrier (docs/batch_scoring.md).
+`workers>=1` adds DataLoader processes that decode instead of the lanes, for machines with cores to spare.
+The queue is bounded: at most `lanes x prefetch` batches are in flight, so memory holds a few batches
+whatever the catalogue's size (plus the list of paths, ~100 bytes each). An image that cannot be read
+becomes an error row with the reason; the job goes on.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 import torch
@@ -20,37 +28,72 @@ from fashion.inference.predictor import Predictor
 
 
 class ImageFiles(Dataset):
-    """(index, preprocessed tensor, None) or (index, None, why it could not be read) per path."""
+    """(index, padded uint8 pixels, None) or (index, None, why it could not be read) per path."""
 
-    def __init__(self, paths: Sequence[str], preprocess: Callable[[np.ndarray], torch.Tensor]) -> None:
+    def __init__(self, paths: Sequence[str], preprocess: Callable[[np.ndarray], np.ndarray]) -> None:
         self.paths, self.preprocess = paths, preprocess
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str | None]:
         try:
             return index, self.preprocess(load_rgb(self.paths[index])), None
         except (ImageReadError, OSError) as err:
             return index, None, str(err) or type(err).__name__
 
 
-def collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> tuple[list[int], torch.Tensor | None, dict[int, str]]:
-    tensors = [tensor for _, tensor, _ in items if tensor is not None]
+Batch = tuple[list[int], torch.Tensor | None, dict[int, str]]
+
+
+def collate(items: list[tuple[int, np.ndarray | None, str | None]], normalise: Callable[[list[np.ndarray]], torch.Tensor]) -> Batch:
+    """The readable images normalised as one batch (numpy and OpenCV, no torch op: torch would start an
+    OpenMP team on every lane thread, whose spinning threads take the cores onnxruntime runs on)."""
+    arrays = [pixels for _, pixels, _ in items if pixels is not None]
     errors = {index: error for index, _, error in items if error is not None}
-    return [index for index, _, _ in items], torch.stack(tensors) if tensors else None, errors
+    return [index for index, _, _ in items], normalise(arrays) if arrays else None, errors
 
 
-def score_paths(predictor: Predictor, paths: Sequence[str], workers: int = 2, prefetch: int = 2) -> Iterator[dict]:
+def score_paths(predictor: Predictor, paths: Sequence[str], workers: int = 0, lanes: int = 1,
+                prefetch: int = 2) -> Iterator[dict]:
     """One row per path, in order: `{"path", "predictions": {attribute: Prediction.to_dict()}}` or
-    `{"path", "error"}`. `workers=0` decodes in this process (no overlap)."""
-    loader = DataLoader(ImageFiles(paths, predictor.preprocess), batch_size=predictor.batch_size, num_workers=workers,
-                        prefetch_factor=prefetch if workers else None, collate_fn=collate,
-                        persistent_workers=False)
-    for indices, batch, errors in loader:
-        predictions = iter(predictor.decode(predictor.probabilities(batch)) if batch is not None else [])
+    `{"path", "error"}`."""
+    files = ImageFiles(paths, predictor.preprocess)
+    if workers:
+        loader = DataLoader(files, batch_size=predictor.batch_size, num_workers=workers, prefetch_factor=prefetch,
+                            collate_fn=partial(collate, normalise=predictor.normalise), persistent_workers=False)
+        batches: Iterator[Callable[[], Batch]] = (partial(lambda batch: batch, batch) for batch in loader)
+    else:
+        batches = (partial(prepare, files, start, predictor) for start in range(0, len(files), predictor.batch_size))
+    for indices, probabilities, errors in scored_in_order(predictor, batches, lanes, lanes * prefetch):
+        predictions = iter(predictor.decode(probabilities) if probabilities is not None else [])
         for index in indices:
             if index in errors:
                 yield {"path": str(paths[index]), "error": errors[index]}
             else:
                 yield {"path": str(paths[index]), "predictions": {a: p.to_dict() for a, p in next(predictions).items()}}
+
+
+def prepare(files: ImageFiles, start: int, predictor: Predictor) -> Batch:
+    return collate([files[i] for i in range(start, min(start + predictor.batch_size, len(files)))], predictor.normalise)
+
+
+def scored_in_order(predictor: Predictor, batches: Iterator[Callable[[], Batch]], lanes: int,
+                    ahead: int) -> Iterator[tuple[list[int], dict[str, torch.Tensor] | None, dict[int, str]]]:
+    """Each batch prepared and then run through the model on one of `lanes` threads; results in input order,
+    at most `ahead` batches in flight."""
+    def score(prepared: Callable[[], Batch]) -> tuple[list[int], dict[str, torch.Tensor] | None, dict[int, str]]:
+        indices, batch, errors = prepared()
+        return indices, predictor.probabilities(batch) if batch is not None else None, errors
+
+    pool = ThreadPoolExecutor(lanes, thread_name_prefix="fashion-lane")
+    pending: deque[Future] = deque()
+    try:
+        for prepared in batches:
+            pending.append(pool.submit(score, prepared))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:   # a consumer that stops early (or an error) must not leave batches decoding behind it
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -7,6 +7,7 @@ normalise), so served predictions see exactly what validation saw.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,19 +46,28 @@ class Predictor:
     def __init__(self, trained: TrainedModel, top_k: int = 3, batch_size: int = 32, taxonomy: bool = True) -> None:
         self.trained = trained
         self.model = trained.model.eval()
-        self.transform = trained.preprocessing.eval_transform()
+        self.local = threading.local()   # one transform per thread: an albumentations pipeline keeps state per call
         self.top_k, self.batch_size, self.taxonomy = top_k, batch_size, taxonomy
 
     @property
     def attributes(self) -> list[str]:
         return self.trained.attributes
 
-    def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """One decoded RGB image -> the model's input tensor (the training run's eval transform)."""
-        return self.transform(image=image)["image"]
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """One decoded RGB image -> uint8 pixels resized and padded as the training run's eval transform
+        does; `to_tensor` normalises a batch of them. Safe to call from several threads at once (the API's
+        worker threads, catalogue scoring's lanes)."""
+        transform = getattr(self.local, "geometry", None)
+        if transform is None:
+            transform = self.local.geometry = self.trained.preprocessing.geometry()
+        return transform(image=image)["image"]
+
+    def normalise(self, padded: list[np.ndarray]) -> torch.Tensor:
+        return self.trained.preprocessing.normalise(padded)
 
     def to_tensor(self, images: list[np.ndarray]) -> torch.Tensor:
-        return torch.stack([self.preprocess(image) for image in images])
+        """Decoded RGB images -> the model's input batch: exactly the training run's eval transform, stacked."""
+        return self.normalise([self.preprocess(image) for image in images])
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:

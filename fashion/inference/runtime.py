@@ -19,8 +19,9 @@ Runtime = Literal["auto", "onnx", "torch"]
 
 @typed
 def load_predictor(*, bundle: str | Path | None = None, checkpoint: str | Path | None = None, runtime: Runtime = "auto",
-                   top_k: int = 3, batch_size: int = 32, taxonomy: bool = True) -> Predictor:
-    """Exactly one of `bundle` (a fashion-export folder) and `checkpoint` (a fashion-train .ckpt)."""
+                   top_k: int = 3, batch_size: int = 32, taxonomy: bool = True, threads: int | None = None) -> Predictor:
+    """Exactly one of `bundle` (a fashion-export folder) and `checkpoint` (a fashion-train .ckpt). `threads`:
+    onnxruntime's intra-op threads per batch (None: every core); PyTorch keeps its process-wide setting."""
     if (bundle is None) == (checkpoint is None):
         raise ValueError("give exactly one of a bundle and a checkpoint")
     if checkpoint is not None:
@@ -35,5 +36,5 @@ def load_predictor(*, bundle: str | Path | None = None, checkpoint: str | Path |
     if runtime == "onnx" or (runtime == "auto" and BundleFiles(bundle).has("model.onnx")):
         from fashion.inference.onnx_runtime import OnnxPredictor
 
-        return OnnxPredictor(trained, bundle, top_k=top_k, batch_size=batch_size, taxonomy=taxonomy)
+        return OnnxPredictor(trained, bundle, top_k=top_k, batch_size=batch_size, taxonomy=taxonomy, threads=threads)
     return Predictor(trained, top_k=top_k, batch_size=batch_size, taxonomy=taxonomy)
