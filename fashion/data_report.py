@@ -1,6 +1,8 @@
 """`fashion-data report [overrides]`: class counts, imbalance, missing values, co-occurrences and
 sample grids of a dataset under a label config, written as PNGs + README.md and logged to MLflow
 as its own run (tag `run_type=data_report`). Read it before choosing `labels.min_count` and mappings.
+`fashion-data export-feedback output=<folder>`: the review queue's corrections as training data
+(fashion/feedback/export.py).
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import mlflow
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fashion.cli import tool_config
 from fashion.config import CONFIG_DIR, validate_config
 from fashion.data.datamodule import FashionDataModule
 from fashion.data.report import build_report
 from fashion.tracking.run import ensure_experiment, git_commit
 
-COMMANDS = ("report",)
+COMMANDS = ("report", "export-feedback")
 
 
 def write_data_report(cfg: DictConfig) -> tuple[Path, str | None]:
@@ -49,11 +52,27 @@ def report_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """Subcommand dispatch; everything after the subcommand is Hydra overrides."""
+    """Subcommand dispatch; everything after the subcommand is overrides."""
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
-        sys.exit(f"usage: fashion-data {{{'|'.join(COMMANDS)}}} [hydra overrides], e.g. fashion-data report data=subset")
-    sys.argv.pop(1)
+        sys.exit(f"usage: fashion-data {{{'|'.join(COMMANDS)}}} [overrides], e.g. fashion-data report data=subset, "
+                 "fashion-data export-feedback output=feedback")
+    command = sys.argv.pop(1)
+    if command == "export-feedback":
+        cfg = tool_config("fashion-data export-feedback", "export_feedback", sys.argv[1:], export_feedback_cli)
+        sys.exit(export_feedback_cli(**cfg))
     report_main()
+
+
+def export_feedback_cli(output: str, review_url: str = "sqlite:///review/review.db",
+                        review_images: str = "review/images") -> int:
+    """Writes the review queue's corrections as a Kaggle-layout folder (fashion/feedback/export.py)."""
+    from fashion.feedback.export import export_feedback
+    from fashion.feedback.store import ReviewStore
+
+    table = export_feedback(ReviewStore(review_url, review_images), Path(output))
+    print(f"{len(table)} corrected photos written to {output} (styles.csv + images/)\n"
+          f"  train on them: fashion-train data=catalogue 'data.train_only=[{output}]'", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     fashion-export run_id=3f2a... output=bundles/best          # best checkpoint of that run
     fashion-export checkpoint=outputs/.../best.ckpt output=bundles/x
+    fashion-export run_id=3f2a... output=bundles/v2 register=tagger       # + a registry version, alias challenger
 
 The bundle (see fashion/inference/bundle.py) is also logged to MLflow as a pyfunc model, to the
 training run itself when it came from one, so `mlflow models serve -m runs:/<id>/tagger` works. Keys: conf/export.yaml.
@@ -71,8 +72,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def export_cli(output: str, run_id: str | None = None, checkpoint: str | None = None, onnx: bool = True,
-               mlflow: bool = True, tracking_uri: str | None = None) -> None:
-    """Writes the bundle folder and prints where it is, and how to serve its pyfunc model."""
+               mlflow: bool = True, tracking_uri: str | None = None, register: str | None = None,
+               alias: str | None = "challenger") -> None:
+    """Writes the bundle folder and prints where it is, how to serve its pyfunc model, and its registry version."""
+    if register and not mlflow:
+        raise SystemExit("fashion-export: register= needs mlflow=true (the registry holds the logged pyfunc model)")
     try:
         bundle, model_uri = export(run_id, checkpoint, Path(output), tracking_uri, onnx, mlflow)
     except (ValueError, OSError) as err:  # no or two sources, a refused checkpoint, a run without one
@@ -80,6 +84,13 @@ def export_cli(output: str, run_id: str | None = None, checkpoint: str | None = 
     print(f"bundle: {bundle}")
     if model_uri:
         print(f"pyfunc model: {model_uri}\n  serve with: mlflow models serve -m {model_uri} --env-manager local")
+    if register and model_uri:
+        from fashion.tracking.registry import register as register_version
+
+        version = register_version(model_uri, register, alias, tracking_uri)
+        where = f"models:/{register}@{alias}" if alias else f"models:/{register}/{version.version}"
+        print(f"registered: {register} version {version.version}{f' (alias {alias})' if alias else ''}\n"
+              f"  serve with: fashion-serve bundle={where}")
 
 
 if __name__ == "__main__":

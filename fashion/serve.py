@@ -16,16 +16,23 @@ def main(argv: list[str] | None = None) -> None:
 
 def serve(bundle: str, host: str = "127.0.0.1", port: int = 8000, max_bytes: int = 10 << 20, max_pixels: int = 40_000_000,
           max_files: int = 16, model_threads: int = 1, top_k: int = 3, runtime: Runtime = "auto",
-          log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info") -> None:
-    """The REST API and upload page for one bundle, until interrupted."""
+          log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info",
+          tracking_uri: str | None = None, model_cache: str = "model_cache", api_key: str | None = None,
+          review_queue: bool = True, review_url: str = "sqlite:///review/review.db", review_images: str = "review/images",
+          drift_window: int = 500, open_predictions: bool = True) -> None:
+    """The REST API and upload page for one bundle or registry alias, until interrupted."""
     import uvicorn
+    from mlflow.exceptions import MlflowException
 
+    from fashion.feedback.store import ReviewStore
     from fashion.serving.app import create_app
     from fashion.serving.uploads import UploadLimits
 
     try:
-        app = create_app(bundle, UploadLimits(max_bytes, max_pixels, max_files), model_threads, top_k, runtime)
-    except (ValueError, OSError) as err:  # a refused, tampered or missing bundle: say why, no traceback
+        review = ReviewStore(review_url, review_images) if review_queue else None
+        app = create_app(bundle, UploadLimits(max_bytes, max_pixels, max_files), model_threads, top_k, runtime,
+                         tracking_uri, model_cache, api_key, review, drift_window, open_predictions)
+    except (ValueError, OSError, MlflowException) as err:  # a refused, tampered or missing model: say why, no traceback
         sys.exit(f"fashion-serve: cannot load the model: {err}")
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 

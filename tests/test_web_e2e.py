@@ -66,3 +66,53 @@ def test_upload_a_photo_and_see_its_article_type(server, tmp_path):
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
     assert shot.stat().st_size > 5_000
+
+
+def test_review_page_shows_the_queued_photo_and_records_a_correction(trained, tmp_path):
+    """The review view: key in, the next queued photo with the model's tags (review-needed ones marked),
+    one tag corrected, Confirm: the correction is stored and the queue moves on."""
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("FASHION_REQUIRE_BROWSER"):
+            pytest.fail(f"chromium not found at {CHROMIUM} (apt-get install chromium)")
+        pytest.skip("Debian chromium is not installed (.ci/run installs it)")
+    from playwright.sync_api import expect, sync_playwright
+
+    from fashion.feedback.store import ReviewStore
+
+    store = ReviewStore(f"sqlite:///{tmp_path / 'review.db'}", tmp_path / "images")
+    app = create_app(trained.bundle, api_key="k3y", review=store)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    base = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    try:
+        photos = sorted((trained.data / "images").glob("*.jpg"))[:2]
+        for photo in photos:   # the tiny model is uncalibrated: both photos are queued
+            assert httpx.post(f"{base}/v1/predict", files={"file": (photo.name, photo.read_bytes())}).status_code == 200
+        assert store.queued() == 2
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS,
+                                                 ignore_default_args=["--headless=new"])
+            page = browser.new_page()
+            page.goto(base + "/review")
+            page.fill("#apikey", "k3y")
+            page.click("#start")
+            expect(page.locator("#photo img")).to_be_visible(timeout=30_000)
+            expect(page.locator("#count")).to_have_text("2 waiting")
+            expect(page.locator(".row.review").first).to_be_visible()
+            page.fill("#f-articleType", "Jeans")
+            page.click("#tags button[type=submit]")
+            expect(page.locator("#count")).to_have_text("1 waiting", timeout=30_000)
+            browser.close()
+        [(_, path, labels, _)] = list(store.corrections())
+        assert labels["articleType"] == "Jeans" and path.read_bytes() == photos[0].read_bytes()
+        assert set(labels) == set(trained_attributes(base))
+    finally:
+        server.should_exit = True
+        thread.join(timeout=5)
+
+
+def trained_attributes(base: str) -> list[str]:
+    return list(httpx.get(f"{base}/v1/labels").json()["attributes"])

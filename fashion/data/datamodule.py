@@ -54,6 +54,7 @@ class FashionDataModule(L.LightningDataModule):
         true_aspect: float | None = None,
         out_of_time_years: Sequence[int] = (),
         eval_sets: Mapping[str, EvalSource] | None = None,
+        train_only: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.root = Path(root)
@@ -70,6 +71,12 @@ class FashionDataModule(L.LightningDataModule):
         self.true_aspect = true_aspect   # the folder's photos are stored squashed: restore this width/height
         self.out_of_time_years = sorted(int(y) for y in out_of_time_years)
         self.eval_sources = dict(eval_sets or {})
+        # Kaggle-layout folders whose rows only ever train (people's corrections, fashion-data export-feedback):
+        # added after the split, so none of them is ever in val, test or an evaluation set.
+        self.train_only = [Path(folder) for folder in train_only]
+        if self.train_only and true_aspect is not None:
+            raise ValueError("data.train_only holds photos at their true aspect; it cannot be mixed with a squashed "
+                             f"folder (data.true_aspect={true_aspect}): train on the catalogue instead")
         self.table: pd.DataFrame | None = None
         self.eval_tables: dict[str, pd.DataFrame] = {}
         self.vocabularies: dict[str, LabelVocabulary] = {}
@@ -94,6 +101,8 @@ class FashionDataModule(L.LightningDataModule):
         frame, out_of_time = self._hold_out_years(frame)
         frame["split"] = self._splits_for(frame)  # on raw labels, so a mapping never changes the split
         frame = frame[frame["split"].notna()].reset_index(drop=True)
+        frame = pd.concat([frame, *(self._train_only_rows(folder, frame, attributes) for folder in self.train_only)],
+                          ignore_index=True)
         frame = self._map_labels(frame)
         if frame.empty:
             raise ValueError(f"no usable rows in {self.styles_path}: every row was malformed, unlabelled or had no image")
@@ -104,6 +113,19 @@ class FashionDataModule(L.LightningDataModule):
                        **self._eval_report()}
         log.info("%s", styles_report.summary())
         log.info("images: %s", {k: v for k, v in image_report.items() if not k.endswith("examples")})
+
+    def _train_only_rows(self, folder: Path, base: pd.DataFrame, attributes: list[str]) -> pd.DataFrame:
+        if not (folder / "styles.csv").is_file():
+            raise FileNotFoundError(f"data.train_only: {folder / 'styles.csv'} not found (write it with fashion-data export-feedback)")
+        rows, _ = read_styles(folder / "styles.csv", attributes)
+        clash = sorted(set(rows["id"]) & set(base["id"]))
+        if clash:
+            raise ValueError(f"data.train_only: {folder} reuses ids of {self.root} ({clash[:5]}...): a product would "
+                             "be two products")
+        rows["path"] = [str(folder / "images" / f"{i}.jpg") for i in rows["id"]]
+        rows, report = self._drop_unusable_images(rows)
+        log.info("train_only %s: %d rows (%s)", folder, len(rows), report)
+        return rows.assign(split="train")
 
     def _map_labels(self, frame: pd.DataFrame) -> pd.DataFrame:
         for attribute in self.labels.attributes:

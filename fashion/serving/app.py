@@ -1,12 +1,22 @@
-"""The REST API and upload page around one model bundle.
+"""The REST API and upload page around one model: a bundle folder or a registry alias.
 
     GET  /                  upload page (drag and drop, previews, a card per image, Grad-CAM toggle)
+    GET  /review            review page: the next queued photo, the model's tags to confirm or correct
     GET  /health            model loaded?, version, bundle provenance
+    GET  /metrics           Prometheus: traffic, latency, errors, confidence, review share, label drift
     GET  /v1/labels         the classes of every attribute
     POST /v1/predict        multipart `file`
     POST /v1/predict/batch  multipart `files` (up to `max_files`)
     POST /v1/predict/base64 JSON {"image": "<base64>", "filename": "..."}
+    GET  /v1/review/next            the oldest queued item                    (API key)
+    GET  /v1/review/images/{sha256} its photo                                  (API key)
+    POST /v1/feedback               a person's labels for a queued photo       (API key)
+    POST /v1/admin/reload           load what the model source names now      (API key)
     GET  /docs              OpenAPI docs
+
+A prediction with any tag that needs review is queued with its photo (`review`, fashion/feedback).
+The feedback, review and admin endpoints need the `X-API-Key` header to match `api_key` and are
+refused (403) when no key is configured; predictions stay open.
 
 `?explain=articleType,baseColour` (or `explain=true` for every attribute) adds Grad-CAM heatmaps.
 Every error, FastAPI's own included, is `{"error": {"code", "message", "filename"?}}` (serving/errors.py).
@@ -17,19 +27,24 @@ from __future__ import annotations
 
 import base64
 import binascii
+import secrets
+import time
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
-from fastapi import FastAPI, File, Query, UploadFile
+from fastapi import Depends, FastAPI, File, Header, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from fashion.inference.bundle import read_manifest
+from fashion.feedback.store import ReviewStore, UnknownImage
 from fashion.inference.explain import grad_cam, heatmap_png
 from fashion.inference.runtime import load_predictor
 from fashion.serving.errors import error_responses, install_error_handlers
+from fashion.serving.model_slot import ModelSlot
+from fashion.serving.monitoring import Monitor
 from fashion.serving.uploads import DecodedImage, UploadLimits, UploadRejected, decode_upload
 
 STATIC = Path(__file__).parent / "static"
@@ -47,35 +62,84 @@ class Base64Request(BaseModel):
     filename: str | None = None
 
 
+class FeedbackRequest(BaseModel):
+    image_sha256: str = Field(min_length=64, max_length=64, description="the queued photo, as /v1/review/next names it")
+    labels: dict[str, str] = Field(min_length=1, description="attribute -> the label a person confirmed or corrected")
+    reviewer: str | None = None
+
+
 def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_threads: int = 1, top_k: int = 3,
-               runtime: str = "auto") -> FastAPI:
-    """`model_threads`: predictions that may run at once (1 suits a 2-core machine: one uses both)."""
-    predictor = load_predictor(bundle=bundle, runtime=runtime, top_k=top_k, taxonomy=True)
-    trained = predictor.trained
-    manifest = read_manifest(bundle)
+               runtime: str = "auto", tracking_uri: str | None = None, model_cache: str | Path = "model_cache",
+               api_key: str | None = None, review: ReviewStore | None = None, drift_window: int = 500,
+               open_predictions: bool = True) -> FastAPI:
+    """`model_threads`: predictions that may run at once (1 suits a 2-core machine: one uses both).
+    `bundle`: a folder, or `models:/<name>@<alias>` in the registry at `tracking_uri`. `open_predictions=False`:
+    the predict endpoints need the API key too."""
+    slot = ModelSlot(bundle, lambda folder: load_predictor(bundle=folder, runtime=runtime, top_k=top_k, taxonomy=True),
+                     tracking_uri, model_cache)
+    monitor = Monitor(slot.current.predictor.trained.vocabularies, drift_window)
     limiter = anyio.CapacityLimiter(model_threads)
     app = FastAPI(title="fashion tagger", version=package_version(),
-                  description="Catalogue attributes of a product photo: " + ", ".join(predictor.attributes))
+                  description="Catalogue attributes of a product photo: " + ", ".join(slot.current.predictor.attributes))
 
     install_error_handlers(app)
     upload_errors = error_responses(400, 413, 415, 422, 500)
+    key_errors = error_responses(401, 403, 422)
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Callable) -> Response:
+        started = time.perf_counter()
+        try:
+            response = await call_next(request)
+        except Exception:   # answered as 500 internal_error by the outermost handler: counted here first
+            count(request, 500, "internal_error", started)
+            raise
+        count(request, response.status_code, response.headers.get("x-error-code"), started)
+        return response
+
+    def count(request: Request, status: int, code: str | None, started: float) -> None:
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        monitor.requests.labels(route, str(status)).inc()
+        monitor.latency.labels(route).observe(time.perf_counter() - started)
+        if code:
+            monitor.errors.labels(code).inc()
+
+    def require_key(x_api_key: Annotated[str | None, Header(description="the server's api_key")] = None) -> None:
+        if not api_key:
+            raise UploadRejected(403, "admin_disabled", "this server has no api_key configured, so its review, "
+                                 "feedback and admin endpoints are off (set FASHION_API_KEY or api_key=)")
+        if not x_api_key or not secrets.compare_digest(x_api_key.encode(), api_key.encode()):
+            raise UploadRejected(401, "unauthorized", "missing or wrong X-API-Key header")
+
+    predict_guard = [] if open_predictions else [Depends(require_key)]
+
+    def queue_store() -> ReviewStore:
+        if review is None:
+            raise UploadRejected(404, "review_disabled", "this server keeps no review queue (review_queue=false)")
+        return review
 
     def explain_list(explain: str | None) -> list[str]:
+        attributes = slot.current.predictor.attributes
         if not explain or explain.lower() in ("false", "0", "no"):
             return []
         if explain.lower() in ("true", "1", "yes", "all"):
-            return list(predictor.attributes)
+            return list(attributes)
         wanted = [a.strip() for a in explain.split(",") if a.strip()]
-        unknown = [a for a in wanted if a not in predictor.attributes]
+        unknown = [a for a in wanted if a not in attributes]
         if unknown:
-            raise UploadRejected(400, "unknown_attribute", f"explain names {unknown}; attributes are {predictor.attributes}")
+            raise UploadRejected(400, "unknown_attribute", f"explain names {unknown}; attributes are {attributes}")
         return wanted
 
-    def run_model(images: list[DecodedImage], explain: list[str]) -> list[dict[str, Any]]:
-        predictions = predictor.predict([i.pixels for i in images])
+    def run_model(images: list[DecodedImage], names: list[str | None], explain: list[str]) -> list[dict[str, Any]]:
+        loaded = slot.current   # this request's model, whatever a reload does meanwhile
+        predictor = loaded.predictor
         results = []
-        for image, prediction in zip(images, predictions):
-            result: dict[str, Any] = {"predictions": {a: p.to_dict() for a, p in prediction.items()}}
+        for image, name, prediction in zip(images, names, predictor.predict([i.pixels for i in images])):
+            result: dict[str, Any] = {"filename": name, "predictions": {a: p.to_dict() for a, p in prediction.items()},
+                                      "model_version": loaded.version}
+            monitor.observe(result["predictions"])
+            if review is not None and any(p.status != "accepted" for p in prediction.values()) and image.data:
+                review.enqueue(image.data, image.format or "bin", result["predictions"], loaded.version or str(loaded.bundle), name)
             if explain:
                 maps = grad_cam(predictor, image.pixels, explain, size=image.size)
                 result["explanations"] = {a: {"heatmap_png": heatmap_png(m), "width": m.shape[1], "height": m.shape[0]}
@@ -84,8 +148,7 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
         return results
 
     async def predict_images(images: list[DecodedImage], names: list[str | None], explain: list[str]) -> list[dict]:
-        results = await anyio.to_thread.run_sync(run_model, images, explain, limiter=limiter)
-        return [{"filename": name, **result} for name, result in zip(names, results)]
+        return await anyio.to_thread.run_sync(run_model, images, names, explain, limiter=limiter)
 
     async def read_upload(upload: UploadFile) -> DecodedImage:
         data = await upload.read(limits.max_bytes + 1)
@@ -99,25 +162,75 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
+    @app.get("/review", include_in_schema=False)
+    async def review_page() -> FileResponse:
+        return FileResponse(STATIC / "review.html", media_type="text/html")
+
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "model_loaded": True, "version": package_version(), "backbone": manifest.get("backbone"),
-                "attributes": predictor.attributes, "runtime": predictor.runtime,
-                "bundle_created": manifest.get("created"),
-                "source_run_id": manifest.get("source", {}).get("mlflow_run_id")}
+        loaded = slot.current
+        return {"status": "ok", "model_loaded": True, "version": package_version(), "backbone": loaded.manifest.get("backbone"),
+                "attributes": loaded.predictor.attributes, "runtime": loaded.predictor.runtime,
+                "bundle_created": loaded.manifest.get("created"), "model_source": slot.source,
+                "model_version": loaded.version, "source_run_id": loaded.run_id,
+                "review_queue": review is not None}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(monitor.exposition(), media_type=monitor.content_type)
 
     @app.get("/v1/labels")
     async def labels() -> dict:
-        return {"attributes": {a: v.classes for a, v in trained.vocabularies.items()}}
+        return {"attributes": {a: v.classes for a, v in slot.current.predictor.trained.vocabularies.items()}}
 
-    @app.post("/v1/predict", responses=upload_errors)
+    @app.get("/v1/review/next", responses=key_errors, dependencies=[Depends(require_key)])
+    async def review_next() -> dict:
+        """The oldest photo waiting for a person, with the model's tags; `item` is null when the queue is empty."""
+        store = queue_store()
+        item, waiting = await anyio.to_thread.run_sync(lambda: (store.next_item(), store.queued()))
+        return {"item": item, "queued": waiting}
+
+    @app.get("/v1/review/images/{sha256}", responses=key_errors, dependencies=[Depends(require_key)])
+    async def review_image(sha256: str) -> FileResponse:
+        try:
+            return FileResponse(queue_store().image_path(sha256))
+        except UnknownImage:
+            raise UploadRejected(404, "unknown_image", f"no queued photo has sha256 {sha256}") from None
+
+    @app.post("/v1/feedback", responses=key_errors, dependencies=[Depends(require_key)])
+    async def feedback(body: FeedbackRequest) -> dict:
+        """A person's labels for a queued photo; it leaves the queue, and fashion-data export-feedback exports it."""
+        attributes = slot.current.predictor.attributes
+        unknown = sorted(set(body.labels) - set(attributes))
+        blank = sorted(a for a, label in body.labels.items() if not label.strip())
+        if unknown or blank:
+            raise UploadRejected(400, "bad_labels", f"labels name attributes the model does not tag {unknown} or are blank "
+                                 f"{blank}; attributes are {attributes}")
+        store = queue_store()
+        try:
+            correction = await anyio.to_thread.run_sync(store.record, body.image_sha256, body.labels, body.reviewer)
+        except UnknownImage:
+            raise UploadRejected(404, "unknown_image", f"no queued photo has sha256 {body.image_sha256}") from None
+        return {"correction_id": correction, "queued": await anyio.to_thread.run_sync(store.queued)}
+
+    @app.post("/v1/admin/reload", responses=key_errors, dependencies=[Depends(require_key)])
+    async def reload() -> dict:
+        """Loads what the model source names now (a registry alias moved by fashion-promote, a re-exported
+        folder) beside the served model, then swaps it in; no request fails or waits for the load."""
+        before = slot.current.version
+        loaded, changed = await anyio.to_thread.run_sync(slot.reload)
+        monitor.reference(loaded.predictor.trained.vocabularies)
+        return {"changed": changed, "previous_version": before, "model_version": loaded.version,
+                "source_run_id": loaded.run_id}
+
+    @app.post("/v1/predict", responses=upload_errors, dependencies=predict_guard)
     async def predict(file: Annotated[UploadFile, File(description="a product photo")],
                       explain: Annotated[str | None, Query(description="true, or attributes to explain")] = None) -> dict:
         attributes = explain_list(explain)
         image = await read_upload(file)
         return (await predict_images([image], [file.filename], attributes))[0]
 
-    @app.post("/v1/predict/batch", responses=upload_errors)
+    @app.post("/v1/predict/batch", responses=upload_errors, dependencies=predict_guard)
     async def predict_batch(files: Annotated[list[UploadFile], File(description="product photos")],
                             explain: Annotated[str | None, Query()] = None) -> dict:
         attributes = explain_list(explain)
@@ -126,7 +239,7 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
         images = [await read_upload(f) for f in files]
         return {"results": await predict_images(images, [f.filename for f in files], attributes)}
 
-    @app.post("/v1/predict/base64", responses=upload_errors)
+    @app.post("/v1/predict/base64", responses=upload_errors, dependencies=predict_guard)
     async def predict_base64(body: Base64Request, explain: Annotated[str | None, Query()] = None) -> dict:
         attributes = explain_list(explain)
         if len(body.image) > limits.max_bytes * 4 // 3 + 4:

@@ -26,7 +26,12 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "bad_base64": (400, "the base64 request's `image` is not valid base64"),
     "unknown_attribute": (400, "`explain` names an attribute the model does not predict"),
     "bad_request": (400, "the request body cannot be parsed (e.g. malformed multipart)"),
+    "bad_labels": (400, "feedback names an attribute the model does not tag, or a blank label"),
+    "unauthorized": (401, "a review, feedback or admin call without the right `X-API-Key`"),
+    "admin_disabled": (403, "a review, feedback or admin call to a server with no `api_key` configured"),
     "not_found": (404, "no such path"),
+    "review_disabled": (404, "a review or feedback call to a server that keeps no review queue"),
+    "unknown_image": (404, "a review or feedback call naming a photo the queue never held"),
     "method_not_allowed": (405, "the path exists, the HTTP method does not"),
     "file_too_large": (413, "the upload is over `max_bytes`"),
     "too_many_pixels": (413, "width x height over `max_pixels` (read from the header), or a decompression bomb"),
@@ -56,7 +61,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict]:
 
 def error_json(status: int, code: str, message: str, filename: str | None = None) -> JSONResponse:
     detail = {"code": code, "message": message, **({"filename": filename} if filename else {})}
-    return JSONResponse(status_code=status, content={"error": detail})
+    # The header lets the metrics middleware count errors by code without parsing bodies.
+    return JSONResponse(status_code=status, content={"error": detail}, headers={"X-Error-Code": code})
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -37,6 +37,8 @@ class UploadLimits:
 class DecodedImage:
     pixels: np.ndarray          # RGB uint8, possibly decoded at reduced scale (JPEG draft)
     size: tuple[int, int]       # the file's own (width, height), upright (EXIF orientation applied)
+    data: bytes = b""           # the file as uploaded (what the review queue stores)
+    format: str = ""            # Pillow's name of its format (JPEG, PNG, ...)
 
 
 def decode_upload(data: bytes, limits: UploadLimits, filename: str | None = None) -> DecodedImage:
@@ -61,9 +63,9 @@ def decode_upload(data: bytes, limits: UploadLimits, filename: str | None = None
         if width * height > limits.max_pixels:
             raise UploadRejected(413, "too_many_pixels", f"the upload{name} is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}")
         try:
-            size = upright_size(image)
+            size, kind = upright_size(image), image.format or ""
             image.draft("RGB", (1024, 1024))  # JPEG: decode at reduced scale, the model needs ~224 px
-            return DecodedImage(to_rgb(image), size)
+            return DecodedImage(to_rgb(image), size, data, kind)
         except Image.DecompressionBombError as err:
             raise UploadRejected(413, "too_many_pixels", f"the upload{name} is a decompression bomb: {err}") from None
         except Exception as err:  # any decoder failure on untrusted bytes means a corrupt file

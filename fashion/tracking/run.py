@@ -58,7 +58,10 @@ def ensure_experiment(uri: str, name: str, artifact_location: str | None = None)
     """Create the store and experiment once, before parallel jobs race to create tables. The experiment
     is marked a model-training one (`mlflow.experimentKind`), so the UI opens on its runs, not GenAI traces."""
     if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        store = Path(uri.removeprefix("sqlite:///")).parent
+        store.mkdir(parents=True, exist_ok=True)
+        # Beside the database, as mlruns/ keeps them; MLflow's default would be ./mlruns of wherever the command runs.
+        artifact_location = artifact_location or str((store / "artifacts").resolve())
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is None:

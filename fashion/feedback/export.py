@@ -1,0 +1,37 @@
+"""People's corrections as a Kaggle-layout folder (`fashion-data export-feedback output=feedback`)
+(`styles.csv` + `images/<id>.jpg`), ready to train on beside the catalogue:
+
+    fashion-train data=catalogue data.train_only=[feedback]
+
+Each corrected photo gets the labels a person confirmed (attributes they did not give stay empty and
+are masked in training), an id of its own (`ID_BASE` + its queue id, so it never collides with a
+catalogue product), and is written as JPEG. `data.train_only` puts these rows in the training split
+only: a correction is never scored as a test or evaluation product. Keys: conf/export_feedback.yaml.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+
+from fashion.data.images import load_rgb
+from fashion.data.styles import ATTRIBUTES
+from fashion.feedback.store import ReviewStore
+
+ID_BASE = 1_000_000_000   # Kaggle ids are below 100,000
+
+
+def export_feedback(store: ReviewStore, output: Path) -> pd.DataFrame:
+    """Writes the folder and returns its styles table (one row per corrected photo)."""
+    images = output / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for item_id, path, labels, _ in store.corrections():
+        product = ID_BASE + item_id
+        Image.fromarray(load_rgb(path)).save(images / f"{product}.jpg", quality=95)
+        rows.append({"id": product, **{a: labels.get(a) for a in ATTRIBUTES}, "productDisplayName": path.name})
+    table = pd.DataFrame(rows, columns=["id", *ATTRIBUTES, "productDisplayName"])
+    table.to_csv(output / "styles.csv", index=False)
+    return table

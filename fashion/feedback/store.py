@@ -1,0 +1,156 @@
+"""The review queue and people's corrections, in a real database through SQLAlchemy: SQLite by default
+(a file, no setup), PostgreSQL (or any SQLAlchemy URL) for a team.
+
+A prediction with any tag that needs review is queued with its image. Images are stored on disk by
+content (`images/<sha256[:2]>/<sha256>.<ext>`): the same photo uploaded twice is stored and queued once,
+and a correction names the image by its hash, so it stays attached to the pixels it describes. A
+correction is kept as a person gave it (a label the model has never seen is allowed: new articles are
+why the loop exists); the latest one per image is what export uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, create_engine, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+QUEUED, REVIEWED = "queued", "reviewed"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ReviewItem(Base):
+    """One image whose predictions a person should check."""
+
+    __tablename__ = "review_items"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_sha256: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    image_file: Mapped[str] = mapped_column(String(200))   # relative to the store's image folder
+    filename: Mapped[str | None] = mapped_column(String(500), nullable=True)   # as uploaded, for people
+    model_version: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    predictions: Mapped[dict[str, Any]] = mapped_column(JSON)
+    needs_review: Mapped[list[str]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default=QUEUED, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Correction(Base):
+    """A person's labels for one image (every attribute they confirmed or corrected)."""
+
+    __tablename__ = "corrections"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    item_id: Mapped[int | None] = mapped_column(ForeignKey("review_items.id"), nullable=True)
+    labels: Mapped[dict[str, str]] = mapped_column(JSON)
+    reviewer: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class UnknownImage(KeyError):
+    """A correction or image request names a hash the store never saw."""
+
+
+class ReviewStore:
+    """`url`: an SQLAlchemy URL (sqlite:///review/review.db, postgresql+psycopg://...); `images`: the folder
+    that holds the queued photos by content hash."""
+
+    def __init__(self, url: str, images: str | Path) -> None:
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        self.engine = create_engine(url)
+        Base.metadata.create_all(self.engine)
+        self.images = Path(images)
+
+    def save_image(self, data: bytes, extension: str = "jpg") -> tuple[str, str]:
+        """Stores the bytes under their sha256 (once); returns (hash, path relative to the image folder)."""
+        digest = hashlib.sha256(data).hexdigest()
+        relative = f"{digest[:2]}/{digest}.{extension.lower().lstrip('.') or 'bin'}"
+        path = self.images / relative
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_suffix(".tmp")
+            temporary.write_bytes(data)
+            temporary.rename(path)   # a reader never sees half a file
+        return digest, relative
+
+    def enqueue(self, data: bytes, extension: str, predictions: dict[str, Any], model_version: str | None,
+                filename: str | None = None) -> int:
+        """Queues an image for review; returns the item id. A photo already queued gets the newer predictions;
+        one a person already reviewed is not queued again."""
+        digest, relative = self.save_image(data, extension)
+        needs = sorted(a for a, p in predictions.items() if p.get("status") != "accepted")
+        try:
+            return self._upsert(digest, relative, predictions, needs, model_version, filename)
+        except IntegrityError:   # another server queued the same photo between our read and our insert
+            return self._upsert(digest, relative, predictions, needs, model_version, filename)
+
+    def _upsert(self, digest: str, relative: str, predictions: dict[str, Any], needs: list[str],
+                model_version: str | None, filename: str | None) -> int:
+        with Session(self.engine) as session, session.begin():
+            item = session.scalar(select(ReviewItem).where(ReviewItem.image_sha256 == digest))
+            if item is None:
+                item = ReviewItem(image_sha256=digest, image_file=relative, created_at=now(), status=QUEUED)
+                session.add(item)
+            item.filename, item.model_version, item.predictions, item.needs_review = filename, model_version, predictions, needs
+            session.flush()
+            return item.id
+
+    def next_item(self) -> dict[str, Any] | None:
+        """The oldest queued item, or None when the queue is empty."""
+        with Session(self.engine) as session:
+            item = session.scalar(select(ReviewItem).where(ReviewItem.status == QUEUED).order_by(ReviewItem.id).limit(1))
+            return as_dict(item) if item else None
+
+    def queued(self) -> int:
+        with Session(self.engine) as session:
+            return session.scalar(select(func.count()).select_from(ReviewItem).where(ReviewItem.status == QUEUED)) or 0
+
+    def image_path(self, digest: str) -> Path:
+        with Session(self.engine) as session:
+            item = session.scalar(select(ReviewItem).where(ReviewItem.image_sha256 == digest))
+        if item is None:
+            raise UnknownImage(digest)
+        return self.images / item.image_file
+
+    def record(self, digest: str, labels: dict[str, str], reviewer: str | None = None) -> int:
+        """A person's labels for a queued image; the item leaves the queue. Returns the correction id."""
+        with Session(self.engine) as session, session.begin():
+            item = session.scalar(select(ReviewItem).where(ReviewItem.image_sha256 == digest))
+            if item is None:
+                raise UnknownImage(digest)
+            item.status, item.reviewed_at = REVIEWED, now()
+            correction = Correction(image_sha256=digest, item_id=item.id, labels=dict(labels), reviewer=reviewer,
+                                    created_at=now())
+            session.add(correction)
+            session.flush()
+            return correction.id
+
+    def corrections(self) -> Iterator[tuple[int, Path, dict[str, str], dict[str, Any]]]:
+        """(queue id, image file, the latest labels a person gave, the model's predictions) per corrected image."""
+        with Session(self.engine) as session:
+            latest: dict[str, Correction] = {}
+            for correction in session.scalars(select(Correction).order_by(Correction.id)):
+                latest[correction.image_sha256] = correction
+            items = {i.image_sha256: i for i in session.scalars(select(ReviewItem).where(ReviewItem.image_sha256.in_(latest)))}
+            for digest, correction in latest.items():
+                item = items[digest]
+                yield item.id, self.images / item.image_file, dict(correction.labels), dict(item.predictions)
+
+
+def as_dict(item: ReviewItem) -> dict[str, Any]:
+    return {"id": item.id, "image_sha256": item.image_sha256, "filename": item.filename,
+            "model_version": item.model_version, "predictions": item.predictions, "needs_review": item.needs_review,
+            "status": item.status, "created_at": item.created_at.isoformat()}
+
+
+def now() -> datetime:
+    return datetime.now(UTC)

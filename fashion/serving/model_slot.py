@@ -1,0 +1,62 @@
+"""The model a server answers with, swappable while it serves.
+
+The slot holds one immutable `Loaded` (predictor, manifest, version). A request reads `slot.current`
+once and uses that object to the end, so a reload, which builds the new model beside the old one and
+then replaces the reference in one assignment, never fails or mixes a request: requests already running
+finish on the model they started with, the next ones get the new one.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fashion.inference.bundle import read_manifest
+from fashion.inference.predictor import Predictor
+from fashion.tracking.registry import fetch_bundle, is_registry_uri
+
+
+@dataclass(frozen=True)
+class Loaded:
+    predictor: Predictor
+    manifest: dict[str, Any]
+    bundle: Path
+    version: str | None       # `name/3` for a registry model, None for a folder
+    run_id: str | None
+
+
+class ModelSlot:
+    """`source`: a bundle folder or `models:/<name>@<alias>` (or `models:/<name>/<version>`)."""
+
+    def __init__(self, source: str | Path, load: Callable[[Path], Predictor], tracking_uri: str | None = None,
+                 cache: str | Path = "model_cache") -> None:
+        self.source, self.load, self.tracking_uri, self.cache = str(source), load, tracking_uri, Path(cache)
+        self.lock = threading.Lock()
+        self.current = self.build()
+
+    def locate(self) -> tuple[Path, str | None, str | None]:
+        if is_registry_uri(self.source):
+            if not self.tracking_uri:
+                raise ValueError(f"{self.source} is a registry model: give tracking_uri")
+            registered = fetch_bundle(self.source, self.tracking_uri, self.cache)
+            return registered.bundle, registered.label, registered.run_id
+        return Path(self.source), None, None
+
+    def build(self) -> Loaded:
+        bundle, version, run_id = self.locate()
+        manifest = read_manifest(bundle)
+        return Loaded(self.load(bundle), manifest, bundle, version,
+                      run_id or manifest.get("source", {}).get("mlflow_run_id"))
+
+    def reload(self) -> tuple[Loaded, bool]:
+        """Loads what the source names now and swaps it in; (the model now served, whether it changed).
+        A registry alias that still names the served version loads nothing."""
+        with self.lock:   # two admins reloading at once load once each, in turn
+            if is_registry_uri(self.source) and self.locate()[1] == self.current.version:
+                return self.current, False
+            loaded = self.build()
+            self.current = loaded
+            return loaded, True

@@ -1,0 +1,113 @@
+"""Which model is live: the MLflow Model Registry, with the aliases `champion` (what serves) and
+`challenger` (what is being evaluated to replace it).
+
+A version is the pyfunc model fashion-export logs, so its artifacts hold the bundle folder and MLflow
+links it to the training run it came from. Serving and promotion name a model as `models:/<name>@<alias>`
+(or `models:/<name>/<version>`); `fetch_bundle` resolves that to a version and a local bundle folder,
+downloaded once per version into a cache, so a restart or a reload of the same version reads no network.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.tracking import MlflowClient
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+PREFIX = "models:/"
+
+
+@dataclass(frozen=True)
+class RegisteredBundle:
+    """A registry version made local: where its bundle lies and which version it is."""
+
+    name: str
+    version: str
+    bundle: Path
+    run_id: str | None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}/{self.version}"
+
+
+def is_registry_uri(reference: str | Path) -> bool:
+    return str(reference).startswith(PREFIX)
+
+
+def register(model_uri: str, name: str, alias: str | None, tracking_uri: str) -> ModelVersion:
+    """A new version of `name` from a logged pyfunc model (MLflow links its source run); `alias`
+    (e.g. challenger) then points at it."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    version = mlflow.register_model(model_uri, name)
+    if alias:
+        MlflowClient(tracking_uri).set_registered_model_alias(name, alias, version.version)
+    return version
+
+
+def parse(reference: str) -> tuple[str, str | None, str | None]:
+    """`models:/name@alias` -> (name, alias, None); `models:/name/3` -> (name, None, "3")."""
+    body = reference.removeprefix(PREFIX).strip("/")
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        if name and alias and "/" not in name:
+            return name, alias, None
+    elif body.count("/") == 1 and body.split("/")[1].isdigit():
+        name, version = body.split("/")
+        return name, None, version
+    raise ValueError(f"{reference!r} is not a registry model: write models:/<name>@<alias> or models:/<name>/<version>")
+
+
+def resolve(reference: str, tracking_uri: str) -> ModelVersion:
+    """The version a registry reference names now (an alias moves; a number does not)."""
+    name, alias, number = parse(reference)
+    client = MlflowClient(tracking_uri)
+    return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
+
+
+def fetch_bundle(reference: str, tracking_uri: str, cache: Path) -> RegisteredBundle:
+    """The bundle folder of the version `reference` names now, downloaded into `cache` unless already there."""
+    version = resolve(reference, tracking_uri)
+    target = Path(cache) / version.name / str(version.version)
+    if not (target / "MLmodel").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as scratch:   # a half download never looks complete
+            local = Path(_download(version, tracking_uri, Path(scratch)))
+            shutil.rmtree(target, ignore_errors=True)
+            local.rename(target)
+    bundle = bundle_in(target)
+    if bundle is None:
+        from fashion.inference.pyfunc import BUNDLE_ARTIFACT
+
+
+        raise FileNotFoundError(f"{version.name} version {version.version} ({version.source}) is not a fashion tagger: "
+                                f"its MLmodel names no '{BUNDLE_ARTIFACT}' artifact (was it logged by fashion-export?)")
+    return RegisteredBundle(version.name, str(version.version), bundle, version.run_id)
+
+
+def bundle_in(model_dir: Path) -> Path | None:
+    """The bundle folder of a downloaded pyfunc model, where its MLmodel says MLflow put it."""
+    from mlflow.models import Model
+
+    from fashion.inference.pyfunc import BUNDLE_ARTIFACT
+
+    artifacts = Model.load(str(model_dir / "MLmodel")).flavors.get("python_function", {}).get("artifacts", {})
+    path = artifacts.get(BUNDLE_ARTIFACT, {}).get("path")
+    return model_dir / path if path and (model_dir / path).is_dir() else None
+
+
+def _download(version: ModelVersion, tracking_uri: str, into: Path) -> str:
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.artifacts.download_artifacts(artifact_uri=f"{PREFIX}{version.name}/{version.version}", dst_path=str(into))
+
+
+def set_alias(name: str, alias: str, version: str, tracking_uri: str) -> None:
+    MlflowClient(tracking_uri).set_registered_model_alias(name, alias, version)

@@ -1,0 +1,227 @@
+"""The improvement loop: registry, review queue and feedback, retraining on corrections, the promotion
+gate, hot reload under load, and /metrics with label drift."""
+
+import io
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from fashion.config import CONFIG_DIR
+from fashion.data.vocab import LabelVocabulary
+from fashion.feedback.export import ID_BASE, export_feedback
+from fashion.feedback.store import ReviewStore, UnknownImage
+from fashion.serving.app import create_app
+from fashion.serving.monitoring import Monitor, psi
+from tests.conftest import tiny_overrides
+
+KEY = "s3cret-key"
+
+
+def store_urls(tmp_path: Path) -> list[str]:
+    """SQLite always; PostgreSQL too where CI started one (FASHION_TEST_POSTGRES_URL)."""
+    urls = [f"sqlite:///{tmp_path / 'review.db'}"]
+    if os.environ.get("FASHION_TEST_POSTGRES_URL"):
+        urls.append(os.environ["FASHION_TEST_POSTGRES_URL"])
+    elif os.environ.get("FASHION_REQUIRE_POSTGRES"):
+        pytest.fail("FASHION_REQUIRE_POSTGRES is set but FASHION_TEST_POSTGRES_URL names no server")
+    return urls
+
+
+def jpeg(colour: tuple[int, int, int], size: tuple[int, int] = (30, 40)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+PREDICTIONS = {"gender": {"label": "Men", "confidence": 0.99, "status": "accepted"},
+               "articleType": {"label": "Tshirts", "confidence": 0.41, "status": "needs_review"}}
+
+
+def test_review_store_queues_each_photo_once_and_keeps_the_latest_correction(tmp_path):
+    for index, url in enumerate(store_urls(tmp_path)):
+        store = ReviewStore(url, tmp_path / f"images{index}")
+        from sqlalchemy import text
+
+        with store.engine.begin() as connection:   # a server database outlives the test: start empty
+            connection.execute(text("DELETE FROM corrections"))
+            connection.execute(text("DELETE FROM review_items"))
+        red, blue = jpeg((200, 30, 30)), jpeg((30, 40, 190))
+        first = store.enqueue(red, "JPEG", PREDICTIONS, "tagger/1", "red.jpg")
+        assert store.enqueue(red, "JPEG", PREDICTIONS, "tagger/2", "red-again.jpg") == first   # same pixels, one item
+        store.enqueue(blue, "JPEG", PREDICTIONS, "tagger/1", "blue.jpg")
+        assert store.queued() == 2
+        item = store.next_item()
+        assert item["id"] == first and item["model_version"] == "tagger/2" and item["needs_review"] == ["articleType"]
+        assert store.image_path(item["image_sha256"]).read_bytes() == red          # content-addressed, intact
+        store.record(item["image_sha256"], {"articleType": "Shirts"}, "ana")
+        store.record(item["image_sha256"], {"articleType": "Tops", "gender": "Women"}, "ben")   # a second look wins
+        assert store.queued() == 1 and store.next_item()["filename"] == "blue.jpg"
+        [(item_id, path, labels, predictions)] = list(store.corrections())
+        assert item_id == first and labels == {"articleType": "Tops", "gender": "Women"} and path.read_bytes() == red
+        with pytest.raises(UnknownImage):
+            store.record("0" * 64, {"gender": "Men"})
+
+
+def test_export_feedback_cli_writes_a_kaggle_folder(tmp_path, monkeypatch, capsys):
+    from fashion.data_report import main as fashion_data
+
+    store = ReviewStore(f"sqlite:///{tmp_path / 'review.db'}", tmp_path / "images")
+    digest, _ = store.save_image(jpeg((200, 30, 30)), "JPEG")
+    store.enqueue(jpeg((200, 30, 30)), "JPEG", PREDICTIONS, "tagger/1", "red.jpg")
+    store.record(digest, {"articleType": "Shirts", "baseColour": "Red"})
+    monkeypatch.setattr("sys.argv", ["fashion-data", "export-feedback", f"output={tmp_path / 'out'}",
+                                     f"review_url=sqlite:///{tmp_path / 'review.db'}", f"review_images={tmp_path / 'images'}"])
+    with pytest.raises(SystemExit) as exit:
+        fashion_data()
+    assert exit.value.code == 0 and "1 corrected photos written" in capsys.readouterr().err
+    table = pd.read_csv(tmp_path / "out" / "styles.csv")
+    assert table.loc[0, "articleType"] == "Shirts" and table.loc[0, "baseColour"] == "Red" and pd.isna(table.loc[0, "gender"])
+    assert Image.open(tmp_path / "out" / "images" / f"{table.loc[0, 'id']}.jpg").size == (30, 40)
+
+
+def test_drift_score_moves_when_the_label_mix_shifts():
+    vocabulary = LabelVocabulary("articleType", ["Jeans", "Shoes", "Tshirts"], counts=[300, 300, 400])
+    monitor = Monitor({"articleType": vocabulary}, window=100)
+    assert psi({"Jeans": 0.3, "Shoes": 0.3, "Tshirts": 0.4}, {"Jeans": 0.3, "Shoes": 0.3, "Tshirts": 0.4}) == pytest.approx(0)
+    for label in ["Jeans"] * 30 + ["Shoes"] * 30 + ["Tshirts"] * 40:
+        monitor.observe({"articleType": {"label": label, "confidence": 0.9, "status": "accepted"}})
+    stable = scrape(monitor.exposition(), "fashion_label_drift_psi")
+    for _ in range(100):   # a new season: only shoes, half of them doubtful
+        monitor.observe({"articleType": {"label": "Shoes", "confidence": 0.5, "status": "needs_review"}})
+    shifted = scrape(monitor.exposition(), "fashion_label_drift_psi")
+    assert stable < 0.01 and shifted > 1.0
+    assert scrape(monitor.exposition(), "fashion_needs_review_share") == 1.0
+
+
+def scrape(exposition: bytes, metric: str, labels: str = 'attribute="articleType"') -> float:
+    for line in exposition.decode().splitlines():
+        if line.startswith(f"{metric}{{{labels}}}"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{metric}{{{labels}}} not in /metrics")
+
+
+def register_checkpoint(checkpoint: Path, tmp_path: Path, name: str, alias: str, tracking_uri: str) -> None:
+    from fashion.export import export_cli
+
+    export_cli(str(tmp_path / f"bundle-{alias}-{checkpoint.stem}"), checkpoint=str(checkpoint), onnx=True,
+               tracking_uri=tracking_uri, register=name, alias=alias)
+
+
+def test_the_improvement_loop_end_to_end(trained, tmp_path, capsys, monkeypatch):
+    """train (the session's tiny model) -> export + register as champion -> serve models:/tagger@champion ->
+    predictions needing review are queued -> a person corrects one -> export-feedback -> retrain on the
+    catalogue plus the corrections -> register as challenger -> promote through the gate -> reload under
+    load, with no failed request -> /metrics shows the traffic."""
+    from fashion.promote import main as promote
+    from fashion.train import train
+
+    tracking_uri = f"sqlite:///{tmp_path / 'registry' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)   # the team's one store: runs and registry
+    register_checkpoint(trained.checkpoint, tmp_path, "tagger", "champion", tracking_uri)
+    assert "registered: tagger version 1 (alias champion)" in capsys.readouterr().out
+
+    review = ReviewStore(f"sqlite:///{tmp_path / 'review' / 'review.db'}", tmp_path / "review" / "images")
+    app = create_app("models:/tagger@champion", tracking_uri=tracking_uri, model_cache=tmp_path / "cache",
+                     api_key=KEY, review=review)
+    photos = sorted((trained.data / "images").glob("*.jpg"))[:6]
+    with TestClient(app) as client:
+        assert client.get("/health").json()["model_version"] == "tagger/1"
+        for photo in photos:
+            answer = client.post("/v1/predict", files={"file": (photo.name, photo.read_bytes(), "image/jpeg")})
+            assert answer.status_code == 200 and answer.json()["model_version"] == "tagger/1"
+        # The tiny model is uncalibrated: every tag needs review, so every photo is queued once.
+        assert review.queued() == len(photos)
+
+        assert client.get("/v1/review/next").json()["error"]["code"] == "unauthorized"
+        auth = {"X-API-Key": KEY}
+        item = client.get("/v1/review/next", headers=auth).json()["item"]
+        image = client.get(f"/v1/review/images/{item['image_sha256']}", headers=auth)
+        assert image.content == (trained.data / "images" / item["filename"]).read_bytes()
+        bad = client.post("/v1/feedback", headers=auth, json={"image_sha256": item["image_sha256"], "labels": {"colour": "Red"}})
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_labels"
+        labels = {"articleType": "Jeans", "subCategory": "Bottomwear", "masterCategory": "Apparel", "gender": "Women"}
+        done = client.post("/v1/feedback", headers=auth, json={"image_sha256": item["image_sha256"], "labels": labels,
+                                                               "reviewer": "ana"})
+        assert done.status_code == 200 and done.json()["queued"] == len(photos) - 1
+
+        feedback = tmp_path / "feedback"
+        table = export_feedback(review, feedback)
+        assert table["id"].tolist() == [ID_BASE + item["id"]] and table["articleType"].tolist() == ["Jeans"]
+        assert pd.isna(table["season"].iloc[0]) and (feedback / "images" / f"{ID_BASE + item['id']}.jpg").is_file()
+
+        retrained = tmp_path / "retrain"
+        overrides = tiny_overrides(retrained, trained.data) + ["data.true_aspect=null", f"data.train_only=[{feedback}]",
+                                                                "trainer.limit_train_batches=3"]
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            train(compose(config_name="train", overrides=overrides))
+        mlflow.set_tracking_uri(tracking_uri)
+        run_id = mlflow.search_runs(experiment_names=["fashion"], order_by=["start_time DESC"]).iloc[0]["run_id"]
+        split = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="data/split.csv"))
+        assert split.set_index("id").loc[ID_BASE + item["id"], "split"] == "train"   # a correction never tests
+        from fashion.export import export_cli
+
+        export_cli(str(tmp_path / "bundle-v2"), run_id=run_id, tracking_uri=tracking_uri, register="tagger")
+        assert "registered: tagger version 2 (alias challenger)" in capsys.readouterr().out
+
+        sets = f"+sets.tiny={{root:{trained.data}}}"
+        assert promote([f"name=tagger", f"tracking_uri={tracking_uri}", f"model_cache={tmp_path / 'cache'}", "margin=1.0",
+                        "sets={}", sets]) == 0
+        assert "decision: promote: tagger/2 -> champion" in capsys.readouterr().out
+
+        failures, served = [], set()
+        stop = threading.Event()
+
+        def hammer() -> None:
+            while not stop.is_set():
+                answer = client.post("/v1/predict", files={"file": (photos[0].name, photos[0].read_bytes(), "image/jpeg")})
+                if answer.status_code != 200:
+                    failures.append(answer.status_code)
+                else:
+                    served.add(answer.json()["model_version"])
+
+        with ThreadPoolExecutor(4) as pool:
+            for _ in range(4):
+                pool.submit(hammer)
+            swapped = client.post("/v1/admin/reload", headers=auth).json()
+            while "tagger/2" not in served and not failures:
+                threading.Event().wait(0.05)
+            stop.set()
+        assert swapped["changed"] and swapped["previous_version"] == "tagger/1" and swapped["model_version"] == "tagger/2"
+        assert not failures and served == {"tagger/1", "tagger/2"}
+        assert client.get("/health").json()["model_version"] == "tagger/2"
+
+        metrics = client.get("/metrics").text
+        assert 'fashion_requests_total{route="/v1/predict",status="200"}' in metrics
+        assert 'fashion_errors_total{code="unauthorized"} 1.0' in metrics
+        assert "fashion_label_drift_psi" in metrics and "fashion_prediction_confidence_bucket" in metrics
+
+
+def test_review_and_admin_endpoints_are_off_without_a_key_and_predictions_stay_open(trained):
+    photo = next((trained.data / "images").glob("*.jpg"))
+    upload = {"file": (photo.name, photo.read_bytes(), "image/jpeg")}
+    with TestClient(create_app(trained.bundle)) as client:
+        assert client.post("/v1/admin/reload", headers={"X-API-Key": "anything"}).json()["error"]["code"] == "admin_disabled"
+        assert client.post("/v1/predict", files=upload).status_code == 200
+    with TestClient(create_app(trained.bundle, api_key=KEY, open_predictions=False)) as client:
+        assert client.post("/v1/predict", files=upload).json()["error"]["code"] == "unauthorized"
+        assert client.post("/v1/predict", files=upload, headers={"X-API-Key": KEY}).status_code == 200
+
+
+def test_a_registered_version_links_the_training_run(trained, tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from fashion.export import export_cli
+
+    export_cli(str(tmp_path / "bundle"), run_id=trained.run_id, tracking_uri=trained.tracking_uri,
+               register="tagger-linked", alias="challenger")
+    version = MlflowClient(trained.tracking_uri).get_model_version_by_alias("tagger-linked", "challenger")
+    assert version.run_id == trained.run_id
+    assert "serve with: fashion-serve bundle=models:/tagger-linked@challenger" in capsys.readouterr().out
