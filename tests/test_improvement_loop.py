@@ -101,6 +101,33 @@ def test_drift_score_moves_when_the_label_mix_shifts():
     assert scrape(monitor.exposition(), "fashion_needs_review_share") == 1.0
 
 
+def test_drift_on_the_api_moves_when_traffic_shifts_to_one_kind_of_photo(trained):
+    """Traffic like the training data, then traffic of one photo only: /metrics' PSI of the predicted
+    labels against the training labels grows. baseColour: the tiny model reads colour from its colour
+    histogram after one epoch (its articleType head still answers one class for every photo)."""
+    photos = sorted((trained.data / "images").glob("*.jpg"))
+    with TestClient(create_app(trained.bundle, drift_window=len(photos))) as client:
+        def send(batch: list[Path]) -> float:
+            for photo in batch:
+                assert client.post("/v1/predict", files={"file": (photo.name, photo.read_bytes(), "image/jpeg")}).status_code == 200
+            text = client.get("/metrics").content
+            return scrape(text, "fashion_label_drift_psi", 'attribute="baseColour"')
+
+        like_training = send(photos)
+        one_kind = send([photos[0]] * len(photos))   # the window now holds only this photo's labels
+    assert one_kind > like_training + 1.0, (like_training, one_kind)
+
+
+def test_the_gate_refuses_a_drop_beyond_the_margin():
+    from fashion.promote import gate
+
+    champion = {"holdout/articleType": 0.90, "holdout/gender": 0.95}
+    assert gate(champion, {"holdout/articleType": 0.895, "holdout/gender": 0.97}, margin=0.01) == (True, [])
+    assert gate(champion, {"holdout/articleType": 0.87, "holdout/gender": 0.97}, margin=0.01) == (False, ["holdout/articleType"])
+    assert gate(champion, {"holdout/gender": 0.97}, margin=0.01) == (False, ["holdout/articleType"])   # lost an attribute
+    assert gate({}, {"holdout/gender": 0.5}, margin=0.01) == (True, [])   # no champion yet
+
+
 def scrape(exposition: bytes, metric: str, labels: str = 'attribute="articleType"') -> float:
     for line in exposition.decode().splitlines():
         if line.startswith(f"{metric}{{{labels}}}"):
@@ -220,7 +247,7 @@ def test_a_registered_version_links_the_training_run(trained, tmp_path, capsys):
 
     from fashion.export import export_cli
 
-    export_cli(str(tmp_path / "bundle"), run_id=trained.run_id, tracking_uri=trained.tracking_uri,
+    export_cli(str(tmp_path / "bundle"), run_id=trained.run_id, tracking_uri=trained.tracking_uri, onnx=False,
                register="tagger-linked", alias="challenger")
     version = MlflowClient(trained.tracking_uri).get_model_version_by_alias("tagger-linked", "challenger")
     assert version.run_id == trained.run_id
