@@ -50,6 +50,10 @@ def promote(name: str, sets: dict[str, dict[str, Any]], margin: float = 0.01, ch
             challenger: str = CHALLENGER, dry_run: bool = False, runtime: Runtime = "auto",
             tracking_uri: str | None = None, model_cache: str = "model_cache", mlflow: bool = True) -> int:
     """Scores both versions on `sets`, moves `champion` to the challenger when the gate passes."""
+    if not sets:
+        print("fashion-promote: sets is empty: name at least one evaluation folder, e.g. "
+              "+sets.holdout.root=/data/held-out-photos", file=sys.stderr)
+        return 2
     try:
         sources = {set_name: EvalSource(**spec) for set_name, spec in sets.items()}
         contender = fetch_bundle(f"models:/{name}@{challenger}", tracking_uri, Path(model_cache))
@@ -59,9 +63,6 @@ def promote(name: str, sets: dict[str, dict[str, Any]], margin: float = 0.01, ch
             incumbent = None
     except (MlflowException, TypeError, ValueError, OSError) as err:
         print(f"fashion-promote: {err}", file=sys.stderr)
-        return 2
-    if not sources:
-        print("fashion-promote: sets is empty: name at least one evaluation folder", file=sys.stderr)
         return 2
     new = accuracies(contender, sources, runtime)
     old = accuracies(incumbent, sources, runtime) if incumbent else {}

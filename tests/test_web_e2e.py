@@ -89,8 +89,9 @@ def test_review_page_shows_the_queued_photo_and_records_a_correction(trained, tm
     base = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
     try:
         photos = sorted((trained.data / "images").glob("*.jpg"))[:2]
-        for photo in photos:   # the tiny model is uncalibrated: both photos are queued
-            assert httpx.post(f"{base}/v1/predict", files={"file": (photo.name, photo.read_bytes())}).status_code == 200
+        hostile = '<img src=x id=pwned onerror="document.body.dataset.pwned=1">.jpg'   # an upload's name is not markup
+        for photo, name in zip(photos, [hostile, photos[1].name]):   # the tiny model is uncalibrated: both are queued
+            assert httpx.post(f"{base}/v1/predict", files={"file": (name, photo.read_bytes())}).status_code == 200
         assert store.queued() == 2
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS,
@@ -102,6 +103,8 @@ def test_review_page_shows_the_queued_photo_and_records_a_correction(trained, tm
             expect(page.locator("#photo img")).to_be_visible(timeout=30_000)
             expect(page.locator("#count")).to_have_text("2 waiting")
             expect(page.locator(".row.review").first).to_be_visible()
+            expect(page.locator("#photo .conf")).to_contain_text("<img src=x id=pwned")   # shown as text
+            assert page.locator("#pwned").count() == 0 and page.evaluate("document.body.dataset.pwned") is None
             page.fill("#f-articleType", "Jeans")
             page.click("#tags button[type=submit]")
             expect(page.locator("#count")).to_have_text("1 waiting", timeout=30_000)

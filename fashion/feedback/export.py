@@ -5,12 +5,13 @@
 
 Each corrected photo gets the labels a person confirmed (attributes they did not give stay empty and
 are masked in training), an id of its own (`ID_BASE` + its queue id, so it never collides with a
-catalogue product), and is written as JPEG. `data.train_only` puts these rows in the training split
+catalogue product), and is written as JPEG (a JPEG upload as it came, other formats re-encoded). `data.train_only` puts these rows in the training split
 only: a correction is never scored as a test or evaluation product. Keys: conf/export_feedback.yaml.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -30,7 +31,10 @@ def export_feedback(store: ReviewStore, output: Path) -> pd.DataFrame:
     rows = []
     for item_id, path, labels, _ in store.corrections():
         product = ID_BASE + item_id
-        Image.fromarray(load_rgb(path)).save(images / f"{product}.jpg", quality=95)
+        if path.suffix.lower() in (".jpeg", ".jpg"):   # the photo as uploaded: no second JPEG compression
+            shutil.copyfile(path, images / f"{product}.jpg")
+        else:
+            Image.fromarray(load_rgb(path)).save(images / f"{product}.jpg", quality=95)
         rows.append({"id": product, **{a: labels.get(a) for a in ATTRIBUTES}, "productDisplayName": path.name})
     table = pd.DataFrame(rows, columns=["id", *ATTRIBUTES, "productDisplayName"])
     table.to_csv(output / "styles.csv", index=False)

@@ -62,7 +62,7 @@ def score_paths(predictor: Predictor, paths: Sequence[str], workers: int = 0, la
     if workers:
         loader = DataLoader(files, batch_size=predictor.batch_size, num_workers=workers, prefetch_factor=prefetch,
                             collate_fn=partial(collate, normalise=predictor.normalise), persistent_workers=False)
-        batches: Iterator[Callable[[], Batch]] = (partial(lambda batch: batch, batch) for batch in loader)
+        batches: Iterator[Callable[[], Batch]] = ((lambda batch=batch: batch) for batch in loader)   # already prepared
     else:
         batches = (partial(prepare, files, start, predictor) for start in range(0, len(files), predictor.batch_size))
     for indices, probabilities, errors in scored_in_order(predictor, batches, lanes, lanes * prefetch):
