@@ -2,6 +2,8 @@
 
 import base64
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -15,6 +17,7 @@ from fashion.inference import Predictor, load_bundle, load_checkpoint
 from fashion.inference.bundle import BUNDLE_FILES, read_manifest
 from fashion.inference.explain import grad_cam
 from fashion.inference.onnx_runtime import OnnxPredictor
+from fashion.inference.runtime import load_predictor
 from tests.conftest import SAMPLE, server_process
 
 REAL_IMAGES = sorted((SAMPLE / "images").glob("*.jpg"))[:8]
@@ -57,6 +60,19 @@ def test_incomplete_bundle_names_the_missing_file(trained, tmp_path):
     (broken / "vocabularies.json").unlink()
     with pytest.raises(FileNotFoundError, match="vocabularies.json"):
         load_bundle(broken)
+
+
+def test_an_onnx_scoring_job_neither_builds_the_pytorch_network_nor_imports_its_libraries(trained):
+    """Start-up is paid by every fashion-predict job and every Spark worker: Lightning and timm took ~10 s of it."""
+    script = ("import sys; import fashion.predict; from fashion.inference.runtime import load_predictor; "
+              f"p = load_predictor(bundle={str(trained.bundle)!r}); "
+              "assert p.runtime == 'onnx' and 'model' not in vars(p.trained), 'the PyTorch network was built'; "
+              "print(sorted({'lightning', 'timm', 'torchmetrics', 'mlflow'} & {m.split('.')[0] for m in sys.modules}))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+    with_torch = load_predictor(bundle=trained.bundle, runtime="torch")   # the PyTorch runtime still builds it at load
+    assert "model" in vars(with_torch.trained)
 
 
 def test_onnx_matches_eager_pytorch_on_real_images(trained):
@@ -197,7 +213,7 @@ def test_grad_cam_heatmap_has_the_image_shape_and_varies(trained):
     config = {**loaded.run_config, "backbone": {**loaded.run_config["backbone"], "image_size": 160}}
     model = build_model(config, {a: len(v) for a, v in loaded.vocabularies.items()})
     model.load_state_dict(loaded.model.state_dict())
-    predictor = Predictor(replace(loaded, model=model.eval(), preprocessing=model.backbone.preprocessing))
+    predictor = Predictor(replace(loaded, build=lambda: model, preprocessing=model.backbone.preprocessing))
     image = load_rgb(REAL_IMAGES[0])
     wide = np.full((60, 100, 3), 255, dtype=np.uint8)
     wide[10:50, 20:60] = (200, 20, 20)

@@ -1,9 +1,11 @@
 """Data stage: styles.csv -> label vocabularies -> split -> dataset -> datamodule."""
 
-from fashion.data.datamodule import FashionDataModule
-from fashion.data.eval_sets import EvalSource
-from fashion.data.split import SplitSpec
-from fashion.data.transforms import Augmentation, Preprocessing
-from fashion.data.vocab import IGNORE_INDEX, LabelSpec, LabelVocabulary
+from fashion import lazy_exports
 
-__all__ = ["FashionDataModule", "EvalSource", "SplitSpec", "Augmentation", "Preprocessing", "LabelSpec", "LabelVocabulary", "IGNORE_INDEX"]
+__getattr__, __all__ = lazy_exports(__name__, {
+    "fashion.data.datamodule": ["FashionDataModule"],
+    "fashion.data.eval_sets": ["EvalSource"],
+    "fashion.data.split": ["SplitSpec"],
+    "fashion.data.transforms": ["Augmentation", "Preprocessing"],
+    "fashion.data.vocab": ["IGNORE_INDEX", "LabelSpec", "LabelVocabulary"],
+})

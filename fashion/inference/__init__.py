@@ -1,7 +1,9 @@
 """Inference stage: checkpoint or bundle -> Predictor -> labels, confidences, top-k."""
 
-from fashion.inference.bundle import export_bundle, load_bundle
-from fashion.inference.checkpoint import TrainedModel, load_checkpoint
-from fashion.inference.predictor import Prediction, Predictor
+from fashion import lazy_exports
 
-__all__ = ["export_bundle", "load_bundle", "TrainedModel", "load_checkpoint", "Prediction", "Predictor"]
+__getattr__, __all__ = lazy_exports(__name__, {
+    "fashion.inference.bundle": ["export_bundle", "load_bundle"],
+    "fashion.inference.checkpoint": ["TrainedModel", "load_checkpoint"],
+    "fashion.inference.predictor": ["Prediction", "Predictor"],
+})

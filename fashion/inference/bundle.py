@@ -28,6 +28,7 @@ import platform
 from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ from fashion.data.taxonomy import Taxonomy
 from fashion.data.transforms import Preprocessing
 from fashion.data.vocab import LabelVocabulary
 from fashion.inference.checkpoint import TrainedModel
-from fashion.models.architecture import ArchitectureError, build_model
+from fashion.models.architecture import ArchitectureError, build_model, validate_architecture
 from fashion.models.onnx_graph import ONNX_OPSET, export_graph
 from fashion.validation import describe
 
@@ -150,8 +151,10 @@ class SavedPreprocessing(pydantic.BaseModel):
     source_max_side: int | None = pydantic.Field(None, ge=8, le=4096)
 
 
-def load_bundle(path: str | Path) -> TrainedModel:
-    """Rebuild the model from verified JSON + safetensors; any problem is a BundleError naming the file."""
+def load_bundle(path: str | Path, build_now: bool = True) -> TrainedModel:
+    """Rebuild the model from verified JSON + safetensors; any problem is a BundleError naming the file.
+    `build_now=False` leaves the PyTorch network (config.json and the weights) until `.model` is first
+    used, with the same checks then: what an onnxruntime predictor, which never uses it, asks for."""
     files = BundleFiles(path)
     prep = _validated(SavedPreprocessing, files.json("preprocessing.json"), files.path / "preprocessing.json")
     preprocessing = Preprocessing(prep["image_size"], tuple(prep["mean"]), tuple(prep["std"]), prep["pad_fill"],
@@ -172,14 +175,27 @@ def load_bundle(path: str | Path) -> TrainedModel:
         raise BundleError(str(err)) from None
     config = files.json("config.json")
     try:
-        model = build_model(config, {a: len(v) for a, v in vocabularies.items()}, source=str(files.path / "config.json"))
+        validate_architecture(config, source=str(files.path / "config.json"))   # refused now, even if never built
+    except ArchitectureError as err:
+        raise BundleError(str(err)) from None
+    weights = files.read_bytes("model.safetensors")   # verified now, whether or not the network is ever built
+    trained = TrainedModel(partial(build_network, files.path, config, vocabularies, weights), vocabularies, preprocessing, config,
+                           taxonomy, decision)
+    if build_now:
+        trained.model
+    return trained
+
+
+def build_network(folder: Path, config: Any, vocabularies: Mapping[str, LabelVocabulary], weights: bytes) -> nn.Module:
+    try:
+        model = build_model(config, {a: len(v) for a, v in vocabularies.items()}, source=str(folder / "config.json"))
     except ArchitectureError as err:
         raise BundleError(str(err)) from None
     try:
-        model.load_weights(load_safetensors(files.read_bytes("model.safetensors")))
+        model.load_weights(load_safetensors(weights))
     except (SafetensorError, RuntimeError) as err:
-        raise BundleError(f"{files.path / 'model.safetensors'}: does not fit the architecture in config.json: {err}") from None
-    return TrainedModel(model.eval(), vocabularies, preprocessing, config, taxonomy, decision)
+        raise BundleError(f"{folder / 'model.safetensors'}: does not fit the architecture in config.json: {err}") from None
+    return model
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:

@@ -9,9 +9,11 @@ and the weights come from the checkpoint, never from a hub.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,16 +21,20 @@ from fashion.calibration import Decision
 from fashion.data.taxonomy import Taxonomy
 from fashion.data.transforms import Preprocessing
 from fashion.data.vocab import LabelVocabulary
-from fashion.models.architecture import build_model
-from fashion.models.tagger import MultiHeadTagger
+
+if TYPE_CHECKING:
+    from fashion.models.tagger import MultiHeadTagger
 
 
 @dataclass
 class TrainedModel:
     """What inference needs: the network (its temperatures included), its label vocabularies, its input
-    preprocessing, the taxonomy of its training data and its decision rule (acceptance thresholds)."""
+    preprocessing, the taxonomy of its training data and its decision rule (acceptance thresholds).
 
-    model: MultiHeadTagger
+    `build` makes the PyTorch network on first use of `model`: onnxruntime answers from the bundle's
+    model.onnx, so a scoring job or a Spark worker on ONNX never builds it (nor imports timm)."""
+
+    build: Callable[[], MultiHeadTagger]
     vocabularies: dict[str, LabelVocabulary]
     preprocessing: Preprocessing
     run_config: dict[str, Any]
@@ -43,6 +49,10 @@ class TrainedModel:
     def attributes(self) -> list[str]:
         return list(self.vocabularies)
 
+    @cached_property
+    def model(self) -> MultiHeadTagger:
+        return self.build().eval()
+
 
 def load_checkpoint(path: str | Path) -> TrainedModel:
     path = Path(path)
@@ -53,10 +63,12 @@ def load_checkpoint(path: str | Path) -> TrainedModel:
     if "vocabularies" not in hparams or "run_config" not in hparams:
         raise ValueError(f"{path} is not a fashion-train checkpoint (no vocabularies/run_config in its hyper_parameters)")
     vocabularies = {a: LabelVocabulary.from_dict(v) for a, v in hparams["vocabularies"].items()}
+    from fashion.models.architecture import build_model
+
     model = build_model(hparams["run_config"], {a: len(v) for a, v in vocabularies.items()}, source=f"{path}: run_config")
     state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     model.load_weights(state)
     attributes = list(vocabularies)
     decision = Decision.from_dict(checkpoint["decision"], attributes, f"{path}: decision") if checkpoint.get("decision") else None
-    return TrainedModel(model.eval(), vocabularies, model.backbone.preprocessing, dict(hparams["run_config"]),
+    return TrainedModel(lambda: model, vocabularies, model.backbone.preprocessing, dict(hparams["run_config"]),
                         Taxonomy.from_dict(hparams.get("taxonomy"), f"{path}: taxonomy"), decision)

@@ -45,13 +45,17 @@ class Predictor:
 
     def __init__(self, trained: TrainedModel, top_k: int = 3, batch_size: int = 32, taxonomy: bool = True) -> None:
         self.trained = trained
-        self.model = trained.model.eval()
         self.local = threading.local()   # one transform per thread: an albumentations pipeline keeps state per call
         self.top_k, self.batch_size, self.taxonomy = top_k, batch_size, taxonomy
 
     @property
     def attributes(self) -> list[str]:
         return self.trained.attributes
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The PyTorch network (Grad-CAM needs it whatever the runtime); built on first use."""
+        return self.trained.model
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """One decoded RGB image -> uint8 pixels resized and padded as the training run's eval transform

@@ -32,9 +32,8 @@ def load_predictor(*, bundle: str | Path | None = None, checkpoint: str | Path |
         return Predictor(load_checkpoint(checkpoint), top_k=top_k, batch_size=batch_size, taxonomy=taxonomy)
     from fashion.inference.bundle import BundleFiles, load_bundle
 
-    trained = load_bundle(bundle)
     if runtime == "onnx" or (runtime == "auto" and BundleFiles(bundle).has("model.onnx")):
         from fashion.inference.onnx_runtime import OnnxPredictor
 
-        return OnnxPredictor(trained, bundle, top_k=top_k, batch_size=batch_size, taxonomy=taxonomy, threads=threads)
-    return Predictor(trained, top_k=top_k, batch_size=batch_size, taxonomy=taxonomy)
+        return OnnxPredictor(load_bundle(bundle, build_now=False), bundle, top_k=top_k, batch_size=batch_size, taxonomy=taxonomy, threads=threads)
+    return Predictor(load_bundle(bundle), top_k=top_k, batch_size=batch_size, taxonomy=taxonomy)

@@ -1,8 +1,10 @@
 """Models stage: a timm backbone and per-attribute heads."""
 
-from fashion.models.backbone import Backbone
-from fashion.models.colour import ColourHistogram
-from fashion.models.heads import LinearHeads, MLPHeads
-from fashion.models.tagger import MultiHeadTagger
+from fashion import lazy_exports
 
-__all__ = ["Backbone", "ColourHistogram", "LinearHeads", "MLPHeads", "MultiHeadTagger"]
+__getattr__, __all__ = lazy_exports(__name__, {
+    "fashion.models.backbone": ["Backbone"],
+    "fashion.models.colour": ["ColourHistogram"],
+    "fashion.models.heads": ["LinearHeads", "MLPHeads"],
+    "fashion.models.tagger": ["MultiHeadTagger"],
+})

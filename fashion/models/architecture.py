@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pydantic
-import timm
-from timm.models import split_model_name_tag
 
 from fashion.models.backbone import Backbone
 from fashion.models.colour import ColourHistogram
@@ -85,6 +83,7 @@ def validate_architecture(config: Any, source: str = "config") -> Architecture:
 def build_model(config: Any, num_classes: Mapping[str, int], source: str = "config") -> MultiHeadTagger:
     """The architecture of a saved run with random weights (callers load its state dict into it)."""
     arch = validate_architecture(config, source)
+    _check_registered(arch.backbone.kwargs["name"], f"{source}: backbone.name")
     backbone = Backbone(**{**arch.backbone.kwargs, **NO_WEIGHT_SOURCE, "freeze": "full"})
     extras = {name: c.cls(preprocessing=backbone.preprocessing, **c.kwargs) for name, c in arch.extras.items()}
     heads = arch.head.cls(in_features=MultiHeadTagger.feature_size(backbone, extras),
@@ -128,6 +127,16 @@ def _refuse_special_keys(node: Any, where: str, top: bool = False) -> None:
 
 
 def _check_timm_name(name: Any, where: str) -> None:
-    """A plain timm architecture name: no `hf-hub:`/`local-dir:` prefix, which would fetch or read files."""
-    if not isinstance(name, str) or ":" in name or not timm.is_model(split_model_name_tag(name)[0]):
+    """A plain timm architecture name: no `hf-hub:`/`local-dir:` prefix, which would fetch or read files.
+    Whether timm knows it is checked before building (`_check_registered`): importing timm takes seconds,
+    and an onnxruntime predictor validates a bundle's architecture without ever building it."""
+    if not isinstance(name, str) or ":" in name or not name.replace(".", "_").replace("-", "_").isidentifier():
+        raise ArchitectureError(f"{where}={name!r} is not a timm architecture name (see timm.list_models())")
+
+
+def _check_registered(name: str, where: str) -> None:
+    import timm
+    from timm.models import split_model_name_tag
+
+    if not timm.is_model(split_model_name_tag(name)[0]):
         raise ArchitectureError(f"{where}={name!r} is not a timm architecture name (see timm.list_models())")

@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
-import timm
 import torch
-from timm.models import EfficientNet, group_parameters, split_model_name_tag
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -53,6 +51,9 @@ class Backbone(nn.Module):
         pool: Pool = "avg",
         source_max_side: int | None = None,
     ) -> None:
+        import timm  # here, not at the top: checking a saved architecture needs this signature, not timm (seconds to import)
+        from timm.models import split_model_name_tag
+
         super().__init__()
         sources = [s for s, on in (("pretrained", pretrained), ("checkpoint_path", checkpoint_path), ("packaged_weights", packaged_weights)) if on]
         if len(sources) > 1:
@@ -94,6 +95,8 @@ class Backbone(nn.Module):
 
     def _count_frozen_blocks(self) -> int | None:
         """For EfficientNet-family models under `partial`: how many leading block stages are frozen."""
+        from timm.models import EfficientNet
+
         if self.freeze != "partial" or not isinstance(self.model, EfficientNet):
             return None
         frozen = 0
@@ -140,6 +143,8 @@ class Backbone(nn.Module):
     def _apply_freeze(self, freeze: str, trainable_stages: int) -> list[nn.Module]:
         if freeze == "full":
             return []
+        from timm.models import group_parameters
+
         groups = list(group_parameters(self.model, self.model.group_matcher(coarse=True)).values())
         if freeze == "partial" and not 0 < trainable_stages < len(groups):
             raise ValueError(f"backbone.trainable_stages={trainable_stages} must be in 1..{len(groups) - 1} for {self.name}")
