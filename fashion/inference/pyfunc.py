@@ -35,12 +35,24 @@ def decode_base64_image(text: str) -> np.ndarray:
         raise ImageReadError(f"not a decodable base64 image: {err}") from err
 
 
+def spark_task_cpus() -> int | None:
+    """Inside a Spark task, the cores Spark gave it (`spark.task.cpus`, 1 by default): an executor runs one
+    Python worker per concurrent task, and each spreading onnxruntime over every core oversubscribes them.
+    Anywhere else None: every core."""
+    try:
+        from pyspark import TaskContext
+    except ImportError:
+        return None
+    task = TaskContext.get()
+    return task.cpus() if task is not None else None
+
+
 class FashionTaggerPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         from fashion.inference.runtime import load_predictor
 
         # runtime auto: onnxruntime when the bundle has model.onnx, as fashion-predict, so both give the same numbers
-        self.predictor = load_predictor(bundle=context.artifacts[BUNDLE_ARTIFACT])
+        self.predictor = load_predictor(bundle=context.artifacts[BUNDLE_ARTIFACT], threads=spark_task_cpus())
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         if "image" not in model_input and "path" not in model_input:
