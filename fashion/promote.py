@@ -29,13 +29,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def accuracies(bundle: RegisteredBundle, sets: dict[str, EvalSource], runtime: Runtime) -> dict[str, float]:
+    """Per set and attribute, the accuracy of what the API serves: the taxonomy levels decoded together."""
     from fashion.evaluate import evaluate
 
     predictor = load_predictor(bundle=bundle.bundle, runtime=runtime, top_k=1, batch_size=64)
     scores = {}
     for name, source in sets.items():
         values, _, _ = evaluate(predictor, source)
-        scores |= {f"{name}/{a}": values[f"eval/{a}/acc"] for a in predictor.attributes if f"eval/{a}/acc" in values}
+        for attribute in predictor.attributes:
+            served = next((values[key] for key in (f"eval/{attribute}/acc_taxonomy", f"eval/{attribute}/acc") if key in values), None)
+            if served is not None:
+                scores[f"{name}/{attribute}"] = served
     return scores
 
 

@@ -128,6 +128,17 @@ def test_the_gate_refuses_a_drop_beyond_the_margin():
     assert gate({}, {"holdout/gender": 0.5}, margin=0.01) == (True, [])   # no champion yet
 
 
+def test_the_gate_compares_what_is_served_the_taxonomy_decoded_together(trained, monkeypatch):
+    import fashion.evaluate
+    from fashion.promote import accuracies
+    from fashion.tracking.registry import RegisteredBundle
+
+    scores = {"eval/articleType/acc": 0.80, "eval/articleType/acc_taxonomy": 0.83, "eval/gender/acc": 0.90}
+    monkeypatch.setattr(fashion.evaluate, "evaluate", lambda predictor, source: (scores, None, None))
+    got = accuracies(RegisteredBundle("tagger", "1", trained.bundle, None), {"holdout": None}, "auto")
+    assert got["holdout/articleType"] == 0.83 and got["holdout/gender"] == 0.90
+
+
 def scrape(exposition: bytes, metric: str, labels: str = 'attribute="articleType"') -> float:
     for line in exposition.decode().splitlines():
         if line.startswith(f"{metric}{{{labels}}}"):

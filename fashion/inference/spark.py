@@ -36,6 +36,11 @@ def score(spark: SparkSession, model_uri: str, images: DataFrame, path_column: s
 
     attributes = model_attributes(model_uri)
     struct = result_type(attributes)
+    # A manifest is a small file of long-running rows: Spark reads it as one partition, so one task (one core)
+    # would score the whole catalogue. Spread the rows over every core the cluster has.
+    cores = spark.sparkContext.defaultParallelism
+    if images.rdd.getNumPartitions() < cores:
+        images = images.repartition(cores)
     udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=struct, env_manager="local")
     scored = images.withColumn("prediction", udf(F.struct(F.col(path_column).alias("path"))))
     # spark_udf turns every value of a string field into text, a missing one (an error row's label, a good
