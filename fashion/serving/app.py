@@ -41,6 +41,7 @@ from pydantic import BaseModel, Field
 
 from fashion.feedback.store import ReviewStore, UnknownImage
 from fashion.inference.explain import grad_cam, heatmap_png
+from fashion.inference.predictor import Predictor
 from fashion.inference.runtime import load_predictor
 from fashion.serving.errors import error_responses, install_error_handlers
 from fashion.serving.model_slot import ModelSlot
@@ -75,8 +76,12 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
     """`model_threads`: predictions that may run at once (1 suits a 2-core machine: one uses both).
     `bundle`: a folder, or `models:/<name>@<alias>` in the registry at `tracking_uri`. `open_predictions=False`:
     the predict endpoints need the API key too."""
-    slot = ModelSlot(bundle, lambda folder: load_predictor(bundle=folder, runtime=runtime, top_k=top_k, taxonomy=True),
-                     tracking_uri, model_cache)
+    def load(folder: Path) -> Predictor:
+        predictor = load_predictor(bundle=folder, runtime=runtime, top_k=top_k, taxonomy=True)
+        predictor.model   # Grad-CAM's network, built now (and on a reload, before the swap), not on the first ?explain
+        return predictor
+
+    slot = ModelSlot(bundle, load, tracking_uri, model_cache)
     monitor = Monitor(slot.current.predictor.trained.vocabularies, drift_window)
     limiter = anyio.CapacityLimiter(model_threads)
     app = FastAPI(title="fashion tagger", version=package_version(),
