@@ -25,7 +25,10 @@ def test_gpu_check_dry_run_writes_its_report(kaggle_folder, tmp_path, monkeypatc
     assert "| bf16-mixed |" in text and "CPU (dry run)" in text
     row = next(line for line in text.splitlines() if line.startswith("| bf16-mixed |")).split("|")[2:-1]
     loop, bare, ratio = (float(cell) for cell in row[:3])
-    assert loop > 0 and bare > 0 and abs(ratio - loop / bare) < 0.01 + 0.01 * ratio
+    # img/s are printed as whole numbers and the ratio to 2 decimals: the ratio must lie within what the
+    # rounded speeds allow (on the CPU they are small numbers, so rounding alone moves loop/bare by a few %)
+    assert loop > 0 and bare > 0
+    assert (loop - 0.5) / (bare + 0.5) - 0.005 <= ratio <= (loop + 0.5) / (bare - 0.5) + 0.005
     assert "1 epoch(s), " in text and "Projected for the whole catalogue (480 products)" in text
     table = text.split("| split |")[1].splitlines()
     assert "gender" in table[0] and table[2].startswith("| val |") and table[3].startswith("| test |")
