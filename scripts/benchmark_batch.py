@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import platform
 import shutil
 import statistics
@@ -167,7 +168,7 @@ def main() -> None:
     reference = max(speed for name, speed in best.items() if name.startswith("bare"))
     size = load_predictor(bundle=args.bundle).trained.preprocessing.image_size
     lines = ["# Catalogue scoring throughput", "",
-             f"Written by `python scripts/benchmark_batch.py --bundle <bundle> --images {Path(args.images).name} "
+             f"Written by `python scripts/benchmark_batch.py --bundle <bundle> --images {os.path.relpath(args.images, ROOT)} "
              f"--limit {args.limit} --rounds {args.rounds}`; measured in one run.", "",
              f"- Machine: {platform.processor() or platform.machine()}, {cores} CPU cores, torch {torch.__version__}, "
              f"onnxruntime {onnxruntime.__version__}, Python {platform.python_version()}",

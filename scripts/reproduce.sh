@@ -3,6 +3,8 @@
 #
 #   scripts/reproduce.sh                          # 9,583-image subset, CPU, offline lite0 backbone
 #   scripts/reproduce.sh reproductions table      # only some stages
+#   DATA=catalogue scripts/reproduce.sh reproductions   # the whole catalogue (38,800 thumbnails; out-of-time and
+#        # cross-resolution sets scored too); RECIPES="linear_probe vgg16_7heads" picks recipes
 #   DATA=kaggle EXTRA="data.root=/data/fashion-dataset" TRAINER=gpu BACKBONE= BEST=best_gpu scripts/reproduce.sh
 #        # full dataset on a GPU, each recipe with its own (hub) backbone: BACKBONE empty
 #
@@ -17,7 +19,8 @@ BACKBONE=${BACKBONE-efficientnet_lite0}   # set empty to use each recipe's own b
 BEST=${BEST:-best_cpu}
 EXTRA=${EXTRA:-}
 STAGES=${*:-report reproductions best ablation table}
-RECIPES=(linear_probe convnext_tiny_4heads efficientnetb0_6heads vgg16_7heads resnet18_4heads)  # cheapest first
+# shellcheck disable=SC2206
+RECIPES=(${RECIPES:-linear_probe convnext_tiny_4heads efficientnetb0_6heads vgg16_7heads resnet18_4heads})  # cheapest first
 
 export NO_ALBUMENTATIONS_UPDATE=1
 common=(data="$DATA" trainer="$TRAINER" callbacks.progress_bar=null trainer.enable_progress_bar=false)
