@@ -21,7 +21,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from mlflow.tracking import MlflowClient
@@ -90,7 +89,7 @@ def main() -> None:
     for part in ("val", "test"):
         rows = table[table.split == part]
         probs[part], labels[part] = probabilities(predictor, root, rows.id.tolist(), args.true_aspect), targets(predictor, rows)
-    scores = {part: {a: {"head": p.max(1).values.double(), "margin": (lambda t: t[:, 0] - t[:, 1])(p.topk(2, 1).values).double()}
+    scores = {part: {a: {"head": p.max(1).values.double(), "margin": p.topk(2, 1).values.diff(dim=1).neg().squeeze(1).double()}
                      for a, p in probs[part].items()} for part in probs}
     predicted = {part: {a: {s: p.argmax(1) for s in ("head", "margin")} for a, p in probs[part].items()} for part in probs}
     if predictor.trained.taxonomy:

@@ -263,3 +263,32 @@ def test_a_registered_version_links_the_training_run(trained, tmp_path, capsys):
     version = MlflowClient(trained.tracking_uri).get_model_version_by_alias("tagger-linked", "challenger")
     assert version.run_id == trained.run_id
     assert "serve with: fashion-serve bundle=models:/tagger-linked@challenger" in capsys.readouterr().out
+
+
+def test_queueing_a_photo_for_review_does_not_hold_the_model(trained, tmp_path):
+    """The review queue's database and file writes run after the model's thread is released: with one
+    model thread, another request is answered while the first one's photo is still being queued."""
+    store = ReviewStore(f"sqlite:///{tmp_path / 'review.db'}", tmp_path / "images")
+    entered, release, calls = threading.Event(), threading.Event(), []
+    enqueue = store.enqueue
+
+    def held_enqueue(*args, **kwargs):
+        calls.append(args[-1])
+        if len(calls) == 1:   # only the first request's write waits
+            entered.set()
+            release.wait(60)
+        return enqueue(*args, **kwargs)
+
+    store.enqueue = held_enqueue
+    post = lambda client, name: client.post("/v1/predict", files={"file": (name, jpeg((200, 30, 30)), "image/jpeg")})  # noqa: E731
+    with TestClient(create_app(trained.bundle, review=store, model_threads=1)) as client, ThreadPoolExecutor(2) as pool:
+        first = pool.submit(post, client, "first.jpg")
+        try:
+            assert entered.wait(60), "the first photo was never queued for review (every tag accepted?)"
+            second = pool.submit(post, client, "second.jpg")
+            assert second.result(timeout=30).status_code == 200   # answered while the first is still being queued
+            assert not first.done()
+        finally:
+            release.set()
+        assert first.result(timeout=60).status_code == 200
+    assert calls[0] == "first.jpg" and store.queued() == 1   # same pixels: one queue item, both photos answered

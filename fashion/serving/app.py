@@ -30,6 +30,7 @@ import binascii
 import secrets
 import time
 from collections.abc import Callable
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any
@@ -135,25 +136,31 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
             raise UploadRejected(400, "unknown_attribute", f"explain names {unknown}; attributes are {attributes}")
         return wanted
 
-    def run_model(images: list[DecodedImage], names: list[str | None], explain: list[str]) -> list[dict[str, Any]]:
+    def run_model(images: list[DecodedImage], names: list[str | None],
+                  explain: list[str]) -> tuple[list[dict[str, Any]], list[Callable[[], Any]]]:
+        """The answers, and the review-queue writes they call for (run after the model's thread is released)."""
         loaded = slot.current   # this request's model, whatever a reload does meanwhile
         predictor = loaded.predictor
-        results = []
+        results, to_queue = [], []
         for image, name, prediction in zip(images, names, predictor.predict([i.pixels for i in images])):
             result: dict[str, Any] = {"filename": name, "predictions": {a: p.to_dict() for a, p in prediction.items()},
                                       "model_version": loaded.version}
             monitor.observe(result["predictions"])
             if review is not None and any(p.status != "accepted" for p in prediction.values()) and image.data:
-                review.enqueue(image.data, image.format or "bin", result["predictions"], loaded.version or str(loaded.bundle), name)
+                to_queue.append(partial(review.enqueue, image.data, image.format or "bin", result["predictions"],
+                                        loaded.version or str(loaded.bundle), name))
             if explain:
                 maps = grad_cam(predictor, image.pixels, explain, size=image.size)
                 result["explanations"] = {a: {"heatmap_png": heatmap_png(m), "width": m.shape[1], "height": m.shape[0]}
                                           for a, m in maps.items()}
             results.append(result)
-        return results
+        return results, to_queue
 
     async def predict_images(images: list[DecodedImage], names: list[str | None], explain: list[str]) -> list[dict]:
-        return await anyio.to_thread.run_sync(run_model, images, names, explain, limiter=limiter)
+        results, to_queue = await anyio.to_thread.run_sync(run_model, images, names, explain, limiter=limiter)
+        if to_queue:   # a database and a file write: on a thread of their own, not holding one of the model's
+            await anyio.to_thread.run_sync(lambda: [enqueue() for enqueue in to_queue])
+        return results
 
     async def read_upload(upload: UploadFile) -> DecodedImage:
         data = await upload.read(limits.max_bytes + 1)
