@@ -2,6 +2,7 @@
 
     python scripts/outside_split_table.py                     # every finished run that logged eval/<set>/ metrics
     python scripts/outside_split_table.py --tag recipe=catalogue_trial --output docs/outside_the_split.md
+    python scripts/outside_split_table.py --runs 314439f3 3460e25b --intro intro.md   # these runs, this order
 
 One row per run and set (test, then out_of_time, cross_resolution, ...), accuracy per attribute in %,
 read from the MLflow store: nothing here is typed by hand. Below each evaluation set, the accuracy of
@@ -43,7 +44,8 @@ def percent(value: object) -> str:
 def table(runs: pd.DataFrame) -> str:
     lines = ["| run | what | set | " + " | ".join(ATTRIBUTES) + " | wall min |", "|---" * (len(ATTRIBUTES) + 4) + "|"]
     for _, run in runs.iterrows():
-        what = run.get("tags.trial") or run.get("tags.recipe") or run.get("tags.hydra.overrides") or ""
+        what = next((str(run[k]) for k in ("tags.trial", "tags.recipe", "tags.hydra.overrides")
+                     if isinstance(run.get(k), str) and run[k]), "")   # a missing tag reads as NaN
         minutes = run.get("metrics.time/total_s")
         wall = "–" if minutes is None or math.isnan(minutes) else f"{minutes / 60:.1f}"
         for stage, values in rows_of(run):
@@ -56,6 +58,7 @@ def main() -> None:
     parser.add_argument("--tracking-uri", default=tracking_uri())
     parser.add_argument("--experiment", default="fashion")
     parser.add_argument("--tag", help="only runs with this tag, e.g. recipe=catalogue_trial")
+    parser.add_argument("--runs", nargs="+", help="only these runs (ids or their first 8 characters), in this order")
     parser.add_argument("--output", type=Path, default=PROJECT_ROOT / "docs" / "outside_the_split.md")
     parser.add_argument("--intro", type=Path, help="a Markdown file to put above the table (the runs' commands)")
     args = parser.parse_args()
@@ -65,6 +68,8 @@ def main() -> None:
     if args.tag:
         key, value = args.tag.split("=", 1)
         runs = runs[runs.get(f"tags.{key}") == value]
+    if args.runs:
+        runs = pd.concat([runs[runs["run_id"].str.startswith(prefix)] for prefix in args.runs])
     runs = runs[[any(c.startswith("metrics.eval/") and not pd.isna(r[c]) for c in runs.columns) for _, r in runs.iterrows()]]
     if runs.empty:
         raise SystemExit("outside_split_table: no finished run with eval/<set>/ metrics in that store")
