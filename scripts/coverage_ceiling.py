@@ -68,6 +68,11 @@ def joint_marginals(predictor, probs: dict[str, torch.Tensor], temperature: floa
             for j, a in enumerate(taxonomy.attributes)}
 
 
+def top_two_gap(p: torch.Tensor) -> torch.Tensor:
+    top = p.topk(2, dim=1).values.double()
+    return top[:, 0] - top[:, 1]
+
+
 def ceiling(confidence: torch.Tensor, correct: torch.Tensor, target: float) -> float:
     threshold = choose_threshold(confidence, correct, target)
     return selective_scores(confidence, correct, threshold)["coverage"]
@@ -89,7 +94,7 @@ def main() -> None:
     for part in ("val", "test"):
         rows = table[table.split == part]
         probs[part], labels[part] = probabilities(predictor, root, rows.id.tolist(), args.true_aspect), targets(predictor, rows)
-    scores = {part: {a: {"head": p.max(1).values.double(), "margin": p.topk(2, 1).values.diff(dim=1).neg().squeeze(1).double()}
+    scores = {part: {a: {"head": p.max(1).values.double(), "margin": top_two_gap(p)}
                      for a, p in probs[part].items()} for part in probs}
     predicted = {part: {a: {s: p.argmax(1) for s in ("head", "margin")} for a, p in probs[part].items()} for part in probs}
     if predictor.trained.taxonomy:
