@@ -16,7 +16,7 @@ PY=${PY:-.venv/bin/python}
 DATA=${DATA:-subset}
 TRAINER=${TRAINER:-cpu}
 BACKBONE=${BACKBONE-efficientnet_lite0}   # set empty to use each recipe's own backbone (needs the hub)
-BEST=${BEST:-best_cpu}
+if [ "$DATA" = subset ]; then BEST=${BEST:-best_cpu_subset}; else BEST=${BEST:-best_cpu}; fi   # best_cpu is the catalogue recipe
 EXTRA=${EXTRA:-}
 STAGES=${*:-report reproductions best ablation table}
 # shellcheck disable=SC2206

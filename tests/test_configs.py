@@ -78,7 +78,9 @@ def test_experiment_composes_and_builds_the_module(experiment, compose_config, t
     from fashion.training.assembly import build_model, build_module
 
     cfg = compose_config([f"experiment={experiment}", f"paths.output_dir={tmp_path}", f"data.root={kaggle_folder}",
-                          "labels.min_count=1", "data.num_workers=0"])
+                          "labels.min_count=1", "data.num_workers=0",
+                          # a catalogue recipe's held-out years and evaluation sets are not in this small folder
+                          "data.out_of_time_years=[]", "data.eval_sets={}"])
     validate_config(cfg)
     if cfg.backbone.get("pretrained"):
         cfg.backbone.pretrained = False  # no hub here; the recipe is what is under test
@@ -137,3 +139,11 @@ def test_default_paths_point_inside_the_repo(compose_config, tmp_path):
     root = Path(cfg.paths.root)
     assert (root / "conf" / "train.yaml").is_file()
     assert cfg.logger.tracking_uri == f"sqlite:///{root}/mlruns/mlflow.db"
+
+
+def test_best_cpu_alone_picks_the_whole_catalogue_and_its_outside_sets(compose_config):
+    cfg = compose_config(["experiment=best_cpu"])
+    assert cfg.data.root.endswith("fashion-product-images-small") and cfg.data.out_of_time_years
+    assert "cross_resolution" in cfg.data.eval_sets and cfg.backbone.source_max_side == 80
+    assert compose_config(["experiment=best_cpu_subset"]).data.root.endswith("fashion-product-images-subset")
+    assert compose_config(["experiment=best_cpu", "data=subset"]).data.root.endswith("fashion-product-images-subset")

