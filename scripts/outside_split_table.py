@@ -23,10 +23,14 @@ from fashion.config import PROJECT_ROOT, tracking_uri
 from fashion.data.styles import ATTRIBUTES
 
 
+def eval_sets_of(run: pd.Series) -> list[str]:
+    """The evaluation sets a run logged metrics for (`eval/<set>/...`), by name."""
+    return sorted({c.split("/")[1] for c in run.index if c.startswith("metrics.eval/") and not pd.isna(run[c])})
+
+
 def rows_of(run: pd.Series) -> list[tuple[str, list[str]]]:
-    sets = sorted({c.split("/")[1] for c in run.index if c.startswith("metrics.eval/") and not pd.isna(run[c])})
     rows = []
-    for stage in ["test", *[f"eval/{s}" for s in sets]]:
+    for stage in ["test", *[f"eval/{s}" for s in eval_sets_of(run)]]:
         values = [run.get(f"metrics.{stage}/{a}/acc") for a in ATTRIBUTES]
         if all(v is None or (isinstance(v, float) and math.isnan(v)) for v in values):
             continue

@@ -28,7 +28,7 @@ from fashion.config import PROJECT_ROOT, tracking_uri
 from fashion.data.styles import ATTRIBUTES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from outside_split_table import rows_of  # noqa: E402
+from outside_split_table import eval_sets_of, rows_of  # noqa: E402
 
 REPRODUCTIONS = ("vgg16_7heads", "efficientnetb0_6heads", "resnet18_4heads", "convnext_tiny_4heads", "linear_probe")
 OURS = ("best_cpu", "best_gpu")
@@ -126,7 +126,7 @@ def run_table(rows: list[pd.Series]) -> list[str]:
 def attribute_table(run: pd.Series) -> list[str]:
     """Per attribute: published number and target next to what the run measured on its test split and, where
     it logged evaluation sets, on each of them against the goal for photos outside the split."""
-    sets = sorted({c.split("/")[1] for c in run.index if c.startswith("metrics.eval/") and not missing(run[c])})
+    sets = eval_sets_of(run)
     header = ["attribute", "published", "target", "test acc", "macro-F1", *(["goal outside the split"] if sets else []), *sets]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for a in attributes_of(run):
@@ -268,7 +268,7 @@ def data_section(source: str, ours: list[pd.Series], reproductions: list[pd.Seri
              "### Test accuracy per attribute", "",
              "Best published: the best public numbers on the full dataset known to issue #3 (class sets differ).", "",
              *summary_table(ours, reproductions), ""]
-    beside = [r for r in runs if len(rows_of(r)) > 1]
+    beside = [r for r in runs if eval_sets_of(r)]
     if beside:
         lines += ["### Inside and outside the split", "",
                   "Accuracy (%) on the in-split test and on each evaluation set the run logged: `out_of_time`, catalogue "
