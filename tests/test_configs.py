@@ -104,6 +104,7 @@ def test_wrong_key_fails_naming_the_key(compose_config):
 @pytest.mark.parametrize("override,message", [
     ("backbone.freeze=sometimes", "backbone.freeze: Input should be 'frozen', 'partial' or 'full'"),
     ("backbone.pool=max", "backbone.pool: Input should be 'avg' or 'flatten'"),
+    ("backbone.source_jpeg_quality=500", "backbone.source_jpeg_quality: Input should be less than or equal to 100"),
     ("feature_cache.runtime=onnxruntime", "feature_cache.runtime: Input should be 'onnx' or 'torch'"),
     ("labels.rare_classes=drop", "labels.rare_classes: Input should be 'ignore' or 'other'"),
     ("head.dropout=lots", "head.dropout: Input should be a valid number"),
@@ -145,5 +146,6 @@ def test_best_cpu_alone_picks_the_whole_catalogue_and_its_outside_sets(compose_c
     cfg = compose_config(["experiment=best_cpu"])
     assert cfg.data.root.endswith("fashion-product-images-small") and cfg.data.out_of_time_years
     assert "cross_resolution" in cfg.data.eval_sets and cfg.backbone.source_max_side == 80
+    assert cfg.backbone.source_jpeg_quality == 75
     assert compose_config(["experiment=best_cpu_subset"]).data.root.endswith("fashion-product-images-subset")
     assert compose_config(["experiment=best_cpu", "data=subset"]).data.root.endswith("fashion-product-images-subset")

@@ -158,6 +158,54 @@ def test_resolution_normalisation_makes_a_sharp_photo_and_its_thumbnail_alike():
     assert repr(normalised) == repr(plain)   # the feature cache adds it to its key only when set
 
 
+def _pil_jpeg(image: np.ndarray, quality: int = 75) -> np.ndarray:
+    import io
+
+    encoded = io.BytesIO()
+    Image.fromarray(image).save(encoded, "JPEG", quality=quality)
+    return np.asarray(Image.open(encoded).convert("RGB"))
+
+
+def test_thumbnail_rendering_encodes_what_it_shrinks_and_leaves_thumbnails_alone():
+    import cv2
+
+    from fashion.data.images import load_rgb
+    from fashion.data.transforms import ThumbnailRendering
+    from tests.conftest import SAMPLE
+
+    render = ThumbnailRendering(80, jpeg_quality=75)
+    paths = sorted((SAMPLE / "images").glob("*.jpg"))[5:8]
+    for path in paths:
+        sharp = restore_aspect(load_rgb(path), 0.75)                                    # 224x168
+        shrunk = cv2.resize(sharp, (60, 80), interpolation=cv2.INTER_AREA)
+        rendered = render(image=sharp)["image"]
+        assert rendered.shape == shrunk.shape and not np.array_equal(rendered, shrunk)  # the round trip happened
+        # ... in RGB, as PIL (and the catalogue) encode: not albumentations' ImageCompression, which encodes RGB as BGR
+        assert np.abs(rendered.astype(int) - _pil_jpeg(shrunk)).mean() < 0.1
+        thumbnail = _pil_jpeg(shrunk)
+        assert np.array_equal(render(image=thumbnail)["image"], thumbnail)              # at 80 px: untouched
+    tiny = np.full((40, 30, 3), 200, np.uint8)                                          # under 80 px: resized only, as before
+    assert np.array_equal(render(image=tiny)["image"], ThumbnailRendering(80)(image=tiny)["image"])
+
+
+def test_the_jpeg_round_trip_brings_a_sharp_photo_closer_to_its_catalogue_thumbnail():
+    from fashion.data.images import load_rgb
+    from tests.conftest import SAMPLE
+
+    without = Preprocessing(224, (0.5,) * 3, (0.5,) * 3, source_max_side=80)
+    with_jpeg = Preprocessing(224, (0.5,) * 3, (0.5,) * 3, source_max_side=80, source_jpeg_quality=75)
+
+    def gap(prep: Preprocessing, sharp: np.ndarray, thumbnail: np.ndarray) -> float:
+        transform = prep.eval_transform()
+        return float((transform(image=sharp)["image"] - transform(image=thumbnail)["image"]).abs().mean())
+    for path in sorted((SAMPLE / "images").glob("*.jpg"))[5:8]:
+        sharp = restore_aspect(load_rgb(path), 0.75)
+        # what the catalogue did: an antialiased resize of the photo, JPEG at quality 75 (its quantisation tables)
+        thumbnail = _pil_jpeg(np.asarray(Image.fromarray(sharp).resize((60, 80), Image.Resampling.LANCZOS)))
+        assert gap(with_jpeg, sharp, thumbnail) < 0.95 * gap(without, sharp, thumbnail)
+    assert repr(with_jpeg) == repr(without)   # the feature cache adds it to its key only when set
+
+
 def test_a_bundle_keeps_its_resolution_normalisation(trained, tmp_path):
     import json
     import shutil
@@ -169,6 +217,12 @@ def test_a_bundle_keeps_its_resolution_normalisation(trained, tmp_path):
     shutil.copytree(trained.bundle, bundle)
     prep = json.loads((bundle / "preprocessing.json").read_text())
     assert prep["source_max_side"] is None
-    (bundle / "preprocessing.json").write_text(json.dumps({**prep, "source_max_side": 80}))
+    assert prep["source_jpeg_quality"] is None   # written by export; a bundle from before it loads with None
+    old = {k: v for k, v in prep.items() if k != "source_jpeg_quality"}
+    (bundle / "preprocessing.json").write_text(json.dumps({**old, "source_max_side": 80}))
     rehash(bundle)
     assert load_bundle(bundle).preprocessing.source_max_side == 80
+    assert load_bundle(bundle).preprocessing.source_jpeg_quality is None
+    (bundle / "preprocessing.json").write_text(json.dumps({**prep, "source_max_side": 80, "source_jpeg_quality": 75}))
+    rehash(bundle)
+    assert load_bundle(bundle).preprocessing.source_jpeg_quality == 75

@@ -1,6 +1,7 @@
 """The frozen-feature cache: right key, right invalidation, same numbers as the uncached path."""
 
 import os
+from dataclasses import replace
 
 import albumentations as A
 import mlflow
@@ -92,6 +93,9 @@ def test_key_changes_with_weights_preprocessing_prefix_extras_and_image_files(tm
     key = cache_key(model, pre, ids, paths)
     assert cache_key(model, pre, ids, paths) == key
     assert cache_key(model, Preprocessing(48, pre.mean, pre.std), ids, paths) != key
+    normalised = Preprocessing(pre.image_size, pre.mean, pre.std, source_max_side=80)
+    assert len({key, cache_key(model, normalised, ids, paths),
+                cache_key(model, replace(normalised, source_jpeg_quality=75), ids, paths)}) == 3
     assert cache_key(tiny_model(freeze="partial", trainable_stages=1), pre, ids, paths) != key
     assert cache_key(tiny_model(colour=True, freeze="frozen"), pre, ids, paths) != key
     with torch.no_grad():

@@ -33,9 +33,12 @@ class Preprocessing:
     # Resolution normalisation: every photo is first brought to this longest side (the catalogue's
     # thumbnails are 80 px), so a sharp upload and a thumbnail reach the model alike. None: off.
     source_max_side: int | None = field(default=None, repr=False)  # not in repr: older feature-cache keys stay valid
+    # ... and a photo that had to shrink to it is then JPEG-encoded at this quality, as the thumbnails were
+    # (75: their quantisation tables). None: no round trip. See ThumbnailRendering.
+    source_jpeg_quality: int | None = field(default=None, repr=False)
 
     def resize_and_pad(self) -> list[A.BasicTransform]:
-        normalise = [A.LongestMaxSize(max_size=self.source_max_side, interpolation=cv2.INTER_AREA)] if self.source_max_side else []
+        normalise = [ThumbnailRendering(self.source_max_side, self.source_jpeg_quality)] if self.source_max_side else []
         return [
             *normalise,
             A.LongestMaxSize(max_size=self.image_size, interpolation=cv2.INTER_AREA),
@@ -74,6 +77,36 @@ class Preprocessing:
     def eval_transform(self, *fixed: A.BasicTransform) -> A.Compose:
         """`fixed`: deterministic transforms between padding and normalisation (a cached augmentation view)."""
         return A.Compose([*self.resize_and_pad(), *fixed, *self.to_tensor()], strict=True)
+
+
+class ThumbnailRendering(A.ImageOnlyTransform):
+    """Bring a photo to `max_side` (its longest side), and, if it had to shrink, through a JPEG round trip
+    at `jpeg_quality`: what the catalogue did to make its thumbnails, so a sharp photo reaches the model
+    as the thumbnails it trained on did. A model trained on thumbnails reads their compression too:
+    run 13a379e4 scored 1,182 products' 224px photos 2-3 points lower on gender, subCategory and
+    articleType than their thumbnails, and level with them after this round trip (docs/outside_the_split.md).
+
+    Photos at or under `max_side` (the thumbnails themselves) are only resized, exactly as before, so
+    training on them and their feature cache do not change. The encoder is cv2's, as in albumentations'
+    ImageCompression, but fed BGR as it expects (ImageCompression passes RGB through, which swaps the
+    red and blue weights of JPEG's colour transform).
+    """
+
+    def __init__(self, max_side: int, jpeg_quality: int | None = None, p: float = 1.0) -> None:
+        super().__init__(p=p)
+        self.max_side, self.jpeg_quality = max_side, jpeg_quality
+        self.resize = A.LongestMaxSize(max_size=max_side, interpolation=cv2.INTER_AREA)
+
+    def apply(self, img: np.ndarray, **params) -> np.ndarray:
+        shrinks = max(img.shape[:2]) > self.max_side
+        img = self.resize(image=img)["image"]
+        if not (shrinks and self.jpeg_quality):
+            return img
+        _, encoded = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+        return cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("max_side", "jpeg_quality")
 
 
 class Augmentation:

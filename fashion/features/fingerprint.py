@@ -50,7 +50,7 @@ def cache_keys(model: MultiHeadTagger, preprocessing: Preprocessing, ids: list[i
     """One key per version of the images (None: the images themselves, whose key predates views).
 
     The weights and the image files, the costly parts, are hashed once for all versions.
-    `true_aspect` and `source_max_side` enter the key only when set, so older caches keep theirs.
+    `true_aspect`, `source_max_side` and `source_jpeg_quality` enter the key only when set, so older caches keep theirs.
     """
     backbone = model.backbone
     parts = {
@@ -63,6 +63,7 @@ def cache_keys(model: MultiHeadTagger, preprocessing: Preprocessing, ids: list[i
         "images": images_fingerprint(ids, paths),
         **({"true_aspect": true_aspect} if true_aspect is not None else {}),
         **({"source_max_side": preprocessing.source_max_side} if preprocessing.source_max_side else {}),
+        **({"source_jpeg_quality": preprocessing.source_jpeg_quality} if preprocessing.source_jpeg_quality else {}),
     }
     return [hashlib.sha256(json.dumps(parts if view is None else {**parts, "view": repr(view)},
                                       sort_keys=True).encode()).hexdigest()[:24] for view in versions]

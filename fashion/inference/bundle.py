@@ -4,7 +4,7 @@
     model.onnx           the same network, softmax outputs per attribute, dynamic batch
     config.json          the run's backbone / head / extra_features config (rebuilds the architecture)
     vocabularies.json    class names per attribute, in head-output order
-    preprocessing.json   image size, mean, std, pad fill
+    preprocessing.json   image size, mean, std, pad fill, resolution normalisation (source max side, JPEG quality)
     taxonomy.json        articleType / subCategory / masterCategory combinations of the training split
     decision.json        per attribute the confidence threshold for accepting a tag (calibration)
     manifest.json        format version, sha256 of every file above, backbone, attributes, dataset
@@ -149,6 +149,7 @@ class SavedPreprocessing(pydantic.BaseModel):
     std: list[float] = pydantic.Field(min_length=3, max_length=3)
     pad_fill: int = pydantic.Field(255, ge=0, le=255)
     source_max_side: int | None = pydantic.Field(None, ge=8, le=4096)
+    source_jpeg_quality: int | None = pydantic.Field(None, ge=1, le=100)
 
 
 def load_bundle(path: str | Path, build_now: bool = True) -> TrainedModel:
@@ -158,7 +159,7 @@ def load_bundle(path: str | Path, build_now: bool = True) -> TrainedModel:
     files = BundleFiles(path)
     prep = _validated(SavedPreprocessing, files.json("preprocessing.json"), files.path / "preprocessing.json")
     preprocessing = Preprocessing(prep["image_size"], tuple(prep["mean"]), tuple(prep["std"]), prep["pad_fill"],
-                                  prep["source_max_side"])
+                                  prep["source_max_side"], prep["source_jpeg_quality"])
     raw_vocabularies = files.json("vocabularies.json")
     if not isinstance(raw_vocabularies, Mapping) or not raw_vocabularies:
         raise BundleError(f"{files.path / 'vocabularies.json'}: expected an object of attribute -> vocabulary")

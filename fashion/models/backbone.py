@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Annotated, Literal
 
+import pydantic
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -17,6 +18,7 @@ log = logging.getLogger(__name__)
 
 Freeze = Literal["frozen", "partial", "full"]
 Pool = Literal["avg", "flatten"]
+JpegQuality = Annotated[int, pydantic.Field(ge=1, le=100)]
 
 
 @typed
@@ -30,7 +32,7 @@ class Backbone(nn.Module):
     running statistics are not overwritten by small fashion batches.
     `pool`: `avg` is the model's own global pooling; `flatten` keeps the last feature map and
     flattens it (the Keras `include_top=False` + `Flatten()` recipes), so `num_features` then
-    depends on `image_size`. `source_max_side`: see Preprocessing (resolution normalisation).
+    depends on `image_size`. `source_max_side`, `source_jpeg_quality`: see Preprocessing (resolution normalisation).
 
     The forward pass is written once, in stages every user shares: `feature_map` (timm's
     `forward_features`) -> `pool_features`. The FeatureCache splits the same stages at the frozen
@@ -50,6 +52,7 @@ class Backbone(nn.Module):
         drop_path_rate: float | None = None,
         pool: Pool = "avg",
         source_max_side: int | None = None,
+        source_jpeg_quality: JpegQuality | None = None,
     ) -> None:
         import timm  # here, not at the top: checking a saved architecture needs this signature, not timm (seconds to import)
         from timm.models import split_model_name_tag
@@ -76,6 +79,7 @@ class Backbone(nn.Module):
             mean=tuple(float(m) for m in data_config["mean"]),
             std=tuple(float(s) for s in data_config["std"]),
             source_max_side=source_max_side,
+            source_jpeg_quality=source_jpeg_quality,
         )
         self.num_features = self._count_features()
         self.freeze, self.trainable_stages = freeze, trainable_stages
