@@ -226,3 +226,9 @@ def test_a_bundle_keeps_its_resolution_normalisation(trained, tmp_path):
     (bundle / "preprocessing.json").write_text(json.dumps({**prep, "source_max_side": 80, "source_jpeg_quality": 75}))
     rehash(bundle)
     assert load_bundle(bundle).preprocessing.source_jpeg_quality == 75
+    from fashion.inference.bundle import BundleError
+    for hostile in (0, 101, "75"):   # out of JPEG's range, or not an integer: refused, naming the file
+        (bundle / "preprocessing.json").write_text(json.dumps({**prep, "source_max_side": 80, "source_jpeg_quality": hostile}))
+        rehash(bundle)
+        with pytest.raises(BundleError, match="preprocessing.json"):
+            load_bundle(bundle)
