@@ -41,6 +41,12 @@ def rows_of(run: pd.Series) -> list[tuple[str, list[str]]]:
     return rows
 
 
+def cell(value: object) -> str:
+    """A tag or param as Markdown table text: run tags are free text, and a `|` or a line break in one
+    would otherwise split or end the row."""
+    return str(value).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
 def percent(value: object) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * float(value):.1f}"
 
@@ -48,7 +54,7 @@ def percent(value: object) -> str:
 def table(runs: pd.DataFrame) -> str:
     lines = ["| run | what | set | " + " | ".join(ATTRIBUTES) + " | wall min |", "|---" * (len(ATTRIBUTES) + 4) + "|"]
     for _, run in runs.iterrows():
-        what = next((str(run[k]) for k in ("tags.trial", "tags.recipe", "tags.hydra.overrides")
+        what = next((cell(run[k]) for k in ("tags.trial", "tags.recipe", "tags.hydra.overrides")
                      if isinstance(run.get(k), str) and run[k]), "")   # a missing tag reads as NaN
         minutes = run.get("metrics.time/total_s")
         wall = "–" if minutes is None or math.isnan(minutes) else f"{minutes / 60:.1f}"

@@ -28,7 +28,7 @@ from fashion.config import PROJECT_ROOT, tracking_uri
 from fashion.data.styles import ATTRIBUTES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from outside_split_table import eval_sets_of, rows_of  # noqa: E402
+from outside_split_table import cell, eval_sets_of, rows_of  # noqa: E402
 
 REPRODUCTIONS = ("vgg16_7heads", "efficientnetb0_6heads", "resnet18_4heads", "convnext_tiny_4heads", "linear_probe")
 OURS = ("best_cpu", "best_gpu")
@@ -77,7 +77,7 @@ def percent(value: object) -> str:
 
 def weights_of(run: pd.Series) -> str:
     if str(run.get("params.backbone.packaged_weights")) not in ("None", "nan", ""):
-        return f"packaged ({run['params.backbone.packaged_weights']})"
+        return f"packaged ({cell(run['params.backbone.packaged_weights'])})"
     if str(run.get("params.backbone.checkpoint_path")) not in ("None", "nan", ""):
         return "local checkpoint"
     if str(run.get("params.backbone.pretrained")) == "True":
@@ -116,7 +116,7 @@ def run_table(rows: list[pd.Series]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|"]
     for run in rows:
         lines.append(
-            f"| {data_name(run)} | {run['tags.recipe']} | {run['params.backbone.name']} | {weights_of(run)} | "
+            f"| {data_name(run)} | {run['tags.recipe']} | {text_of(run['params.backbone.name'])} | {weights_of(run)} | "
             f"{int(run.get('metrics.data/split_size/test', 0) or 0)} | {percent(run.get('metrics.test/mean_acc'))} | "
             f"{wall_minutes(run)} | {run['tags.hardware'] or '?'} | `{run['run_id']}` |"
         )
@@ -188,11 +188,11 @@ def tried_section(runs: pd.DataFrame) -> list[str]:
 
 
 def text_of(value: object) -> str:
-    return "–" if missing(value) or value == "" else str(value)
+    return "–" if missing(value) or value == "" else cell(value)
 
 
 def short_backbone(run: pd.Series) -> str:
-    return str(run["params.backbone.name"]).replace("tf_efficientnet_", "")
+    return cell(run["params.backbone.name"]).replace("tf_efficientnet_", "")
 
 
 def ablation_section(runs: pd.DataFrame) -> list[str]:
@@ -289,7 +289,7 @@ def data_section(source: str, ours: list[pd.Series], reproductions: list[pd.Seri
     if reproductions:
         lines += ["### Reproductions", ""]
     for run in reproductions:
-        lines += [f"#### {run['tags.recipe']} on {run['params.backbone.name']} ({weights_of(run)})", ""]
+        lines += [f"#### {run['tags.recipe']} on {text_of(run['params.backbone.name'])} ({weights_of(run)})", ""]
         lines += attribute_table(run) + [""]
     return lines
 

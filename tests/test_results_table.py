@@ -90,3 +90,28 @@ def test_each_data_source_has_its_section_with_the_evaluation_sets_beside_the_te
             f"| 92.20 ({'met' if goal <= 92.2 else '**missed**'}) |") in catalogue_part
     assert "| gender | 87.80 | 93.00 |" in subset_part.split("## All runs")[0] and "Inside and outside" not in subset_part
     assert smoke not in text                                                                 # the smoke sample is no result
+
+
+def test_a_tag_with_table_characters_stays_in_its_cell(tmp_path):
+    """Run tags and params are free text: a `|` or a line break in one must not split or end a table row."""
+    import itertools
+    import re
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("fashion")
+    log_run("best_cpu", "tf_efficientnet_lite0|evil", {"gender": 0.91},
+            {"dataset.root": "/d/a|b\nc/fashion-product-images-small", "trial": "x | y\nz"},
+            params={"backbone.packaged_weights": "w|x"},
+            metrics={"eval/out_of_time/gender/acc": 0.92, "data/majority_rate/out_of_time/gender": 0.63})
+    log_run("efficientnetb0_6heads", "b|0", {"gender": 0.86}, {"dataset.root": "/d/x|y"})
+    results, outside = load_script("results_table"), load_script("outside_split_table")
+    texts = [results.render(results.load_runs(uri, "fashion")),
+             outside.table(mlflow.search_runs(experiment_names=["fashion"], order_by=["start_time ASC"]))]
+    assert "lite0\\|evil" in texts[0] and "x \\| y z" in texts[0] and "x \\| y z" in texts[1]
+    separators = re.compile(r"(?<!\\)\|")   # a | not escaped: a cell border
+    tables = [list(rows) for text in texts
+              for is_table, rows in itertools.groupby(text.split("\n"), key=lambda line: line.startswith("|")) if is_table]
+    assert len(tables) > 4
+    for rows in tables:
+        assert {len(separators.findall(row)) for row in rows} == {len(separators.findall(rows[0]))}, rows
