@@ -180,3 +180,26 @@ def test_the_openapi_schema_documents_the_errors(client):
         for status in ("400", "413", "415", "422"):
             assert responses[status]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse"), (path, status)
         assert "corrupt_image" in responses["400"]["description"] and "too_many_pixels" in responses["413"]["description"]
+
+
+def test_reloading_an_unchanged_folder_loads_nothing_and_a_new_export_swaps_in(trained, tmp_path):
+    import json
+    import shutil
+
+    from fashion.inference.runtime import load_predictor
+    from fashion.serving.model_slot import ModelSlot
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained.bundle, bundle)
+    loads = []
+
+    def load(path):
+        loads.append(path)
+        return load_predictor(bundle=path)
+    slot = ModelSlot(bundle, load)
+    first = slot.current
+    assert slot.reload() == (first, False) and len(loads) == 1      # same manifest: the served model stays
+    manifest = json.loads((bundle / "manifest.json").read_text())   # what a fresh export of the same run changes
+    (bundle / "manifest.json").write_text(json.dumps({**manifest, "created": "2030-01-01T00:00:00+00:00"}))
+    loaded, changed = slot.reload()
+    assert changed and loaded is not first and slot.current is loaded and len(loads) == 2

@@ -51,11 +51,18 @@ class ModelSlot:
         return Loaded(self.load(bundle), manifest, bundle, version,
                       run_id or manifest.get("source", {}).get("mlflow_run_id"))
 
+    def unchanged(self) -> bool:
+        """Whether the source still names the served model: the same registry version, or a folder whose
+        manifest (every file's sha256, verified at load) is the one served."""
+        if is_registry_uri(self.source):
+            return self.locate()[1] == self.current.version
+        return read_manifest(Path(self.source)) == self.current.manifest
+
     def reload(self) -> tuple[Loaded, bool]:
         """Loads what the source names now and swaps it in; (the model now served, whether it changed).
-        A registry alias that still names the served version loads nothing."""
+        A source that still names the served model loads nothing."""
         with self.lock:   # two admins reloading at once load once each, in turn
-            if is_registry_uri(self.source) and self.locate()[1] == self.current.version:
+            if self.unchanged():
                 return self.current, False
             loaded = self.build()
             self.current = loaded
