@@ -119,6 +119,14 @@ def test_wrong_value_fails_before_anything_is_built_naming_the_key(override, mes
         validate_config(compose_config([override, f"paths.output_dir={tmp_path}"]))
 
 
+def test_a_jpeg_quality_without_a_source_size_fails_naming_both(compose_config, tmp_path):
+    cfg = compose_config(["backbone=test_tiny", "backbone.source_jpeg_quality=75", f"paths.output_dir={tmp_path}"])
+    from hydra.errors import InstantiationException
+
+    with pytest.raises(InstantiationException, match="source_jpeg_quality=75 needs source_max_side"):
+        instantiate(cfg.backbone)
+
+
 def test_wrong_augmentation_parameter_fails_naming_it(compose_config, tmp_path):
     cfg = compose_config(["augmentation=light", "+augmentation.steps.0.pp=0.5", f"paths.output_dir={tmp_path}"])
     from fashion.data import Preprocessing

@@ -227,8 +227,9 @@ def test_a_bundle_keeps_its_resolution_normalisation(trained, tmp_path):
     rehash(bundle)
     assert load_bundle(bundle).preprocessing.source_jpeg_quality == 75
     from fashion.inference.bundle import BundleError
-    for hostile in (0, 101, "75"):   # out of JPEG's range, or not an integer: refused, naming the file
-        (bundle / "preprocessing.json").write_text(json.dumps({**prep, "source_max_side": 80, "source_jpeg_quality": hostile}))
+    for max_side, hostile in ((80, 0), (80, 101), (80, "75"), (None, 75)):   # out of range, not an integer, or
+        (bundle / "preprocessing.json").write_text(                        # without a size to shrink to: refused
+            json.dumps({**prep, "source_max_side": max_side, "source_jpeg_quality": hostile}))
         rehash(bundle)
         with pytest.raises(BundleError, match="preprocessing.json"):
             load_bundle(bundle)

@@ -37,6 +37,11 @@ class Preprocessing:
     # (75: their quantisation tables). None: no round trip. See ThumbnailRendering.
     source_jpeg_quality: int | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        if self.source_jpeg_quality is not None and self.source_max_side is None:
+            raise ValueError(f"source_jpeg_quality={self.source_jpeg_quality} needs source_max_side (the size a photo "
+                             "shrinks to before the JPEG round trip); set both, or neither")
+
     def resize_and_pad(self) -> list[A.BasicTransform]:
         normalise = [ThumbnailRendering(self.source_max_side, self.source_jpeg_quality)] if self.source_max_side else []
         return [

@@ -158,8 +158,11 @@ def load_bundle(path: str | Path, build_now: bool = True) -> TrainedModel:
     used, with the same checks then: what an onnxruntime predictor, which never uses it, asks for."""
     files = BundleFiles(path)
     prep = _validated(SavedPreprocessing, files.json("preprocessing.json"), files.path / "preprocessing.json")
-    preprocessing = Preprocessing(prep["image_size"], tuple(prep["mean"]), tuple(prep["std"]), prep["pad_fill"],
-                                  prep["source_max_side"], prep["source_jpeg_quality"])
+    try:
+        preprocessing = Preprocessing(prep["image_size"], tuple(prep["mean"]), tuple(prep["std"]), prep["pad_fill"],
+                                      prep["source_max_side"], prep["source_jpeg_quality"])
+    except ValueError as err:
+        raise BundleError(f"{files.path / 'preprocessing.json'}: {err}") from None
     raw_vocabularies = files.json("vocabularies.json")
     if not isinstance(raw_vocabularies, Mapping) or not raw_vocabularies:
         raise BundleError(f"{files.path / 'vocabularies.json'}: expected an object of attribute -> vocabulary")
