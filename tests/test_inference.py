@@ -75,6 +75,20 @@ def test_an_onnx_scoring_job_neither_builds_the_pytorch_network_nor_imports_its_
     assert "model" in vars(with_torch.trained)
 
 
+def test_a_bundle_load_reads_its_manifest_once(trained, monkeypatch):
+    """Every file of one load is checked against one manifest: a folder swapped between two reads
+    cannot pair one version's ONNX graph with another's vocabularies."""
+    from fashion.inference import bundle as bundle_module
+
+    reads = []
+    real = bundle_module.read_manifest
+    monkeypatch.setattr(bundle_module, "read_manifest", lambda path: reads.append(path) or real(path))
+    for runtime in ("onnx", "torch", "auto"):
+        reads.clear()
+        load_predictor(bundle=trained.bundle, runtime=runtime)
+        assert len(reads) == 1, (runtime, reads)
+
+
 def test_onnx_matches_eager_pytorch_on_real_images(trained):
     images = [load_rgb(p) for p in REAL_IMAGES]
     trained_model = load_bundle(trained.bundle)

@@ -41,7 +41,7 @@ from torch import nn
 
 from fashion.calibration import Decision
 from fashion.data.taxonomy import Taxonomy
-from fashion.data.transforms import Preprocessing
+from fashion.data.transforms import JpegQuality, Preprocessing
 from fashion.data.vocab import LabelVocabulary
 from fashion.inference.checkpoint import TrainedModel
 from fashion.models.architecture import ArchitectureError, build_model, validate_architecture
@@ -149,14 +149,15 @@ class SavedPreprocessing(pydantic.BaseModel):
     std: list[float] = pydantic.Field(min_length=3, max_length=3)
     pad_fill: int = pydantic.Field(255, ge=0, le=255)
     source_max_side: int | None = pydantic.Field(None, ge=8, le=4096)
-    source_jpeg_quality: int | None = pydantic.Field(None, ge=1, le=100)
+    source_jpeg_quality: JpegQuality | None = None
 
 
-def load_bundle(path: str | Path, build_now: bool = True) -> TrainedModel:
+def load_bundle(path: str | Path | BundleFiles, build_now: bool = True) -> TrainedModel:
     """Rebuild the model from verified JSON + safetensors; any problem is a BundleError naming the file.
     `build_now=False` leaves the PyTorch network (config.json and the weights) until `.model` is first
-    used, with the same checks then: what an onnxruntime predictor, which never uses it, asks for."""
-    files = BundleFiles(path)
+    used, with the same checks then: what an onnxruntime predictor, which never uses it, asks for.
+    Given a BundleFiles, every file is checked against the manifest it has already read (one snapshot)."""
+    files = path if isinstance(path, BundleFiles) else BundleFiles(path)
     prep = _validated(SavedPreprocessing, files.json("preprocessing.json"), files.path / "preprocessing.json")
     try:
         preprocessing = Preprocessing(prep["image_size"], tuple(prep["mean"]), tuple(prep["std"]), prep["pad_fill"],

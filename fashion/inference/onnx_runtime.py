@@ -17,14 +17,14 @@ class OnnxPredictor(Predictor):
 
     runtime = "onnx"
 
-    def __init__(self, trained: TrainedModel, bundle_dir: str | Path, top_k: int = 3, batch_size: int = 32,
+    def __init__(self, trained: TrainedModel, bundle: str | Path | BundleFiles, top_k: int = 3, batch_size: int = 32,
                  taxonomy: bool = True, threads: int | None = None) -> None:
         import onnxruntime as ort
 
         super().__init__(trained, top_k, batch_size, taxonomy)
-        files = BundleFiles(bundle_dir)
+        files = bundle if isinstance(bundle, BundleFiles) else BundleFiles(bundle)
         if not files.has("model.onnx"):
-            raise FileNotFoundError(f"no ONNX model in {bundle_dir} (was it exported with --no-onnx?)")
+            raise FileNotFoundError(f"no ONNX model in {files.path} (was it exported with --no-onnx?)")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads

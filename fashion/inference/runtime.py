@@ -32,8 +32,9 @@ def load_predictor(*, bundle: str | Path | None = None, checkpoint: str | Path |
         return Predictor(load_checkpoint(checkpoint), top_k=top_k, batch_size=batch_size, taxonomy=taxonomy)
     from fashion.inference.bundle import BundleFiles, load_bundle
 
-    if runtime == "onnx" or (runtime == "auto" and BundleFiles(bundle).has("model.onnx")):
+    files = BundleFiles(bundle)   # one manifest read: every file of this load is checked against the same one
+    if runtime == "onnx" or (runtime == "auto" and files.has("model.onnx")):
         from fashion.inference.onnx_runtime import OnnxPredictor
 
-        return OnnxPredictor(load_bundle(bundle, build_now=False), bundle, top_k=top_k, batch_size=batch_size, taxonomy=taxonomy, threads=threads)
-    return Predictor(load_bundle(bundle), top_k=top_k, batch_size=batch_size, taxonomy=taxonomy)
+        return OnnxPredictor(load_bundle(files, build_now=False), files, top_k=top_k, batch_size=batch_size, taxonomy=taxonomy, threads=threads)
+    return Predictor(load_bundle(files), top_k=top_k, batch_size=batch_size, taxonomy=taxonomy)

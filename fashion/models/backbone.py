@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Literal
+from typing import Literal
 
-import pydantic
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from fashion.data.transforms import Preprocessing
+from fashion.data.transforms import JpegQuality, Preprocessing
 from fashion.models.weights import load_state_dict_by_position, load_weights_file, packaged_weights_path
 from fashion.validation import typed
 
@@ -18,7 +17,6 @@ log = logging.getLogger(__name__)
 
 Freeze = Literal["frozen", "partial", "full"]
 Pool = Literal["avg", "flatten"]
-JpegQuality = Annotated[int, pydantic.Field(ge=1, le=100)]
 
 
 @typed
