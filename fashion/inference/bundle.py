@@ -185,7 +185,7 @@ def load_bundle(path: str | Path | BundleFiles, build_now: bool = True) -> Train
         raise BundleError(str(err)) from None
     weights = files.read_bytes("model.safetensors")   # verified now, whether or not the network is ever built
     trained = TrainedModel(partial(build_network, files.path, config, vocabularies, weights), vocabularies, preprocessing, config,
-                           taxonomy, decision)
+                           taxonomy, decision, files.manifest)
     if build_now:
         trained.model
     return trained

@@ -10,7 +10,7 @@ and the weights come from the checkpoint, never from a hub.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +40,7 @@ class TrainedModel:
     run_config: dict[str, Any]
     taxonomy: Taxonomy | None = None
     decision: Decision | None = None
+    manifest: dict[str, Any] = field(default_factory=dict)   # a bundle's: the one its files were verified against
 
     def __post_init__(self) -> None:
         if self.decision is None:

@@ -47,9 +47,9 @@ class ModelSlot:
 
     def build(self) -> Loaded:
         bundle, version, run_id = self.locate()
-        manifest = read_manifest(bundle)
-        return Loaded(self.load(bundle), manifest, bundle, version,
-                      run_id or manifest.get("source", {}).get("mlflow_run_id"))
+        predictor = self.load(bundle)
+        manifest = predictor.trained.manifest   # the one the load verified every file against, not a second read
+        return Loaded(predictor, manifest, bundle, version, run_id or manifest.get("source", {}).get("mlflow_run_id"))
 
     def unchanged(self) -> bool:
         """Whether the source still names the served model: the same registry version, or a folder whose
