@@ -66,6 +66,14 @@ def test_each_epoch_logs_per_attribute_metrics(tmp_path, kaggle_folder, compose_
     assert len(client.get_metric_history(run["run_id"], "loss_weight/gender")) == 2
 
 
+def test_turning_the_progress_bar_off_is_one_key(tmp_path, kaggle_folder, compose_config):
+    """`trainer.enable_progress_bar=false` alone: the default progress-bar callback is left out, not refused."""
+    overrides = [o for o in tiny_overrides(tmp_path, kaggle_folder) if o != "callbacks.progress_bar=null"]
+    cfg = compose_config(overrides + ["trainer.enable_progress_bar=false", "trainer.limit_train_batches=1", "test=false"])
+    assert cfg.callbacks.progress_bar is not None
+    assert "val/gender/acc" in train(cfg)
+
+
 def test_a_failing_run_is_marked_failed_and_keeps_what_it_logged(tmp_path, kaggle_folder, compose_config):
     cfg = compose_config(tiny_overrides(tmp_path, kaggle_folder) + ["trainer.max_epochs=1"])
     cfg.trainer.limit_train_batches = 1

@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch import Callback
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
@@ -49,7 +49,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = (),
             log_run_inputs(logger, cfg, datamodule, Path(cfg.paths.output_dir))
             if logger.run_id:
                 logger.experiment.set_tag(logger.run_id, "feature_cache", cache.last_status if cache else "off")
-        callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None] + list(extra_callbacks)
+        callbacks = build_callbacks(cfg) + list(extra_callbacks)
         if resumed_from:  # keep writing where the run started, so its best-so-far score carries over
             for callback in callbacks:
                 if isinstance(callback, ModelCheckpoint):
@@ -71,6 +71,15 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = (),
         describe_run(logger, metrics, datamodule.attributes)
     print_summary(logger, cfg, metrics, datamodule.attributes)
     return metrics
+
+
+def build_callbacks(cfg: DictConfig) -> list[Callback]:
+    """Every `callbacks` entry, less the progress bar where `trainer.enable_progress_bar=false`: Lightning
+    refuses the pair, and would say so only after the data, the model and the feature cache were built."""
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    if cfg.trainer.get("enable_progress_bar", True):
+        return callbacks
+    return [c for c in callbacks if not isinstance(c, ProgressBar)]
 
 
 @rank_zero_only
