@@ -79,8 +79,10 @@ def evaluate(predictor: Predictor, source: EvalSource, exclude_ids: set[int] = f
             index = torch.tensor(keep)
             probs = predictor.probabilities(predictor.to_tensor(images))
             batch_targets = {a: t[index] for a, t in targets.items()}
+            chosen, confidence = predictor.choose(probs)
             # log-probabilities: softmax gives the calibrated probabilities back, x T the uncalibrated ones
-            metrics.update({a: p.clamp_min(1e-30).log() for a, p in probs.items()}, batch_targets, temperatures)
+            metrics.update({a: p.clamp_min(1e-30).log() for a, p in probs.items()}, batch_targets, temperatures,
+                           {a: (confidence[a], c) for a, c in chosen.items()})
             collect_decisions(predictor, probs, batch_targets, served)
     values = {k: float(v) for k, v in metrics.compute().items()}
     values |= decision_scores(predictor, {k: torch.cat(v) for k, v in served.items()})
@@ -91,13 +93,13 @@ def evaluate(predictor: Predictor, source: EvalSource, exclude_ids: set[int] = f
 def collect_decisions(predictor: Predictor, probs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
                       served: dict[str, list[torch.Tensor]]) -> None:
     """Per attribute: each head's own choice, the jointly decoded (served) one, its confidence, the target."""
-    joint = predictor.choose(probs, taxonomy=True)
-    chosen = joint if predictor.taxonomy else predictor.choose(probs)
+    joint, _ = predictor.choose(probs, taxonomy=True)
+    chosen, confidence = predictor.choose(probs)
     for attribute, p in probs.items():
         served[f"{attribute}/own"].append(p.argmax(dim=1))
         served[f"{attribute}/joint"].append(joint[attribute])
         served[f"{attribute}/served"].append(chosen[attribute])
-        served[f"{attribute}/confidence"].append(p.gather(1, chosen[attribute].view(-1, 1)).squeeze(1))
+        served[f"{attribute}/confidence"].append(confidence[attribute])
         served[f"{attribute}/target"].append(targets[attribute])
 
 
@@ -112,7 +114,7 @@ def decision_scores(predictor: Predictor, served: dict[str, torch.Tensor]) -> di
             continue
         values[f"eval/{attribute}/acc_taxonomy"] = float((served[f"{attribute}/joint"] == target)[labelled].double().mean())
         correct = (served[f"{attribute}/served"] == target)[labelled]
-        threshold = predictor.trained.decision.thresholds.get(attribute)
+        threshold = predictor.trained.decision.threshold(attribute, predictor.taxonomy)
         for name, value in selective_scores(served[f"{attribute}/confidence"][labelled], correct, threshold).items():
             if math.isfinite(value):   # precision is undefined (NaN) when nothing is accepted
                 values[f"eval/{attribute}/{name}"] = value
@@ -136,7 +138,7 @@ def write_reports(metrics: AttributeMetrics, predictor: Predictor, output: Path)
         if len(correct):
             save_figure(reliability_figure(confidence, correct, uncalibrated, f"{attribute} (eval)"),
                         output / f"reliability_{attribute}.png")
-            save_figure(coverage_figure(confidence, correct, decision.thresholds.get(attribute),
+            save_figure(coverage_figure(confidence, correct, decision.threshold(attribute, predictor.taxonomy),
                                         decision.target_precision.get(attribute), f"{attribute} (eval)"),
                         output / f"coverage_{attribute}.png")
 

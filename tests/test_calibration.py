@@ -14,7 +14,7 @@ from torchmetrics.classification import MulticlassCalibrationError
 
 from fashion.calibration import Decision, calibrate, choose_threshold, fit_temperature, reliability
 from fashion.data.images import load_rgb
-from fashion.data.taxonomy import Taxonomy
+from fashion.data.taxonomy import Taxonomy, decode_levels
 from fashion.data.vocab import IGNORE_INDEX
 from fashion.inference import Predictor, load_bundle, load_checkpoint
 from fashion.inference.bundle import BundleError, sha256
@@ -85,17 +85,67 @@ def test_taxonomy_decodes_the_most_probable_seen_combination():
     probs = {"articleType": torch.tensor([[0.55, 0.45], [0.9, 0.1]]),      # row 0: heads disagree
              "subCategory": torch.tensor([[0.1, 0.9], [0.8, 0.2]]),
              "masterCategory": torch.tensor([[0.8, 0.2], [0.3, 0.7]])}
-    chosen = taxonomy.decode(probs, classes)
+    chosen, served = taxonomy.decode(probs, classes)
     assert chosen["articleType"].tolist() == [1, 0]          # row 0: Watches/Watches/Accessories wins jointly
     assert chosen["subCategory"].tolist() == [1, 0] and chosen["masterCategory"].tolist() == [0, 1]
+    # each level's served probabilities: its marginal over the seen combinations, p(a) p(s) p(m) normalised
+    watches = 0.45 * 0.9 * 0.8 / (0.45 * 0.9 * 0.8 + 0.55 * 0.1 * 0.2)
+    for level in classes:
+        assert torch.allclose(served[level].sum(dim=1), torch.ones(2))
+    assert served["articleType"][0].tolist() == pytest.approx([1 - watches, watches])
+    assert served["masterCategory"][0].tolist() == pytest.approx([watches, 1 - watches])   # Accessories goes with Watches
     old = Taxonomy.from_dict({"Tshirts": {"subCategory": "Topwear", "masterCategory": "Apparel"}}, "old")
     assert old.is_consistent({"articleType": "Tshirts", "subCategory": "Topwear", "masterCategory": "Apparel"})
+
+
+def test_thresholds_of_the_taxonomy_levels_are_chosen_on_what_is_served():
+    """An unsure articleType head beside a sure subCategory head: decoded together, more of its tags are
+    right with high confidence, so more pass at the same target precision; with the taxonomy off the
+    head's own threshold applies."""
+    generator = torch.Generator().manual_seed(0)
+    n = 4000
+    truth = torch.randint(0, 4, (n,), generator=generator)   # articleTypes 0, 1 are Topwear; 2, 3 Shoes
+    article = torch.randn(n, 4, generator=generator)
+    article[torch.arange(n), truth] += 1.2
+    article[torch.arange(n), truth ^ 2] += 1.0               # the usual confusion crosses subCategories
+    sub = torch.randn(n, 2, generator=generator)
+    sub[torch.arange(n), truth // 2] += 4.0
+    logits, targets = {"articleType": article, "subCategory": sub}, {"articleType": truth, "subCategory": truth // 2}
+    taxonomy = Taxonomy(["articleType", "subCategory"], [("a0", "Topwear"), ("a1", "Topwear"), ("a2", "Shoes"), ("a3", "Shoes")])
+    classes = {"articleType": ["a0", "a1", "a2", "a3"], "subCategory": ["Topwear", "Shoes"]}
+    heads, head_report = calibrate(logits, targets, {"articleType": 0.95, "subCategory": 0.95})
+    joint, joint_report = calibrate(logits, targets, {"articleType": 0.95, "subCategory": 0.95}, taxonomy, classes)
+    assert not heads.taxonomy_confidence and joint.taxonomy_confidence
+    coverage = "calibration/articleType/val_coverage"
+    assert joint_report[coverage] > head_report[coverage] + 0.1
+    assert joint_report["calibration/articleType/val_accepted_precision"] >= 0.95
+    assert joint.head_thresholds["articleType"] == pytest.approx(heads.thresholds["articleType"])
+    assert joint.threshold("articleType", joint=False) == pytest.approx(heads.thresholds["articleType"])
+    assert joint.threshold("articleType") == joint.thresholds["articleType"] != joint.head_thresholds["articleType"]
+    saved = Decision.from_dict(json.loads(json.dumps(joint.to_dict())), ["articleType", "subCategory"], "test")
+    assert saved == joint
+
+
+def test_a_decision_from_before_keeps_serving_the_heads_own_confidences(trained):
+    bundle = load_bundle(trained.bundle)
+    images = [load_rgb(p) for p in REAL_IMAGES]
+    bundle.decision = Decision.from_dict({k: v for k, v in bundle.decision.to_dict().items()
+                                          if k not in ("joint_scaling", "head_thresholds")}, bundle.attributes, "old")
+    predictor = Predictor(bundle)
+    probs = predictor.probabilities(predictor.to_tensor(images))
+    for row, answer in enumerate(predictor.predict(images)):
+        for attribute, prediction in answer.items():
+            index = bundle.vocabularies[attribute].classes.index(prediction.label)
+            assert prediction.confidence == pytest.approx(float(probs[attribute][row, index]), abs=1e-5)
 
 
 @pytest.mark.parametrize("name, content, message", [
     ("decision.json", {"thresholds": {"gender": 1.5}}, "must lie in"),
     ("decision.json", {"thresholds": {"sleeve": 0.9}}, "does not predict"),
     ("decision.json", {"thresholds": {}, "_target_": "os.system"}, "Extra inputs"),
+    ("decision.json", {"thresholds": {}, "joint_scaling": {"articleType": [-1.0, 0.0]}}, "a > 0"),
+    ("decision.json", {"thresholds": {}, "joint_scaling": {"articleType": [1.0]}}, "at least 2"),
+    ("decision.json", {"thresholds": {}, "joint_scaling": {"sleeve": [1.0, 0.0]}}, "does not predict"),
     ("taxonomy.json", {"attributes": ["articleType", "colour"], "combinations": []}, "must come from"),
     ("taxonomy.json", {"attributes": ["articleType", "subCategory"], "combinations": [["a"]]}, "needs 2 labels"),
 ])
@@ -162,9 +212,15 @@ def test_every_runtime_returns_the_same_calibrated_probabilities(trained, tmp_pa
     with torch.inference_mode():
         batch = Predictor(bundle).to_tensor(images)
         raw = bundle.model.heads(torch.cat([bundle.model.backbone(batch), *bundle.model.extra_features(batch).values()], 1))
-    for attribute, t in bundle.model.temperatures().items():
-        expected = torch.softmax(raw[attribute] / t, 1).gather(1, torch.tensor(
-            [[bundle.vocabularies[attribute].classes.index(r[attribute].label)] for r in reference])).squeeze(1)
+    calibrated = {a: torch.softmax(raw[a] / t, 1) for a, t in bundle.model.temperatures().items()}
+    assert bundle.decision.taxonomy_confidence and bundle.taxonomy is not None
+    # the taxonomy levels serve their decoded combination's confidence, of the calibrated heads, scaled
+    chosen, decoded = decode_levels(calibrated, bundle.taxonomy, {a: v.classes for a, v in bundle.vocabularies.items()})
+    for attribute, probs in calibrated.items():
+        assert [bundle.vocabularies[attribute].classes[i] for i in chosen[attribute]] == [r[attribute].label for r in reference]
+        head = probs.gather(1, chosen[attribute].view(-1, 1)).squeeze(1)
+        expected = bundle.decision.confidence(attribute, head, decoded[attribute])
+        assert (attribute in bundle.taxonomy.attributes) == (attribute in bundle.decision.joint_scaling)
         assert torch.allclose(expected, torch.tensor([r[attribute].confidence for r in reference]), atol=1e-5)
 
     answers = {"bundle": Predictor(bundle).predict(images),

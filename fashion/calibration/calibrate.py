@@ -10,34 +10,51 @@ import torch
 
 from fashion.calibration.decision import METHOD, Decision
 from fashion.calibration.selective import choose_threshold, reliability, selective_scores
-from fashion.calibration.temperature import fit_temperature
+from fashion.calibration.temperature import fit_confidence_scaling, fit_temperature, scale_confidence
+from fashion.data.taxonomy import Taxonomy, decode_levels
 from fashion.data.vocab import IGNORE_INDEX
 
 
 def calibrate(logits: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
-              target_precision: Mapping[str, float]) -> tuple[Decision, dict[str, float]]:
+              target_precision: Mapping[str, float], taxonomy: Taxonomy | None = None,
+              classes: Mapping[str, list[str]] | None = None) -> tuple[Decision, dict[str, float]]:
     """Uncalibrated `logits` (N, C) and `targets` (N,) per attribute -> the decision and, per attribute,
     what it did on validation: `calibration/<a>/{temperature,nll_before,nll_after,val_ece_before,
-    val_ece_after,threshold,val_coverage,val_accepted_precision,val_samples}` (finite values only)."""
-    thresholds, temperatures, notes, report = {}, {}, {}, {}
+    val_ece_after,threshold,val_coverage,val_accepted_precision,val_samples}` (finite values only).
+
+    With a `taxonomy` (and the vocabularies' `classes`), the levels' thresholds are chosen on the
+    confidences served by default: the decoded combination's, Platt-scaled on validation (a product of
+    three heads' evidence is over-confident, and one scalar per level fixes that without reordering);
+    their thresholds on the heads' own confidences are kept too, for serving with the taxonomy off."""
+    fits = {a: fit_temperature(scores, targets[a]) for a, scores in logits.items()}
+    probs = {a: torch.softmax(scores.double() / fits[a].temperature, dim=1) for a, scores in logits.items()}
+    chosen, decoded = decode_levels(probs, taxonomy, classes or {})
+    levels = set(taxonomy.attributes) if taxonomy else set()
+    thresholds, head_thresholds, joint_scaling, temperatures, notes, report = {}, {}, {}, {}, {}, {}
     for attribute, scores in logits.items():
-        fit = fit_temperature(scores, targets[attribute])
+        fit, precision = fits[attribute], target_precision[attribute]
         labelled = targets[attribute] != IGNORE_INDEX
+        target = targets[attribute][labelled]
         before = torch.softmax(scores[labelled].double(), dim=1).max(dim=1)
-        after = torch.softmax(scores[labelled].double() / fit.temperature, dim=1).max(dim=1)
-        correct = after.indices == targets[attribute][labelled]
-        threshold = None if fit.fallback else choose_threshold(after.values, correct, target_precision[attribute])
+        after = probs[attribute][labelled].max(dim=1)
+        confidence, correct = after.values, after.indices == target
+        if attribute in levels and not fit.fallback:   # served: the decoded combination's, scaled (see Decision)
+            head_thresholds[attribute] = choose_threshold(confidence, correct, precision)
+            correct = chosen[attribute][labelled] == target
+            joint_scaling[attribute] = list(fit_confidence_scaling(decoded[attribute][labelled], correct))
+            confidence = scale_confidence(decoded[attribute][labelled], joint_scaling[attribute])
+        threshold = None if fit.fallback else choose_threshold(confidence, correct, precision)
         if fit.fallback:
             notes[attribute] = fit.fallback
         elif threshold is None:
-            notes[attribute] = f"no confidence reached precision {target_precision[attribute]} on validation"
+            notes[attribute] = f"no confidence reached precision {precision} on validation"
         thresholds[attribute], temperatures[attribute] = threshold, fit.temperature
-        selective = selective_scores(after.values, correct, threshold)
+        selective = selective_scores(confidence, correct, threshold)
         values = {"temperature": fit.temperature, "nll_before": fit.nll_before, "nll_after": fit.nll_after,
-                  "val_ece_before": reliability(before.values, correct)["ece"], "val_samples": float(fit.samples),
-                  "val_ece_after": reliability(after.values, correct)["ece"], "threshold": threshold,
+                  "val_ece_before": reliability(before.values, before.indices == target)["ece"], "val_samples": float(fit.samples),
+                  "val_ece_after": reliability(confidence, correct)["ece"], "threshold": threshold,
                   "val_coverage": selective["coverage"], "val_accepted_precision": selective["accepted_precision"]}
         report |= {f"calibration/{attribute}/{k}": float(v) for k, v in values.items()
                    if v is not None and torch.isfinite(torch.tensor(float(v)))}
-    decision = Decision(thresholds, dict(target_precision), temperatures, notes, METHOD)
+    decision = Decision(thresholds, dict(target_precision), temperatures, notes, METHOD, joint_scaling, head_thresholds)
     return decision, report

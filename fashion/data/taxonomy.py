@@ -4,6 +4,11 @@ Three independent heads can answer "Watches / Topwear / Apparel", a triple no pr
 picks instead the most probable combination the training split contains,
 argmax over seen (a, s, m) of log p(a) + log p(s) + log p(m), so the served answer is always one a
 merchandiser has seen. Where the heads already agree on a seen combination, that is the answer.
+
+The same joint, normalised over the seen combinations, gives each level's confidence (the chosen
+label's marginal, which the calibration then scales): a label the other two heads back is surer than
+its own head says, one they contradict less sure, which lets more tags through at the same precision
+(docs/calibration.md).
 """
 
 from __future__ import annotations
@@ -39,17 +44,23 @@ class Taxonomy:
     def is_consistent(self, labels: Mapping[str, str]) -> bool:
         return tuple(labels[a] for a in self.attributes) in set(self.combinations)
 
-    def decode(self, probs: Mapping[str, torch.Tensor], classes: Mapping[str, list[str]]) -> dict[str, torch.Tensor]:
-        """Per level, the class index (N,) of the most probable seen combination; combinations holding a
-        class the model does not predict are skipped."""
+    def decode(self, probs: Mapping[str, torch.Tensor], classes: Mapping[str, list[str]]
+               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Per level, the class index (N,) of the most probable seen combination, and the level's
+        probabilities (N, C) under the joint q(a, s, m) ∝ p(a) p(s) p(m) over seen combinations.
+        Combinations holding a class the model does not predict are skipped; with none left, each head
+        answers alone."""
         index = {a: {c: i for i, c in enumerate(classes[a])} for a in self.attributes}
         known = [c for c in self.combinations if all(label in index[a] for a, label in zip(self.attributes, c))]
         if not known:
-            return {a: probs[a].argmax(dim=1) for a in self.attributes}
+            return {a: probs[a].argmax(dim=1) for a in self.attributes}, {a: probs[a] for a in self.attributes}
         table = torch.tensor([[index[a][label] for a, label in zip(self.attributes, c)] for c in known])
         score = sum(torch.log(probs[a].double().clamp_min(1e-30))[:, table[:, j]] for j, a in enumerate(self.attributes))
         best = score.argmax(dim=1)
-        return {a: table[best, j] for j, a in enumerate(self.attributes)}
+        joint = torch.softmax(score, dim=1)
+        marginals = {a: torch.zeros(len(joint), probs[a].shape[1], dtype=torch.float64).index_add_(1, table[:, j], joint)
+                     .to(probs[a].dtype) for j, a in enumerate(self.attributes)}
+        return {a: table[best, j] for j, a in enumerate(self.attributes)}, marginals
 
     def to_dict(self) -> dict[str, Any]:
         return {"attributes": self.attributes, "combinations": [list(c) for c in self.combinations]}
@@ -70,6 +81,18 @@ class Taxonomy:
         except pydantic.ValidationError as err:
             raise ValueError(f"{where}: {describe(err)}") from None
         return cls(list(saved.attributes), [tuple(c) for c in saved.combinations])
+
+
+def decode_levels(probs: Mapping[str, torch.Tensor], taxonomy: Taxonomy | None, classes: Mapping[str, list[str]]
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Every attribute's class index (N,) and its probability (N,): each head's own, or for the taxonomy
+    levels, when there is a taxonomy, the decoded combination's and the level's marginal (Taxonomy.decode)."""
+    chosen = {a: p.argmax(dim=1) for a, p in probs.items()}
+    marginals: dict[str, torch.Tensor] = {}
+    if taxonomy is not None:
+        joint, marginals = taxonomy.decode(probs, classes)
+        chosen |= joint
+    return chosen, {a: (marginals.get(a, p)).gather(1, chosen[a].view(-1, 1)).squeeze(1) for a, p in probs.items()}
 
 
 class SavedTaxonomy(pydantic.BaseModel):

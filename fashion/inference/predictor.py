@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fashion.data.taxonomy import decode_levels
 from fashion.inference.checkpoint import TrainedModel
 
 
@@ -87,27 +88,29 @@ class Predictor:
             results += self.decode(probs)
         return results
 
-    def choose(self, probs: dict[str, torch.Tensor], taxonomy: bool | None = None) -> dict[str, torch.Tensor]:
-        """The class index per attribute (N,): each head's argmax, the taxonomy levels decoded together
-        (unless `taxonomy`, by default the predictor's setting, is off)."""
-        chosen = {a: p.argmax(dim=1) for a, p in probs.items()}
-        if (self.taxonomy if taxonomy is None else taxonomy) and self.trained.taxonomy:
-            classes = {a: v.classes for a, v in self.trained.vocabularies.items()}
-            chosen |= self.trained.taxonomy.decode(probs, classes)
-        return chosen
+    def choose(self, probs: dict[str, torch.Tensor], taxonomy: bool | None = None
+               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The class index per attribute (N,) and its served confidence (N,): each head's own, or with the
+        taxonomy levels decoded together (`taxonomy`, by default the predictor's setting) their joint
+        confidence as the decision scales it (a decision from before keeps the heads' own)."""
+        joint = (self.taxonomy if taxonomy is None else taxonomy) and self.trained.taxonomy is not None
+        classes = {a: v.classes for a, v in self.trained.vocabularies.items()}
+        chosen, decoded = decode_levels(probs, self.trained.taxonomy if joint else None, classes)
+        head = {a: p.gather(1, chosen[a].view(-1, 1)).squeeze(1) for a, p in probs.items()}
+        return chosen, {a: self.trained.decision.confidence(a, head[a], decoded[a] if joint else None) for a in probs}
 
     def decode(self, probs: dict[str, torch.Tensor]) -> list[dict[str, Prediction]]:
-        chosen = self.choose(probs)
+        """`top_k` is each head's own calibrated probabilities; `confidence` that of the served label."""
+        chosen, confidence = self.choose(probs)
+        joint = self.taxonomy and self.trained.taxonomy is not None
         rows: list[dict[str, Prediction]] = [{} for _ in range(len(next(iter(probs.values()))))]
         for attribute, p in probs.items():
             classes = self.trained.vocabularies[attribute].classes
             values, indices = p.topk(min(self.top_k, p.shape[1]), dim=1)
-            picked = chosen[attribute].tolist()
-            confidences = p.gather(1, chosen[attribute].view(-1, 1)).squeeze(1).tolist()
+            picked, confidences = chosen[attribute].tolist(), confidence[attribute].tolist()
             for row, (vals, idx) in enumerate(zip(values.tolist(), indices.tolist())):
-                confidence = round(confidences[row], 6)
                 rows[row][attribute] = Prediction(
-                    classes[picked[row]], confidence, [(classes[i], round(v, 6)) for v, i in zip(vals, idx)],
+                    classes[picked[row]], round(confidences[row], 6), [(classes[i], round(v, 6)) for v, i in zip(vals, idx)],
                     source="model" if picked[row] == idx[0] else "taxonomy",
-                    accepted=self.trained.decision.accepts(attribute, confidences[row]))
+                    accepted=self.trained.decision.accepts(attribute, confidences[row], joint))
         return rows

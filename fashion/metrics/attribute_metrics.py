@@ -43,14 +43,17 @@ class AttributeMetrics(nn.Module):
         self.records = nn.ModuleDict({a: ConfidenceRecord() for a in num_classes}) if confidence else None
 
     def update(self, logits: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
-               temperatures: Mapping[str, float | torch.Tensor] | None = None) -> None:
-        """`temperatures`: what divided these logits, so the record can score the uncalibrated model too."""
+               temperatures: Mapping[str, float | torch.Tensor] | None = None,
+               served: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+        """`temperatures`: what divided these logits, so the record can score the uncalibrated model too;
+        `served`: (confidence, class) where what is served is not the head's own top label (the taxonomy)."""
         for attribute, collection in self.metrics.items():
             collection.update(logits[attribute].float(), targets[attribute])
             if self.confusion is not None:
                 self.confusion[attribute].update(logits[attribute].float(), targets[attribute])
             if self.records is not None:
-                self.records[attribute].update(logits[attribute], targets[attribute], (temperatures or {}).get(attribute, 1.0))
+                self.records[attribute].update(logits[attribute], targets[attribute], (temperatures or {}).get(attribute, 1.0),
+                                               (served or {}).get(attribute))
 
     def compute(self, thresholds: Mapping[str, float | None] | None = None) -> dict[str, torch.Tensor]:
         """`thresholds`: the model's acceptance thresholds, for coverage and accepted precision."""

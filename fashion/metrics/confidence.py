@@ -28,10 +28,13 @@ class ConfidenceRecord(Metric):
         for name in ("confidence", "correct", "uncalibrated"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
-    def update(self, logits: torch.Tensor, targets: torch.Tensor, temperature: float | torch.Tensor = 1.0) -> None:
+    def update(self, logits: torch.Tensor, targets: torch.Tensor, temperature: float | torch.Tensor = 1.0,
+               served: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """`served`: the (confidence, class) per row that is served instead of the head's top label."""
         labelled = targets != IGNORE_INDEX
         logits, targets = logits[labelled].float(), targets[labelled]
-        confidence, predicted = torch.softmax(logits, dim=1).max(dim=1)
+        confidence, predicted = torch.softmax(logits, dim=1).max(dim=1) if served is None else (
+            served[0][labelled].float(), served[1][labelled])
         self.confidence.append(confidence)
         self.correct.append(predicted == targets)
         self.uncalibrated.append(torch.softmax(logits * temperature, dim=1).max(dim=1).values)

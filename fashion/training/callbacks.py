@@ -83,7 +83,8 @@ class Calibration(Callback):
             if path:
                 pl_module.load_state_dict(torch.load(path, map_location=pl_module.device, weights_only=True)["state_dict"])
             logits, targets = validation_logits(trainer, pl_module)
-            decision, report = calibrate(logits, targets, self.targets(pl_module.model.attributes))
+            decision, report = calibrate(logits, targets, self.targets(pl_module.model.attributes),
+                                         pl_module.taxonomy_levels, pl_module.classes)
             if path:
                 write_into_checkpoint(Path(path), decision)
             log_calibration(trainer, decision, report)

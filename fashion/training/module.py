@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import cached_property
 from typing import Any
 
 import lightning as L
@@ -14,6 +15,7 @@ from torch.optim import Optimizer
 from torchmetrics import MeanMetric
 
 from fashion.calibration import Decision
+from fashion.data.taxonomy import Taxonomy, decode_levels
 from fashion.losses.multi_attribute import MultiAttributeLoss
 from fashion.metrics import AttributeMetrics
 from fashion.models.tagger import CachedInputs, MultiHeadTagger
@@ -63,6 +65,15 @@ class TaggerModule(L.LightningModule):
         # reduced over DDP processes by torchmetrics ("disable": no NaN check, which would sync).
         self.epoch_losses = nn.ModuleDict({a: MeanMetric(nan_strategy="disable") for a in self.attributes})
 
+    @cached_property
+    def taxonomy_levels(self) -> Taxonomy | None:
+        """The training split's taxonomy, which the served answer is decoded with (None: no hierarchy)."""
+        return Taxonomy.from_dict(self.hparams.get("taxonomy"), "taxonomy")
+
+    @property
+    def classes(self) -> dict[str, list[str]]:
+        return {a: list(v["classes"]) for a, v in (self.hparams.get("vocabularies") or {}).items()}
+
     def forward(self, inputs: Inputs) -> dict[str, torch.Tensor]:
         """Images, or the FeatureCache's stored inputs; channels_last lets oneDNN/cuDNN pick faster
         convolution kernels for every 4-d tensor (see docs/performance.md)."""
@@ -94,7 +105,19 @@ class TaggerModule(L.LightningModule):
         logits = self(inputs)
         total, _ = self.loss(logits, targets)
         self.log(f"{stage}/loss", total, on_epoch=True, sync_dist=True, batch_size=batch_size_of(targets))
-        metrics.update(logits, targets, dict(zip(self.model.attributes, self.model.temperature)) if metrics.records is not None else None)
+        if metrics.records is None:
+            metrics.update(logits, targets)
+            return
+        metrics.update(logits, targets, dict(zip(self.model.attributes, self.model.temperature)), self._served(logits))
+
+    def _served(self, logits: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
+        """(confidence, class) per taxonomy level as served, where the decision's thresholds are on those."""
+        if self.decision is None or not self.decision.taxonomy_confidence or self.taxonomy_levels is None:
+            return None
+        probs = {a: torch.softmax(l.float(), dim=1) for a, l in logits.items()}
+        chosen, joint = decode_levels(probs, self.taxonomy_levels, self.classes)
+        head = {a: probs[a].gather(1, chosen[a].view(-1, 1)).squeeze(1) for a in self.taxonomy_levels.attributes}
+        return {a: (self.decision.confidence(a, head[a], joint[a]), chosen[a]) for a in self.taxonomy_levels.attributes}
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._evaluate(batch, self.val_metrics, "val")
