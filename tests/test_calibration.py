@@ -77,6 +77,26 @@ def test_edge_cases_fall_back_to_temperature_one_and_no_threshold():
     assert not decision.accepts("season", 1.0)
 
 
+def test_a_temperature_that_raises_the_validation_ece_is_not_kept(monkeypatch):
+    """NLL and ECE can disagree: a fit that sharpens an already calibrated head is refused, with its reason,
+    and the attribute keeps T = 1 and its threshold."""
+    import importlib
+
+    from fashion.calibration.temperature import TemperatureFit
+
+    module = importlib.import_module("fashion.calibration.calibrate")   # the package re-exports the function
+
+    logits, targets = sampled(1.0, n=5000)   # calibrated as they are
+    monkeypatch.setattr(module, "fit_temperature", lambda scores, target: TemperatureFit(0.3, 1.0, 0.9, len(target)))
+    decision, report = calibrate({"usage": logits}, {"usage": targets}, {"usage": 0.9})
+    assert decision.temperatures["usage"] == 1.0 and "raised its ECE" in decision.notes["usage"]
+    assert decision.thresholds["usage"] is not None and report["calibration/usage/temperature"] == 1.0
+    sharper, _ = sampled(2.0, n=5000)       # over-confident: a fit that flattens it is kept
+    monkeypatch.setattr(module, "fit_temperature", lambda scores, target: TemperatureFit(2.0, 1.0, 0.9, len(target)))
+    targets2 = sampled(2.0, n=5000)[1]
+    assert calibrate({"usage": sharper}, {"usage": targets2}, {"usage": 0.9})[0].temperatures["usage"] == 2.0
+
+
 def test_taxonomy_decodes_the_most_probable_seen_combination():
     taxonomy = Taxonomy(["articleType", "subCategory", "masterCategory"],
                         [("Tshirts", "Topwear", "Apparel"), ("Watches", "Watches", "Accessories")])

@@ -10,7 +10,7 @@ import torch
 
 from fashion.calibration.decision import METHOD, Decision
 from fashion.calibration.selective import choose_threshold, reliability, selective_scores
-from fashion.calibration.temperature import fit_confidence_scaling, fit_temperature, scale_confidence
+from fashion.calibration.temperature import TemperatureFit, fit_confidence_scaling, fit_temperature, scale_confidence
 from fashion.data.taxonomy import Taxonomy, decode_levels
 from fashion.data.vocab import IGNORE_INDEX
 
@@ -26,7 +26,9 @@ def calibrate(logits: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Te
     confidences served by default: the decoded combination's, Platt-scaled on validation (a product of
     three heads' evidence is over-confident, and one scalar per level fixes that without reordering);
     their thresholds on the heads' own confidences are kept too, for serving with the taxonomy off."""
-    fits = {a: fit_temperature(scores, targets[a]) for a, scores in logits.items()}
+    fits, kept_at_one = {}, {}
+    for attribute, scores in logits.items():
+        fits[attribute], kept_at_one[attribute] = ece_checked(fit_temperature(scores, targets[attribute]), scores, targets[attribute])
     probs = {a: torch.softmax(scores.double() / fits[a].temperature, dim=1) for a, scores in logits.items()}
     chosen, decoded = decode_levels(probs, taxonomy, classes or {})
     levels = set(taxonomy.attributes) if taxonomy else set()
@@ -44,8 +46,8 @@ def calibrate(logits: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Te
             joint_scaling[attribute] = list(fit_confidence_scaling(decoded[attribute][labelled], correct))
             confidence = scale_confidence(decoded[attribute][labelled], joint_scaling[attribute])
         threshold = None if fit.fallback else choose_threshold(confidence, correct, precision)
-        if fit.fallback:
-            notes[attribute] = fit.fallback
+        if fit.fallback or kept_at_one[attribute]:
+            notes[attribute] = fit.fallback or kept_at_one[attribute]
         elif threshold is None:
             notes[attribute] = f"no confidence reached precision {precision} on validation"
         thresholds[attribute], temperatures[attribute] = threshold, fit.temperature
@@ -58,3 +60,19 @@ def calibrate(logits: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Te
                    if v is not None and torch.isfinite(torch.tensor(float(v)))}
     decision = Decision(thresholds, dict(target_precision), temperatures, notes, METHOD, joint_scaling, head_thresholds)
     return decision, report
+
+
+def ece_checked(fit: TemperatureFit, logits: torch.Tensor, targets: torch.Tensor) -> tuple[TemperatureFit, str | None]:
+    """The fit, unless it raises the validation ECE: then T = 1 (thresholds still apply) and the reason.
+    The NLL and the ECE can disagree (sharpening baseColour lowered its NLL and raised its ECE, 0.028 ->
+    0.040), and the ECE is how a person reads a confidence."""
+    if fit.fallback or fit.temperature == 1.0:
+        return fit, None
+    labelled = targets != IGNORE_INDEX
+    scores, target = logits[labelled].double(), targets[labelled]
+    top = [torch.softmax(scores / t, dim=1).max(dim=1) for t in (1.0, fit.temperature)]
+    before, after = (reliability(p.values, p.indices == target)["ece"] for p in top)
+    if after <= before:
+        return fit, None
+    return (TemperatureFit(1.0, fit.nll_before, fit.nll_before, fit.samples),
+            f"T = {fit.temperature:.2f} lowered the validation NLL but raised its ECE ({before:.3f} -> {after:.3f}): T = 1 kept")
