@@ -83,18 +83,19 @@ def evaluate(predictor: Predictor, source: EvalSource, exclude_ids: set[int] = f
             # log-probabilities: softmax gives the calibrated probabilities back, x T the uncalibrated ones
             metrics.update({a: p.clamp_min(1e-30).log() for a, p in probs.items()}, batch_targets, temperatures,
                            {a: (confidence[a], c) for a, c in chosen.items()})
-            collect_decisions(predictor, probs, batch_targets, served)
+            collect_decisions(predictor, probs, (chosen, confidence), batch_targets, served)
     values = {k: float(v) for k, v in metrics.compute().items()}
     values |= decision_scores(predictor, {k: torch.cat(v) for k, v in served.items()})
     counts = {**counts, "images": len(frame) - unreadable, "unreadable_images": unreadable}
     return values, {**counts, **{f"unseen/{a}": n for a, n in unseen.items()}}, metrics
 
 
-def collect_decisions(predictor: Predictor, probs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
+def collect_decisions(predictor: Predictor, probs: dict[str, torch.Tensor],
+                      decided: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]], targets: dict[str, torch.Tensor],
                       served: dict[str, list[torch.Tensor]]) -> None:
     """Per attribute: each head's own choice, the jointly decoded (served) one, its confidence, the target."""
-    joint, _ = predictor.choose(probs, taxonomy=True)
-    chosen, confidence = predictor.choose(probs)
+    chosen, confidence = decided   # predictor.choose(probs): what is served
+    joint = chosen if predictor.taxonomy else predictor.choose(probs, taxonomy=True)[0]
     for attribute, p in probs.items():
         served[f"{attribute}/own"].append(p.argmax(dim=1))
         served[f"{attribute}/joint"].append(joint[attribute])
