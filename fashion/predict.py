@@ -24,15 +24,17 @@ import glob
 import os
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
+import torch
 from tqdm import tqdm
 
 from fashion.cli import tool_config
 from fashion.data.images import ImageReadError, load_rgb
 from fashion.inference.batch import score_paths
-from fashion.inference.outputs import Format, done_paths, write_rows
+from fashion.inference.outputs import Format, ScoredBatch, done_paths, write_batches
 from fashion.inference.predictor import Predictor
 from fashion.inference.runtime import Runtime, load_predictor
 
@@ -76,30 +78,22 @@ def save_explanations(predictor: Predictor, image, path: Path, attributes: list[
     return written
 
 
-def predict_files(predictor: Predictor, files: list[Path], progress: bool, explain: list[str] = (),
-                  explain_dir: Path | None = None) -> Iterator[dict]:
-    """Rows in input order; decoding happens batch by batch so memory stays flat on big folders."""
-    bar = tqdm(total=len(files), unit="img", file=sys.stderr, disable=not progress)
+def predict_files(predictor: Predictor, files: list[Path], explain: list[str], explain_dir: Path) -> Iterator[ScoredBatch]:
+    """Batches in input order, with Grad-CAM overlays; decoding happens batch by batch so memory stays flat on big folders."""
     for start in range(0, len(files), predictor.batch_size):
         chunk = files[start:start + predictor.batch_size]
-        images, rows = [], []
+        images, errors = [], []
         for path in chunk:
             try:
                 images.append(load_rgb(path))
-                rows.append({"path": str(path)})
+                errors.append(None)
             except ImageReadError as err:
-                rows.append({"path": str(path), "error": str(err)})
-        predictions = iter(predictor.predict(images) if images else [])
+                errors.append(str(err))
+        tags = predictor.tags(predictor.probabilities(predictor.to_tensor(images))) if images else None
         decoded = iter(images)
-        for row in rows:
-            if "error" not in row:
-                row["predictions"] = {a: p.to_dict() for a, p in next(predictions).items()}
-                image = next(decoded)
-                if explain:
-                    row["explanations"] = save_explanations(predictor, image, Path(row["path"]), list(explain), explain_dir)
-            yield row
-        bar.update(len(chunk))
-    bar.close()
+        extras = [{} if error else {"explanations": save_explanations(predictor, next(decoded), path, explain, explain_dir)}
+                  for path, error in zip(chunk, errors)]
+        yield ScoredBatch([str(path) for path in chunk], errors, tags, extras)
 
 
 def read_manifest(manifest: str, column: str = "path") -> list[str]:
@@ -150,24 +144,20 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
         print(f"fashion-predict: explain names {unknown}; the model predicts {predictor.attributes}", file=sys.stderr)
         return 2
     if explained:   # Grad-CAM needs the decoded image beside its prediction: decode here, batch by batch
-        rows = predict_files(predictor, [Path(f) for f in files], len(files) >= PROGRESS_FROM, explained, Path(explain_dir))
+        batches = predict_files(predictor, [Path(f) for f in files], explained, Path(explain_dir))
     else:
         lanes = lanes or (cores if predictor.runtime == "onnx" else 1)   # PyTorch already spreads one batch over every core
-        rows = progress(score_paths(predictor, files, workers, lanes), len(files))
+        batches = score_paths(predictor, files, workers, lanes)
     failed = scored = 0
-
-    def counted(stream: Iterator[dict]) -> Iterator[dict]:
-        nonlocal failed
-        for row in stream:
-            if "error" in row:
-                failed += 1
-                print(f"fashion-predict: skipped {row['path']}: {row['error']}", file=sys.stderr)
-            yield row
-
     try:
-        for _ in write_rows(counted(rows), predictor.attributes, format, Path(output) if output else None,
-                            append=resume, stdout=sys.stdout):
-            scored += 1
+        with one_torch_thread(predictor.runtime == "onnx"), tqdm(total=len(files), unit="img", file=sys.stderr, disable=len(files) < PROGRESS_FROM) as bar:
+            for batch in write_batches(batches, predictor.attributes, format, Path(output) if output else None,
+                                       append=resume, stdout=sys.stdout):
+                for path, error in batch.failed():
+                    print(f"fashion-predict: skipped {path}: {error}", file=sys.stderr)
+                failed += len(batch.failed())
+                scored += len(batch)
+                bar.update(len(batch))
     except ValueError as err:
         print(f"fashion-predict: {err}", file=sys.stderr)
         return 2
@@ -176,16 +166,23 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
     return 1 if failed or unmatched else 0
 
 
+@contextmanager
+def one_torch_thread(enabled: bool) -> Iterator[None]:
+    """With onnxruntime on every core, the little torch work left (decoding the taxonomy, top-k) runs on one
+    thread: torch's default OpenMP team spins on the cores the lanes' onnxruntime needs, which tripled that
+    work's CPU time and cost catalogue scoring ~5% of its throughput (docs/batch_scoring.md)."""
+    before = torch.get_num_threads()
+    if enabled:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def usable_cores() -> int:
     """The cores this process may run on (a container's or a SLURM job's share, not the machine's)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def progress(rows: Iterator[dict], total: int) -> Iterator[dict]:
-    with tqdm(total=total, unit="img", file=sys.stderr, disable=total < PROGRESS_FROM) as bar:
-        for row in rows:
-            yield row
-            bar.update()
 
 
 def cli() -> None:

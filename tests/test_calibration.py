@@ -74,7 +74,14 @@ def test_edge_cases_fall_back_to_temperature_one_and_no_threshold():
     assert "no labelled" in decision.notes["season"]
     assert 0.05 <= decision.temperatures["usage"] <= 20.0          # a class absent from validation is no problem
     assert all(value == value and abs(value) != float("inf") for value in report.values())   # no NaN, no inf
-    assert not decision.accepts("season", 1.0)
+    assert not decision.accepts("season", torch.tensor([1.0, 0.5])).any()
+
+
+def test_a_confidence_just_under_the_threshold_is_not_accepted():
+    """Thresholds are doubles and confidences float32: float32(0.9) is 0.89999998, under a 0.9 threshold,
+    though a float32 comparison would round the threshold to the same float and accept it."""
+    decision = Decision({"gender": 0.9})
+    assert decision.accepts("gender", torch.tensor([0.9, 0.9000001, 0.5])).tolist() == [False, True, False]
 
 
 def test_a_temperature_that_raises_the_validation_ece_is_not_kept(monkeypatch):

@@ -57,9 +57,13 @@ class Decision:
             return self.head_thresholds[attribute]
         return self.thresholds.get(attribute)
 
-    def accepts(self, attribute: str, confidence: float, joint: bool = True) -> bool:
+    def accepts(self, attribute: str, confidence: torch.Tensor, joint: bool = True) -> torch.Tensor:
+        """Which confidences (N,) are accepted, compared in double precision, as the threshold was chosen:
+        against float32 the threshold itself would be rounded."""
         threshold = self.threshold(attribute, joint)
-        return threshold is not None and confidence >= threshold
+        if threshold is None:
+            return torch.zeros(confidence.shape, dtype=torch.bool)
+        return confidence.double() >= threshold
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

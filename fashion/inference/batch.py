@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fashion.data.images import ImageReadError, load_rgb
+from fashion.inference.outputs import ScoredBatch
 from fashion.inference.predictor import Predictor
 
 
@@ -55,9 +56,8 @@ def collate(items: list[tuple[int, np.ndarray | None, str | None]], normalise: C
 
 
 def score_paths(predictor: Predictor, paths: Sequence[str], workers: int = 0, lanes: int = 1,
-                prefetch: int = 2) -> Iterator[dict]:
-    """One row per path, in order: `{"path", "predictions": {attribute: Prediction.to_dict()}}` or
-    `{"path", "error"}`."""
+                prefetch: int = 2) -> Iterator[ScoredBatch]:
+    """Batches of consecutive paths, in order, each with its tags and its unreadable files' reasons."""
     files = ImageFiles(paths, predictor.preprocess)
     if workers:
         loader = DataLoader(files, batch_size=predictor.batch_size, num_workers=workers, prefetch_factor=prefetch,
@@ -66,12 +66,8 @@ def score_paths(predictor: Predictor, paths: Sequence[str], workers: int = 0, la
     else:
         batches = (partial(prepare, files, start, predictor) for start in range(0, len(files), predictor.batch_size))
     for indices, probabilities, errors in scored_in_order(predictor, batches, lanes, lanes * prefetch):
-        predictions = iter(predictor.decode(probabilities) if probabilities is not None else [])
-        for index in indices:
-            if index in errors:
-                yield {"path": str(paths[index]), "error": errors[index]}
-            else:
-                yield {"path": str(paths[index]), "predictions": {a: p.to_dict() for a, p in next(predictions).items()}}
+        yield ScoredBatch([str(paths[i]) for i in indices], [errors.get(i) for i in indices],
+                          predictor.tags(probabilities) if probabilities is not None else None)
 
 
 def prepare(files: ImageFiles, start: int, predictor: Predictor) -> Batch:

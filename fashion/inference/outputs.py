@@ -13,12 +13,16 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TextIO
+from typing import TYPE_CHECKING, Literal, TextIO
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from fashion.inference.predictor import Tags
 
 Format = Literal["jsonl", "csv", "parquet"]
 ROWS_PER_PART = 10_000
@@ -28,14 +32,56 @@ def flat_columns(attributes: list[str]) -> list[str]:
     return ["path", *[c for a in attributes for c in (a, f"{a}_confidence", f"{a}_status", f"{a}_top_k")], "error"]
 
 
-def flat_row(row: dict, attributes: list[str]) -> dict:
-    """One scored row as table columns; an error row has only `path` and `error`."""
-    flat = {column: None for column in flat_columns(attributes)}
-    flat["path"], flat["error"] = row["path"], row.get("error")
-    for attribute, p in row.get("predictions", {}).items():
-        flat[attribute], flat[f"{attribute}_confidence"], flat[f"{attribute}_status"] = p["label"], p["confidence"], p["status"]
-        flat[f"{attribute}_top_k"] = ";".join(f"{t['label']}:{t['confidence']:.4f}" for t in p["top_k"])
-    return flat
+@dataclass
+class ScoredBatch:
+    """Consecutive input rows: their paths, per row why it could not be read (None where it was), the
+    tags of the readable ones in order, and per row anything else to write in JSON lines (Grad-CAM files)."""
+
+    paths: list[str]
+    errors: list[str | None]
+    tags: Tags | None
+    extras: list[dict] | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def failed(self) -> list[tuple[str, str]]:
+        return [(path, error) for path, error in zip(self.paths, self.errors) if error is not None]
+
+    def rows(self) -> Iterator[dict]:
+        """`{"path", "predictions": {attribute: Prediction.to_dict()}}` or `{"path", "error"}` per row."""
+        tags, scored = self.tags, 0
+        for row, (path, error) in enumerate(zip(self.paths, self.errors)):
+            if error is not None:
+                yield {"path": path, "error": error}
+                continue
+            predictions = {a: p.to_dict() for a, p in tags.predictions(scored).items()}
+            yield {"path": path, "predictions": predictions, **(self.extras[row] if self.extras else {})}
+            scored += 1
+
+    def columns(self, attributes: list[str]) -> dict[str, list]:
+        """The table's columns (flat_columns); an error row has only `path` and `error`."""
+        readable = [row for row, error in enumerate(self.errors) if error is None]
+
+        def spread(values: list) -> list:   # the readable rows' values, None on the error rows
+            if len(readable) == len(self.paths):
+                return values
+            column: list = [None] * len(self.paths)
+            for row, value in zip(readable, values):
+                column[row] = value
+            return column
+
+        columns: dict[str, list] = {"path": list(self.paths)}
+        tags = self.tags
+        for a in attributes:
+            labels, confidence, accepted, top_k = (tags.labels[a], tags.confidence[a], tags.accepted[a],
+                                                   zip(tags.top_labels[a], tags.top_values[a])) if tags else ([], [], [], [])
+            columns[a] = spread(labels)
+            columns[f"{a}_confidence"] = spread(confidence)
+            columns[f"{a}_status"] = spread(["accepted" if ok else "needs_review" for ok in accepted])
+            columns[f"{a}_top_k"] = spread([";".join(f"{label}:{p:.4f}" for label, p in zip(*top)) for top in top_k])
+        columns["error"] = list(self.errors)
+        return columns
 
 
 def done_paths(output: Path, format: Format) -> set[str]:
@@ -60,53 +106,57 @@ def drop_cut_line(output: Path) -> None:
         output.write_bytes(data[:data.rfind(b"\n") + 1])
 
 
-def write_rows(rows: Iterable[dict], attributes: list[str], format: Format, output: Path | None, append: bool,
-               stdout: TextIO) -> Iterator[dict]:
-    """Writes each row as it arrives and passes it on (the caller counts errors)."""
+def write_batches(batches: Iterable[ScoredBatch], attributes: list[str], format: Format, output: Path | None,
+                  append: bool, stdout: TextIO) -> Iterator[ScoredBatch]:
+    """Writes each batch as it arrives and passes it on (the caller counts rows and errors)."""
     if format == "parquet":
         if output is None:
             raise ValueError("format=parquet needs output=<folder>")
-        yield from write_parquet(rows, attributes, output)
+        yield from write_parquet(batches, attributes, output)
         return
     handle = output.open("a" if append else "w", newline="") if output else stdout
     try:
         if format == "csv":
-            writer = csv.DictWriter(handle, fieldnames=flat_columns(attributes))
+            writer = csv.writer(handle)
             if not (append and output and output.stat().st_size):
-                writer.writeheader()
-        for row in rows:
+                writer.writerow(flat_columns(attributes))
+        for batch in batches:
             if format == "csv":
-                writer.writerow(flat_row(row, attributes))
+                writer.writerows(zip(*batch.columns(attributes).values()))
             else:
-                handle.write(json.dumps(row) + "\n")
+                handle.writelines(json.dumps(row) + "\n" for row in batch.rows())
             handle.flush()
-            yield row
+            yield batch
     finally:
         if output:
             handle.close()
 
 
-def write_parquet(rows: Iterable[dict], attributes: list[str], folder: Path, rows_per_part: int = ROWS_PER_PART) -> Iterator[dict]:
+def write_parquet(batches: Iterable[ScoredBatch], attributes: list[str], folder: Path,
+                  rows_per_part: int = ROWS_PER_PART) -> Iterator[ScoredBatch]:
+    """Part files of about `rows_per_part` rows (whole batches), each complete before it gets its name."""
     folder.mkdir(parents=True, exist_ok=True)
     first = len(list(folder.glob("part-*.parquet")))
-    buffer: list[dict] = []
+    names = flat_columns(attributes)
+    buffer: dict[str, list] = {name: [] for name in names}
     # One schema for every part (an all-empty `error` column must still be a string column), so the parts read as one table.
-    schema = pa.schema([(c, pa.float64() if c.endswith("_confidence") else pa.string()) for c in flat_columns(attributes)])
+    schema = pa.schema([(c, pa.float64() if c.endswith("_confidence") else pa.string()) for c in names])
 
     def flush() -> None:
         nonlocal first
         name = f"part-{first:05d}.parquet"
         temporary = folder / f".{name}.tmp"
-        table = pa.Table.from_pandas(pd.DataFrame(buffer, columns=flat_columns(attributes)), schema=schema, preserve_index=False)
-        pq.write_table(table, temporary)
+        pq.write_table(pa.Table.from_pydict(buffer, schema=schema), temporary)
         temporary.rename(folder / name)
         first += 1
-        buffer.clear()
+        for column in buffer.values():
+            column.clear()
 
-    for row in rows:
-        buffer.append(flat_row(row, attributes))
-        yield row
-        if len(buffer) >= rows_per_part:
+    for batch in batches:
+        for name, values in batch.columns(attributes).items():
+            buffer[name] += values
+        yield batch
+        if len(buffer["path"]) >= rows_per_part:
             flush()
-    if buffer:
+    if buffer["path"]:
         flush()

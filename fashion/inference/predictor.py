@@ -38,6 +38,26 @@ class Prediction:
                 "top_k": [{"label": label, "confidence": p} for label, p in self.top_k]}
 
 
+@dataclass
+class Tags:
+    """One batch's Predictions as columns, {attribute: one value per image}: catalogue scoring writes
+    millions of rows, and an object per tag cost it more CPU than decoding the photos."""
+
+    labels: dict[str, list[str]]
+    confidence: dict[str, list[float]]
+    accepted: dict[str, list[bool]]
+    source: dict[str, list[str]]
+    top_labels: dict[str, list[list[str]]]
+    top_values: dict[str, list[list[float]]]
+
+    def __len__(self) -> int:
+        return len(next(iter(self.labels.values()), []))
+
+    def predictions(self, row: int) -> dict[str, Prediction]:
+        return {a: Prediction(self.labels[a][row], self.confidence[a][row], list(zip(self.top_labels[a][row], self.top_values[a][row])),
+                              self.source[a][row], self.accepted[a][row]) for a in self.labels}
+
+
 class Predictor:
     """Images in, labels with confidences and review decisions out; the forward pass is eager PyTorch
     (see OnnxPredictor). `taxonomy`: decode articleType/subCategory/masterCategory together (default)."""
@@ -99,18 +119,25 @@ class Predictor:
         head = {a: p.gather(1, chosen[a].view(-1, 1)).squeeze(1) for a, p in probs.items()}
         return chosen, {a: self.trained.decision.confidence(a, head[a], decoded[a] if joint else None) for a in probs}
 
-    def decode(self, probs: dict[str, torch.Tensor]) -> list[dict[str, Prediction]]:
-        """`top_k` is each head's own calibrated probabilities; `confidence` that of the served label."""
+    def tags(self, probs: dict[str, torch.Tensor]) -> Tags:
+        """A batch's served tags as columns: what `decode` turns into Predictions, and what catalogue
+        scoring writes as table columns without building an object per tag (fashion/inference/outputs.py)."""
         chosen, confidence = self.choose(probs)
         joint = self.taxonomy and self.trained.taxonomy is not None
-        rows: list[dict[str, Prediction]] = [{} for _ in range(len(next(iter(probs.values()))))]
+        tags = Tags({}, {}, {}, {}, {}, {})
         for attribute, p in probs.items():
-            classes = self.trained.vocabularies[attribute].classes
+            classes = np.asarray(self.trained.vocabularies[attribute].classes, dtype=object)
             values, indices = p.topk(min(self.top_k, p.shape[1]), dim=1)
-            picked, confidences = chosen[attribute].tolist(), confidence[attribute].tolist()
-            for row, (vals, idx) in enumerate(zip(values.tolist(), indices.tolist())):
-                rows[row][attribute] = Prediction(
-                    classes[picked[row]], round(confidences[row], 6), [(classes[i], round(v, 6)) for v, i in zip(vals, idx)],
-                    source="model" if picked[row] == idx[0] else "taxonomy",
-                    accepted=self.trained.decision.accepts(attribute, confidences[row], joint))
-        return rows
+            picked = chosen[attribute]
+            tags.labels[attribute] = classes[picked.numpy()].tolist()
+            tags.confidence[attribute] = [round(c, 6) for c in confidence[attribute].tolist()]
+            tags.accepted[attribute] = self.trained.decision.accepts(attribute, confidence[attribute], joint).tolist()
+            tags.source[attribute] = ["model" if same else "taxonomy" for same in (picked == indices[:, 0]).tolist()]
+            tags.top_labels[attribute] = classes[indices.numpy()].tolist()
+            tags.top_values[attribute] = [[round(v, 6) for v in row] for row in values.tolist()]
+        return tags
+
+    def decode(self, probs: dict[str, torch.Tensor]) -> list[dict[str, Prediction]]:
+        """`top_k` is each head's own calibrated probabilities; `confidence` that of the served label."""
+        tags = self.tags(probs)
+        return [tags.predictions(row) for row in range(len(tags))]
