@@ -36,7 +36,7 @@ from fashion.calibration import selective_scores
 from fashion.cli import tool_config
 from fashion.data.dataset import restore_aspect
 from fashion.data.eval_sets import EvalSource
-from fashion.data.images import ImageReadError, load_rgb
+from fashion.data.images import ImageReadError
 from fashion.data.vocab import IGNORE_INDEX
 from fashion.inference.predictor import Predictor
 from fashion.inference.runtime import Runtime, load_predictor
@@ -71,7 +71,7 @@ def evaluate(predictor: Predictor, source: EvalSource, exclude_ids: set[int] = f
         images, keep = [], []
         for row, path in enumerate(frame["path"].iloc[start:start + predictor.batch_size], start):
             try:
-                images.append(restore_aspect(load_rgb(path), source.true_aspect))
+                images.append(restore_aspect(predictor.load(path), source.true_aspect))
                 keep.append(row)
             except ImageReadError:
                 unreadable += 1

@@ -61,7 +61,8 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
 
 
 def save_explanations(predictor: Predictor, image, path: Path, attributes: list[str], folder: Path) -> dict[str, str]:
-    """Grad-CAM overlays as PNGs next to each other in `folder`; returns {attribute: file}."""
+    """Grad-CAM overlays as PNGs next to each other in `folder`, on the photo at its own size (`image` is
+    what the model saw, decoded at its `decode_side`); returns {attribute: file}."""
     import cv2
     import numpy as np
 
@@ -69,9 +70,10 @@ def save_explanations(predictor: Predictor, image, path: Path, attributes: list[
 
     folder.mkdir(parents=True, exist_ok=True)
     written = {}
-    for attribute, heat in grad_cam(predictor, image, attributes).items():
+    photo = load_rgb(path)
+    for attribute, heat in grad_cam(predictor, image, attributes, size=(photo.shape[1], photo.shape[0])).items():
         colour = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
-        overlay = (0.55 * image + 0.45 * colour).astype(np.uint8)
+        overlay = (0.55 * photo + 0.45 * colour).astype(np.uint8)
         target = folder / f"{path.stem}_{attribute}.png"
         cv2.imwrite(str(target), overlay[:, :, ::-1])
         written[attribute] = str(target)
@@ -85,7 +87,7 @@ def predict_files(predictor: Predictor, files: list[Path], explain: list[str], e
         images, errors = [], []
         for path in chunk:
             try:
-                images.append(load_rgb(path))
+                images.append(predictor.load(path))
                 errors.append(None)
             except ImageReadError as err:
                 errors.append(str(err))

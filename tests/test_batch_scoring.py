@@ -124,14 +124,14 @@ def test_spark_scores_the_manifest_like_fashion_predict(trained, tmp_path):
 def test_catalogue_rows_are_what_the_api_serves(trained, tmp_path):
     """fashion-predict writes a batch's tags as columns, without a Prediction object per tag: every value
     must still be the one `Predictor.predict` (the API, the pyfunc) serves for the same photo."""
-    from fashion.data.images import load_rgb
     from fashion.inference.runtime import load_predictor
 
     manifest, paths = manifest_with_bad_rows(tmp_path, n=40)
     out = tmp_path / "tags.jsonl"
     main([f"bundle={trained.bundle}", f"manifest={manifest}", "format=jsonl", f"output={out}", "batch_size=8"])
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    served = load_predictor(bundle=trained.bundle, batch_size=8).predict([load_rgb(p) for p in paths[:-2]])
+    predictor = load_predictor(bundle=trained.bundle, batch_size=8)
+    served = predictor.predict([predictor.load(p) for p in paths[:-2]])
     assert [row["path"] for row in rows] == paths
     assert [row["predictions"] for row in rows[:-2]] == [{a: p.to_dict() for a, p in s.items()} for s in served]
     assert all(set(row) == {"path", "error"} for row in rows[-2:])

@@ -232,8 +232,8 @@ def test_every_runtime_returns_the_same_calibrated_probabilities(trained, tmp_pa
     from fashion.inference.pyfunc import log_pyfunc
     from fashion.serving.app import create_app
 
-    images = [load_rgb(p) for p in REAL_IMAGES]
     bundle = load_bundle(trained.bundle)
+    images = [Predictor(bundle).load(p) for p in REAL_IMAGES]   # decoded as every runtime decodes a file
     reference = Predictor(load_checkpoint(trained.checkpoint)).predict(images)
     # the temperatures are applied: softmax(raw logits / T), not softmax(raw logits)
     with torch.inference_mode():

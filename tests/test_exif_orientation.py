@@ -103,3 +103,35 @@ def test_a_transparent_background_becomes_white(tmp_path, mode):
     rgb = load_rgb(path)
     assert tuple(rgb[0, 0]) == (255, 255, 255)
     assert tuple(rgb[10, 10]) != (255, 255, 255)
+
+
+def test_a_large_photo_reaches_the_model_as_training_decoded_it_everywhere(trained, tmp_path, monkeypatch):
+    """libjpeg can decode a large JPEG at 1/2, 1/4 or 1/8 scale. Training and evaluation decode at the model's
+    `decode_side`; if a serving path decoded in full, a large photo would reach the served model as other
+    pixels than validation saw (and decode 8x slower)."""
+    from fashion.data.dataset import ProductImages
+    from fashion.inference.runtime import load_predictor
+
+    big = tmp_path / "big.jpg"
+    upright_photo().resize((900, 1200), Image.Resampling.BICUBIC).save(big, quality=92)
+    side = load_predictor(bundle=trained.bundle, runtime="torch").trained.preprocessing.decode_side
+    expected = ProductImages([str(big)], {}, lambda image: {"image": image}, side)[0][0]   # the training/eval loader
+    assert side <= min(expected.shape[:2]) < 900 and not np.array_equal(expected.shape, load_rgb(big).shape)
+    seen: list[np.ndarray] = []
+    original = Predictor.preprocess
+
+    def spy(self, image):
+        seen.append(image)
+        return original(self, image)
+    monkeypatch.setattr(Predictor, "preprocess", spy)
+
+    with TestClient(create_app(trained.bundle, runtime="torch")) as client:   # the API and the upload page
+        assert client.post("/v1/predict", files={"file": (big.name, big.read_bytes(), "image/jpeg")}).status_code == 200
+        body = {"image": base64.b64encode(big.read_bytes()).decode()}
+        assert client.post("/v1/predict/base64", json=body).status_code == 200
+    assert predict_main([str(big), f"bundle={trained.bundle}", "runtime=torch", f"output={tmp_path / 'rows.jsonl'}"]) == 0
+    assert predict_main([str(big), f"bundle={trained.bundle}", f"output={tmp_path / 'onnx.jsonl'}"]) == 0   # the lanes
+    assert np.array_equal(decode_base64_image(body["image"], side), expected)   # the pyfunc's base64 rows
+    assert len(seen) == 4
+    for image in seen:
+        assert np.array_equal(image, expected)

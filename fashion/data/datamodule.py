@@ -255,7 +255,7 @@ class FashionDataModule(L.LightningDataModule):
             rows = self.table[self.table["split"] == split]
             transform = self.augmentation.train_transform(self.preprocessing) if split == "train" else eval_transform
             targets = {a: rows[f"y_{a}"].to_numpy() for a in self.attributes}
-            self.datasets[split] = ProductImages(rows["path"].tolist(), targets, transform, self.preprocessing.image_size,
+            self.datasets[split] = ProductImages(rows["path"].tolist(), targets, transform, self.preprocessing.decode_side,
                                                  self.true_aspect)
 
     def use_cached_inputs(self, inputs: CachedInputs, views: Sequence[CachedInputs] = ()) -> None:
@@ -306,7 +306,7 @@ class FashionDataModule(L.LightningDataModule):
         for name, table in self.eval_tables.items():
             aspect = table["true_aspect"].iloc[0] if "true_aspect" in table else self.true_aspect
             targets = {a: table[f"y_{a}"].to_numpy() for a in self.attributes}
-            dataset = ProductImages(table["path"].tolist(), targets, transform, self.preprocessing.image_size,
+            dataset = ProductImages(table["path"].tolist(), targets, transform, self.preprocessing.decode_side,
                                     None if pd.isna(aspect) else float(aspect))
             loaders[name] = DataLoader(dataset, batch_size=self.eval_batch_size, num_workers=self.num_workers,
                                        pin_memory=self.pin_memory)

@@ -72,13 +72,19 @@ def upright_size(image: Image.Image) -> tuple[int, int]:
     return (height, width) if exif_orientation(image) in SWAPS_SIDES else (width, height)
 
 
+def draft(image: Image.Image, min_side: int | None) -> None:
+    """Before decoding: a JPEG decodes at 1/2, 1/4 or 1/8 scale while both sides stay >= `min_side`
+    (`Preprocessing.decode_side`); other formats, or None, decode in full."""
+    if min_side is not None and image.format == "JPEG":
+        image.draft("RGB", (min_side, min_side))
+
+
 def load_rgb(path: str | Path, min_side: int | None = None) -> np.ndarray:
     """Decode to an upright HxWx3 uint8 array; `min_side` lets JPEG decoding downscale while keeping >= min_side."""
     try:
         data = io.BytesIO(Path(path).read_bytes())   # one read, not one per 4 KiB block
         with Image.open(data) as image:
-            if min_side is not None and image.format == "JPEG":
-                image.draft("RGB", (min_side, min_side))
+            draft(image, min_side)
             return to_rgb(image)
     except UnidentifiedImageError:   # Pillow's own message names the in-memory buffer, not the file
         raise ImageReadError(f"cannot decode image {path}: cannot identify image file") from None

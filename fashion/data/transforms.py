@@ -47,6 +47,13 @@ class Preprocessing:
             raise ValueError(f"source_jpeg_quality={self.source_jpeg_quality} needs source_max_side (the size a photo "
                              "shrinks to before the JPEG round trip); set both, or neither")
 
+    @property
+    def decode_side(self) -> int:
+        """The side a JPEG is decoded down to, at least (libjpeg's 1/2, 1/4, 1/8 scaling in `load_rgb`): the
+        model's input size. Training, evaluation and serving all decode at it, so a large photo reaches the
+        model as the same pixels everywhere, and a 2400px photo decodes at 300px instead of in full."""
+        return self.image_size
+
     def resize_and_pad(self) -> list[A.BasicTransform]:
         normalise = [ThumbnailRendering(self.source_max_side, self.source_jpeg_quality)] if self.source_max_side else []
         return [

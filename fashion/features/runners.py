@@ -29,7 +29,7 @@ def compute_cacheable_inputs(model: MultiHeadTagger, preprocessing: Preprocessin
                              ) -> dict[str, torch.Tensor]:
     """`model.cacheable_inputs` of every image (or its `view`), with the same preprocessing as training."""
     fixed = [view] if view is not None else []
-    dataset = ProductImages(paths, {}, preprocessing.eval_transform(*fixed), preprocessing.image_size, true_aspect)
+    dataset = ProductImages(paths, {}, preprocessing.eval_transform(*fixed), preprocessing.decode_side, true_aspect)
     # Its own generator: filling the cache must not advance the global RNG, or a cached run would
     # draw different dropout masks than the same run without the cache.
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator())

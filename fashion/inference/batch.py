@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from fashion.data.images import ImageReadError, load_rgb
+from fashion.data.images import ImageReadError
 from fashion.inference.outputs import ScoredBatch
 from fashion.inference.predictor import Predictor
 
@@ -31,15 +31,15 @@ from fashion.inference.predictor import Predictor
 class ImageFiles(Dataset):
     """(index, padded uint8 pixels, None) or (index, None, why it could not be read) per path."""
 
-    def __init__(self, paths: Sequence[str], preprocess: Callable[[np.ndarray], np.ndarray]) -> None:
-        self.paths, self.preprocess = paths, preprocess
+    def __init__(self, paths: Sequence[str], load: Callable[[str], np.ndarray], preprocess: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.paths, self.load, self.preprocess = paths, load, preprocess
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str | None]:
         try:
-            return index, self.preprocess(load_rgb(self.paths[index])), None
+            return index, self.preprocess(self.load(self.paths[index])), None
         except (ImageReadError, OSError) as err:
             return index, None, str(err) or type(err).__name__
 
@@ -58,7 +58,7 @@ def collate(items: list[tuple[int, np.ndarray | None, str | None]], normalise: C
 def score_paths(predictor: Predictor, paths: Sequence[str], workers: int = 0, lanes: int = 1,
                 prefetch: int = 2) -> Iterator[ScoredBatch]:
     """Batches of consecutive paths, in order, each with its tags and its unreadable files' reasons."""
-    files = ImageFiles(paths, predictor.preprocess)
+    files = ImageFiles(paths, predictor.load, predictor.preprocess)
     if workers:
         loader = DataLoader(files, batch_size=predictor.batch_size, num_workers=workers, prefetch_factor=prefetch,
                             collate_fn=partial(collate, normalise=predictor.normalise), persistent_workers=False)

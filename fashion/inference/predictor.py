@@ -1,18 +1,21 @@
 """Images in, per-attribute labels, confidences and top-k out: the one place inference is defined.
 
 The CLI, the REST API and the MLflow pyfunc all call `Predictor.predict`, so they cannot disagree.
-Preprocessing is the training run's own eval transform (resize longest side, pad on white,
-normalise), so served predictions see exactly what validation saw.
+Preprocessing is the training run's own: a JPEG decoded at the same scale (`Predictor.load`,
+`decode_side`), then its eval transform (resize longest side, pad on white, normalise), so served
+predictions see exactly what validation saw (tests/test_exif_orientation.py tries every path).
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from fashion.data.images import load_rgb
 from fashion.data.taxonomy import decode_levels
 from fashion.inference.checkpoint import TrainedModel
 
@@ -77,6 +80,10 @@ class Predictor:
     def model(self) -> torch.nn.Module:
         """The PyTorch network (Grad-CAM needs it whatever the runtime); built on first use."""
         return self.trained.model
+
+    def load(self, path: str | Path) -> np.ndarray:
+        """An image file -> upright RGB pixels, decoded as training and evaluation decode it (`decode_side`)."""
+        return load_rgb(path, min_side=self.trained.preprocessing.decode_side)
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """One decoded RGB image -> uint8 pixels resized and padded as the training run's eval transform

@@ -21,15 +21,17 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 from PIL import Image
 
-from fashion.data.images import ImageReadError, load_rgb, to_rgb
+from fashion.data.images import ImageReadError, draft, to_rgb
 
 BUNDLE_ARTIFACT = "bundle"
 
 
-def decode_base64_image(text: str) -> np.ndarray:
+def decode_base64_image(text: str, min_side: int | None = None) -> np.ndarray:
+    """`min_side`: as `load_rgb`'s (the model's `decode_side`)."""
     try:
         raw = base64.b64decode(text, validate=True)
         with Image.open(io.BytesIO(raw)) as image:
+            draft(image, min_side)
             return to_rgb(image)
     except Exception as err:  # binascii, PIL and size errors all mean the same to the caller
         raise ImageReadError(f"not a decodable base64 image: {err}") from err
@@ -60,7 +62,8 @@ class FashionTaggerPyfunc(mlflow.pyfunc.PythonModel):
         images, errors = [], []
         for _, row in model_input.iterrows():
             try:
-                image = decode_base64_image(row["image"]) if "image" in row and isinstance(row["image"], str) else load_rgb(row["path"])
+                image = (decode_base64_image(row["image"], self.predictor.trained.preprocessing.decode_side)
+                         if "image" in row and isinstance(row["image"], str) else self.predictor.load(row["path"]))
                 images.append(image)
                 errors.append(None)
             except (ImageReadError, OSError, KeyError) as err:

@@ -165,7 +165,7 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
     async def read_upload(upload: UploadFile) -> DecodedImage:
         data = await upload.read(limits.max_bytes + 1)
         try:
-            return decode_upload(data, limits, upload.filename)
+            return decode_upload(data, limits, upload.filename, slot.current.predictor.trained.preprocessing.decode_side)
         except UploadRejected as err:
             err.filename = upload.filename
             raise
@@ -260,7 +260,7 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
             data = base64.b64decode(body.image, validate=True)
         except (binascii.Error, ValueError):
             raise UploadRejected(400, "bad_base64", "the 'image' field is not valid base64") from None
-        image = decode_upload(data, limits, body.filename)
+        image = decode_upload(data, limits, body.filename, slot.current.predictor.trained.preprocessing.decode_side)
         return (await predict_images([image], [body.filename], attributes))[0]
 
     return app

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from fashion.data.images import to_rgb, upright_size
+from fashion.data.images import draft, to_rgb, upright_size
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 
@@ -41,7 +41,9 @@ class DecodedImage:
     format: str = ""            # Pillow's name of its format (JPEG, PNG, ...)
 
 
-def decode_upload(data: bytes, limits: UploadLimits, filename: str | None = None) -> DecodedImage:
+def decode_upload(data: bytes, limits: UploadLimits, filename: str | None = None, decode_side: int | None = None) -> DecodedImage:
+    """`decode_side`: the serving model's (`Preprocessing.decode_side`), so an upload is decoded as training
+    decoded its photos; None decodes in full."""
     name = f" ({filename})" if filename else ""
     if not data:
         raise UploadRejected(400, "empty_file", f"the upload{name} is empty")
@@ -64,7 +66,7 @@ def decode_upload(data: bytes, limits: UploadLimits, filename: str | None = None
             raise UploadRejected(413, "too_many_pixels", f"the upload{name} is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}")
         try:
             size, kind = upright_size(image), image.format or ""
-            image.draft("RGB", (1024, 1024))  # JPEG: decode at reduced scale, the model needs ~224 px
+            draft(image, decode_side)
             return DecodedImage(to_rgb(image), size, data, kind)
         except Image.DecompressionBombError as err:
             raise UploadRejected(413, "too_many_pixels", f"the upload{name} is a decompression bomb: {err}") from None
