@@ -14,7 +14,7 @@ its own head says, one they contradict less sure, which lets more tags through a
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic
@@ -31,6 +31,7 @@ class Taxonomy:
 
     attributes: list[str]
     combinations: list[tuple[str, ...]]
+    _tables: dict[tuple, torch.Tensor | None] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def from_table(cls, table: Any, attributes: Sequence[str]) -> Taxonomy | None:
@@ -50,17 +51,25 @@ class Taxonomy:
         probabilities (N, C) under the joint q(a, s, m) ∝ p(a) p(s) p(m) over seen combinations.
         Combinations holding a class the model does not predict are skipped; with none left, each head
         answers alone."""
-        index = {a: {c: i for i, c in enumerate(classes[a])} for a in self.attributes}
-        known = [c for c in self.combinations if all(label in index[a] for a, label in zip(self.attributes, c))]
-        if not known:
+        table = self.index_table(classes)
+        if table is None:
             return {a: probs[a].argmax(dim=1) for a in self.attributes}, {a: probs[a] for a in self.attributes}
-        table = torch.tensor([[index[a][label] for a, label in zip(self.attributes, c)] for c in known])
         score = sum(torch.log(probs[a].double().clamp_min(1e-30))[:, table[:, j]] for j, a in enumerate(self.attributes))
         best = score.argmax(dim=1)
         joint = torch.softmax(score, dim=1)
         marginals = {a: torch.zeros(len(joint), probs[a].shape[1], dtype=torch.float64).index_add_(1, table[:, j], joint)
                      .to(probs[a].dtype) for j, a in enumerate(self.attributes)}
         return {a: table[best, j] for j, a in enumerate(self.attributes)}, marginals
+
+    def index_table(self, classes: Mapping[str, list[str]]) -> torch.Tensor | None:
+        """The seen combinations the model can predict, as class indices (K, levels); None when there are
+        none. Built once per vocabulary: serving decodes every batch with the same one."""
+        key = tuple(tuple(classes[a]) for a in self.attributes)
+        if key not in self._tables:
+            index = {a: {c: i for i, c in enumerate(classes[a])} for a in self.attributes}
+            known = [c for c in self.combinations if all(label in index[a] for a, label in zip(self.attributes, c))]
+            self._tables[key] = torch.tensor([[index[a][label] for a, label in zip(self.attributes, c)] for c in known]) if known else None
+        return self._tables[key]
 
     def to_dict(self) -> dict[str, Any]:
         return {"attributes": self.attributes, "combinations": [list(c) for c in self.combinations]}
