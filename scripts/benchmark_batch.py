@@ -17,7 +17,9 @@ and each path reports its best round (and the median); each round's ratio divide
 mean of the per-core bare runs just before and just after it, so drift within the round cancels.
 fashion-predict runs in this process: Python's imports (about 5 s on 2 cores) are not in its time,
 its configuration, bundle loading and onnxruntime session are.
-Images/s, the ratio to the reference, and peak RSS of the process and its children. Writes docs/batch_scoring.md.
+Images/s, the ratio to the reference, CPU time per photo (the pipeline's own work beside the model's, which a
+machine's drift moves far less than the wall clock), and peak RSS of the process and its children.
+Writes docs/batch_scoring.md.
 """
 
 from __future__ import annotations
@@ -49,12 +51,20 @@ from fashion.predict import main as fashion_predict  # noqa: E402
 from fashion.predict import usable_cores
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process's threads and of its children that have ended (loader workers), user + system."""
+    t = psutil.Process().cpu_times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 class PeakRSS:
-    """Peak resident memory of this process plus its children (loader workers, the JVM), sampled every 50 ms."""
+    """Peak resident memory of this process plus its children (loader workers, the JVM), sampled every 50 ms;
+    and the CPU time spent meanwhile (`cpu`: a machine's drift moves it far less than the wall clock)."""
 
     def __enter__(self) -> PeakRSS:
         self.peak, self.running = 0, True
         self.baseline = psutil.Process().memory_info().rss   # what the process held before the measured path
+        self.cpu_before = cpu_seconds()
         self.thread = threading.Thread(target=self.sample, daemon=True)
         self.thread.start()
         return self
@@ -70,6 +80,7 @@ class PeakRSS:
             time.sleep(0.05)
 
     def __exit__(self, *exc) -> None:
+        self.cpu = cpu_seconds() - self.cpu_before
         self.running = False
         self.thread.join()
 
@@ -87,7 +98,8 @@ def bare(bundle: str, batches: list[torch.Tensor], lanes: int) -> tuple[float, i
         started = time.perf_counter()
         list(pool.map(predictor.probabilities, batches))
         seconds = time.perf_counter() - started
-    return sum(len(b) for b in batches) / seconds, memory.peak, memory.peak - memory.baseline
+    images = sum(len(b) for b in batches)
+    return images / seconds, memory.peak, memory.peak - memory.baseline, memory.cpu / images
 
 
 def end_to_end(bundle: str, manifest: Path, out: Path, workers: int, batch_size: int) -> tuple[float, int]:
@@ -97,7 +109,8 @@ def end_to_end(bundle: str, manifest: Path, out: Path, workers: int, batch_size:
         fashion_predict([f"bundle={bundle}", f"manifest={manifest}", "format=parquet", f"output={out}",
                          f"workers={workers}", f"batch_size={batch_size}"])
         seconds = time.perf_counter() - started
-    return len(pd.read_parquet(out)) / seconds, memory.peak, memory.peak - memory.baseline
+    images = len(pd.read_parquet(out))
+    return images / seconds, memory.peak, memory.peak - memory.baseline, memory.cpu / images
 
 
 def spark(bundle: str, manifest: Path, out: Path, tmp: Path) -> tuple[float, int] | None:
@@ -119,7 +132,7 @@ def spark(bundle: str, manifest: Path, out: Path, tmp: Path) -> tuple[float, int
             started = time.perf_counter()
             score_manifest(session, uri, str(manifest), str(out))
             seconds = time.perf_counter() - started
-        return len(pd.read_parquet(out)) / seconds, memory.peak, memory.peak - memory.baseline
+        return len(pd.read_parquet(out)) / seconds, memory.peak, memory.peak - memory.baseline, None   # its workers are the JVM's
     finally:
         session.stop()
 
@@ -136,7 +149,7 @@ def main() -> None:
     args = parser.parse_args()
     paths = [str(p) for p in sorted(Path(args.images).glob("*.jpg"))[:args.limit]]
     cores = usable_cores()
-    runs: dict[str, list[tuple[float, int, int]]] = {}
+    runs: dict[str, list[tuple[float, int, int, float | None]]] = {}
     brackets: list[tuple[float, float]] = []   # per round, the per-core bare run just before and just after fashion-predict
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
@@ -174,12 +187,15 @@ def main() -> None:
              f"onnxruntime {onnxruntime.__version__}, Python {platform.python_version()}",
              f"- Images: {len(paths):,} from `{Path(args.images).name}/`; the model's input {size}x{size}, batch {args.batch_size}",
              f"- Rounds: {args.rounds}, interleaved; images/s of the best round (median in brackets); memory: peak RSS of"
-             " the process and its children during the path, and what the path added to what the process held before it",
-             "", "| path | images/s | vs bare (the faster bare configuration) | peak RSS (GiB) | added (GiB) |",
-             "|---|---|---|---|---|"]
+             " the process and its children during the path, and what the path added to what the process held before it;"
+             " CPU: milliseconds of CPU time per photo (user + system, every thread; median of the rounds)",
+             "", "| path | images/s | vs bare (the faster bare configuration) | CPU (ms per photo) | peak RSS (GiB) | added (GiB) |",
+             "|---|---|---|---|---|---|"]
     for name, values in runs.items():
         speeds = [speed for speed, *_ in values]
+        cpu = [v[3] for v in values if v[3] is not None]
         lines.append(f"| {name} | {best[name]:.1f} ({statistics.median(speeds):.1f}) | {best[name] / reference:.2f} | "
+                     f"{f'{statistics.median(cpu) * 1000:.2f}' if cpu else '–'} | "
                      f"{max(v[1] for v in values) / 2**30:.2f} | {max(v[2] for v in values) / 2**30:.2f} |")
     for workers in args.workers:
         name = f"fashion-predict, manifest -> Parquet, workers={workers}"
@@ -187,6 +203,9 @@ def main() -> None:
         lines.append(f"\nPer round, {name} / the mean of the per-core bare runs just before and just after it "
                      f"(the machine's drift within a round cancels): " + ", ".join(f"{ratio:.2f}" for ratio in ratios)
                      + f"; median {statistics.median(ratios):.2f}")
+        bare_cpu = statistics.median(v[3] for v in runs[per_core])
+        lines.append(f"\nCPU per photo, {name} / the per-core bare model's (medians; the pipeline's own work, drift "
+                     f"aside): {statistics.median(v[3] for v in runs[name]) / bare_cpu:.3f}")
     if not any(name.startswith("Spark") for name in runs):
         lines += ["", "Spark: not measured (the spark extra is not installed)."]
     args.output.write_text("\n".join(lines) + "\n")

@@ -135,3 +135,24 @@ def test_catalogue_rows_are_what_the_api_serves(trained, tmp_path):
     assert [row["path"] for row in rows] == paths
     assert [row["predictions"] for row in rows[:-2]] == [{a: p.to_dict() for a, p in s.items()} for s in served]
     assert all(set(row) == {"path", "error"} for row in rows[-2:])
+
+
+def test_fashion_predict_runs_torch_on_one_thread_and_gives_the_setting_back(trained, tmp_path, monkeypatch):
+    """Beside onnxruntime's lanes, torch's own work runs on one thread (its OpenMP team would spin on the
+    lanes' cores); a caller in the same process (a notebook, a benchmark, a training run) keeps its setting."""
+    import torch
+
+    from fashion.inference.predictor import Predictor
+
+    threads_seen = []
+    original = Predictor.tags
+    monkeypatch.setattr(Predictor, "tags", lambda self, probs: (threads_seen.append(torch.get_num_threads()), original(self, probs))[1])
+    manifest, _ = manifest_with_bad_rows(tmp_path)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        main([f"bundle={trained.bundle}", f"manifest={manifest}", "format=csv", f"output={tmp_path / 'tags.csv'}"])
+        assert threads_seen and set(threads_seen) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
