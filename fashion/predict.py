@@ -155,9 +155,10 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
         with one_torch_thread(predictor.runtime == "onnx"), tqdm(total=len(files), unit="img", file=sys.stderr, disable=len(files) < PROGRESS_FROM) as bar:
             for batch in write_batches(batches, predictor.attributes, format, Path(output) if output else None,
                                        append=resume, stdout=sys.stdout):
-                for path, error in batch.failed():
+                unreadable = batch.failed()
+                for path, error in unreadable:
                     print(f"fashion-predict: skipped {path}: {error}", file=sys.stderr)
-                failed += len(batch.failed())
+                failed += len(unreadable)
                 scored += len(batch)
                 bar.update(len(batch))
     except ValueError as err:

@@ -162,10 +162,14 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
             await anyio.to_thread.run_sync(lambda: [enqueue() for enqueue in to_queue])
         return results
 
+    def decode(data: bytes, filename: str | None) -> DecodedImage:
+        """An upload's pixels, decoded as the serving model's training decoded its photos."""
+        return decode_upload(data, limits, filename, slot.current.predictor.trained.preprocessing.decode_side)
+
     async def read_upload(upload: UploadFile) -> DecodedImage:
         data = await upload.read(limits.max_bytes + 1)
         try:
-            return decode_upload(data, limits, upload.filename, slot.current.predictor.trained.preprocessing.decode_side)
+            return decode(data, upload.filename)
         except UploadRejected as err:
             err.filename = upload.filename
             raise
@@ -260,7 +264,7 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
             data = base64.b64decode(body.image, validate=True)
         except (binascii.Error, ValueError):
             raise UploadRejected(400, "bad_base64", "the 'image' field is not valid base64") from None
-        image = decode_upload(data, limits, body.filename, slot.current.predictor.trained.preprocessing.decode_side)
+        image = decode(data, body.filename)
         return (await predict_images([image], [body.filename], attributes))[0]
 
     return app
