@@ -19,7 +19,7 @@ from fashion.cli import tool_config
 from fashion.config import CONFIG_DIR, validate_config
 from fashion.data.datamodule import FashionDataModule
 from fashion.data.report import build_report
-from fashion.tracking.run import ensure_experiment, git_commit
+from fashion.tracking.run import tool_run
 
 COMMANDS = ("report", "export-feedback")
 
@@ -31,10 +31,8 @@ def write_data_report(cfg: DictConfig) -> tuple[Path, str | None]:
     report = build_report(datamodule, with_images=cfg.report.images)
     title = f"Dataset report: {datamodule.root.name}"
     readme = report.write(Path(cfg.report.output_dir), title)
-    experiment_id = ensure_experiment(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg.logger.get("artifact_location"))
-    mlflow.set_tracking_uri(cfg.logger.tracking_uri)
-    tags = {"run_type": "data_report", **git_commit()}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=cfg.logger.run_name, tags=tags) as run:
+    with tool_run(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg.logger.run_name, "data_report",
+                  artifact_location=cfg.logger.get("artifact_location")) as run:
         mlflow.log_params({"data.root": str(datamodule.root), "data.fingerprint": datamodule.fingerprint,
                            "labels": OmegaConf.to_yaml(cfg.labels)[:6000]})
         mlflow.log_metrics({k: float(v) for k, v in datamodule.report.items() if isinstance(v, (int, float))})

@@ -42,7 +42,7 @@ from fashion.inference.predictor import Predictor
 from fashion.inference.runtime import Runtime, load_predictor
 from fashion.metrics import AttributeMetrics, classification_report, confusion_figure
 from fashion.metrics.reports import coverage_figure, reliability_figure
-from fashion.tracking import ensure_experiment
+from fashion.tracking.run import tool_run
 
 
 def encode_targets(predictor: Predictor, frame) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
@@ -206,12 +206,10 @@ def print_table(attributes: list[str], values: dict[str, float], counts: dict) -
 def log_evaluation(tracking_uri: str, experiment: str, bundle: str | None, settings: dict, values: dict, counts: dict,
                    output: Path) -> None:
     source_run = source_run_id(bundle)
-    mlflow.set_tracking_uri(tracking_uri)
-    experiment_id = ensure_experiment(tracking_uri, experiment)
-    tags = {"run_type": "evaluation", "eval.data": str(Path(settings["data"]).resolve())}
+    tags = {"eval.data": str(Path(settings["data"]).resolve())}
     if source_run:
         tags["source_run_id"] = source_run
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"eval {Path(settings['data']).name}", tags=tags) as run:
+    with tool_run(tracking_uri, experiment, f"eval {Path(settings['data']).name}", "evaluation", tags) as run:
         mlflow.log_params(settings)
         mlflow.log_metrics(values)
         mlflow.log_metrics({f"eval_data/{k}": float(v) for k, v in counts.items()})

@@ -97,13 +97,11 @@ def log_promotion(tracking_uri: str | None, name: str, incumbent: RegisteredBund
                   sets: dict[str, dict[str, Any]]) -> None:
     import mlflow as tracking
 
-    from fashion.tracking import ensure_experiment
+    from fashion.tracking.run import tool_run
 
-    tracking.set_tracking_uri(tracking_uri)
-    with tracking.start_run(experiment_id=ensure_experiment(tracking_uri, "fashion", None),
-                            run_name=f"promotion · {name} · {contender.label}",
-                            tags={"run_type": "promotion", "decision": verdict, "reason": reason,
-                                  "challenger": contender.label, "champion": incumbent.label if incumbent else "none"}):
+    with tool_run(tracking_uri, "fashion", f"promotion · {name} · {contender.label}", "promotion",
+                  {"decision": verdict, "reason": reason, "challenger": contender.label,
+                   "champion": incumbent.label if incumbent else "none"}):
         tracking.log_params({"margin": margin, **{f"set.{k}": str(v) for k, v in sets.items()}})
         metrics = {f"{key}/challenger": value for key, value in new.items()}
         metrics |= {f"{key}/champion": value for key, value in old.items()}

@@ -232,6 +232,19 @@ def tracked_run(cfg: DictConfig, stopped_by: tuple[type[BaseException], ...] = (
             monitor.finish()
 
 
+@contextmanager
+def tool_run(uri: str, experiment: str, name: str, run_type: str, tags: dict[str, str] | None = None,
+             artifact_location: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """A run of a tool beside training (`run_type`: evaluation, data_report, promotion), open as MLflow's
+    active run for the block: the same store, experiment kind and commit tags as a training run; an
+    exception ends it as FAILED (MLflow's own context manager)."""
+    experiment_id = ensure_experiment(uri, experiment, artifact_location)
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name,
+                          tags={"run_type": run_type, **git_commit(), **(tags or {})}) as run:
+        yield run
+
+
 def start_sweep(cfg: DictConfig, name: str) -> str:
     """The parent run of a sweep (Hydra `-m` or an Optuna study): every job started until `end_sweep`
     in this process or its children is nested under it."""
