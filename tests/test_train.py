@@ -86,11 +86,13 @@ def test_a_failing_run_is_marked_failed_and_keeps_what_it_logged(tmp_path, kaggl
     assert run["params.backbone.name"] == "test_efficientnet"  # logged before the failure, still there
 
 
-def test_a_tool_run_is_tagged_like_a_training_run_and_fails_as_one(tmp_path):
+def test_a_tool_run_is_tagged_like_a_training_run_and_fails_as_one(tmp_path, monkeypatch):
     """Evaluation, data-report and promotion runs go through fashion.tracking too: the same store layout,
     experiment kind and commit tags as training, and an error ends the run FAILED, not RUNNING forever."""
+    import fashion.tracking.run as tracking
     from fashion.tracking.run import EXPERIMENT_KIND, tool_run
 
+    monkeypatch.setattr(tracking, "git_commit", lambda: {"mlflow.source.git.commit": "abc123", "git.dirty": "False"})
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     with pytest.raises(RuntimeError, match="evaluation exploded"):
         with tool_run(uri, "fashion", "eval photos", "evaluation", {"eval.data": "photos"}):
@@ -99,7 +101,7 @@ def test_a_tool_run_is_tagged_like_a_training_run_and_fails_as_one(tmp_path):
     run = runs_of(tmp_path).iloc[0]
     assert (run["status"], run["tags.run_type"], run["tags.eval.data"]) == ("FAILED", "evaluation", "photos")
     assert run["tags.mlflow.runName"] == "eval photos" and run["metrics.eval/gender/acc"] == 0.5
-    assert run["tags.mlflow.source.git.commit"]   # the project is a git checkout in CI and here
+    assert (run["tags.mlflow.source.git.commit"], run["tags.git.dirty"]) == ("abc123", "False")
     experiment = MlflowClient(uri).get_experiment_by_name("fashion")
     assert experiment.tags[EXPERIMENT_KIND] == "custom_model_development"
     assert Path(experiment.artifact_location) == (tmp_path / "mlruns" / "artifacts").resolve()
