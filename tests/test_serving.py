@@ -203,3 +203,39 @@ def test_reloading_an_unchanged_folder_loads_nothing_and_a_new_export_swaps_in(t
     (bundle / "manifest.json").write_text(json.dumps({**manifest, "created": "2030-01-01T00:00:00+00:00"}))
     loaded, changed = slot.reload()
     assert changed and loaded is not first and slot.current is loaded and len(loads) == 2
+
+
+@pytest.mark.parametrize("route", ["/v1/predict", "/v1/predict/batch", "/v1/predict/base64"])
+def test_a_request_is_answered_by_the_model_it_was_decoded_for_when_a_reload_lands_midway(trained, monkeypatch, route):
+    """model_slot.py promises that a request reads the slot once: a reload landing between decoding an
+    upload (at the model's decode_side) and running the model must not hand the pixels to another model."""
+    import dataclasses
+
+    import fashion.serving.app as serving
+
+    app = create_app(trained.bundle)
+    slot = app.state.model_slot
+    before = slot.current = dataclasses.replace(slot.current, version="fashion/1")
+    decoded_for = []
+
+    def decode_then_reload(data, limits, filename, decode_side):
+        decoded_for.append(decode_side)
+        image = decode_upload(data, limits, filename, decode_side)
+        slot.current = dataclasses.replace(before, version="fashion/2")   # the reload swaps the model in
+        return image
+
+    decode_upload = serving.decode_upload
+    monkeypatch.setattr(serving, "decode_upload", decode_then_reload)
+    payload = JPEG.read_bytes()
+    with TestClient(app) as client:
+        if route == "/v1/predict/base64":
+            response = client.post(route, json={"image": base64.b64encode(payload).decode(), "filename": JPEG.name})
+        else:
+            field = "files" if route.endswith("batch") else "file"
+            response = client.post(route, files={field: (JPEG.name, payload, "image/jpeg")})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        answer = body["results"][0] if route.endswith("batch") else body
+        assert decoded_for == [before.predictor.trained.preprocessing.decode_side]
+        assert answer["model_version"] == "fashion/1"                       # the model the upload was decoded for
+        assert client.get("/health").json()["model_version"] == "fashion/2"  # the next request gets the new one

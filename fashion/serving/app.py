@@ -45,7 +45,7 @@ from fashion.inference.explain import grad_cam, heatmap_png
 from fashion.inference.predictor import Predictor
 from fashion.inference.runtime import load_predictor
 from fashion.serving.errors import error_responses, install_error_handlers
-from fashion.serving.model_slot import ModelSlot
+from fashion.serving.model_slot import Loaded, ModelSlot
 from fashion.serving.monitoring import Monitor
 from fashion.serving.uploads import DecodedImage, UploadLimits, UploadRejected, decode_upload
 
@@ -87,6 +87,7 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
     limiter = anyio.CapacityLimiter(model_threads)
     app = FastAPI(title="fashion tagger", version=package_version(),
                   description="Catalogue attributes of a product photo: " + ", ".join(slot.current.predictor.attributes))
+    app.state.model_slot = slot   # what /v1/admin/reload swaps; an embedding application may swap it too
 
     install_error_handlers(app)
     upload_errors = error_responses(400, 413, 415, 422, 500)
@@ -124,8 +125,8 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
             raise UploadRejected(404, "review_disabled", "this server keeps no review queue (review_queue=false)")
         return review
 
-    def explain_list(explain: str | None) -> list[str]:
-        attributes = slot.current.predictor.attributes
+    def explain_list(explain: str | None, loaded: Loaded) -> list[str]:
+        attributes = loaded.predictor.attributes
         if not explain or explain.lower() in ("false", "0", "no"):
             return []
         if explain.lower() in ("true", "1", "yes", "all"):
@@ -136,10 +137,9 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
             raise UploadRejected(400, "unknown_attribute", f"explain names {unknown}; attributes are {attributes}")
         return wanted
 
-    def run_model(images: list[DecodedImage], names: list[str | None],
+    def run_model(loaded: Loaded, images: list[DecodedImage], names: list[str | None],
                   explain: list[str]) -> tuple[list[dict[str, Any]], list[Callable[[], Any]]]:
         """The answers, and the review-queue writes they call for (run after the model's thread is released)."""
-        loaded = slot.current   # this request's model, whatever a reload does meanwhile
         predictor = loaded.predictor
         results, to_queue = [], []
         for image, name, prediction in zip(images, names, predictor.predict([i.pixels for i in images])):
@@ -156,20 +156,21 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
             results.append(result)
         return results, to_queue
 
-    async def predict_images(images: list[DecodedImage], names: list[str | None], explain: list[str]) -> list[dict]:
-        results, to_queue = await anyio.to_thread.run_sync(run_model, images, names, explain, limiter=limiter)
+    async def predict_images(loaded: Loaded, images: list[DecodedImage], names: list[str | None],
+                             explain: list[str]) -> list[dict]:
+        results, to_queue = await anyio.to_thread.run_sync(run_model, loaded, images, names, explain, limiter=limiter)
         if to_queue:   # a database and a file write: on a thread of their own, not holding one of the model's
             await anyio.to_thread.run_sync(lambda: [enqueue() for enqueue in to_queue])
         return results
 
-    def decode(data: bytes, filename: str | None) -> DecodedImage:
-        """An upload's pixels, decoded as the serving model's training decoded its photos."""
-        return decode_upload(data, limits, filename, slot.current.predictor.trained.preprocessing.decode_side)
+    def decode(data: bytes, filename: str | None, loaded: Loaded) -> DecodedImage:
+        """An upload's pixels, decoded as the training of the model that will answer decoded its photos."""
+        return decode_upload(data, limits, filename, loaded.predictor.trained.preprocessing.decode_side)
 
-    async def read_upload(upload: UploadFile) -> DecodedImage:
+    async def read_upload(upload: UploadFile, loaded: Loaded) -> DecodedImage:
         data = await upload.read(limits.max_bytes + 1)
         try:
-            return decode(data, upload.filename)
+            return decode(data, upload.filename, loaded)
         except UploadRejected as err:
             err.filename = upload.filename
             raise
@@ -242,29 +243,32 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
     @app.post("/v1/predict", responses=upload_errors, dependencies=predict_guard)
     async def predict(file: Annotated[UploadFile, File(description="a product photo")],
                       explain: Annotated[str | None, Query(description="true, or attributes to explain")] = None) -> dict:
-        attributes = explain_list(explain)
-        image = await read_upload(file)
-        return (await predict_images([image], [file.filename], attributes))[0]
+        loaded = slot.current   # the one model this request sees, from decoding to answer, whatever a reload does meanwhile
+        attributes = explain_list(explain, loaded)
+        image = await read_upload(file, loaded)
+        return (await predict_images(loaded, [image], [file.filename], attributes))[0]
 
     @app.post("/v1/predict/batch", responses=upload_errors, dependencies=predict_guard)
     async def predict_batch(files: Annotated[list[UploadFile], File(description="product photos")],
                             explain: Annotated[str | None, Query()] = None) -> dict:
-        attributes = explain_list(explain)
+        loaded = slot.current
+        attributes = explain_list(explain, loaded)
         if len(files) > limits.max_files:
             raise UploadRejected(413, "too_many_files", f"{len(files)} files in one batch; the limit is {limits.max_files}")
-        images = [await read_upload(f) for f in files]
-        return {"results": await predict_images(images, [f.filename for f in files], attributes)}
+        images = [await read_upload(f, loaded) for f in files]
+        return {"results": await predict_images(loaded, images, [f.filename for f in files], attributes)}
 
     @app.post("/v1/predict/base64", responses=upload_errors, dependencies=predict_guard)
     async def predict_base64(body: Base64Request, explain: Annotated[str | None, Query()] = None) -> dict:
-        attributes = explain_list(explain)
+        loaded = slot.current
+        attributes = explain_list(explain, loaded)
         if len(body.image) > limits.max_bytes * 4 // 3 + 4:
             raise UploadRejected(413, "file_too_large", f"the encoded image exceeds the {limits.max_bytes}-byte limit")
         try:
             data = base64.b64decode(body.image, validate=True)
         except (binascii.Error, ValueError):
             raise UploadRejected(400, "bad_base64", "the 'image' field is not valid base64") from None
-        image = decode(data, body.filename)
-        return (await predict_images([image], [body.filename], attributes))[0]
+        image = decode(data, body.filename, loaded)
+        return (await predict_images(loaded, [image], [body.filename], attributes))[0]
 
     return app
