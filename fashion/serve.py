@@ -19,7 +19,8 @@ def serve(bundle: str, host: str = "127.0.0.1", port: int = 8000, max_bytes: int
           log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info",
           tracking_uri: str | None = None, model_cache: str = "model_cache", api_key: str | None = None,
           review_queue: bool = True, review_url: str = "sqlite:///review/review.db", review_images: str = "review/images",
-          drift_window: int = 500, open_predictions: bool = True) -> None:
+          review_max_queued: int | None = 10_000, review_for: list[str] | None = None, drift_window: int = 500,
+          open_predictions: bool = True) -> None:
     """The REST API and upload page for one bundle or registry alias, until interrupted."""
     import uvicorn
     from mlflow.exceptions import MlflowException
@@ -29,9 +30,12 @@ def serve(bundle: str, host: str = "127.0.0.1", port: int = 8000, max_bytes: int
     from fashion.serving.uploads import UploadLimits
 
     try:
-        review = ReviewStore(review_url, review_images) if review_queue else None
+        review = ReviewStore(review_url, review_images, review_max_queued) if review_queue else None
+    except ValueError as err:
+        sys.exit(f"fashion-serve: cannot open the review queue: {err}")
+    try:
         app = create_app(bundle, UploadLimits(max_bytes, max_pixels, max_files), model_threads, top_k, runtime,
-                         tracking_uri, model_cache, api_key, review, drift_window, open_predictions)
+                         tracking_uri, model_cache, api_key, review, drift_window, open_predictions, review_for)
     except (ValueError, OSError, MlflowException) as err:  # a refused, tampered or missing model: say why, no traceback
         sys.exit(f"fashion-serve: cannot load the model: {err}")
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -292,3 +292,42 @@ def test_queueing_a_photo_for_review_does_not_hold_the_model(trained, tmp_path):
             release.set()
         assert first.result(timeout=60).status_code == 200
     assert calls[0] == "first.jpg" and store.queued() == 1   # same pixels: one queue item, both photos answered
+
+
+def test_a_full_review_queue_takes_no_new_photo_and_stores_none_of_its_pixels(tmp_path):
+    store = ReviewStore(f"sqlite:///{tmp_path / 'review.db'}", tmp_path / "images", max_queued=2)
+    red, blue, green = jpeg((200, 30, 30)), jpeg((30, 40, 190)), jpeg((20, 180, 40))
+    first = store.enqueue(red, "JPEG", PREDICTIONS, "tagger/1", "red.jpg")
+    store.enqueue(blue, "JPEG", PREDICTIONS, "tagger/1", "blue.jpg")
+    assert store.enqueue(green, "JPEG", PREDICTIONS, "tagger/1", "green.jpg") is None      # full: turned away
+    assert store.queued() == 2 and len(list((tmp_path / "images").rglob("*.jpeg"))) == 2    # and not written
+    assert store.enqueue(red, "JPEG", PREDICTIONS, "tagger/2", "red.jpg") == first          # already queued: updated
+    assert store.next_item()["model_version"] == "tagger/2"
+    store.record(store.next_item()["image_sha256"], {"articleType": "Shirts"})               # a person frees a place
+    assert store.enqueue(green, "JPEG", PREDICTIONS, "tagger/2", "green.jpg") is not None and store.queued() == 2
+    with pytest.raises(ValueError, match="max_queued"):
+        ReviewStore(f"sqlite:///{tmp_path / 'other.db'}", tmp_path / "other", max_queued=0)
+
+
+def test_the_server_queues_only_for_the_attributes_named_and_counts_what_a_full_queue_turns_away(trained, tmp_path):
+    post = lambda client, colour: client.post("/v1/predict", files={"file": ("p.jpg", jpeg(colour), "image/jpeg")})  # noqa: E731
+    colours = [(200, 30, 30), (30, 40, 190), (20, 180, 40)]
+
+    def served(review: ReviewStore, review_for: list[str]) -> tuple[list[dict], str]:
+        app = create_app(trained.bundle, review=review, review_for=review_for)
+        app.state.model_slot.current.predictor.trained.decision.thresholds["gender"] = 0.0   # gender: always sure
+        with TestClient(app) as client:
+            statuses = [{a: p["status"] for a, p in post(client, c).json()["predictions"].items()} for c in colours]
+            return statuses, client.get("/metrics").text
+
+    quiet = ReviewStore(f"sqlite:///{tmp_path / 'quiet.db'}", tmp_path / "quiet")
+    statuses, _ = served(quiet, ["gender"])
+    assert all(s["gender"] == "accepted" and s["usage"] == "needs_review" for s in statuses), statuses
+    assert quiet.queued() == 0                     # the one attribute it watches was never in doubt
+
+    capped = ReviewStore(f"sqlite:///{tmp_path / 'capped.db'}", tmp_path / "capped", max_queued=1)
+    _, metrics = served(capped, ["gender", "usage"])
+    assert capped.queued() == 1                    # usage was in doubt three times: one queued, two turned away
+    assert 'fashion_review_not_queued_total{reason="queue_full"} 2.0' in metrics
+    with pytest.raises(ValueError, match=r"review_for names \['sleeve'\]"):
+        create_app(trained.bundle, review_for=["sleeve"])

@@ -6,6 +6,10 @@ content (`images/<sha256[:2]>/<sha256>.<ext>`): the same photo uploaded twice is
 and a correction names the image by its hash, so it stays attached to the pixels it describes. A
 correction is kept as a person gave it (a label the model has never seen is allowed: new articles are
 why the loop exists); the latest one per image is what export uses.
+
+A server queues every uncertain prediction, so a queue nobody works through would grow with the traffic:
+`max_queued` caps the photos waiting (a new photo is not queued while the queue is full; one already
+queued still gets the newer predictions). Reviewed photos stay: they are the corrections' training data.
 """
 
 from __future__ import annotations
@@ -61,14 +65,16 @@ class UnknownImage(KeyError):
 
 class ReviewStore:
     """`url`: an SQLAlchemy URL (sqlite:///review/review.db, postgresql+psycopg://...); `images`: the folder
-    that holds the queued photos by content hash."""
+    that holds the queued photos by content hash; `max_queued`: photos waiting at most (None: no cap)."""
 
-    def __init__(self, url: str, images: str | Path) -> None:
+    def __init__(self, url: str, images: str | Path, max_queued: int | None = None) -> None:
+        if max_queued is not None and max_queued < 1:
+            raise ValueError(f"max_queued must be at least 1 (or null for no cap), got {max_queued}")
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
         self.engine = create_engine(url)
         Base.metadata.create_all(self.engine)
-        self.images = Path(images)
+        self.images, self.max_queued = Path(images), max_queued
 
     def save_image(self, data: bytes, extension: str = "jpg") -> tuple[str, str]:
         """Stores the bytes under their sha256 (once); returns (hash, path relative to the image folder)."""
@@ -83,9 +89,13 @@ class ReviewStore:
         return digest, relative
 
     def enqueue(self, data: bytes, extension: str, predictions: dict[str, Any], model_version: str | None,
-                filename: str | None = None) -> int:
-        """Queues an image for review; returns the item id. A photo already queued gets the newer predictions;
-        one a person already reviewed is not queued again."""
+                filename: str | None = None) -> int | None:
+        """Queues an image for review; returns the item id, or None when the queue is full (`max_queued`) and
+        the photo is new to it. A photo already queued gets the newer predictions; one a person already
+        reviewed is not queued again. The cap holds per server: servers sharing one database may overshoot it
+        by the photos they queue at the same moment."""
+        if self.full() and not self.known(hashlib.sha256(data).hexdigest()):
+            return None
         digest, relative = self.save_image(data, extension)
         needs = sorted(a for a, p in predictions.items() if p.get("status") != "accepted")
         try:
@@ -109,6 +119,13 @@ class ReviewStore:
         with Session(self.engine) as session:
             item = session.scalar(select(ReviewItem).where(ReviewItem.status == QUEUED).order_by(ReviewItem.id).limit(1))
             return as_dict(item) if item else None
+
+    def full(self) -> bool:
+        return self.max_queued is not None and self.queued() >= self.max_queued
+
+    def known(self, digest: str) -> bool:
+        with Session(self.engine) as session:
+            return session.scalar(select(ReviewItem.id).where(ReviewItem.image_sha256 == digest)) is not None
 
     def queued(self) -> int:
         with Session(self.engine) as session:

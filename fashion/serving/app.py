@@ -14,7 +14,10 @@
     POST /v1/admin/reload           load what the model source names now      (API key)
     GET  /docs              OpenAPI docs
 
-A prediction with any tag that needs review is queued with its photo (`review`, fashion/feedback).
+A prediction with a tag that needs review is queued with its photo (`review`, fashion/feedback); `review_for`
+names the attributes whose review flag queues it (default: every one; a catalogue whose season tags always
+go to a person may leave season out). A full queue (`ReviewStore.max_queued`) queues nothing new, and
+/metrics counts what it turned away.
 The feedback, review and admin endpoints need the `X-API-Key` header to match `api_key` and are
 refused (403) when no key is configured; predictions stay open.
 
@@ -29,7 +32,7 @@ import base64
 import binascii
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -73,16 +76,19 @@ class FeedbackRequest(BaseModel):
 def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_threads: int = 1, top_k: int = 3,
                runtime: str = "auto", tracking_uri: str | None = None, model_cache: str | Path = "model_cache",
                api_key: str | None = None, review: ReviewStore | None = None, drift_window: int = 500,
-               open_predictions: bool = True) -> FastAPI:
+               open_predictions: bool = True, review_for: Sequence[str] | None = None) -> FastAPI:
     """`model_threads`: predictions that may run at once (1 suits a 2-core machine: one uses both).
     `bundle`: a folder, or `models:/<name>@<alias>` in the registry at `tracking_uri`. `open_predictions=False`:
-    the predict endpoints need the API key too."""
+    the predict endpoints need the API key too. `review_for`: the attributes whose review flag queues a photo."""
     def load(folder: Path) -> Predictor:
         predictor = load_predictor(bundle=folder, runtime=runtime, top_k=top_k, taxonomy=True)
         predictor.model   # Grad-CAM's network, built now (and on a reload, before the swap), not on the first ?explain
         return predictor
 
     slot = ModelSlot(bundle, load, tracking_uri, model_cache)
+    unknown = sorted(set(review_for or []) - set(slot.current.predictor.attributes))
+    if unknown:
+        raise ValueError(f"review_for names {unknown}; the model tags {slot.current.predictor.attributes}")
     monitor = Monitor(slot.current.predictor.trained.vocabularies, drift_window)
     limiter = anyio.CapacityLimiter(model_threads)
     app = FastAPI(title="fashion tagger", version=package_version(),
@@ -146,7 +152,8 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
             result: dict[str, Any] = {"filename": name, "predictions": {a: p.to_dict() for a, p in prediction.items()},
                                       "model_version": loaded.version}
             monitor.observe(result["predictions"])
-            if review is not None and any(p.status != "accepted" for p in prediction.values()) and image.data:
+            uncertain = [a for a, p in prediction.items() if p.status != "accepted" and (review_for is None or a in review_for)]
+            if review is not None and uncertain and image.data:
                 to_queue.append(partial(review.enqueue, image.data, image.format or "bin", result["predictions"],
                                         loaded.version or str(loaded.bundle), name))
             if explain:
@@ -160,7 +167,8 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
                              explain: list[str]) -> list[dict]:
         results, to_queue = await anyio.to_thread.run_sync(run_model, loaded, images, names, explain, limiter=limiter)
         if to_queue:   # a database and a file write: on a thread of their own, not holding one of the model's
-            await anyio.to_thread.run_sync(lambda: [enqueue() for enqueue in to_queue])
+            queued = await anyio.to_thread.run_sync(lambda: [enqueue() for enqueue in to_queue])
+            monitor.not_queued.labels("queue_full").inc(queued.count(None))
         return results
 
     def decode(data: bytes, filename: str | None, loaded: Loaded) -> DecodedImage:

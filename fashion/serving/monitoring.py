@@ -49,6 +49,8 @@ class Monitor:
                                   ["attribute"], registry=registry)
         self.drift = Gauge("fashion_label_drift_psi", "PSI of the last `window` predicted labels against the training labels",
                            ["attribute"], registry=registry)
+        self.not_queued = Counter("fashion_review_not_queued", "Photos needing review that were not queued, by reason",
+                                  ["reason"], registry=registry)
         self.window_size = Gauge("fashion_drift_window", "Predictions in the drift window", registry=registry)
         self.lock, self.window = threading.Lock(), window
         self.reference(vocabularies)
