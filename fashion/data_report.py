@@ -67,7 +67,12 @@ def export_feedback_cli(output: str, review_url: str = "sqlite:///review/review.
     from fashion.feedback.export import export_feedback
     from fashion.feedback.store import ReviewStore
 
-    table = export_feedback(ReviewStore(review_url, review_images), Path(output))
+    try:
+        store = ReviewStore(review_url, review_images)
+    except (ValueError, OSError) as err:
+        print(f"fashion-data export-feedback: cannot open the review queue: {err}", file=sys.stderr)
+        return 2
+    table = export_feedback(store, Path(output))
     print(f"{len(table)} corrected photos written to {output} (styles.csv + images/)\n"
           f"  train on them: fashion-train data=catalogue 'data.train_only=[{output}]'", file=sys.stderr)
     return 0

@@ -31,7 +31,7 @@ def serve(bundle: str, host: str = "127.0.0.1", port: int = 8000, max_bytes: int
 
     try:
         review = ReviewStore(review_url, review_images, review_max_queued) if review_queue else None
-    except ValueError as err:
+    except (ValueError, OSError) as err:
         sys.exit(f"fashion-serve: cannot open the review queue: {err}")
     try:
         app = create_app(bundle, UploadLimits(max_bytes, max_pixels, max_files), model_threads, top_k, runtime,

@@ -331,3 +331,15 @@ def test_the_server_queues_only_for_the_attributes_named_and_counts_what_a_full_
     assert 'fashion_review_not_queued_total{reason="queue_full"} 2.0' in metrics
     with pytest.raises(ValueError, match=r"review_for names \['sleeve'\]"):
         create_app(trained.bundle, review_for=["sleeve"])
+
+
+def test_a_review_database_that_cannot_be_opened_is_a_clear_error_that_hides_its_password(tmp_path, capsys):
+    from fashion.data_report import export_feedback_cli
+
+    with pytest.raises(ValueError, match="not a database URL"):
+        ReviewStore("review.db", tmp_path / "images")
+    with pytest.raises(ValueError, match=r"cannot open the review database postgresql\+psycopg://bob:\*\*\*@127.0.0.1:1/db") as err:
+        ReviewStore("postgresql+psycopg://bob:hunter2@127.0.0.1:1/db", tmp_path / "images")   # nothing listens on port 1
+    assert "hunter2" not in str(err.value)
+    assert export_feedback_cli(str(tmp_path / "out"), review_url="review.db") == 2
+    assert "export-feedback: cannot open the review queue: review_url is not a database URL" in capsys.readouterr().err

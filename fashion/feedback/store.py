@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, create_engine, func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, create_engine, func, make_url, select
+from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 QUEUED, REVIEWED = "queued", "reviewed"
@@ -72,8 +72,17 @@ class ReviewStore:
             raise ValueError(f"max_queued must be at least 1 (or null for no cap), got {max_queued}")
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        self.engine = create_engine(url)
-        Base.metadata.create_all(self.engine)
+        try:
+            self.engine = create_engine(url)
+        except (ArgumentError, ImportError) as err:   # not a URL, or a dialect whose driver is not installed
+            raise ValueError(f"review_url is not a database URL this install can open ({err}); "
+                             "e.g. sqlite:///review/review.db or postgresql+psycopg://user@host/db") from None
+        try:
+            Base.metadata.create_all(self.engine)
+        except SQLAlchemyError as err:   # a server that refuses or cannot be reached: named without its password
+            shown = make_url(url).render_as_string(hide_password=True)
+            raise ValueError(f"cannot open the review database {shown}: {type(err).__name__}: "
+                             f"{str(err.orig if hasattr(err, 'orig') else err).strip().splitlines()[0]}") from None
         self.images, self.max_queued = Path(images), max_queued
 
     def save_image(self, data: bytes, extension: str = "jpg") -> tuple[str, str]:
