@@ -239,3 +239,30 @@ def test_a_request_is_answered_by_the_model_it_was_decoded_for_when_a_reload_lan
         assert decoded_for == [before.predictor.trained.preprocessing.decode_side]
         assert answer["model_version"] == "fashion/1"                       # the model the upload was decoded for
         assert client.get("/health").json()["model_version"] == "fashion/2"  # the next request gets the new one
+
+
+def test_a_registry_slot_keeps_the_served_version_and_the_one_before_it_in_its_cache(tmp_path, monkeypatch):
+    """Every reload after a retraining downloads a version; the slot removes what it can no longer need."""
+    from types import SimpleNamespace
+
+    import fashion.serving.model_slot as model_slot
+    from fashion.tracking.registry import RegisteredBundle
+
+    cache, live = tmp_path / "cache", {"version": "1"}
+
+    def fetch(reference, tracking_uri, into):   # what fetch_bundle does: one folder per downloaded version
+        folder = into / "tagger" / live["version"] / "bundle"
+        folder.mkdir(parents=True, exist_ok=True)
+        return RegisteredBundle("tagger", live["version"], folder, None)
+
+    monkeypatch.setattr(model_slot, "fetch_bundle", fetch)
+    scratch = cache / "tagger" / "tmp-download"   # another process's download in progress: never touched
+    scratch.mkdir(parents=True)
+    slot = model_slot.ModelSlot("models:/tagger@champion", lambda path: SimpleNamespace(trained=SimpleNamespace(
+        manifest={"path": str(path)})), tracking_uri="sqlite:///unused.db", cache=cache)
+    versions = lambda: sorted(p.name for p in (cache / "tagger").iterdir())   # noqa: E731
+    for served, kept in [("2", ["1", "2"]), ("3", ["2", "3"]), ("2", ["2", "3"]), ("4", ["2", "4"])]:
+        live["version"] = served
+        loaded, changed = slot.reload()
+        assert changed and loaded.version == f"tagger/{served}"
+        assert versions() == [*kept, "tmp-download"], served

@@ -4,6 +4,10 @@ The slot holds one immutable `Loaded` (predictor, manifest, version). A request 
 once and uses that object to the end, so a reload, which builds the new model beside the old one and
 then replaces the reference in one assignment, never fails or mixes a request: requests already running
 finish on the model they started with, the next ones get the new one.
+
+A registry model's versions are downloaded into `cache`; after a swap the slot keeps the served version
+and the one before it (the rollback) and removes the others, so a server reloaded after every retraining
+does not fill its disk.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 
 from fashion.inference.bundle import read_manifest
 from fashion.inference.predictor import Predictor
-from fashion.tracking.registry import fetch_bundle, is_registry_uri
+from fashion.tracking.registry import fetch_bundle, is_registry_uri, parse, prune_cache
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,9 @@ class ModelSlot:
         with self.lock:   # two admins reloading at once load once each, in turn
             if self.unchanged():
                 return self.current, False
-            loaded = self.build()
+            loaded, previous = self.build(), self.current
             self.current = loaded
+            if is_registry_uri(self.source):
+                keep = {v.rsplit("/", 1)[-1] for v in (loaded.version, previous.version) if v}
+                prune_cache(self.cache, parse(self.source)[0], keep)
             return loaded, True

@@ -91,6 +91,18 @@ def fetch_bundle(reference: str, tracking_uri: str, cache: Path) -> RegisteredBu
     return RegisteredBundle(version.name, str(version.version), bundle, version.run_id)
 
 
+def prune_cache(cache: Path, name: str, keep: set[str]) -> list[Path]:
+    """Removes the downloaded versions of `name` not in `keep` (version numbers); returns what it removed.
+    A server that reloads after every retraining would otherwise keep every version it ever served.
+    Only finished downloads (a version number as folder name) are touched, never another process's scratch."""
+    removed = []
+    for folder in sorted((Path(cache) / name).glob("*")):
+        if folder.is_dir() and folder.name.isdigit() and folder.name not in keep:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 def bundle_in(model_dir: Path) -> Path | None:
     """The bundle folder of a downloaded pyfunc model, where its MLmodel says MLflow put it."""
     from mlflow.models import Model
