@@ -107,6 +107,46 @@ def test_a_tool_run_is_tagged_like_a_training_run_and_fails_as_one(tmp_path, mon
     assert Path(experiment.artifact_location) == (tmp_path / "mlruns" / "artifacts").resolve()
 
 
+def test_a_moved_project_keeps_its_runs_artifacts_and_writes_new_ones_beside_them(tmp_path):
+    """MLflow records absolute artifact paths: after the project folder moves, new runs wrote into the old
+    place (re-creating it) and the old runs' artifacts could not be read. The store follows the move; an
+    artifact location chosen on purpose elsewhere is left alone."""
+    import shutil
+
+    from fashion.tracking.run import tool_run, ui_url
+
+    def log_text(uri: str, name: str) -> str:
+        with tool_run(uri, "fashion", name, "evaluation", {}) as run:
+            mlflow.log_text(name, f"{name}.txt")
+        return run.info.run_id
+
+    before, after = tmp_path / "before" / "mlruns", tmp_path / "after" / "mlruns"
+    first = log_text(f"sqlite:///{before}/mlflow.db", "first")
+    shutil.move(before.parent, after.parent)
+    uri = f"sqlite:///{after}/mlflow.db"
+    second = log_text(uri, "second")
+    client = MlflowClient(uri)
+    for run_id, name in ((first, "first"), (second, "second")):
+        assert Path(client.get_run(run_id).info.artifact_uri).is_relative_to(after.resolve())
+        assert mlflow.artifacts.load_text(f"{client.get_run(run_id).info.artifact_uri}/{name}.txt") == name
+    assert Path(client.get_experiment_by_name("fashion").artifact_location) == (after / "artifacts").resolve()
+    assert not (tmp_path / "before").exists()   # nothing written where the project used to be
+
+    copy = tmp_path / "copy" / "mlruns"         # a copy on the same machine: each store reads its own folder
+    shutil.copytree(after, copy)
+    ui_url(f"sqlite:///{copy}/mlflow.db")        # what `make ui` asks first
+    assert Path(MlflowClient(f"sqlite:///{copy}/mlflow.db").get_run(first).info.artifact_uri).is_relative_to(copy.resolve())
+    assert Path(client.get_run(first).info.artifact_uri).is_relative_to(after.resolve())
+
+    elsewhere = tmp_path / "big-disk" / "mlruns" / "artifacts"   # chosen on purpose: never rewritten
+    own = f"sqlite:///{tmp_path / 'own' / 'mlruns'}/mlflow.db"
+    with tool_run(own, "shared-artifacts", "x", "evaluation", {}, artifact_location=str(elsewhere)) as run:
+        mlflow.log_text("x", "x.txt")
+    with tool_run(own, "shared-artifacts", "y", "evaluation", {}, artifact_location=str(elsewhere)):
+        pass
+    assert Path(MlflowClient(own).get_run(run.info.run_id).info.artifact_uri).is_relative_to(elsewhere)
+
+
 def broken_scheduler(optimizer, total_steps):
     raise RuntimeError("scheduler exploded")
 

@@ -33,6 +33,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from fashion.config import PROJECT_ROOT, flatten, tracking_uri
+from fashion.tracking.store import follow_move
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ def ensure_experiment(uri: str, name: str, artifact_location: str | None = None)
     if uri.startswith("sqlite:///"):
         store = Path(uri.removeprefix("sqlite:///")).parent
         store.mkdir(parents=True, exist_ok=True)
+        follow_move(uri)   # a project folder renamed or copied: its runs' artifacts are here, not where it was
         # Beside the database, as mlruns/ keeps them; MLflow's default would be ./mlruns of wherever the command runs.
         artifact_location = artifact_location or str((store / "artifacts").resolve())
     client = MlflowClient(uri)
@@ -77,7 +79,9 @@ def ensure_experiment(uri: str, name: str, artifact_location: str | None = None)
 def ui_url(uri: str | None = None, experiment: str = "fashion", host: str = "http://127.0.0.1:5000") -> str:
     """The experiment's training runs in the MLflow UI. The link says `workflowType=machine_learning`:
     MLflow 3.17's UI opens a fresh browser on its GenAI view whatever the experiment's kind."""
-    found = MlflowClient(uri or tracking_uri()).get_experiment_by_name(experiment)
+    uri = uri or tracking_uri()
+    follow_move(uri)   # `make ui` asks this first: a moved project's UI then shows its artifacts
+    found = MlflowClient(uri).get_experiment_by_name(experiment)
     page = f"experiments/{found.experiment_id}/runs" if found else "experiments"
     return f"{host}/#/{page}?workflowType=machine_learning"
 
