@@ -272,11 +272,33 @@ def test_every_runtime_returns_the_same_calibrated_probabilities(trained, tmp_pa
     mlflow.set_tracking_uri(None)
 
 
-def test_an_unknown_attribute_in_the_per_attribute_targets_is_named(tmp_path, kaggle_folder, compose_config):
+@pytest.mark.parametrize("override", ["+callbacks.calibration.target_precision_per_attribute.sleeve=0.9",
+                                      "callbacks.calibration.review_always=[season,sleeve]"])
+def test_an_unknown_attribute_in_the_per_attribute_targets_is_named(tmp_path, kaggle_folder, compose_config, override):
     from fashion.train import train
 
-    cfg = compose_config(tiny_overrides(tmp_path, kaggle_folder)
-                         + ["+callbacks.calibration.target_precision_per_attribute.sleeve=0.9"])
-    with pytest.raises(ValueError, match="sleeve"):   # before training, not after it
+    cfg = compose_config(tiny_overrides(tmp_path, kaggle_folder) + [override])
+    with pytest.raises(ValueError, match=r"callbacks\.calibration\.\w+ names \['sleeve'\]"):   # before training, not after it
         train(cfg)
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_an_attribute_to_review_always_gets_no_threshold_whatever_validation_says():
+    """best_cpu never auto-accepts season: its validation precision does not carry to a new catalogue year."""
+    logits, targets = sampled(1.0, n=5000)   # calibrated, confident enough to accept many on validation
+    taxonomy = Taxonomy(["articleType", "subCategory"], [("a0", "s0"), ("a1", "s0"), ("a2", "s1"), ("a3", "s1"),
+                                                         ("a4", "s1"), ("a5", "s1")])
+    classes = {"articleType": [f"a{i}" for i in range(6)], "subCategory": ["s0", "s1"], "season": [str(i) for i in range(6)]}
+    sub = torch.stack([logits[:, :2].sum(1), logits[:, 2:].sum(1)], dim=1)
+    scores = {"season": logits, "articleType": logits, "subCategory": sub}
+    labels = {"season": targets, "articleType": targets, "subCategory": (targets >= 2).long()}
+    free, _ = calibrate(scores, labels, {a: 0.9 for a in scores}, taxonomy, classes)
+    assert all(free.thresholds[a] is not None for a in scores)          # validation alone would accept some
+    decision, report = calibrate(scores, labels, {a: 0.9 for a in scores}, taxonomy, classes, review_always=["season", "articleType"])
+    for attribute in ("season", "articleType"):
+        assert decision.thresholds[attribute] is None and "review_always" in decision.notes[attribute]
+        assert report[f"calibration/{attribute}/val_coverage"] == 0.0
+        assert not decision.accepts(attribute, torch.tensor([1.0]), joint=False).any()   # with the taxonomy off too
+        assert not decision.accepts(attribute, torch.tensor([1.0]), joint=True).any()
+    assert decision.thresholds["subCategory"] == free.thresholds["subCategory"]
+    assert decision.temperatures == free.temperatures                   # calibration itself is unchanged

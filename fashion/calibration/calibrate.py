@@ -4,7 +4,7 @@ calibrated confidences. Pure tensors in, plain values out (the Lightning side is
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import torch
 
@@ -17,7 +17,8 @@ from fashion.data.vocab import IGNORE_INDEX
 
 def calibrate(logits: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
               target_precision: Mapping[str, float], taxonomy: Taxonomy | None = None,
-              classes: Mapping[str, list[str]] | None = None) -> tuple[Decision, dict[str, float]]:
+              classes: Mapping[str, list[str]] | None = None, review_always: Collection[str] = ()
+              ) -> tuple[Decision, dict[str, float]]:
     """Uncalibrated `logits` (N, C) and `targets` (N,) per attribute -> the decision and, per attribute,
     what it did on validation: `calibration/<a>/{temperature,nll_before,nll_after,val_ece_before,
     val_ece_after,threshold,val_coverage,val_accepted_precision,val_samples}` (finite values only).
@@ -25,7 +26,8 @@ def calibrate(logits: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Te
     With a `taxonomy` (and the vocabularies' `classes`), the levels' thresholds are chosen on the
     confidences served by default: the decoded combination's, Platt-scaled on validation (a product of
     three heads' evidence is over-confident, and one scalar per level fixes that without reordering);
-    their thresholds on the heads' own confidences are kept too, for serving with the taxonomy off."""
+    their thresholds on the heads' own confidences are kept too, for serving with the taxonomy off.
+    `review_always`: attributes that get no threshold (every tag to a person), whatever validation says."""
     fits, kept_at_one = {}, {}
     for attribute, scores in logits.items():
         fits[attribute], kept_at_one[attribute] = ece_checked(fit_temperature(scores, targets[attribute]), scores, targets[attribute])
@@ -40,16 +42,18 @@ def calibrate(logits: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Te
         before = torch.softmax(scores[labelled].double(), dim=1).max(dim=1)
         after = probs[attribute][labelled].max(dim=1)
         confidence, correct = after.values, after.indices == target
-        if attribute in levels and not fit.fallback:   # served: the decoded combination's, scaled (see Decision)
+        if attribute in levels and not fit.fallback and attribute not in review_always:   # served: the decoded combination's, scaled (see Decision)
             head_thresholds[attribute] = choose_threshold(confidence, correct, precision)
             correct = chosen[attribute][labelled] == target
             joint_scaling[attribute] = list(fit_confidence_scaling(decoded[attribute][labelled], correct))
             confidence = scale_confidence(decoded[attribute][labelled], joint_scaling[attribute])
-        threshold = None if fit.fallback else choose_threshold(confidence, correct, precision)
+        threshold = None if fit.fallback or attribute in review_always else choose_threshold(confidence, correct, precision)
         if fit.fallback or kept_at_one[attribute]:
             notes[attribute] = fit.fallback or kept_at_one[attribute]
-        elif threshold is None:
+        elif threshold is None and attribute not in review_always:
             notes[attribute] = f"no confidence reached precision {precision} on validation"
+        if attribute in review_always:
+            notes[attribute] = "review_always: every tag goes to a person" + (f" ({notes[attribute]})" if attribute in notes else "")
         thresholds[attribute], temperatures[attribute] = threshold, fit.temperature
         selective = selective_scores(confidence, correct, threshold)
         values = {"temperature": fit.temperature, "nll_before": fit.nll_before, "nll_after": fit.nll_after,

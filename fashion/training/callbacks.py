@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,9 @@ class EMAWeights(EMAWeightAveraging):
 class Calibration(Callback):
     """After fit, on the validation split and the weights that are tested and exported (the best
     checkpoint's): a temperature per attribute, then the confidence threshold that reaches
-    `target_precision` (per attribute: `target_precision_per_attribute`). Both are written into that
+    `target_precision` (per attribute: `target_precision_per_attribute`); `review_always` attributes get
+    none, so every one of their tags goes to a person (a tag whose validation precision does not carry to
+    new data: season on a new catalogue year, docs/calibration.md). Both are written into that
     checkpoint (`model.temperature`, key `decision`), so test, export and every runtime use them, and
     logged as `calibration/<attribute>/*` with `calibration/decision.json`.
 
@@ -61,15 +63,17 @@ class Calibration(Callback):
     Listed first in `callbacks`, so the checkpoint is calibrated before it is logged as an artifact.
     """
 
-    def __init__(self, target_precision: float = 0.98, target_precision_per_attribute: Mapping[str, float] | None = None) -> None:
+    def __init__(self, target_precision: float = 0.98, target_precision_per_attribute: Mapping[str, float] | None = None,
+                 review_always: Sequence[str] = ()) -> None:
         self.target_precision = float(target_precision)
         self.per_attribute = dict(target_precision_per_attribute or {})
+        self.review_always = list(review_always)
 
     def targets(self, attributes: list[str]) -> dict[str, float]:
-        stray = sorted(set(self.per_attribute) - set(attributes))
-        if stray:
-            raise ValueError(f"callbacks.calibration.target_precision_per_attribute names {stray}, "
-                             f"which are not trained attributes {attributes}")
+        for key, named in (("target_precision_per_attribute", self.per_attribute), ("review_always", self.review_always)):
+            stray = sorted(set(named) - set(attributes))
+            if stray:
+                raise ValueError(f"callbacks.calibration.{key} names {stray}, which are not trained attributes {attributes}")
         return {a: float(self.per_attribute.get(a, self.target_precision)) for a in attributes}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -84,7 +88,7 @@ class Calibration(Callback):
                 pl_module.load_state_dict(torch.load(path, map_location=pl_module.device, weights_only=True)["state_dict"])
             logits, targets = validation_logits(trainer, pl_module)
             decision, report = calibrate(logits, targets, self.targets(pl_module.model.attributes),
-                                         pl_module.taxonomy_levels, pl_module.classes)
+                                         pl_module.taxonomy_levels, pl_module.classes, self.review_always)
             if path:
                 write_into_checkpoint(Path(path), decision)
             log_calibration(trainer, decision, report)
