@@ -80,7 +80,8 @@ def test_experiment_composes_and_builds_the_module(experiment, compose_config, t
     cfg = compose_config([f"experiment={experiment}", f"paths.output_dir={tmp_path}", f"data.root={kaggle_folder}",
                           "labels.min_count=1", "data.num_workers=0",
                           # a catalogue recipe's held-out years and evaluation sets are not in this small folder
-                          "data.out_of_time_years=[]", "data.eval_sets={}"])
+                          "data.out_of_time_years=[]"])
+    cfg.data.eval_sets = {}   # an assignment, not the override `data.eval_sets={}`: that merges and keeps the sets
     validate_config(cfg)
     if cfg.backbone.get("pretrained"):
         cfg.backbone.pretrained = False  # no hub here; the recipe is what is under test

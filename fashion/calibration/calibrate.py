@@ -48,12 +48,13 @@ def calibrate(logits: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Te
             joint_scaling[attribute] = list(fit_confidence_scaling(decoded[attribute][labelled], correct))
             confidence = scale_confidence(decoded[attribute][labelled], joint_scaling[attribute])
         threshold = None if fit.fallback or attribute in review_always else choose_threshold(confidence, correct, precision)
-        if fit.fallback or kept_at_one[attribute]:
-            notes[attribute] = fit.fallback or kept_at_one[attribute]
-        elif threshold is None and attribute not in review_always:
-            notes[attribute] = f"no confidence reached precision {precision} on validation"
+        reason = fit.fallback or kept_at_one[attribute]
         if attribute in review_always:
-            notes[attribute] = "review_always: every tag goes to a person" + (f" ({notes[attribute]})" if attribute in notes else "")
+            notes[attribute] = "review_always: every tag goes to a person" + (f" ({reason})" if reason else "")
+        elif reason:
+            notes[attribute] = reason
+        elif threshold is None:
+            notes[attribute] = f"no confidence reached precision {precision} on validation"
         thresholds[attribute], temperatures[attribute] = threshold, fit.temperature
         selective = selective_scores(confidence, correct, threshold)
         values = {"temperature": fit.temperature, "nll_before": fit.nll_before, "nll_after": fit.nll_after,

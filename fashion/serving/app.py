@@ -152,8 +152,8 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
             result: dict[str, Any] = {"filename": name, "predictions": {a: p.to_dict() for a, p in prediction.items()},
                                       "model_version": loaded.version}
             monitor.observe(result["predictions"])
-            uncertain = [a for a, p in prediction.items() if p.status != "accepted" and (review_for is None or a in review_for)]
-            if review is not None and uncertain and image.data:
+            doubted = any(p.status != "accepted" for a, p in prediction.items() if review_for is None or a in review_for)
+            if review is not None and doubted and image.data:
                 to_queue.append(partial(review.enqueue, image.data, image.format or "bin", result["predictions"],
                                         loaded.version or str(loaded.bundle), name))
             if explain:
