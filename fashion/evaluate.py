@@ -40,7 +40,7 @@ from fashion.data.images import ImageReadError
 from fashion.data.vocab import IGNORE_INDEX
 from fashion.inference.predictor import Predictor
 from fashion.inference.runtime import Runtime, load_predictor
-from fashion.metrics import AttributeMetrics, classification_report, confusion_figure
+from fashion.metrics import AttributeMetrics, classification_report, confused_pairs, confusion_figure
 from fashion.metrics.reports import coverage_figure, reliability_figure
 from fashion.tracking.run import tool_run
 
@@ -135,6 +135,7 @@ def write_reports(metrics: AttributeMetrics, predictor: Predictor, output: Path)
         classes = predictor.trained.vocabularies[attribute].classes
         save_figure(confusion_figure(matrix, classes, f"{attribute} (eval)"), output / f"confusion_{attribute}.png")
         classification_report(matrix, classes).to_csv(output / f"report_{attribute}.csv", float_format="%.4f")
+        confused_pairs(matrix, classes).to_csv(output / f"confusions_{attribute}.csv", index=False, float_format="%.4f")
     for attribute, (confidence, correct, uncalibrated) in metrics.confidence_records().items():
         if len(correct):
             save_figure(reliability_figure(confidence, correct, uncalibrated, f"{attribute} (eval)"),

@@ -113,7 +113,7 @@ def test_a_run_logs_its_evaluation_sets_beside_its_test_split(compose_config, ka
     assert run["metrics.eval/out_of_time/articleType/acc"] == pytest.approx(metrics["eval/out_of_time/articleType/acc"])
     assert run["metrics.test/articleType/acc"] == pytest.approx(metrics["test/articleType/acc"])  # not overwritten
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run["run_id"], "eval/sharp")}
-    assert "eval/sharp/confusion_articleType.png" in artifacts
+    assert {"eval/sharp/confusion_articleType.png", "eval/sharp/confusions_articleType.csv"} <= artifacts
     assert "out_of_time acc" in capsys.readouterr().out
     names = {i.dataset.name for i in mlflow.MlflowClient().get_run(run["run_id"]).inputs.dataset_inputs}
     assert {"dataset/out_of_time", "other/sharp", "dataset/train"} <= names   # every set is a dataset input

@@ -184,6 +184,9 @@ def test_eval_cli_counts_unseen_labels_and_logs_a_linked_run(trained, tmp_path, 
     assert metrics["unseen/articleType"] == 1 and metrics["images"] == 12
     assert 0.0 <= metrics["eval/articleType/acc"] <= 1.0
     assert (tmp_path / "out" / "confusion_articleType.png").stat().st_size > 1000
+    pairs = pd.read_csv(tmp_path / "out" / "confusions_articleType.csv")
+    report = pd.read_csv(tmp_path / "out" / "report_articleType.csv", index_col="class")
+    assert pairs["count"].sum() == round(report.loc["accuracy", "support"] * (1 - report.loc["accuracy", "f1"]))
     printed = capsys.readouterr().out
     assert "articleType" in printed and "macro-F1" in printed and "coverage" in printed
     assert metrics["taxonomy/inconsistent"] == 0 and "taxonomy/inconsistent_independent" in metrics

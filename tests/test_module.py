@@ -64,3 +64,21 @@ def test_top5_is_not_top1_when_the_first_batch_is_all_correct():
     values = metrics.compute()
     assert values["test/articleType/acc"] == pytest.approx(0.5)
     assert values["test/articleType/top5"] == pytest.approx(1.0)
+
+
+def test_confused_pairs_lists_every_mix_up_once_most_frequent_first():
+    from fashion.metrics import classification_report, confused_pairs
+
+    classes = ["Casual Shoes", "Formal Shoes", "Heels"]
+    confusion = torch.tensor([[50, 6, 0],     # rows: true, columns: predicted
+                              [9, 20, 1],
+                              [0, 0, 0]])     # a class absent from the set
+    pairs = confused_pairs(confusion, classes)
+    assert pairs[["true", "predicted", "count"]].values.tolist() == [
+        ["Formal Shoes", "Casual Shoes", 9], ["Casual Shoes", "Formal Shoes", 6], ["Formal Shoes", "Heels", 1]]
+    assert pairs["share_of_errors"].tolist() == pytest.approx([9 / 16, 6 / 16, 1 / 16])
+    assert pairs["share_of_true"].tolist() == pytest.approx([9 / 30, 6 / 56, 1 / 30])
+    report = classification_report(confusion, classes)   # the same errors the per-class report counts
+    missed = (report["support"] * (1 - report["recall"])).loc[classes].round().astype(int)
+    assert pairs.groupby("true")["count"].sum().reindex(classes, fill_value=0).tolist() == missed.tolist()
+    assert confused_pairs(torch.eye(3, dtype=torch.long) * 4, classes).empty   # no mistakes, no rows

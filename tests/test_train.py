@@ -49,7 +49,7 @@ def test_one_batch_fit_validate_test_is_logged_to_mlflow(tmp_path, kaggle_folder
     assert len(history) == 1  # one epoch, one value
     paths = artifact_paths(client, run["run_id"])
     for expected in ["config.yaml", "data/vocabularies.json", "data/data_report.json", "data/split.csv",
-                     "test/confusion_articleType.png", "test/report_gender.csv"]:
+                     "test/confusion_articleType.png", "test/report_gender.csv", "test/confusions_articleType.csv"]:
         assert expected in paths
     assert any(p.startswith("checkpoints/") and p.endswith(".ckpt") for p in paths)
     assert str(tmp_path / "mlruns" / "artifacts") in client.get_run(run["run_id"]).info.artifact_uri

@@ -4,6 +4,6 @@ Shared by training, `fashion-eval`, the data report and scripts, so it depends o
 """
 
 from fashion.metrics.attribute_metrics import AttributeMetrics
-from fashion.metrics.reports import classification_report, confusion_figure
+from fashion.metrics.reports import classification_report, confused_pairs, confusion_figure
 
-__all__ = ["AttributeMetrics", "classification_report", "confusion_figure"]
+__all__ = ["AttributeMetrics", "classification_report", "confused_pairs", "confusion_figure"]

@@ -33,6 +33,21 @@ def classification_report(confusion: torch.Tensor, classes: list[str]) -> pd.Dat
     return table
 
 
+def confused_pairs(confusion: torch.Tensor, classes: list[str]) -> pd.DataFrame:
+    """Every (true, predicted) pair the model mixed up, most frequent first: what a 125-class confusion
+    image cannot show. `share_of_errors` says how much of the attribute's error one pair is (a handful of
+    pairs, shoe kinds say, often make up half of it); `share_of_true` how often that class goes that way."""
+    cm = confusion.long().numpy()
+    errors = cm.sum() - np.trace(cm)
+    true, predicted = np.nonzero(cm * (1 - np.eye(len(cm), dtype=cm.dtype)))
+    counts = cm[true, predicted]
+    table = pd.DataFrame({
+        "true": [classes[i] for i in true], "predicted": [classes[j] for j in predicted], "count": counts,
+        "share_of_errors": counts / max(errors, 1), "share_of_true": counts / cm.sum(axis=1)[true],
+    })
+    return table.sort_values(["count", "true", "predicted"], ascending=[False, True, True], ignore_index=True)
+
+
 def confusion_figure(confusion: torch.Tensor, classes: list[str], title: str) -> Figure:
     """Row-normalised confusion matrix, sized to stay readable for ~70 classes."""
     cm = confusion.double().numpy()

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fashion.data.datamodule import FashionDataModule
 from fashion.data.split import SPLITS
-from fashion.metrics import classification_report, confusion_figure
+from fashion.metrics import classification_report, confused_pairs, confusion_figure
 from fashion.metrics.reports import coverage_figure, reliability_figure
 from fashion.tracking.run import git_commit, run_params
 
@@ -124,6 +124,8 @@ class MLflowArtifacts(Callback):
             plt.close(fig)
             report = classification_report(matrix, classes)
             logger.experiment.log_text(logger.run_id, report.to_csv(float_format="%.4f"), f"{stage}/report_{attribute}.csv")
+            pairs = confused_pairs(matrix, classes).to_csv(index=False, float_format="%.4f")
+            logger.experiment.log_text(logger.run_id, pairs, f"{stage}/confusions_{attribute}.csv")
         decision = getattr(pl_module, "decision", None)
         for attribute, (confidence, correct, uncalibrated) in getattr(pl_module, "test_confidence", {}).items():
             if not len(correct):
