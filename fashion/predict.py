@@ -37,6 +37,7 @@ from fashion.inference.batch import score_paths
 from fashion.inference.outputs import Format, ScoredBatch, done_paths, write_batches
 from fashion.inference.predictor import Predictor
 from fashion.inference.runtime import Runtime, load_predictor
+from fashion.validation import AtLeastOne, AtLeastZero
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 PROGRESS_FROM = 64  # files; a progress bar on stderr from here on
@@ -114,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoint: str | None = None,
             manifest: str | None = None, path_column: str = "path", format: Format = "jsonl", output: str | None = None,
-            resume: bool = False, top_k: int = 3, batch_size: int = 32, lanes: int | None = None, workers: int = 0,
+            resume: bool = False, top_k: AtLeastOne = 3, batch_size: AtLeastOne = 32, lanes: AtLeastOne | None = None,
+            workers: AtLeastZero = 0,
             taxonomy: bool = True,
             runtime: Runtime = "auto", explain: str | None = None, explain_dir: str = "explanations") -> int:
     """Tags every image of `inputs` and `manifest`; the exit status is 1 when any file failed, 2 when nothing could run."""

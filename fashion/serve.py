@@ -7,6 +7,7 @@ from typing import Literal
 
 from fashion.cli import tool_config
 from fashion.inference.runtime import Runtime
+from fashion.validation import AtLeastOne, AtLeastZero, Port
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -14,12 +15,12 @@ def main(argv: list[str] | None = None) -> None:
     serve(**cfg)
 
 
-def serve(bundle: str, host: str = "127.0.0.1", port: int = 8000, max_bytes: int = 10 << 20, max_pixels: int = 40_000_000,
-          max_files: int = 16, model_threads: int = 1, top_k: int = 3, runtime: Runtime = "auto",
+def serve(bundle: str, host: str = "127.0.0.1", port: Port = 8000, max_bytes: AtLeastOne = 10 << 20,
+          max_pixels: AtLeastOne = 40_000_000, max_files: AtLeastOne = 16, model_threads: AtLeastOne = 1, top_k: AtLeastOne = 3, runtime: Runtime = "auto",
           log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info",
           tracking_uri: str | None = None, model_cache: str = "model_cache", api_key: str | None = None,
           review_queue: bool = True, review_url: str = "sqlite:///review/review.db", review_images: str = "review/images",
-          review_max_queued: int | None = 10_000, review_for: list[str] | None = None, drift_window: int = 500,
+          review_max_queued: AtLeastZero | None = 10_000, review_for: list[str] | None = None, drift_window: AtLeastOne = 500,
           open_predictions: bool = True) -> None:
     """The REST API and upload page for one bundle or registry alias, until interrupted."""
     import uvicorn

@@ -13,9 +13,15 @@ import inspect
 import sys
 import typing
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import Annotated, Any
 
 import pydantic
+
+# Counts a user sets on a command line (a batch size, top-k, threads, a port): a value out of range is refused
+# at the key, by name, instead of surfacing later as a traceback from range() or torch.topk.
+AtLeastOne = Annotated[int, pydantic.Field(ge=1)]
+AtLeastZero = Annotated[int, pydantic.Field(ge=0)]
+Port = Annotated[int, pydantic.Field(ge=0, le=65535)]
 
 
 def describe(err: pydantic.ValidationError, where: str = "") -> str:

@@ -51,6 +51,16 @@ def test_predict_takes_overrides_and_bare_paths(trained, tmp_path, capsys):
     (export_main, ["run_id=r"], "output"),
     (serve_main, ["bundle=b", "port=http"], "port"),
     (serve_main, ["bundle=b", "log_level=loud"], "log_level"),
+    # counts out of range: refused at the key, not a traceback from range() or torch.topk later
+    (predict_main, ["bundle=b", "x.jpg", "top_k=0"], "top_k: Input should be greater than or equal to 1 (got 0)"),
+    (predict_main, ["bundle=b", "x.jpg", "batch_size=0"], "batch_size: Input should be greater than or equal to 1"),
+    (predict_main, ["bundle=b", "x.jpg", "lanes=-1"], "lanes: Input should be greater than or equal to 1"),
+    (predict_main, ["bundle=b", "x.jpg", "workers=-1"], "workers: Input should be greater than or equal to 0"),
+    (eval_main, ["bundle=b", "root=d", "batch_size=0"], "batch_size: Input should be greater than or equal to 1"),
+    (serve_main, ["bundle=b", "port=70000"], "port: Input should be less than or equal to 65535"),
+    (serve_main, ["bundle=b", "top_k=0"], "top_k: Input should be greater than or equal to 1"),
+    (serve_main, ["bundle=b", "model_threads=0"], "model_threads: Input should be greater than or equal to 1"),
+    (serve_main, ["bundle=b", "review_max_queued=-1"], "review_max_queued: Input should be greater than or equal to 0"),
 ])
 def test_a_wrong_key_or_value_exits_2_naming_it(main, argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:

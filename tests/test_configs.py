@@ -110,6 +110,8 @@ def test_wrong_key_fails_naming_the_key(compose_config):
     ("labels.rare_classes=drop", "labels.rare_classes: Input should be 'ignore' or 'other'"),
     ("head.dropout=lots", "head.dropout: Input should be a valid number"),
     ("optimizer.lr=fast", "optimizer.lr"),
+    ("data.batch_size=0", "data.batch_size: Input should be greater than or equal to 1 (got 0)"),
+    ("data.num_workers=-1", "data.num_workers: Input should be greater than or equal to 0"),
 ])
 def test_wrong_value_fails_before_anything_is_built_naming_the_key(override, message, compose_config, tmp_path):
     """Typed configs: each value is checked against the Literal/type of its class's signature."""

@@ -98,6 +98,13 @@ def test_onnx_matches_eager_pytorch_on_real_images(trained):
     assert worst <= 1e-4, worst
 
 
+def test_a_predictor_built_from_code_refuses_counts_the_clis_refuse(trained):
+    loaded = load_bundle(trained.bundle)
+    for bad in ({"top_k": 0}, {"batch_size": 0}, {"top_k": -1}):
+        with pytest.raises(ValueError, match="top_k and batch_size must be at least 1"):
+            Predictor(loaded, **bad)
+
+
 def test_pyfunc_model_loads_and_predicts_like_the_predictor(trained, tmp_path):
     from fashion.inference.pyfunc import log_pyfunc
 

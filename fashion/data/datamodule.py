@@ -28,6 +28,7 @@ from fashion.data.styles import EXAMPLES_IN_REPORT, read_styles
 from fashion.data.taxonomy import Taxonomy
 from fashion.data.transforms import Augmentation, Preprocessing
 from fashion.data.vocab import IGNORE_INDEX, LabelSpec, LabelVocabulary, build_vocabularies
+from fashion.validation import AtLeastOne, AtLeastZero
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,9 @@ class FashionDataModule(L.LightningDataModule):
         preprocessing: Preprocessing,
         styles_file: str = "styles.csv",
         images_dir: str = "images",
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 2,
+        batch_size: AtLeastOne = 32,
+        eval_batch_size: AtLeastOne | None = None,
+        num_workers: AtLeastZero = 2,
         persistent_workers: bool = False,
         pin_memory: bool = False,
         check_images: bool = True,

@@ -68,6 +68,8 @@ class Predictor:
     runtime = "torch"
 
     def __init__(self, trained: TrainedModel, top_k: int = 3, batch_size: int = 32, taxonomy: bool = True) -> None:
+        if top_k < 1 or batch_size < 1:   # the CLIs refuse these at the key; this is for callers from code
+            raise ValueError(f"top_k and batch_size must be at least 1, got top_k={top_k}, batch_size={batch_size}")
         self.trained = trained
         self.local = threading.local()   # one transform per thread: an albumentations pipeline keeps state per call
         self.top_k, self.batch_size, self.taxonomy = top_k, batch_size, taxonomy
