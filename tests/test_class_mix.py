@@ -14,6 +14,7 @@ def run_with_reports(tmp_path, confusions: dict[str, list[list[int]]]) -> tuple[
     """A finished run in a fresh store that logged these per-stage reports, as training does; (uri, run id)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("class-mix")   # not whatever experiment an earlier test left active
     with mlflow.start_run() as run:
         for stage, confusion in confusions.items():
             report = classification_report(torch.tensor(confusion), CLASSES)
