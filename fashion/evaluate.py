@@ -129,14 +129,18 @@ def decision_scores(predictor: Predictor, served: dict[str, torch.Tensor]) -> di
             values[name] = float(sum(tuple(row) not in seen for row in zip(*labels)))
     return values
 
-def write_reports(metrics: AttributeMetrics, predictor: Predictor, output: Path) -> None:
+
+def write_reports(metrics: AttributeMetrics, predictor: Predictor, output: Path) -> dict[str, pd.DataFrame]:
+    """The figures and tables under `output`; returns each attribute's mix-ups (`confused_pairs`) for the summary."""
     output.mkdir(parents=True, exist_ok=True)
     decision = predictor.trained.decision
+    mix_ups = {}
     for attribute, matrix in metrics.confusion_matrices().items():
         classes = predictor.trained.vocabularies[attribute].classes
         save_figure(confusion_figure(matrix, classes, f"{attribute} (eval)"), output / f"confusion_{attribute}.png")
         classification_report(matrix, classes).to_csv(output / f"report_{attribute}.csv", float_format="%.4f")
-        confused_pairs(matrix, classes).to_csv(output / f"confusions_{attribute}.csv", index=False, float_format="%.4f")
+        mix_ups[attribute] = confused_pairs(matrix, classes)
+        mix_ups[attribute].to_csv(output / f"confusions_{attribute}.csv", index=False, float_format="%.4f")
     for attribute, (confidence, correct, uncalibrated) in metrics.confidence_records().items():
         if len(correct):
             save_figure(reliability_figure(confidence, correct, uncalibrated, f"{attribute} (eval)"),
@@ -144,6 +148,7 @@ def write_reports(metrics: AttributeMetrics, predictor: Predictor, output: Path)
             save_figure(coverage_figure(confidence, correct, decision.threshold(attribute, predictor.taxonomy),
                                         decision.target_precision.get(attribute), f"{attribute} (eval)"),
                         output / f"coverage_{attribute}.png")
+    return mix_ups
 
 
 def save_figure(figure, path: Path) -> None:
@@ -180,9 +185,10 @@ def evaluate_folder(root: str, bundle: str | None = None, checkpoint: str | None
         print(f"fashion-eval: {err}", file=sys.stderr)
         return 2
     out = Path(output)
-    write_reports(metrics, predictor, out)
+    mix_ups = write_reports(metrics, predictor, out)
     (out / "metrics.json").write_text(json.dumps({**values, **counts}, indent=2))
     print_table(predictor.attributes, values, counts)
+    print_mix_ups(mix_ups, out)
     print(f"images evaluated: {counts['images']}, rows without image: {counts['rows_without_image']}, unreadable: {counts['unreadable_images']}")
     if mlflow:
         settings = {"model": bundle or checkpoint, "data": root, "runtime": predictor.runtime, "taxonomy": taxonomy,
@@ -203,6 +209,17 @@ def print_table(attributes: list[str], values: dict[str, float], counts: dict) -
     if "taxonomy/inconsistent" in values:
         print(f"taxonomy: {values['taxonomy/inconsistent']:.0f} inconsistent predictions decoded jointly (as served), "
               f"{values['taxonomy/inconsistent_independent']:.0f} with each head on its own")
+
+
+def print_mix_ups(mix_ups: dict[str, pd.DataFrame], output: Path, most: int = 3) -> None:
+    """Each attribute's most frequent mix-ups, the first thing to read after the accuracies."""
+    if not any(len(pairs) for pairs in mix_ups.values()):
+        return
+    print(f"most mixed up (true -> predicted: count; every pair in {output}/confusions_<attribute>.csv):")
+    for attribute, pairs in mix_ups.items():
+        if len(pairs):
+            print(f"  {attribute}: " + ", ".join(f"{row.true} -> {row.predicted}: {row.count}"
+                                                 for row in pairs.head(most).itertuples()))
 
 
 def log_evaluation(tracking_uri: str, experiment: str, bundle: str | None, settings: dict, values: dict, counts: dict,

@@ -196,6 +196,8 @@ def test_eval_cli_counts_unseen_labels_and_logs_a_linked_run(trained, tmp_path, 
     assert pairs["count"].sum() == round(report.loc["accuracy", "support"] * (1 - report.loc["accuracy", "f1"]))
     printed = capsys.readouterr().out
     assert "articleType" in printed and "macro-F1" in printed and "coverage" in printed
+    assert len(pairs)   # a tiny model on 12 photos: mix-ups to show; the summary names the most frequent one
+    assert f"  articleType: {pairs['true'][0]} -> {pairs['predicted'][0]}: {pairs['count'][0]}" in printed
     assert metrics["taxonomy/inconsistent"] == 0 and "taxonomy/inconsistent_independent" in metrics
     assert 0.0 <= metrics["eval/articleType/acc_taxonomy"] <= 1.0 and 0.0 <= metrics["eval/articleType/ece"] <= 1.0
     assert 0.0 <= metrics["eval/articleType/coverage"] <= 1.0
