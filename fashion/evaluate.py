@@ -43,7 +43,7 @@ from fashion.inference.runtime import Runtime, load_predictor
 from fashion.metrics import AttributeMetrics, classification_report, confused_pairs, confusion_figure
 from fashion.metrics.reports import coverage_figure, reliability_figure
 from fashion.tracking.run import tool_run
-from fashion.validation import AtLeastOne
+from fashion.validation import Aspect, AtLeastOne
 
 
 def encode_targets(predictor: Predictor, frame) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def evaluate_folder(root: str, bundle: str | None = None, checkpoint: str | None = None, styles_file: str = "styles.csv",
-                    true_aspect: float | None = None, years: list[int] | None = None, exclude_split: str | None = None,
+                    true_aspect: Aspect | None = None, years: list[int] | None = None, exclude_split: str | None = None,
                     output: str = "eval_output", batch_size: AtLeastOne = 64, runtime: Runtime = "auto", taxonomy: bool = True,
                     mlflow: bool = True,
                     tracking_uri: str | None = None, experiment: str = "fashion") -> int:

@@ -130,6 +130,10 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
         print(f"fashion-predict: cannot read the manifest: {err}", file=sys.stderr)
         return 2
     if not files:
+        given = [*([f"{len(inputs or [])} input(s) matching no image"] if inputs else []),
+                 *([f"manifest {manifest} listing no path in column {path_column!r}"] if manifest else [])]
+        print(f"fashion-predict: nothing to score: {', '.join(given) or 'give image files, folders or globs, or manifest='}",
+              file=sys.stderr)
         return 2
     if resume and output:
         done = done_paths(Path(output), format)

@@ -22,6 +22,8 @@ import pydantic
 AtLeastOne = Annotated[int, pydantic.Field(ge=1)]
 AtLeastZero = Annotated[int, pydantic.Field(ge=0)]
 Port = Annotated[int, pydantic.Field(ge=0, le=65535)]
+# A width/height ratio (`true_aspect`): 0 or less would squash every photo to a 1-pixel column, silently.
+Aspect = Annotated[float, pydantic.Field(gt=0)]
 
 
 def describe(err: pydantic.ValidationError, where: str = "") -> str:

@@ -57,6 +57,7 @@ def test_predict_takes_overrides_and_bare_paths(trained, tmp_path, capsys):
     (predict_main, ["bundle=b", "x.jpg", "lanes=-1"], "lanes: Input should be greater than or equal to 1"),
     (predict_main, ["bundle=b", "x.jpg", "workers=-1"], "workers: Input should be greater than or equal to 0"),
     (eval_main, ["bundle=b", "root=d", "batch_size=0"], "batch_size: Input should be greater than or equal to 1"),
+    (eval_main, ["bundle=b", "root=d", "true_aspect=0"], "true_aspect: Input should be greater than 0 (got 0)"),
     (serve_main, ["bundle=b", "port=70000"], "port: Input should be less than or equal to 65535"),
     (serve_main, ["bundle=b", "top_k=0"], "top_k: Input should be greater than or equal to 1"),
     (serve_main, ["bundle=b", "model_threads=0"], "model_threads: Input should be greater than or equal to 1"),
@@ -87,3 +88,12 @@ def test_export_names_what_is_wrong_without_a_traceback(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         export_main([f"checkpoint={tmp_path / 'missing.ckpt'}", f"output={tmp_path / 'b'}", "mlflow=false"])
     assert "missing.ckpt" in str(exit_.value.code)
+
+
+def test_predict_with_nothing_to_score_says_why(tmp_path, capsys):
+    empty = tmp_path / "manifest.csv"
+    empty.write_text("path\n")
+    assert predict_main(["bundle=b", f"manifest={empty}"]) == 2
+    assert f"nothing to score: manifest {empty} listing no path in column 'path'" in capsys.readouterr().err
+    assert predict_main(["bundle=b"]) == 2
+    assert "nothing to score: give image files, folders or globs, or manifest=" in capsys.readouterr().err

@@ -112,6 +112,7 @@ def test_wrong_key_fails_naming_the_key(compose_config):
     ("optimizer.lr=fast", "optimizer.lr"),
     ("data.batch_size=0", "data.batch_size: Input should be greater than or equal to 1 (got 0)"),
     ("data.num_workers=-1", "data.num_workers: Input should be greater than or equal to 0"),
+    ("data.true_aspect=0", "data.true_aspect: Input should be greater than 0 (got 0)"),
 ])
 def test_wrong_value_fails_before_anything_is_built_naming_the_key(override, message, compose_config, tmp_path):
     """Typed configs: each value is checked against the Literal/type of its class's signature."""

@@ -28,7 +28,7 @@ from fashion.data.styles import EXAMPLES_IN_REPORT, read_styles
 from fashion.data.taxonomy import Taxonomy
 from fashion.data.transforms import Augmentation, Preprocessing
 from fashion.data.vocab import IGNORE_INDEX, LabelSpec, LabelVocabulary, build_vocabularies
-from fashion.validation import AtLeastOne, AtLeastZero
+from fashion.validation import Aspect, AtLeastOne, AtLeastZero
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class FashionDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         check_images: bool = True,
         seed: int = 0,
-        true_aspect: float | None = None,
+        true_aspect: Aspect | None = None,
         out_of_time_years: Sequence[int] = (),
         eval_sets: Mapping[str, EvalSource] | None = None,
         train_only: Sequence[str] = (),

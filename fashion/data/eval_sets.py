@@ -19,6 +19,7 @@ import pandas as pd
 
 from fashion.data.images import split_usable
 from fashion.data.styles import read_styles
+from fashion.validation import Aspect
 
 
 @dataclass
@@ -34,9 +35,13 @@ class EvalSource:
     root: str
     styles_file: str = "styles.csv"
     images_dir: str = "images"
-    true_aspect: float | None = None
+    true_aspect: Aspect | None = None
     unseen_only: bool = True
     years: list[int] | None = None
+
+    def __post_init__(self) -> None:   # configs are checked against the annotation first; this is for code
+        if self.true_aspect is not None and not self.true_aspect > 0:
+            raise ValueError(f"true_aspect is a width/height ratio above 0 (the subset's: 0.75), got {self.true_aspect}")
 
     def table(self, attributes: Sequence[str], exclude_ids: Collection[int] = (), check_images: bool = True,
               ) -> tuple[pd.DataFrame, dict[str, int]]:
