@@ -24,6 +24,10 @@ AtLeastZero = Annotated[int, pydantic.Field(ge=0)]
 Port = Annotated[int, pydantic.Field(ge=0, le=65535)]
 # A width/height ratio (`true_aspect`): 0 or less would squash every photo to a 1-pixel column, silently.
 Aspect = Annotated[float, pydantic.Field(gt=0)]
+# A rate (dropout, label smoothing): torch refuses others only once training has started.
+Probability = Annotated[float, pydantic.Field(ge=0, le=1)]
+# An image side in pixels, the range a bundle's preprocessing.json accepts (0 meant "the backbone's default").
+ImageSide = Annotated[int, pydantic.Field(ge=8, le=4096)]
 
 
 def describe(err: pydantic.ValidationError, where: str = "") -> str:

@@ -113,6 +113,9 @@ def test_wrong_key_fails_naming_the_key(compose_config):
     ("data.batch_size=0", "data.batch_size: Input should be greater than or equal to 1 (got 0)"),
     ("data.num_workers=-1", "data.num_workers: Input should be greater than or equal to 0"),
     ("data.true_aspect=0", "data.true_aspect: Input should be greater than 0 (got 0)"),
+    ("loss.label_smoothing=2", "loss.label_smoothing: Input should be less than or equal to 1 (got 2)"),
+    ("head.dropout=1.5", "head.dropout: Input should be less than or equal to 1 (got 1.5)"),
+    ("backbone.image_size=0", "backbone.image_size: Input should be greater than or equal to 8 (got 0)"),
 ])
 def test_wrong_value_fails_before_anything_is_built_naming_the_key(override, message, compose_config, tmp_path):
     """Typed configs: each value is checked against the Literal/type of its class's signature."""

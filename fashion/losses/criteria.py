@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from fashion.data.vocab import IGNORE_INDEX
+from fashion.validation import Probability
 
 
 def _masked(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -16,7 +17,7 @@ def _masked(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, t
 class CrossEntropy:
     """Cross-entropy with optional label smoothing and class weights; 0 when a batch has no label."""
 
-    def __init__(self, label_smoothing: float = 0.0) -> None:
+    def __init__(self, label_smoothing: Probability = 0.0) -> None:
         self.label_smoothing = label_smoothing
 
     def __call__(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -29,7 +30,7 @@ class CrossEntropy:
 class FocalLoss:
     """Focal loss (Lin et al. 2017): down-weights easy examples so rare classes get more signal."""
 
-    def __init__(self, gamma: float = 2.0, label_smoothing: float = 0.0) -> None:
+    def __init__(self, gamma: float = 2.0, label_smoothing: Probability = 0.0) -> None:
         self.gamma, self.label_smoothing = gamma, label_smoothing
 
     def __call__(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:

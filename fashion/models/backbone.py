@@ -11,7 +11,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from fashion.data.transforms import JpegQuality, Preprocessing
 from fashion.models.weights import load_state_dict_by_position, load_weights_file, packaged_weights_path
-from fashion.validation import typed
+from fashion.validation import ImageSide, typed
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,10 @@ class Backbone(nn.Module):
         packaged_weights: str | None = None,
         freeze: Freeze = "full",
         trainable_stages: int = 2,
-        image_size: int | None = None,
+        image_size: ImageSide | None = None,
         drop_path_rate: float | None = None,
         pool: Pool = "avg",
-        source_max_side: int | None = None,
+        source_max_side: ImageSide | None = None,
         source_jpeg_quality: JpegQuality | None = None,
     ) -> None:
         import timm  # here, not at the top: checking a saved architecture needs this signature, not timm (seconds to import)

@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from fashion.validation import Probability
+
 
 def _mlp(in_features: int, sizes: Sequence[int], dropout: float) -> tuple[nn.Sequential, int]:
     layers: list[nn.Module] = []
@@ -22,7 +24,7 @@ def _mlp(in_features: int, sizes: Sequence[int], dropout: float) -> tuple[nn.Seq
 class LinearHeads(nn.Module):
     """A dropout + linear layer per attribute: the classic linear probe."""
 
-    def __init__(self, in_features: int, num_classes: Mapping[str, int], dropout: float = 0.0) -> None:
+    def __init__(self, in_features: int, num_classes: Mapping[str, int], dropout: Probability = 0.0) -> None:
         super().__init__()
         self.num_classes = dict(num_classes)
         self.heads = nn.ModuleDict(
@@ -47,7 +49,7 @@ class MLPHeads(nn.Module):
         trunk: Sequence[int] = (512, 256),
         hidden: Sequence[int] = (128,),
         hidden_per_attribute: Mapping[str, Sequence[int]] | None = None,
-        dropout: float = 0.2,
+        dropout: Probability = 0.2,
     ) -> None:
         super().__init__()
         self.num_classes = dict(num_classes)
