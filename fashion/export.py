@@ -14,6 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from fashion.cli import tool_config
@@ -22,7 +23,7 @@ from fashion.inference.checkpoint import TrainedModel, load_checkpoint
 
 
 def checkpoint_of_run(client: MlflowClient, run_id: str, workdir: Path) -> Path:
-    run = client.get_run(run_id)  # raises a clear MlflowException for an unknown id
+    run = client.get_run(run_id)  # an unknown id: MlflowException, which export_cli turns into one line
     artifact = run.data.tags.get("best_checkpoint")
     if not artifact:
         raise ValueError(f"run {run_id} logged no checkpoint (tag best_checkpoint missing): did it finish fitting?")
@@ -81,6 +82,8 @@ def export_cli(output: str, run_id: str | None = None, checkpoint: str | None = 
         bundle, model_uri = export(run_id, checkpoint, Path(output), tracking_uri, onnx, mlflow)
     except (ValueError, OSError) as err:  # no or two sources, a refused checkpoint, a run without one
         raise SystemExit(f"fashion-export: {err}") from None
+    except MlflowException as err:   # an unknown run id, a store that cannot be read
+        raise SystemExit(f"fashion-export: {err.message} (tracking store {tracking_uri})") from None
     print(f"bundle: {bundle}")
     if model_uri:
         print(f"pyfunc model: {model_uri}\n  serve with: mlflow models serve -m {model_uri} --env-manager local")

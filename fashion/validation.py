@@ -12,6 +12,7 @@ import functools
 import inspect
 import sys
 import typing
+import warnings
 from collections.abc import Callable, Collection
 from typing import Annotated, Any
 
@@ -71,7 +72,9 @@ def signature_schema(target: Callable, *, strict: bool, skip: Collection[str] = 
             fields[name] = (hints.get(name, Any), None if all_optional and empty else ... if empty else param.default)
         extra = "allow" if any(p.kind == p.VAR_KEYWORD for p in params.values()) else "forbid"
         config = pydantic.ConfigDict(extra=extra, strict=strict, arbitrary_types_allowed=not strict)
-        _SCHEMAS[key] = pydantic.create_model(f"{target.__name__}Fields", __config__=config, **fields)
+        with warnings.catch_warnings():   # a parameter may share a name with a BaseModel attribute (`register`):
+            warnings.filterwarnings("ignore", "Field name .* shadows an attribute", UserWarning)   # fields win
+            _SCHEMAS[key] = pydantic.create_model(f"{target.__name__}Fields", __config__=config, **fields)
     return _SCHEMAS[key]
 
 
