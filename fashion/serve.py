@@ -7,7 +7,7 @@ from typing import Literal
 
 from fashion.cli import tool_config
 from fashion.inference.runtime import Runtime
-from fashion.validation import AtLeastOne, AtLeastZero, Port
+from fashion.validation import AtLeastOne, Port
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,7 +20,7 @@ def serve(bundle: str, host: str = "127.0.0.1", port: Port = 8000, max_bytes: At
           log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info",
           tracking_uri: str | None = None, model_cache: str = "model_cache", api_key: str | None = None,
           review_queue: bool = True, review_url: str = "sqlite:///review/review.db", review_images: str = "review/images",
-          review_max_queued: AtLeastZero | None = 10_000, review_for: list[str] | None = None, drift_window: AtLeastOne = 500,
+          review_max_queued: AtLeastOne | None = 10_000, review_for: list[str] | None = None, drift_window: AtLeastOne = 500,
           open_predictions: bool = True) -> None:
     """The REST API and upload page for one bundle or registry alias, until interrupted."""
     import uvicorn

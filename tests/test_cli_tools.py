@@ -61,7 +61,7 @@ def test_predict_takes_overrides_and_bare_paths(trained, tmp_path, capsys):
     (serve_main, ["bundle=b", "port=70000"], "port: Input should be less than or equal to 65535"),
     (serve_main, ["bundle=b", "top_k=0"], "top_k: Input should be greater than or equal to 1"),
     (serve_main, ["bundle=b", "model_threads=0"], "model_threads: Input should be greater than or equal to 1"),
-    (serve_main, ["bundle=b", "review_max_queued=-1"], "review_max_queued: Input should be greater than or equal to 0"),
+    (serve_main, ["bundle=b", "review_max_queued=0"], "review_max_queued: Input should be greater than or equal to 1"),
 ])
 def test_a_wrong_key_or_value_exits_2_naming_it(main, argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:

@@ -343,3 +343,13 @@ def test_a_review_database_that_cannot_be_opened_is_a_clear_error_that_hides_its
     assert "hunter2" not in str(err.value)
     assert export_feedback_cli(str(tmp_path / "out"), review_url="review.db") == 2
     assert "export-feedback: cannot open the review queue: review_url is not a database URL" in capsys.readouterr().err
+
+
+def test_exporting_from_a_review_queue_that_does_not_exist_writes_nothing_and_says_so(tmp_path, capsys):
+    """A typo in review_url once made a new, empty SQLite queue and reported 0 corrections as if all was well."""
+    from fashion.data_report import export_feedback_cli
+
+    missing = tmp_path / "reveiw" / "review.db"
+    assert export_feedback_cli(str(tmp_path / "out"), review_url=f"sqlite:///{missing}") == 2
+    assert f"no review queue at {missing}" in capsys.readouterr().err
+    assert not missing.exists() and not missing.parent.exists() and not (tmp_path / "out").exists()
