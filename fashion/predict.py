@@ -136,7 +136,12 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
               file=sys.stderr)
         return 2
     if resume and output:
-        done = done_paths(Path(output), format)
+        try:
+            done = done_paths(Path(output), format)
+        except (ValueError, KeyError, TypeError, OSError) as err:   # not an output this tool wrote: say so, touch nothing
+            print(f"fashion-predict: cannot resume from {output}: it is not a {format} output of fashion-predict "
+                  f"({type(err).__name__}: {err})", file=sys.stderr)
+            return 2
         files = [f for f in files if f not in done]
         print(f"fashion-predict: resuming: {len(done)} already in {output}, {len(files)} to score", file=sys.stderr)
     try:
@@ -169,6 +174,9 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
                 bar.update(len(batch))
     except ValueError as err:
         print(f"fashion-predict: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:   # the output cannot be written (a folder where a file goes, no permission, a full disk)
+        print(f"fashion-predict: cannot write {output}: {err}", file=sys.stderr)
         return 2
     if len(files) >= PROGRESS_FROM or failed:
         print(f"fashion-predict: {scored} rows written, {failed} of them errors", file=sys.stderr)

@@ -63,6 +63,29 @@ def test_an_interrupted_job_resumes_without_redoing_finished_rows(trained, tmp_p
     assert sorted(rows["path"]) == sorted(paths)                          # each once, the half-written one gone
 
 
+@pytest.mark.parametrize("format,foreign", [("jsonl", b'{"sku": 1}\n5\nnot json'), ("csv", b"sku,name\n1,a\n2,b"),
+                                            ("parquet", b"not a parquet file")])
+def test_resuming_into_a_file_the_tool_did_not_write_stops_and_leaves_it_as_it_was(trained, tmp_path, capsys,
+                                                                                    format, foreign):
+    """A wrong output= with resume=true: one line, exit 2, and not a byte of the user's file changed (the
+    incomplete-last-line repair only runs once the rest has read as this tool's output)."""
+    out = tmp_path / ("tags" if format == "parquet" else f"tags.{format}")
+    target = out / "part-00000.parquet" if format == "parquet" else out
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(foreign)
+    assert main([f"bundle={trained.bundle}", str(IMAGES[0]), f"format={format}", f"output={out}", "resume=true"]) == 2
+    assert f"cannot resume from {out}: it is not a {format} output of fashion-predict" in capsys.readouterr().err
+    assert target.read_bytes() == foreign
+
+
+def test_an_output_that_cannot_be_written_is_one_line_and_a_new_folder_is_made(trained, tmp_path, capsys):
+    assert main([f"bundle={trained.bundle}", str(IMAGES[0]), "format=csv", f"output={tmp_path}"]) == 2
+    assert f"cannot write {tmp_path}: [Errno 21] Is a directory" in capsys.readouterr().err
+    nested = tmp_path / "new" / "folder" / "tags.jsonl"
+    assert main([f"bundle={trained.bundle}", str(IMAGES[0]), f"output={nested}"]) == 0
+    assert json.loads(nested.read_text())["path"] == str(IMAGES[0])
+
+
 def test_lanes_and_loader_workers_change_nothing_but_speed(trained, tmp_path):
     """One lane, three lanes (batches decoded and scored on concurrent threads, onnxruntime at one
     thread each) and two loader processes write the same table, errors included, in input order."""

@@ -11,6 +11,7 @@ so an interrupted catalogue run redoes nothing it finished:
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -93,17 +94,15 @@ def done_paths(output: Path, format: Format) -> set[str]:
             unfinished.unlink()
         parts = sorted(output.glob("part-*.parquet"))
         return set(pd.concat([pd.read_parquet(p, columns=["path"]) for p in parts])["path"]) if parts else set()
-    drop_cut_line(output)
-    if format == "csv":
-        return set(pd.read_csv(output, usecols=["path"])["path"].astype(str)) if output.stat().st_size else set()
-    return {json.loads(line)["path"] for line in output.read_text().splitlines() if line.strip()}
-
-
-def drop_cut_line(output: Path) -> None:
-    """An interrupted write can leave a last line without its newline: it is incomplete, drop it."""
     data = output.read_bytes()
-    if data and not data.endswith(b"\n"):
-        output.write_bytes(data[:data.rfind(b"\n") + 1])
+    complete = data[:data.rfind(b"\n") + 1]   # an interrupted write can leave a last line without its newline
+    if format == "csv":
+        done = set(pd.read_csv(io.BytesIO(complete), usecols=["path"])["path"].astype(str)) if complete else set()
+    else:
+        done = {json.loads(line)["path"] for line in complete.decode().splitlines() if line.strip()}
+    if complete != data:   # only once the rest has read as this tool's output: drop the incomplete line
+        output.write_bytes(complete)
+    return done
 
 
 def write_batches(batches: Iterable[ScoredBatch], attributes: list[str], format: Format, output: Path | None,
@@ -114,6 +113,8 @@ def write_batches(batches: Iterable[ScoredBatch], attributes: list[str], format:
             raise ValueError("format=parquet needs output=<folder>")
         yield from write_parquet(batches, attributes, output)
         return
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)   # as a parquet folder is made
     handle = output.open("a" if append else "w", newline="") if output else stdout
     try:
         if format == "csv":
