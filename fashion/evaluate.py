@@ -37,6 +37,7 @@ from fashion.cli import tool_config
 from fashion.data.dataset import restore_aspect
 from fashion.data.eval_sets import EvalSource
 from fashion.data.images import ImageReadError
+from fashion.data.split import load_split
 from fashion.data.vocab import IGNORE_INDEX
 from fashion.inference.predictor import Predictor
 from fashion.inference.runtime import Runtime, load_predictor
@@ -174,17 +175,21 @@ def evaluate_folder(root: str, bundle: str | None = None, checkpoint: str | None
     except (ValueError, OSError) as err:  # a refused, tampered or missing bundle/checkpoint: say why, no traceback
         print(f"fashion-eval: cannot load the model: {err}", file=sys.stderr)
         return 2
-    exclude = set()
-    if exclude_split:
-        split = pd.read_csv(exclude_split)
-        exclude = set(split.loc[split["split"].isin(["train", "val"]), "id"].astype(int))
+    out = Path(output)
+    try:   # before the scoring, which can take minutes: a folder that cannot be made is known now
+        out.mkdir(parents=True, exist_ok=True)
+        split = load_split(exclude_split) if exclude_split else pd.Series(dtype=str)
+        exclude = set(split.index[split.isin(["train", "val"])].astype(int))
+    except (ValueError, OSError) as err:
+        print(f"fashion-eval: {'cannot read exclude_split' if out.is_dir() else f'cannot write to {out}'}: {err}",
+              file=sys.stderr)
+        return 2
     source = EvalSource(root=root, styles_file=styles_file, true_aspect=true_aspect, years=years)
     try:
         values, counts, metrics = evaluate(predictor, source, exclude)
     except (ValueError, FileNotFoundError) as err:
         print(f"fashion-eval: {err}", file=sys.stderr)
         return 2
-    out = Path(output)
     mix_ups = write_reports(metrics, predictor, out)
     (out / "metrics.json").write_text(json.dumps({**values, **counts}, indent=2))
     print_table(predictor.attributes, values, counts)

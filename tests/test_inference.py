@@ -98,6 +98,24 @@ def test_onnx_matches_eager_pytorch_on_real_images(trained):
     assert worst <= 1e-4, worst
 
 
+def test_eval_refuses_a_bad_split_file_or_output_folder_before_scoring(trained, tmp_path, capsys, monkeypatch):
+    from fashion import evaluate as evaluate_module
+
+    monkeypatch.setattr(evaluate_module, "evaluate", lambda *a: pytest.fail("scored despite bad input"))
+    files = {"columns.csv": "foo,bar\n1,2\n", "names.csv": "id,split\n1,holdout\n", "ids.csv": "id,split\n1.5,train\n"}
+    expected = {"columns.csv": "a split file needs columns id,split", "names.csv": "unknown split name(s) ['holdout']",
+                "ids.csv": "ids must be whole numbers (the styles.csv ids), got [1.5]"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+        assert evaluate_module.main([f"bundle={trained.bundle}", f"root={trained.data}", f"exclude_split={tmp_path / name}",
+                                     f"output={tmp_path / 'out'}", "mlflow=false"]) == 2
+        assert f"fashion-eval: cannot read exclude_split: {tmp_path / name}: {expected[name]}" in capsys.readouterr().err
+    (tmp_path / "taken").write_text("a file where the reports' folder should go")
+    assert evaluate_module.main([f"bundle={trained.bundle}", f"root={trained.data}", f"output={tmp_path / 'taken'}",
+                                 "mlflow=false"]) == 2
+    assert f"fashion-eval: cannot write to {tmp_path / 'taken'}" in capsys.readouterr().err
+
+
 def test_a_predictor_built_from_code_refuses_counts_the_clis_refuse(trained):
     loaded = load_bundle(trained.bundle)
     for bad in ({"top_k": 0}, {"batch_size": 0}, {"top_k": -1}):

@@ -74,4 +74,8 @@ def load_split(path: str | Path) -> pd.Series:
     bad = sorted(set(table["split"]) - set(SPLITS))
     if bad:
         raise ValueError(f"{path}: unknown split name(s) {bad}; expected {SPLITS}")
-    return table.set_index("id")["split"]
+    ids = pd.to_numeric(table["id"], errors="coerce")
+    odd = table["id"][ids.isna() | (ids % 1 != 0)]
+    if len(odd):
+        raise ValueError(f"{path}: ids must be whole numbers (the styles.csv ids), got {odd.head(3).tolist()}")
+    return table.assign(id=ids.astype(int)).set_index("id")["split"]
