@@ -53,8 +53,31 @@ def validate_config(cfg: DictConfig | dict) -> None:
             check_fields(get_object(node["_target_"]), fields, where)
         except ValueError as err:
             problems.append(str(err))
+    problems += monitored_metric_problems(container) + missing_file_problems(container)
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
+
+
+def missing_file_problems(container: dict) -> list[str]:
+    """Local files a run reads only once its data is set up (`ckpt_path` at fit, after a feature-cache fill;
+    `split.path` after styles.csv): a wrong path is named now instead."""
+    split = container.get("split")
+    named = {"ckpt_path": container.get("ckpt_path"), "split.path": split.get("path") if isinstance(split, dict) else None}
+    return [f"{key}: no such file: {path}" for key, path in named.items()
+            if isinstance(path, str) and "://" not in path and not Path(path).expanduser().is_file()]
+
+
+def monitored_metric_problems(container: dict) -> list[str]:
+    """`optimized_metric` must be a validation metric the run logs: the checkpoint and early-stopping callbacks
+    find a misspelt one only after the first epoch, minutes or hours in."""
+    metric = container.get("optimized_metric")
+    labels = container.get("labels")
+    attributes = (labels.get("attributes") or []) if isinstance(labels, dict) else []
+    known = {"val/loss", "val/mean_acc", *(f"val/{a}/{m}" for a in attributes for m in ("acc", "f1", "top5"))}
+    if metric is None or not attributes or metric in known:
+        return []
+    return [f"optimized_metric: {metric!r} is not logged by this run; it takes val/mean_acc, val/loss or "
+            f"val/<attribute>/acc|f1|top5 with <attribute> one of {list(attributes)}"]
 
 
 def _has_target(value: Any) -> bool:

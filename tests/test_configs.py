@@ -116,6 +116,9 @@ def test_wrong_key_fails_naming_the_key(compose_config):
     ("loss.label_smoothing=2", "loss.label_smoothing: Input should be less than or equal to 1 (got 2)"),
     ("head.dropout=1.5", "head.dropout: Input should be less than or equal to 1 (got 1.5)"),
     ("backbone.image_size=0", "backbone.image_size: Input should be greater than or equal to 8 (got 0)"),
+    ("optimized_metric=val/artcleType/acc", "optimized_metric: 'val/artcleType/acc' is not logged by this run"),
+    ("ckpt_path=/no/such/last.ckpt", "ckpt_path: no such file: /no/such/last.ckpt"),
+    ("split.path=/no/such/split.csv", "split.path: no such file: /no/such/split.csv"),
 ])
 def test_wrong_value_fails_before_anything_is_built_naming_the_key(override, message, compose_config, tmp_path):
     """Typed configs: each value is checked against the Literal/type of its class's signature."""
