@@ -205,6 +205,25 @@ def test_reloading_an_unchanged_folder_loads_nothing_and_a_new_export_swaps_in(t
     assert changed and loaded is not first and slot.current is loaded and len(loads) == 2
 
 
+def test_a_reload_that_cannot_load_says_why_and_the_served_model_stays(trained, tmp_path):
+    import json
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained.bundle, bundle)
+    photo = {"file": ("a.jpg", (SAMPLE / "images").glob("*.jpg").__next__().read_bytes(), "image/jpeg")}
+    with TestClient(create_app(bundle, api_key="k", review=None)) as client:
+        before = client.post("/v1/predict", files=photo).json()["predictions"]
+        manifest = json.loads((bundle / "manifest.json").read_text())   # a re-export whose weights were cut short
+        (bundle / "manifest.json").write_text(json.dumps({**manifest, "created": "2030-01-01T00:00:00+00:00"}))
+        with (bundle / "model.safetensors").open("r+b") as weights:
+            weights.truncate(1000)
+        response = client.post("/v1/admin/reload", headers={"X-API-Key": "k"})
+        assert response.status_code == 502 and response.json()["error"]["code"] == "reload_failed"
+        assert "model.safetensors: sha256" in response.json()["error"]["message"]
+        assert client.post("/v1/predict", files=photo).json()["predictions"] == before   # still the first model
+
+
 @pytest.mark.parametrize("route", ["/v1/predict", "/v1/predict/batch", "/v1/predict/base64"])
 def test_a_request_is_answered_by_the_model_it_was_decoded_for_when_a_reload_lands_midway(trained, monkeypatch, route):
     """model_slot.py promises that a request reads the slot once: a reload landing between decoding an

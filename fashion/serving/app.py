@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +42,7 @@ from typing import Annotated, Any
 import anyio
 from fastapi import Depends, FastAPI, File, Header, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse
+from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, Field
 
 from fashion.feedback.store import ReviewStore, UnknownImage
@@ -53,6 +55,7 @@ from fashion.serving.monitoring import Monitor
 from fashion.serving.uploads import DecodedImage, UploadLimits, UploadRejected, decode_upload
 
 STATIC = Path(__file__).parent / "static"
+log = logging.getLogger(__name__)
 
 
 def package_version() -> str:
@@ -238,12 +241,16 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
             raise UploadRejected(404, "unknown_image", f"no queued photo has sha256 {body.image_sha256}") from None
         return {"correction_id": correction, "queued": await anyio.to_thread.run_sync(store.queued)}
 
-    @app.post("/v1/admin/reload", responses=key_errors, dependencies=[Depends(require_key)])
+    @app.post("/v1/admin/reload", responses={**key_errors, **error_responses(502)}, dependencies=[Depends(require_key)])
     async def reload() -> dict:
         """Loads what the model source names now (a registry alias moved by fashion-promote, a re-exported
         folder) beside the served model, then swaps it in; no request fails or waits for the load."""
         before = slot.current.version
-        loaded, changed = await anyio.to_thread.run_sync(slot.reload)
+        try:
+            loaded, changed = await anyio.to_thread.run_sync(slot.reload)
+        except (ValueError, OSError, MlflowException) as err:   # BundleError is a ValueError; the old model stays
+            log.error("reload failed, still serving %s: %s", before or slot.source, err)
+            raise UploadRejected(502, "reload_failed", f"{err}; still serving {before or slot.source}") from None
         monitor.reference(loaded.predictor.trained.vocabularies)
         return {"changed": changed, "previous_version": before, "model_version": loaded.version,
                 "source_run_id": loaded.run_id}

@@ -40,6 +40,8 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "unsupported_format": (415, "an image format the API does not decode"),
     "invalid_request": (422, "the request does not match the endpoint's schema (missing field, wrong type)"),
     "internal_error": (500, "a bug: the server logged it; the request may be retried"),
+    "reload_failed": (502, "an admin reload could not load what the model source names now (a broken or tampered "
+                           "bundle, an unreachable registry); the served model is unchanged"),
 }
 
 
