@@ -185,6 +185,9 @@ def test_the_improvement_loop_end_to_end(trained, tmp_path, capsys, monkeypatch)
         assert image.content == (trained.data / "images" / item["filename"]).read_bytes()
         bad = client.post("/v1/feedback", headers=auth, json={"image_sha256": item["image_sha256"], "labels": {"colour": "Red"}})
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_labels"
+        typo = client.post("/v1/feedback", headers=auth, json={"image_sha256": item["image_sha256"], "labels": {"articleType": "Jeens"}})
+        assert typo.status_code == 400 and typo.json()["error"]["code"] == "new_label"   # not stored as a class of its own
+        assert "articleType='Jeens' (closest: Jeans" in typo.json()["error"]["message"] and review.queued() == len(photos)
         labels = {"articleType": "Jeans", "subCategory": "Bottomwear", "masterCategory": "Apparel", "gender": "Women"}
         done = client.post("/v1/feedback", headers=auth, json={"image_sha256": item["image_sha256"], "labels": labels,
                                                                "reviewer": "ana"})

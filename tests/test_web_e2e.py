@@ -105,13 +105,22 @@ def test_review_page_shows_the_queued_photo_and_records_a_correction(trained, tm
             expect(page.locator(".row.review").first).to_be_visible()
             expect(page.locator("#photo .conf")).to_contain_text("<img src=x id=pwned")   # shown as text
             assert page.locator("#pwned").count() == 0 and page.evaluate("document.body.dataset.pwned") is None
+            page.fill("#f-articleType", "Jeens")                     # a typo: the page asks, the person says no
+            page.once("dialog", lambda dialog: dialog.dismiss())
+            page.click("#tags button[type=submit]")
+            expect(page.locator("#status")).to_contain_text("articleType='Jeens' (closest: Jeans")
+            expect(page.locator("#count")).to_have_text("2 waiting")
             page.fill("#f-articleType", "Jeans")
             page.click("#tags button[type=submit]")
             expect(page.locator("#count")).to_have_text("1 waiting", timeout=30_000)
+            page.fill("#f-articleType", "Cargo Jorts")               # a new class, on purpose: confirmed
+            page.once("dialog", lambda dialog: dialog.accept())
+            page.click("#tags button[type=submit]")
+            expect(page.locator("#tags p")).to_have_text("The queue is empty.", timeout=30_000)
             browser.close()
-        [(_, path, labels, _)] = list(store.corrections())
-        assert labels["articleType"] == "Jeans" and path.read_bytes() == photos[0].read_bytes()
-        assert set(labels) == set(trained_attributes(base))
+        first, second = sorted(store.corrections(), key=lambda c: c[1].read_bytes() != photos[0].read_bytes())
+        assert first[2]["articleType"] == "Jeans" and first[1].read_bytes() == photos[0].read_bytes()
+        assert second[2]["articleType"] == "Cargo Jorts" and set(first[2]) == set(trained_attributes(base))
     finally:
         server.should_exit = True
         thread.join(timeout=5)

@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -45,6 +46,7 @@ from fastapi.responses import FileResponse
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, Field
 
+from fashion.data.vocab import LabelVocabulary
 from fashion.feedback.store import ReviewStore, UnknownImage
 from fashion.inference.explain import grad_cam, heatmap_png
 from fashion.inference.predictor import Predictor
@@ -70,10 +72,23 @@ class Base64Request(BaseModel):
     filename: str | None = None
 
 
+def new_label_message(labels: Mapping[str, str], vocabularies: Mapping[str, LabelVocabulary]) -> str | None:
+    """What a person typed that the model has no class for, with the closest classes it has; None if all are known.
+    A misspelt correction would otherwise become a class of its own at the next retraining."""
+    new = {a: label for a, label in labels.items() if label not in vocabularies[a].classes}
+    if not new:
+        return None
+    named = "; ".join(f"{a}={label!r} (closest: {', '.join(difflib.get_close_matches(label, vocabularies[a].classes, 3, 0.5)) or 'none'})"
+                      for a, label in new.items())
+    return f"the model has no class {named}: correct it, or send new_labels: true to add it as a new class"
+
+
 class FeedbackRequest(BaseModel):
     image_sha256: str = Field(min_length=64, max_length=64, description="the queued photo, as /v1/review/next names it")
     labels: dict[str, str] = Field(min_length=1, description="attribute -> the label a person confirmed or corrected")
     reviewer: str | None = None
+    new_labels: bool = Field(False, description="allow labels the model has no class for (a new class, on purpose); "
+                                                "without it such a label is refused as a likely typo (`new_label`)")
 
 
 def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_threads: int = 1, top_k: int = 3,
@@ -234,6 +249,10 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
         if unknown or blank:
             raise UploadRejected(400, "bad_labels", f"labels name attributes the model does not tag {unknown} or are blank "
                                  f"{blank}; attributes are {attributes}")
+        if not body.new_labels:
+            new = new_label_message(body.labels, slot.current.predictor.trained.vocabularies)
+            if new:
+                raise UploadRejected(400, "new_label", new)
         store = queue_store()
         try:
             correction = await anyio.to_thread.run_sync(store.record, body.image_sha256, body.labels, body.reviewer)

@@ -27,6 +27,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "unknown_attribute": (400, "`explain` names an attribute the model does not predict"),
     "bad_request": (400, "the request body cannot be parsed (e.g. malformed multipart)"),
     "bad_labels": (400, "feedback names an attribute the model does not tag, or a blank label"),
+    "new_label": (400, "feedback gives a label the model has no class for, without `new_labels: true` (a likely typo)"),
     "unauthorized": (401, "a review, feedback or admin call without the right `X-API-Key`"),
     "admin_disabled": (403, "a review, feedback or admin call to a server with no `api_key` configured"),
     "not_found": (404, "no such path"),
