@@ -67,13 +67,8 @@ def export_feedback_cli(output: str, review_url: str = "sqlite:///review/review.
     from fashion.feedback.export import export_feedback
     from fashion.feedback.store import ReviewStore
 
-    database = Path(review_url.removeprefix("sqlite:///")) if review_url.startswith("sqlite:///") else None
-    if database is not None and not database.expanduser().is_file():   # not a new, empty queue made by a typo
-        print(f"fashion-data export-feedback: no review queue at {database}: review_url must name the database "
-              "fashion-serve wrote to (its review_url)", file=sys.stderr)
-        return 2
     try:
-        store = ReviewStore(review_url, review_images)
+        store = ReviewStore(review_url, review_images, create=False)
     except (ValueError, OSError) as err:
         print(f"fashion-data export-feedback: cannot open the review queue: {err}", file=sys.stderr)
         return 2

@@ -178,12 +178,15 @@ def evaluate_folder(root: str, bundle: str | None = None, checkpoint: str | None
     out = Path(output)
     try:   # before the scoring, which can take minutes: a folder that cannot be made is known now
         out.mkdir(parents=True, exist_ok=True)
-        split = load_split(exclude_split) if exclude_split else pd.Series(dtype=str)
-        exclude = set(split.index[split.isin(["train", "val"])].astype(int))
-    except (ValueError, OSError) as err:
-        print(f"fashion-eval: {'cannot read exclude_split' if out.is_dir() else f'cannot write to {out}'}: {err}",
-              file=sys.stderr)
+    except OSError as err:
+        print(f"fashion-eval: cannot write to {out}: {err}", file=sys.stderr)
         return 2
+    try:
+        split = load_split(exclude_split) if exclude_split else pd.Series(dtype=str)
+    except (ValueError, OSError) as err:
+        print(f"fashion-eval: cannot read exclude_split: {err}", file=sys.stderr)
+        return 2
+    exclude = set(split.index[split.isin(["train", "val"])])
     source = EvalSource(root=root, styles_file=styles_file, true_aspect=true_aspect, years=years)
     try:
         values, counts, metrics = evaluate(predictor, source, exclude)

@@ -67,11 +67,17 @@ class ReviewStore:
     """`url`: an SQLAlchemy URL (sqlite:///review/review.db, postgresql+psycopg://...); `images`: the folder
     that holds the queued photos by content hash; `max_queued`: photos waiting at most (None: no cap)."""
 
-    def __init__(self, url: str, images: str | Path, max_queued: int | None = None) -> None:
+    def __init__(self, url: str, images: str | Path, max_queued: int | None = None, create: bool = True) -> None:
+        """`create=False` opens a queue a server already made (the exporter): a SQLite file that is not there
+        is an error, not a new, empty queue made by a typo."""
         if max_queued is not None and max_queued < 1:
             raise ValueError(f"max_queued must be at least 1 (or null for no cap), got {max_queued}")
         if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            database = Path(url.removeprefix("sqlite:///")).expanduser()
+            if not create and not database.is_file():
+                raise ValueError(f"no review queue at {database}: review_url must name the database "
+                                 "fashion-serve wrote to (its review_url)")
+            database.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.engine = create_engine(url)
         except (ArgumentError, ImportError) as err:   # not a URL, or a dialect whose driver is not installed

@@ -46,7 +46,7 @@ from fashion.data.vocab import LabelVocabulary
 from fashion.inference.checkpoint import TrainedModel
 from fashion.models.architecture import ArchitectureError, build_model, validate_architecture
 from fashion.models.onnx_graph import ONNX_OPSET, export_graph
-from fashion.validation import describe
+from fashion.validation import ImageSide, describe
 
 FORMAT = "fashion-bundle/2"          # 2: manifest["files"] maps each file to its sha256
 REQUIRED_FILES = ("model.safetensors", "config.json", "vocabularies.json", "preprocessing.json")
@@ -144,11 +144,11 @@ class BundleFiles:
 
 class SavedPreprocessing(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", strict=True)
-    image_size: int = pydantic.Field(ge=8, le=4096)
+    image_size: ImageSide
     mean: list[float] = pydantic.Field(min_length=3, max_length=3)
     std: list[float] = pydantic.Field(min_length=3, max_length=3)
     pad_fill: int = pydantic.Field(255, ge=0, le=255)
-    source_max_side: int | None = pydantic.Field(None, ge=8, le=4096)
+    source_max_side: ImageSide | None = None
     source_jpeg_quality: JpegQuality | None = None
 
 
