@@ -10,16 +10,18 @@ are the tool's `positional` list key (fashion-predict's `inputs`).
 
 from __future__ import annotations
 
+import functools
+import os
 import sys
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fashion.config import CONFIG_DIR
+from fashion.config import CONFIG_DIR, ConfigError
 from fashion.validation import check_fields, list_parameters, switches
 
 
@@ -29,6 +31,27 @@ class UsageError(SystemExit):
     def __init__(self, tool: str, message: str) -> None:
         print(f"{tool}: {message}\n(keys and defaults: {tool} --help)", file=sys.stderr)
         super().__init__(2)
+
+
+Result = TypeVar("Result")
+
+
+def one_line_errors(tool: str) -> Callable[[Callable[..., Result]], Callable[..., Result]]:
+    """For a Hydra entry point, under `@hydra.main`: a value a class refuses (ConfigError) or a path that
+    does not exist becomes one line and exit status 2, as the other tools report a bad command line,
+    instead of Hydra's "Error executing job" and a stack above the one line that matters. Other errors
+    keep Hydra's report; HYDRA_FULL_ERROR=1 keeps the traceback of these too."""
+    def wrap(task: Callable[..., Result]) -> Callable[..., Result]:
+        @functools.wraps(task)
+        def run(*args: Any, **kwargs: Any) -> Result:
+            try:
+                return task(*args, **kwargs)
+            except (ConfigError, FileNotFoundError) as err:
+                if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                    raise
+                raise UsageError(tool, str(err)) from None
+        return run
+    return wrap
 
 
 def quote(value: str) -> str:

@@ -15,7 +15,7 @@ import mlflow
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fashion.cli import tool_config
+from fashion.cli import one_line_errors, tool_config
 from fashion.config import CONFIG_DIR, validate_config
 from fashion.data.datamodule import FashionDataModule
 from fashion.data.report import build_report
@@ -44,6 +44,7 @@ def write_data_report(cfg: DictConfig) -> tuple[Path, str | None]:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="data_report")
+@one_line_errors("fashion-data report")
 def report_main(cfg: DictConfig) -> None:
     readme, run_id = write_data_report(cfg)
     print(f"dataset report: {readme}\nMLflow run {run_id} (experiment '{cfg.logger.experiment_name}')")

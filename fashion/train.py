@@ -12,6 +12,7 @@ import hydra
 from omegaconf import DictConfig
 
 from fashion import lazy_exports
+from fashion.cli import one_line_errors
 from fashion.config import CONFIG_DIR
 
 # Lightning, timm and MLflow load only once a config has composed: `fashion-train --help` and a
@@ -21,6 +22,7 @@ __all__ = ["main", *_lazy]
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+@one_line_errors("fashion-train")
 def main(cfg: DictConfig) -> float:
     if cfg.get("hparams_search"):
         from fashion.tune import tune

@@ -26,7 +26,7 @@ from hydra.utils import instantiate
 from lightning.pytorch import Callback, LightningModule, Trainer
 from omegaconf import DictConfig
 
-from fashion.cli import quote
+from fashion.cli import one_line_errors, quote
 from fashion.config import CONFIG_DIR
 from fashion.tracking.run import end_sweep, start_sweep
 from fashion.training.fit import train
@@ -127,6 +127,7 @@ def tune(cfg: DictConfig) -> float:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+@one_line_errors("fashion-tune")
 def main(cfg: DictConfig) -> float:
     if not cfg.get("hparams_search"):
         raise ValueError("fashion-tune needs a search space: fashion-tune hparams_search=optuna")

@@ -89,3 +89,25 @@ def test_help_and_a_wrong_key_answer_before_the_training_stack_loads(tmp_path):
                                 capture_output=True, text=True, timeout=120)
         assert expect in result.stdout + result.stderr, result.stderr[-2000:]
         assert "LOADED []" in result.stdout, (args, result.stdout[-500:])
+
+
+def test_a_value_the_classes_refuse_or_a_missing_path_is_one_line_and_exit_2(tmp_path):
+    """As every other tool reports a bad command line: no "Error executing job" and stack above the line
+    that names the key; HYDRA_FULL_ERROR=1 still gives the traceback."""
+    store = tmp_path / "store"
+    store.mkdir()
+    env = {**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db"}
+    missing = tmp_path / "no_such_catalogue"
+    cases = [(["fashion.train", "backbone.freeze=sometimes"], "fashion-train: invalid config: backbone.freeze: "),
+             (["fashion.train", f"data.root={missing}"], f"fashion-train: data.root does not exist: {missing}"),
+             (["fashion.data_report", "report", f"data.root={missing}"], f"fashion-data report: data.root does not exist: {missing}")]
+    for args, first_line in cases:
+        result = subprocess.run([sys.executable, "-m", *args, f"hydra.run.dir={tmp_path}/outputs"], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=180)
+        assert result.returncode == 2, (args, result.stderr[-2000:])
+        assert first_line in result.stderr and "Traceback" not in result.stderr and "Error executing job" not in result.stderr, result.stderr
+    full = subprocess.run([sys.executable, "-m", "fashion.train", "backbone.freeze=sometimes", f"hydra.run.dir={tmp_path}/outputs"],
+                          cwd=tmp_path, env={**env, "HYDRA_FULL_ERROR": "1"}, capture_output=True, text=True, timeout=180)
+    assert full.returncode == 1 and "Traceback" in full.stderr and "ConfigError" in full.stderr
+    client = MlflowClient(f"sqlite:///{store}/mlflow.db")   # the store is prepared before the job starts ...
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []   # ... but no run was opened
