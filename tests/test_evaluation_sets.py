@@ -238,5 +238,5 @@ def test_a_bundle_keeps_its_resolution_normalisation(trained, tmp_path):
 @pytest.mark.parametrize("aspect", [0, -0.75])
 def test_an_evaluation_set_built_from_code_refuses_an_aspect_that_is_not_a_ratio(aspect):
     """0 would squash every photo to a 1-pixel column (restore_aspect keeps at least 1) and score garbage."""
-    with pytest.raises(ValueError, match="true_aspect is a width/height ratio above 0"):
+    with pytest.raises(ValueError, match=f"EvalSource.true_aspect: Input should be greater than 0 \\(got {aspect}\\)"):
         EvalSource(root="photos", true_aspect=aspect)

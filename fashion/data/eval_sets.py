@@ -19,9 +19,10 @@ import pandas as pd
 
 from fashion.data.images import split_usable
 from fashion.data.styles import read_styles
-from fashion.validation import Aspect
+from fashion.validation import Aspect, typed
 
 
+@typed   # a config is checked at composition; this checks a set built from code against the same annotations
 @dataclass
 class EvalSource:
     """A Kaggle-layout folder to score after training (`data.eval_sets.<name>`).
@@ -38,10 +39,6 @@ class EvalSource:
     true_aspect: Aspect | None = None
     unseen_only: bool = True
     years: list[int] | None = None
-
-    def __post_init__(self) -> None:   # configs are checked against the annotation first; this is for code
-        if self.true_aspect is not None and not self.true_aspect > 0:
-            raise ValueError(f"true_aspect is a width/height ratio above 0 (the subset's: 0.75), got {self.true_aspect}")
 
     def table(self, attributes: Sequence[str], exclude_ids: Collection[int] = (), check_images: bool = True,
               ) -> tuple[pd.DataFrame, dict[str, int]]:
