@@ -7,8 +7,10 @@ import pandas as pd
 import pytest
 
 from fashion.data import Augmentation, FashionDataModule, LabelSpec, Preprocessing, SplitSpec
+from fashion.data.images import ImageReadError, find_unreadable, load_rgb
 from fashion.data.split import assign_splits, near_duplicate_groups
 from fashion.data.vocab import IGNORE_INDEX, LabelVocabulary
+from tests.conftest import SAMPLE
 
 PRE = Preprocessing(image_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
@@ -39,6 +41,20 @@ def test_corrupt_and_truncated_images_are_dropped_and_named(kaggle_folder):
     assert not dm.table["id"].isin([1009, 1012]).any()
     images, targets = next(iter(dm.train_dataloader()))  # the rest still loads
     assert images.shape == (4, 3, 32, 32)
+
+
+def test_a_complete_jpeg_with_damaged_scan_data_is_refused_not_decoded_to_garbage(tmp_path):
+    """One flipped byte in a bundled photo's compressed data: the file still ends as a JPEG should, and
+    some decoders (OpenCV's libjpeg-turbo build) return garbage pixels for it, which catalogue scoring
+    would then tag as a product (docs/batch_scoring.md). Ours must refuse it, naming the file."""
+    raw = bytearray((SAMPLE / "images" / "10002.jpg").read_bytes())
+    raw[885] ^= 0xFF
+    damaged = tmp_path / "10002.jpg"
+    damaged.write_bytes(bytes(raw))
+    assert raw.endswith(b"\xff\xd9")   # not a truncated file: its end marker is there
+    with pytest.raises(ImageReadError, match=f"cannot decode image {damaged}: broken data stream"):
+        load_rgb(damaged, min_side=160)
+    assert find_unreadable([damaged]) == [damaged]   # so training and evaluation drop it as well
 
 
 def test_na_label_masks_only_that_attribute(kaggle_folder):
