@@ -29,6 +29,8 @@ Aspect = Annotated[float, pydantic.Field(gt=0)]
 Probability = Annotated[float, pydantic.Field(ge=0, le=1)]
 # An image side in pixels, the range a bundle's preprocessing.json accepts (0 meant "the backbone's default").
 ImageSide = Annotated[int, pydantic.Field(ge=8, le=4096)]
+# The JPEG qualities `source_jpeg_quality` takes, in a config (Backbone) and in a bundle (preprocessing.json).
+JpegQuality = Annotated[int, pydantic.Field(ge=1, le=100)]
 
 
 def describe(err: pydantic.ValidationError, where: str = "") -> str:

@@ -12,20 +12,14 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Annotated
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check on import
 
 import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-import pydantic  # noqa: E402
 import torch  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
-
-# The JPEG qualities `source_jpeg_quality` takes, in a config (Backbone) and in a bundle (preprocessing.json).
-JpegQuality = Annotated[int, pydantic.Field(ge=1, le=100)]
-
 
 @dataclass(frozen=True)
 class Preprocessing:

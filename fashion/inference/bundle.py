@@ -41,12 +41,12 @@ from torch import nn
 
 from fashion.calibration import Decision
 from fashion.data.taxonomy import Taxonomy
-from fashion.data.transforms import JpegQuality, Preprocessing
+from fashion.data.transforms import Preprocessing
 from fashion.data.vocab import LabelVocabulary
 from fashion.inference.checkpoint import TrainedModel
 from fashion.models.architecture import ArchitectureError, build_model, validate_architecture
 from fashion.models.onnx_graph import ONNX_OPSET, export_graph
-from fashion.validation import ImageSide, describe
+from fashion.validation import ImageSide, JpegQuality, describe
 
 FORMAT = "fashion-bundle/2"          # 2: manifest["files"] maps each file to its sha256
 REQUIRED_FILES = ("model.safetensors", "config.json", "vocabularies.json", "preprocessing.json")

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from fashion.data.transforms import JpegQuality, Preprocessing
+from fashion.data.transforms import Preprocessing
 from fashion.models.weights import load_state_dict_by_position, load_weights_file, packaged_weights_path
-from fashion.validation import ImageSide, typed
+from fashion.validation import ImageSide, JpegQuality, typed
 
 log = logging.getLogger(__name__)
 
