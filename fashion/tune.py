@@ -27,7 +27,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from omegaconf import DictConfig
 
 from fashion.cli import one_line_errors, quote
-from fashion.config import CONFIG_DIR
+from fashion.config import CONFIG_DIR, ConfigError
 from fashion.tracking.run import end_sweep, start_sweep
 from fashion.training.fit import train
 
@@ -130,7 +130,7 @@ def tune(cfg: DictConfig) -> float:
 @one_line_errors("fashion-tune")
 def main(cfg: DictConfig) -> float:
     if not cfg.get("hparams_search"):
-        raise ValueError("fashion-tune needs a search space: fashion-tune hparams_search=optuna")
+        raise ConfigError("no search space: give one, e.g. fashion-tune hparams_search=optuna")
     return tune(cfg)
 
 

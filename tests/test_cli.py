@@ -100,7 +100,8 @@ def test_a_value_the_classes_refuse_or_a_missing_path_is_one_line_and_exit_2(tmp
     missing = tmp_path / "no_such_catalogue"
     cases = [(["fashion.train", "backbone.freeze=sometimes"], "fashion-train: invalid config: backbone.freeze: "),
              (["fashion.train", f"data.root={missing}"], f"fashion-train: data.root does not exist: {missing}"),
-             (["fashion.data_report", "report", f"data.root={missing}"], f"fashion-data report: data.root does not exist: {missing}")]
+             (["fashion.data_report", "report", f"data.root={missing}"], f"fashion-data report: data.root does not exist: {missing}"),
+             (["fashion.tune"], "fashion-tune: no search space: give one, e.g. fashion-tune hparams_search=optuna")]
     for args, first_line in cases:
         result = subprocess.run([sys.executable, "-m", *args, f"hydra.run.dir={tmp_path}/outputs"], cwd=tmp_path, env=env,
                                 capture_output=True, text=True, timeout=180)
