@@ -40,18 +40,26 @@ def one_line_errors(tool: str) -> Callable[[Callable[..., Result]], Callable[...
     """For a Hydra entry point, under `@hydra.main`: a value a class refuses (ConfigError) or a path that
     does not exist becomes one line and exit status 2, as the other tools report a bad command line,
     instead of Hydra's "Error executing job" and a stack above the one line that matters. Other errors
-    keep Hydra's report; HYDRA_FULL_ERROR=1 keeps the traceback of these too."""
+    keep Hydra's report; HYDRA_FULL_ERROR=1 keeps the traceback of these too. In a sweep (`-m`) they stay
+    exceptions, so Hydra marks that job failed and still runs the others, as it does for any error."""
     def wrap(task: Callable[..., Result]) -> Callable[..., Result]:
         @functools.wraps(task)
         def run(*args: Any, **kwargs: Any) -> Result:
             try:
                 return task(*args, **kwargs)
             except (ConfigError, FileNotFoundError) as err:
-                if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                if os.environ.get("HYDRA_FULL_ERROR") == "1" or in_sweep():
                     raise
                 raise UsageError(tool, str(err)) from None
         return run
     return wrap
+
+
+def in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def quote(value: str) -> str:

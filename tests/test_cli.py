@@ -110,5 +110,12 @@ def test_a_value_the_classes_refuse_or_a_missing_path_is_one_line_and_exit_2(tmp
     full = subprocess.run([sys.executable, "-m", "fashion.train", "backbone.freeze=sometimes", f"hydra.run.dir={tmp_path}/outputs"],
                           cwd=tmp_path, env={**env, "HYDRA_FULL_ERROR": "1"}, capture_output=True, text=True, timeout=180)
     assert full.returncode == 1 and "Traceback" in full.stderr and "ConfigError" in full.stderr
+    # In a sweep a bad job stays Hydra's failed job: the sweep still launches the others, then reports it.
+    sweep = subprocess.run([sys.executable, "-m", "fashion.train", "-m", f"data.root={missing}1,{missing}2",
+                            f"hydra.sweep.dir={tmp_path}/multirun"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert sweep.returncode == 1 and f"#1 : data.root={missing}2" in sweep.stdout + sweep.stderr
+    assert "Error executing job" in sweep.stderr
     client = MlflowClient(f"sqlite:///{store}/mlflow.db")   # the store is prepared before the job starts ...
-    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []   # ... but no run was opened
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.data.tags.get("run_type") for r in runs] == ["sweep"]   # ... but no job's run was opened, only the sweep's,
+    assert runs[0].info.status == "FAILED"   # closed as failed, not left running

@@ -10,6 +10,7 @@ exactly one run.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
@@ -296,7 +297,14 @@ class PrepareMLflowStore(HydraCallback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if self._prepare(config) and not config.get("hparams_search"):
             self.sweep_run_id = start_sweep(config, f"sweep {Path(config.hydra.sweep.dir).name}")
+            # A sweep with a failed job (or a Ctrl-C) never reaches on_multirun_end: Hydra raises after the
+            # jobs and exits. Close the parent then, or the MLflow UI shows it running for ever.
+            atexit.register(self.close_sweep, config, "FAILED")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self.close_sweep(config, "FINISHED")
+
+    def close_sweep(self, config: DictConfig, status: str) -> None:
         if self.sweep_run_id:
-            end_sweep(config, self.sweep_run_id)
+            run_id, self.sweep_run_id = self.sweep_run_id, None
+            end_sweep(config, run_id, status)
