@@ -129,6 +129,23 @@ def test_wrong_value_fails_before_anything_is_built_naming_the_key(override, mes
         validate_config(compose_config([override, f"paths.output_dir={tmp_path}"]))
 
 
+def test_every_validation_metric_the_run_logs_can_be_the_optimized_metric():
+    """The config check keeps its own list of what training logs (the config stage cannot import the metrics):
+    every metric AttributeMetrics computes at validation, means included, must pass it."""
+    import torch
+
+    from fashion.config import monitored_metric_problems
+    from fashion.metrics import AttributeMetrics
+
+    metrics = AttributeMetrics({"gender": 3, "articleType": 10}, "val")
+    metrics.update({"gender": torch.randn(8, 3), "articleType": torch.randn(8, 10)},
+                   {"gender": torch.randint(0, 3, (8,)), "articleType": torch.randint(0, 10, (8,))})
+    logged = [*metrics.compute(), "val/loss"]
+    assert "val/mean_f1" in logged and "val/articleType/top5" in logged
+    labels = {"attributes": ["gender", "articleType"]}
+    assert [m for m in logged if monitored_metric_problems({"optimized_metric": m, "labels": labels})] == []
+
+
 def test_a_jpeg_quality_without_a_source_size_fails_naming_both(compose_config, tmp_path):
     cfg = compose_config(["backbone=test_tiny", "backbone.source_jpeg_quality=75", f"paths.output_dir={tmp_path}"])
     from hydra.errors import InstantiationException
