@@ -21,6 +21,8 @@ is 1 when any file failed, so scripts notice. `explain=articleType,baseColour` w
 from __future__ import annotations
 
 import glob
+import hashlib
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -34,7 +36,8 @@ from tqdm import tqdm
 from fashion.cli import tool_config
 from fashion.data.images import ImageReadError, load_rgb
 from fashion.inference.batch import score_paths
-from fashion.inference.outputs import Format, ScoredBatch, done_paths, write_batches
+from fashion.inference.bundle import sha256
+from fashion.inference.outputs import Format, OutputConflict, ScoredBatch, prepare_output, write_batches
 from fashion.inference.predictor import Predictor
 from fashion.inference.runtime import Runtime, load_predictor
 from fashion.validation import AtLeastOne, AtLeastZero
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoint: str | None = None,
             manifest: str | None = None, path_column: str = "path", format: Format = "jsonl", output: str | None = None,
-            resume: bool = False, top_k: AtLeastOne = 3, batch_size: AtLeastOne = 32, lanes: AtLeastOne | None = None,
+            resume: bool = False, overwrite: bool = False, top_k: AtLeastOne = 3, batch_size: AtLeastOne = 32, lanes: AtLeastOne | None = None,
             workers: AtLeastZero = 0,
             taxonomy: bool = True,
             runtime: Runtime = "auto", explain: str | None = None, explain_dir: str = "explanations") -> int:
@@ -135,15 +138,6 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
         print(f"fashion-predict: nothing to score: {', '.join(given) or 'give image files, folders or globs, or manifest='}",
               file=sys.stderr)
         return 2
-    if resume and output:
-        try:
-            done = done_paths(Path(output), format)
-        except (ValueError, KeyError, TypeError, OSError) as err:   # not an output this tool wrote: say so, touch nothing
-            print(f"fashion-predict: cannot resume from {output}: it is not a {format} output of fashion-predict "
-                  f"({type(err).__name__}: {err})", file=sys.stderr)
-            return 2
-        files = [f for f in files if f not in done]
-        print(f"fashion-predict: resuming: {len(done)} already in {output}, {len(files)} to score", file=sys.stderr)
     try:
         cores = usable_cores()
         predictor = load_predictor(bundle=bundle, checkpoint=checkpoint, runtime=runtime, top_k=top_k,
@@ -151,6 +145,20 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
     except (ValueError, OSError) as err:  # a refused, tampered or missing bundle/checkpoint: say why, no traceback
         print(f"fashion-predict: cannot load the model: {err}", file=sys.stderr)
         return 2
+    if output:
+        try:
+            done = prepare_output(Path(output), format, {"model": model_identity(predictor, checkpoint), "top_k": top_k,
+                                                         "taxonomy": taxonomy}, resume, overwrite)
+        except OutputConflict as err:
+            print(f"fashion-predict: {err}", file=sys.stderr)
+            return 2
+        except (ValueError, KeyError, TypeError, OSError) as err:   # say why, and touch nothing of the user's
+            print(f"fashion-predict: cannot resume from {output}: it is not a {format} output of fashion-predict "
+                  f"({type(err).__name__}: {err})" if resume else f"fashion-predict: cannot write {output}: {err}", file=sys.stderr)
+            return 2
+        if resume:
+            files = [f for f in files if f not in done]
+            print(f"fashion-predict: resuming: {len(done)} already in {output}, {len(files)} to score", file=sys.stderr)
     explained = [] if not explain else predictor.attributes if explain == "all" else explain.split(",")
     unknown = [a for a in explained if a not in predictor.attributes]
     if unknown:
@@ -181,6 +189,15 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
     if len(files) >= PROGRESS_FROM or failed:
         print(f"fashion-predict: {scored} rows written, {failed} of them errors", file=sys.stderr)
     return 1 if failed or unmatched else 0
+
+
+def model_identity(predictor: Predictor, checkpoint: str | None) -> str:
+    """What decides the rows: a checkpoint's bytes, or every file of a bundle (the sha256s of the manifest
+    the load verified them against), so a copy of the same bundle elsewhere is the same model."""
+    if checkpoint:
+        return f"checkpoint sha256 {sha256(Path(checkpoint))}"
+    files = json.dumps(predictor.trained.manifest["files"], sort_keys=True).encode()
+    return f"bundle sha256 {hashlib.sha256(files).hexdigest()}"
 
 
 @contextmanager

@@ -78,6 +78,36 @@ def test_resuming_into_a_file_the_tool_did_not_write_stops_and_leaves_it_as_it_w
     assert target.read_bytes() == foreign
 
 
+@pytest.mark.parametrize("format", ["parquet", "csv"])
+def test_a_repeated_command_neither_duplicates_nor_replaces_rows_unasked(trained, tmp_path, capsys, format):
+    """Run twice without resume=true, a Parquet folder got every row twice and a file lost its rows. Now the
+    second run is refused, overwrite=true replaces, and resuming with another model or top_k is refused
+    before a row is added, so one table never mixes two models."""
+    manifest, paths = manifest_with_bad_rows(tmp_path, n=4)
+    out = tmp_path / ("tags" if format == "parquet" else "tags.csv")
+    command = [f"bundle={trained.bundle}", f"manifest={manifest}", f"format={format}", f"output={out}"]
+    read = pd.read_parquet if format == "parquet" else pd.read_csv
+    assert main(command) == 1
+    first = read(out)
+    capsys.readouterr()
+    for extra, refusal in (([], f"{out} already holds rows: resume=true scores only the paths it lacks, overwrite=true"),
+                           (["resume=true", "top_k=2"], f"cannot resume {out}: its rows were written with other settings (top_k 3 -> 2)"),
+                           ([f"checkpoint={trained.checkpoint}", "resume=true"], "(model 'bundle sha256 "),
+                           (["resume=true", "overwrite=true"], "give one")):
+        if extra and extra[0].startswith("checkpoint="):
+            args = [a for a in command if not a.startswith("bundle=")] + extra
+        else:
+            args = command + extra
+        assert main(args) == 2
+        assert refusal in capsys.readouterr().err
+        pd.testing.assert_frame_equal(read(out), first)
+    assert main(command + ["overwrite=true", "top_k=2"]) == 1
+    again = read(out)
+    assert again["path"].tolist() == paths                                # each row once
+    assert again["articleType_top_k"].dropna().str.count(":").eq(2).all()   # and from the new settings
+    assert main(command + ["resume=true", "top_k=2"]) == 0 and "0 to score" in capsys.readouterr().err
+
+
 def test_an_output_that_cannot_be_written_is_one_line_and_a_new_folder_is_made(trained, tmp_path, capsys):
     assert main([f"bundle={trained.bundle}", str(IMAGES[0]), "format=csv", f"output={tmp_path}"]) == 2
     assert f"cannot write {tmp_path}: [Errno 21] Is a directory" in capsys.readouterr().err
@@ -128,6 +158,8 @@ def test_spark_scores_the_manifest_like_fashion_predict(trained, tmp_path):
     spark = local_session(2, "fashion-test")
     try:
         errors = score_manifest(spark, uri, str(manifest), str(tmp_path / "spark"))
+        with pytest.raises(Exception, match="already exists"):   # as fashion-predict, an existing output is kept
+            score_manifest(spark, uri, str(manifest), str(tmp_path / "spark"))
     finally:
         spark.stop()
         mlflow.set_tracking_uri(None)

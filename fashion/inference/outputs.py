@@ -6,13 +6,19 @@ so an interrupted catalogue run redoes nothing it finished:
   dropped first;
 - Parquet is a folder of part files (as Spark writes it), each written to a temporary name and renamed
   when complete, so a part never holds half a row group; an unfinished part is discarded and redone.
+
+Hours of scoring are not lost to a repeated command: an output that already holds rows is refused unless
+the job resumes it or says `overwrite=true`, and a resumed job must be the job that wrote it (the same
+model, top_k and taxonomy, kept in a small record beside the rows), so one table never mixes two models.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +89,51 @@ class ScoredBatch:
             columns[f"{a}_top_k"] = spread([";".join(f"{label}:{p:.4f}" for label, p in zip(*top)) for top in top_k])
         columns["error"] = list(self.errors)
         return columns
+
+
+class OutputConflict(Exception):
+    """The output holds rows this job must not add to or replace unasked."""
+
+
+def job_record(output: Path, format: Format) -> Path:
+    """Where the settings that wrote `output` are kept: inside a Parquet folder (its readers skip names that
+    start with `_`, as Spark's `_SUCCESS`), beside a CSV or JSON lines file."""
+    return output / "_job.json" if format == "parquet" else output.with_name(output.name + ".job.json")
+
+
+def holds_rows(output: Path, format: Format) -> bool:
+    if format == "parquet":
+        return any(output.glob("part-*.parquet"))
+    return output.is_file() and output.stat().st_size > 0
+
+
+def prepare_output(output: Path, format: Format, job: dict, resume: bool, overwrite: bool) -> set[str]:
+    """The paths an earlier run of this same job finished (skip them); records `job` beside the output.
+
+    Raises OutputConflict for an output with rows that the command neither resumes nor overwrites, or
+    that another model or other settings wrote; done_paths' errors for one this tool did not write."""
+    if resume and overwrite:
+        raise OutputConflict("resume=true keeps what the output holds and overwrite=true replaces it: give one")
+    if format != "parquet" and output.is_dir():   # before a record lands beside a folder
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(output))
+    record = job_record(output, format)
+    done: set[str] = set()
+    if resume:
+        written = json.loads(record.read_text()) if record.is_file() else None
+        if written is not None and written != job:
+            changed = ", ".join(f"{key} {written.get(key)!r} -> {job.get(key)!r}" for key in job if written.get(key) != job[key])
+            raise OutputConflict(f"cannot resume {output}: its rows were written with other settings ({changed}); "
+                                 "write to a new output, or overwrite=true")
+        done = done_paths(output, format)
+    elif holds_rows(output, format):
+        if not overwrite:
+            raise OutputConflict(f"{output} already holds rows: resume=true scores only the paths it lacks, "
+                                 "overwrite=true replaces it")
+        for part in [*output.glob("part-*.parquet"), *output.glob(".part-*.tmp")] if format == "parquet" else []:
+            part.unlink()   # a file output is truncated when opened for writing
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(job, indent=1) + "\n")
+    return done
 
 
 def done_paths(output: Path, format: Format) -> set[str]:

@@ -50,12 +50,14 @@ def score(spark: SparkSession, model_uri: str, images: DataFrame, path_column: s
     return scored.select(F.col(path_column).alias("path"), *columns)
 
 
-def score_manifest(spark: SparkSession, model_uri: str, manifest: str, output: str, path_column: str = "path") -> int:
-    """A CSV or Parquet manifest in, Parquet out (overwritten); returns the number of error rows."""
+def score_manifest(spark: SparkSession, model_uri: str, manifest: str, output: str, path_column: str = "path",
+                   mode: str = "errorifexists") -> int:
+    """A CSV or Parquet manifest in, Parquet out; returns the number of error rows. `mode` is Spark's save
+    mode: by default an existing output is an error, as fashion-predict refuses one ("overwrite" replaces it)."""
     reader = spark.read.option("header", True)
     images = reader.csv(manifest) if manifest.endswith(".csv") else reader.parquet(manifest)
     scored = score(spark, model_uri, images.select(path_column), path_column)
-    scored.write.mode("overwrite").parquet(output)
+    scored.write.mode(mode).parquet(output)
     return spark.read.parquet(output).where("error IS NOT NULL").count()
 
 
