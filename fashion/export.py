@@ -43,7 +43,7 @@ def run_manifest(client: MlflowClient, run_id: str) -> dict:
 
 
 def export(run_id: str | None, checkpoint: str | None, output: Path, tracking_uri: str, onnx: bool = True,
-           log_to_mlflow: bool = True) -> tuple[Path, str | None]:
+           log_to_mlflow: bool = True, overwrite: bool = False) -> tuple[Path, str | None]:
     """Returns (bundle folder, pyfunc model URI or None)."""
     if (run_id is None) == (checkpoint is None):
         raise ValueError("give exactly one of --run-id or --checkpoint")
@@ -52,7 +52,7 @@ def export(run_id: str | None, checkpoint: str | None, output: Path, tracking_ur
         path = checkpoint_of_run(client, run_id, Path(workdir)) if run_id else Path(checkpoint)
         trained: TrainedModel = load_checkpoint(path)
         manifest = run_manifest(client, run_id) if run_id else {"source": {"checkpoint": str(path)}}
-        bundle = export_bundle(trained, output, manifest, onnx=onnx)
+        bundle = export_bundle(trained, output, manifest, onnx=onnx, overwrite=overwrite)
     model_uri = None
     if log_to_mlflow:
         import mlflow
@@ -74,12 +74,12 @@ def main(argv: list[str] | None = None) -> None:
 
 def export_cli(output: str, run_id: str | None = None, checkpoint: str | None = None, onnx: bool = True,
                mlflow: bool = True, tracking_uri: str | None = None, register: str | None = None,
-               alias: str | None = "challenger") -> None:
+               alias: str | None = "challenger", overwrite: bool = False) -> None:
     """Writes the bundle folder and prints where it is, how to serve its pyfunc model, and its registry version."""
     if register and not mlflow:
         raise SystemExit("fashion-export: register= needs mlflow=true (the registry holds the logged pyfunc model)")
     try:
-        bundle, model_uri = export(run_id, checkpoint, Path(output), tracking_uri, onnx, mlflow)
+        bundle, model_uri = export(run_id, checkpoint, Path(output), tracking_uri, onnx, mlflow, overwrite)
     except (ValueError, OSError) as err:  # no or two sources, a refused checkpoint, a run without one
         raise SystemExit(f"fashion-export: {err}") from None
     except MlflowException as err:   # an unknown run id, a store that cannot be read

@@ -282,6 +282,30 @@ def test_export_cli_from_a_checkpoint_logs_a_pyfunc_model(trained, tmp_path):
     assert Path(read_manifest(bundle)["source"]["checkpoint"]) == trained.checkpoint
 
 
+def test_export_writes_over_nothing_unasked_and_replaces_a_bundle_whole(trained, tmp_path):
+    """fashion-export wrote file by file into any folder: over a served bundle (a reload could read half of
+    it), or over a user's own config.json. Now a folder with a bundle needs overwrite=true, which swaps in
+    a complete new folder (a file the new bundle lacks does not linger), and any other folder is refused."""
+    from fashion.export import export_cli
+
+    bundle = tmp_path / "bundle"
+    export_cli(str(bundle), checkpoint=str(trained.checkpoint), onnx=True, mlflow=False)
+    before = (bundle / "manifest.json").read_bytes()
+    with pytest.raises(SystemExit, match=f"fashion-export: {bundle} already holds a bundle: overwrite=true replaces it"):
+        export_cli(str(bundle), checkpoint=str(trained.checkpoint), onnx=False, mlflow=False)
+    assert (bundle / "manifest.json").read_bytes() == before and (bundle / "model.onnx").is_file()
+    export_cli(str(bundle), checkpoint=str(trained.checkpoint), onnx=False, mlflow=False, overwrite=True)
+    assert not (bundle / "model.onnx").exists() and read_manifest(bundle)["onnx_opset"] is None
+    assert load_bundle(bundle).attributes == load_bundle(trained.bundle).attributes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]            # no staging folder left behind
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text("my own")
+    with pytest.raises(SystemExit, match="exists and is not a bundle"):
+        export_cli(str(mine), checkpoint=str(trained.checkpoint), onnx=False, mlflow=False, overwrite=True)
+    assert [p.name for p in mine.iterdir()] == ["config.json"] and (mine / "config.json").read_text() == "my own"
+
+
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_the_logged_input_example(trained, tmp_path):
     """`mlflow models serve` on the exported pyfunc, asked with the serving example MLflow saved beside it."""

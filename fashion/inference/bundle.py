@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import shutil
 from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -78,10 +79,36 @@ def export_onnx(trained: TrainedModel, path: Path) -> Path:
     return export_graph(wrapper, example, path, "images", trained.attributes)
 
 
-def export_bundle(trained: TrainedModel, output: str | Path, manifest: dict[str, Any] | None = None, onnx: bool = True) -> Path:
-    """Write the bundle folder; `manifest` adds provenance (run id, metrics, dataset fingerprint)."""
+def export_bundle(trained: TrainedModel, output: str | Path, manifest: dict[str, Any] | None = None, onnx: bool = True,
+                  overwrite: bool = False) -> Path:
+    """Write the bundle folder; `manifest` adds provenance (run id, metrics, dataset fingerprint).
+
+    It is written beside `output` and renamed into place, so `output` is never half a bundle (a server
+    reloading the folder finds the old bundle or the new one). A folder that holds anything is refused:
+    a bundle unless `overwrite`, anything else always (nothing of a user's is written over)."""
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        if not (output / MANIFEST).is_file():
+            raise FileExistsError(f"{output} exists and is not a bundle: write the bundle to a new or empty folder")
+        if not overwrite:
+            raise FileExistsError(f"{output} already holds a bundle: overwrite=true replaces it, or choose another folder")
+    staging = output.with_name(f".{output.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)   # left by an export that died
+    staging.mkdir(parents=True)
+    try:
+        write_bundle(trained, staging, manifest, onnx)
+        replaced = output.with_name(f".{output.name}.replaced")
+        shutil.rmtree(replaced, ignore_errors=True)
+        if output.exists():
+            output.rename(replaced)
+        staging.rename(output)
+        shutil.rmtree(replaced, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output
+
+
+def write_bundle(trained: TrainedModel, output: Path, manifest: dict[str, Any] | None, onnx: bool) -> None:
     state = {k: v.contiguous() for k, v in trained.model.state_dict().items()}
     save_file(state, str(output / "model.safetensors"))
     config = {key: trained.run_config.get(key) for key in ("backbone", "head", "extra_features")}
@@ -109,7 +136,6 @@ def export_bundle(trained: TrainedModel, output: str | Path, manifest: dict[str,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         **(manifest or {}),
     })
-    return output
 
 
 class BundleFiles:
