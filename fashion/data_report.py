@@ -73,7 +73,11 @@ def export_feedback_cli(output: str, review_url: str = "sqlite:///review/review.
     except (ValueError, OSError) as err:
         print(f"fashion-data export-feedback: cannot open the review queue: {err}", file=sys.stderr)
         return 2
-    table = export_feedback(store, Path(output))
+    try:
+        table = export_feedback(store, Path(output))
+    except OSError as err:   # a catalogue's folder named by mistake, or one that cannot be written
+        print(f"fashion-data export-feedback: {err}", file=sys.stderr)
+        return 2
     print(f"{len(table)} corrected photos written to {output} (styles.csv + images/)\n"
           f"  train on them: fashion-train data=catalogue 'data.train_only=[{output}]'", file=sys.stderr)
     return 0

@@ -77,14 +77,26 @@ def test_export_feedback_cli_writes_a_kaggle_folder(tmp_path, monkeypatch, capsy
     digest, _ = store.save_image(jpeg((200, 30, 30)), "JPEG")
     store.enqueue(jpeg((200, 30, 30)), "JPEG", PREDICTIONS, "tagger/1", "red.jpg")
     store.record(digest, {"articleType": "Shirts", "baseColour": "Red"})
-    monkeypatch.setattr("sys.argv", ["fashion-data", "export-feedback", f"output={tmp_path / 'out'}",
-                                     f"review_url=sqlite:///{tmp_path / 'review.db'}", f"review_images={tmp_path / 'images'}"])
-    with pytest.raises(SystemExit) as exit:
-        fashion_data()
-    assert exit.value.code == 0 and "1 corrected photos written" in capsys.readouterr().err
+    def export_to(folder):   # fashion-data takes its command off sys.argv: set it afresh for each run
+        monkeypatch.setattr("sys.argv", ["fashion-data", "export-feedback", f"output={folder}",
+                                         f"review_url=sqlite:///{tmp_path / 'review.db'}", f"review_images={tmp_path / 'images'}"])
+        with pytest.raises(SystemExit) as exit:
+            fashion_data()
+        return exit.value.code
+
+    assert export_to(tmp_path / "out") == 0
+    assert "1 corrected photos written" in capsys.readouterr().err
     table = pd.read_csv(tmp_path / "out" / "styles.csv")
     assert table.loc[0, "articleType"] == "Shirts" and table.loc[0, "baseColour"] == "Red" and pd.isna(table.loc[0, "gender"])
     assert Image.open(tmp_path / "out" / "images" / f"{table.loc[0, 'id']}.jpg").size == (30, 40)
+    assert export_to(tmp_path / "out") == 0   # again: the folder is its own, so it is rewritten
+    assert len(pd.read_csv(tmp_path / "out" / "styles.csv")) == 1
+    catalogue = tmp_path / "catalogue"   # output= naming a catalogue by mistake: its labels are kept
+    catalogue.mkdir()
+    (catalogue / "styles.csv").write_text("id,gender,articleType\n15970,Men,Shirts\n")
+    assert export_to(catalogue) == 2 and "was not written by export-feedback (its ids are not all 1,000,000,000 or more" in capsys.readouterr().err
+    assert (catalogue / "styles.csv").read_text() == "id,gender,articleType\n15970,Men,Shirts\n"
+    assert not (catalogue / "images").exists()
 
 
 def test_drift_score_moves_when_the_label_mix_shifts():

@@ -24,8 +24,25 @@ from fashion.feedback.store import ReviewStore
 ID_BASE = 1_000_000_000   # Kaggle ids are below 100,000
 
 
+class NotAFeedbackFolder(FileExistsError):
+    """`output` holds a styles.csv with products of a catalogue: the export would replace their labels."""
+
+
 def export_feedback(store: ReviewStore, output: Path) -> pd.DataFrame:
-    """Writes the folder and returns its styles table (one row per corrected photo)."""
+    """Writes the folder and returns its styles table (one row per corrected photo).
+
+    Each export rewrites styles.csv with every correction so far, so the folder may be written again; a
+    styles.csv with an id below `ID_BASE` is a catalogue's (`output=` naming the catalogue by mistake),
+    and is refused before anything is written."""
+    styles = output / "styles.csv"
+    if styles.is_file():
+        try:
+            ids = pd.to_numeric(pd.read_csv(styles, usecols=lambda c: c == "id", on_bad_lines="skip").get("id"), errors="coerce")
+        except ValueError:   # not even a CSV: not ours either
+            ids = None
+        if ids is None or not (ids >= ID_BASE).all():
+            raise NotAFeedbackFolder(f"{styles} was not written by export-feedback (its ids are not all {ID_BASE:,} or "
+                                     "more; a catalogue's are below): write the corrections to a folder of their own")
     images = output / "images"
     images.mkdir(parents=True, exist_ok=True)
     rows = []
