@@ -69,6 +69,21 @@ def test_cached_inputs_equal_a_fresh_pass_and_are_reused(tmp_path, table):
     assert torch.allclose(first["backbone"], fresh["backbone"], atol=1e-5)  # the cache fills in onnxruntime
 
 
+def test_an_unreadable_cache_entry_is_filled_again_not_a_crash(tmp_path, table, caplog):
+    """A cache file cut short (a copy, a full disk) stopped every later run with safetensors' "Error while
+    deserializing header"; it is now filled again, with a warning that names it."""
+    model = tiny_model(freeze="frozen").eval()
+    cache = FeatureCache(str(tmp_path / "cache"))
+    first = cache.load_or_compute(model, model.backbone.preprocessing, table)
+    (entry,) = (tmp_path / "cache").glob("*.safetensors")
+    entry.write_bytes(entry.read_bytes()[:100])
+    again = cache.load_or_compute(model, model.backbone.preprocessing, table)
+    assert cache.last_status == "built" and f"feature cache entry {entry} is unreadable" in caplog.text
+    assert torch.equal(again["backbone"], first["backbone"])
+    cache.load_or_compute(model, model.backbone.preprocessing, table)
+    assert cache.last_status == "hit" and sorted(p.name for p in entry.parent.iterdir()) == [entry.name]
+
+
 @pytest.mark.parametrize("freeze", ["frozen", "partial"])
 def test_onnxruntime_fill_matches_eager_pytorch(freeze, table, monkeypatch):
     model = tiny_model(colour=True, freeze=freeze, trainable_stages=1).train()

@@ -14,6 +14,7 @@ draws one version of each image per step; random augmentation `steps` rule the c
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fashion.data.transforms import Augmentation, Preprocessing
@@ -78,8 +80,8 @@ class FeatureCache:
                       paths: list[str], view: A.BasicTransform | None, true_aspect: float | None = None,
                       ) -> dict[str, torch.Tensor]:
         path = self.directory / f"{key}.safetensors"
-        if path.is_file():
-            stored = load_file(path)
+        stored = self._read(path)
+        if stored is not None:
             by_id = {int(i): n for n, i in enumerate(stored.pop("ids").tolist())}
             if all(i in by_id for i in ids):
                 self.last_status = "hit"
@@ -90,7 +92,7 @@ class FeatureCache:
         inputs = compute_cacheable_inputs(model, preprocessing, paths, self.batch_size, self.num_workers, self.runtime,
                                           view, true_aspect)
         self.directory.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".tmp")
+        partial = path.with_suffix(f".{os.getpid()}.tmp")   # runs filling the same entry at once (a parallel sweep) each write their own
         save_file({"ids": torch.tensor(ids, dtype=torch.long), **inputs}, partial,
                   metadata={"backbone": model.backbone.name, "preprocessing": repr(preprocessing)})
         partial.replace(path)  # atomic: an interrupted run never leaves a half-written cache behind
@@ -98,3 +100,14 @@ class FeatureCache:
         log.info("feature cache built: %d images%s in %.1fs (%s) -> %s", len(ids), f" ({view!r})" if view else "",
                  time.perf_counter() - started, self.runtime, path)
         return inputs
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, torch.Tensor] | None:
+        """The stored entry, or None to fill it: absent, or unreadable (a copy cut short, a disk that filled)."""
+        if not path.is_file():
+            return None
+        try:
+            return load_file(path)
+        except SafetensorError as err:
+            log.warning("feature cache entry %s is unreadable (%s): filling it again", path, err)
+            return None
