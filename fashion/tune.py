@@ -109,8 +109,8 @@ def tune(cfg: DictConfig) -> float:
     sweep = start_sweep(cfg, f"optuna {search.study_name}")   # the trials nest under it; the best is marked on it
     try:
         study.optimize(objective, n_trials=search.n_trials, timeout=search.get("timeout"))
-    except BaseException:
-        end_sweep(cfg, sweep, "FAILED")
+    except BaseException as stop:   # Ctrl-C ends the study KILLED, as it ends the trial it interrupted
+        end_sweep(cfg, sweep, "KILLED" if isinstance(stop, KeyboardInterrupt) else "FAILED")
         raise
     end_sweep(cfg, sweep)
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

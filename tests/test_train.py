@@ -107,6 +107,26 @@ def test_a_tool_run_is_tagged_like_a_training_run_and_fails_as_one(tmp_path, mon
     assert Path(experiment.artifact_location) == (tmp_path / "mlruns" / "artifacts").resolve()
 
 
+def test_a_sweep_stopped_early_ends_as_its_stopped_job_did(tmp_path, monkeypatch):
+    """A -m sweep that never reached its end was closed FAILED even when Ctrl-C stopped it, while the job
+    it interrupted ended KILLED. Now its jobs say which: KILLED if one was stopped on purpose, else FAILED."""
+    from omegaconf import OmegaConf
+
+    from fashion.tracking.run import PARENT_RUN_ENV, end_sweep, start_sweep
+
+    monkeypatch.delenv(PARENT_RUN_ENV, raising=False)
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    cfg = OmegaConf.create({"logger": {"tracking_uri": uri, "experiment_name": "fashion"}, "tags": {}})
+    client = MlflowClient(uri)
+    for job_statuses, expected in ((["FINISHED", "KILLED"], "KILLED"), (["FINISHED", "FAILED"], "FAILED")):
+        sweep = start_sweep(cfg, "sweep")
+        for status in job_statuses:
+            job = client.create_run(client.get_run(sweep).info.experiment_id, tags={"mlflow.parentRunId": sweep})
+            client.set_terminated(job.info.run_id, status)
+        end_sweep(cfg, sweep, None)
+        assert client.get_run(sweep).info.status == expected
+
+
 def test_a_moved_project_keeps_its_runs_artifacts_and_writes_new_ones_beside_them(tmp_path):
     """MLflow records absolute artifact paths: after the project folder moves, new runs wrote into the old
     place (re-creating it) and the old runs' artifacts could not be read. The store follows the move; an

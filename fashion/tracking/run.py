@@ -261,14 +261,17 @@ def start_sweep(cfg: DictConfig, name: str) -> str:
     return run_id
 
 
-def end_sweep(cfg: DictConfig, run_id: str, status: str = "FINISHED") -> None:
-    """Mark the sweep's best job on its parent run (tag `best_run_id`, metric `best/<monitor>`), then close it."""
+def end_sweep(cfg: DictConfig, run_id: str, status: str | None = "FINISHED") -> None:
+    """Mark the sweep's best job on its parent run (tag `best_run_id`, metric `best/<monitor>`), then close it.
+    `status` None: the sweep stopped early, and its jobs say why: KILLED where one was stopped on purpose
+    (Ctrl-C), as that job is, else FAILED."""
     os.environ.pop(PARENT_RUN_ENV, None)
     client, monitor = MlflowClient(cfg.logger.tracking_uri), cfg.get("optimized_metric", "val/mean_acc")
     maximize = (cfg.get("hparams_search") or {}).get("direction", "maximize") == "maximize"
-    scored = [(run.data.metrics.get(f"best/{monitor}", run.data.metrics.get(monitor)), run)
-              for run in client.search_runs([client.get_run(run_id).info.experiment_id],
-                                            filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")]
+    jobs = client.search_runs([client.get_run(run_id).info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")
+    if status is None:
+        status = "KILLED" if any(job.info.status == "KILLED" for job in jobs) else "FAILED"
+    scored = [(job.data.metrics.get(f"best/{monitor}", job.data.metrics.get(monitor)), job) for job in jobs]
     scored = [(value, run) for value, run in scored if value is not None]
     if scored:
         value, best = (max if maximize else min)(scored, key=lambda pair: pair[0])
@@ -298,13 +301,13 @@ class PrepareMLflowStore(HydraCallback):
         if self._prepare(config) and not config.get("hparams_search"):
             self.sweep_run_id = start_sweep(config, f"sweep {Path(config.hydra.sweep.dir).name}")
             # A sweep with a failed job (or a Ctrl-C) never reaches on_multirun_end: Hydra raises after the
-            # jobs and exits. Close the parent then, or the MLflow UI shows it running for ever.
-            atexit.register(self.close_sweep, config, "FAILED")
+            # jobs and exits. Close the parent then (FAILED, or KILLED), or the MLflow UI shows it running for ever.
+            atexit.register(self.close_sweep, config, None)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self.close_sweep(config, "FINISHED")
 
-    def close_sweep(self, config: DictConfig, status: str) -> None:
+    def close_sweep(self, config: DictConfig, status: str | None) -> None:
         if self.sweep_run_id:
             run_id, self.sweep_run_id = self.sweep_run_id, None
             end_sweep(config, run_id, status)
