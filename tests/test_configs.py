@@ -135,13 +135,14 @@ def test_every_validation_metric_the_run_logs_can_be_the_optimized_metric():
     import torch
 
     from fashion.config import monitored_metric_problems
-    from fashion.metrics import AttributeMetrics
+    from fashion.metrics import AttributeMetrics, logged_names
 
     metrics = AttributeMetrics({"gender": 3, "articleType": 10}, "val")
     metrics.update({"gender": torch.randn(8, 3), "articleType": torch.randn(8, 10)},
                    {"gender": torch.randint(0, 3, (8,)), "articleType": torch.randint(0, 10, (8,))})
     logged = [*metrics.compute(), "val/loss"]
-    assert "val/mean_f1" in logged and "val/articleType/top5" in logged
+    assert "val/mean_f1" in logged and "val/articleType/top5" in logged and "val/gender/top5" not in logged
+    assert sorted(logged_names({"gender": 3, "articleType": 10}, "val")) == sorted(metrics.compute())
     labels = {"attributes": ["gender", "articleType"]}
     assert [m for m in logged if monitored_metric_problems({"optimized_metric": m, "labels": labels})] == []
 

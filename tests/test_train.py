@@ -107,6 +107,18 @@ def test_a_tool_run_is_tagged_like_a_training_run_and_fails_as_one(tmp_path, mon
     assert Path(experiment.artifact_location) == (tmp_path / "mlruns" / "artifacts").resolve()
 
 
+def test_monitoring_a_top5_that_a_small_head_never_logs_is_refused_before_the_run(tmp_path, kaggle_folder, compose_config):
+    """The config check passes val/gender/top5 (it cannot know the head sizes); the checkpoint callback
+    failed on it only after the first epoch. Now the run refuses it once the labels give the sizes."""
+    from fashion.config import ConfigError
+
+    cfg = compose_config(tiny_overrides(tmp_path, kaggle_folder) + ["optimized_metric=val/gender/top5"])
+    with pytest.raises(ConfigError, match=r"optimized_metric: 'val/gender/top5' is not logged by this run: gender has \d "
+                                          "classes here, and top5 is logged only for heads of more than 5"):
+        train(cfg)
+    assert not (tmp_path / "mlruns").exists() or runs_of(tmp_path).empty   # no run was opened for it
+
+
 def test_a_sweep_stopped_early_ends_as_its_stopped_job_did(tmp_path, monkeypatch):
     """A -m sweep that never reached its end was closed FAILED even when Ctrl-C stopped it, while the job
     it interrupted ended KILLED. Now its jobs say which: KILLED if one was stopped on purpose, else FAILED."""

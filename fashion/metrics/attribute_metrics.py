@@ -29,6 +29,13 @@ def attribute_metrics(num_classes: int) -> MetricCollection:
     return MetricCollection(metrics, compute_groups=False)
 
 
+def logged_names(num_classes: Mapping[str, int], stage: str) -> list[str]:
+    """The names AttributeMetrics(num_classes, stage).compute() returns, confidence scores aside: known before
+    any batch, so a run can refuse to monitor one it will never log."""
+    return [f"{stage}/mean_acc", f"{stage}/mean_f1",
+            *(f"{stage}/{a}/{name}" for a, n in num_classes.items() for name in attribute_metrics(n).keys())]
+
+
 class AttributeMetrics(nn.Module):
     """Metrics for every head of one stage, named `<stage>/<attribute>/<metric>` plus stage means."""
 

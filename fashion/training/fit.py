@@ -16,14 +16,29 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from fashion.config import validate_config
+from fashion.config import ConfigError, validate_config
 from fashion.data.datamodule import FashionDataModule
+from fashion.metrics import logged_names
+from fashion.metrics.attribute_metrics import TOP_K
 from fashion.tracking import describe_run, log_run_inputs, tracked_run
 from fashion.tracking.run import ui_url
 from fashion.training.assembly import build_model, build_module, use_feature_cache
 from fashion.training.module import evaluate_sets
 
 log = logging.getLogger("fashion.train")
+
+
+def refuse_unlogged_monitor(metric: str, num_classes: dict[str, int]) -> None:
+    """The config check knows the metric names but not the head sizes, which come from the data: top-5 is
+    logged only for heads of more than five classes. Refused here, before a feature cache fills, not
+    by the checkpoint callback after the first epoch."""
+    logged = ["val/loss", *logged_names(num_classes, "val")]
+    if metric in logged:
+        return
+    attribute = metric.split("/")[1] if metric.count("/") == 2 else None
+    why = (f"{attribute} has {num_classes[attribute]} classes here, and top{TOP_K} is logged only for heads of more "
+           f"than {TOP_K}" if attribute in num_classes and num_classes[attribute] <= TOP_K else f"it logs {logged}")
+    raise ConfigError(f"optimized_metric: {metric!r} is not logged by this run: {why}")
 
 
 def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = (),
@@ -41,6 +56,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = (),
     datamodule: FashionDataModule = instantiate(cfg.data, preprocessing=backbone.preprocessing, _convert_="object")
     datamodule.prepare_labels()
     model = build_model(cfg, datamodule, backbone)
+    refuse_unlogged_monitor(cfg.get("optimized_metric", "val/mean_acc"), model.heads.num_classes)
     cache = use_feature_cache(cfg, model, datamodule)
     module = build_module(cfg, datamodule, model)
     with tracked_run(cfg, stopped_by) as (logger, resume):
