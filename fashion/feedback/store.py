@@ -24,6 +24,8 @@ from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, create_engin
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from fashion.validation import AtLeastOne, typed
+
 QUEUED, REVIEWED = "queued", "reviewed"
 
 
@@ -63,15 +65,14 @@ class UnknownImage(KeyError):
     """A correction or image request names a hash the store never saw."""
 
 
+@typed
 class ReviewStore:
     """`url`: an SQLAlchemy URL (sqlite:///review/review.db, postgresql+psycopg://...); `images`: the folder
     that holds the queued photos by content hash; `max_queued`: photos waiting at most (None: no cap)."""
 
-    def __init__(self, url: str, images: str | Path, max_queued: int | None = None, create: bool = True) -> None:
+    def __init__(self, url: str, images: str | Path, max_queued: AtLeastOne | None = None, create: bool = True) -> None:
         """`create=False` opens a queue a server already made (the exporter): a SQLite file that is not there
         is an error, not a new, empty queue made by a typo."""
-        if max_queued is not None and max_queued < 1:
-            raise ValueError(f"max_queued must be at least 1 (or null for no cap), got {max_queued}")
         if url.startswith("sqlite:///"):
             database = Path(url.removeprefix("sqlite:///")).expanduser()
             if not create and not database.is_file():
