@@ -91,8 +91,24 @@ def test_seeded_deterministic_runs_are_identical(tmp_path, kaggle_folder, compos
 
 
 def test_resume_of_unknown_run_is_a_clear_error(tmp_path, kaggle_folder, compose_config):
-    from mlflow.exceptions import MlflowException
+    from fashion.config import ConfigError
 
     cfg = compose_config(tiny_overrides(tmp_path, kaggle_folder) + ["resume=0123456789abcdef"])
-    with pytest.raises(MlflowException, match="0123456789abcdef"):
+    with pytest.raises(ConfigError, match="resume=0123456789abcdef: no such run in sqlite:///"):
         train(cfg)
+
+
+def test_resuming_a_named_run_under_another_config_is_refused_naming_the_keys(tmp_path, kaggle_folder, compose_config):
+    """A resumed run keeps the params it logged first: continued under another config (lr 3e-3 instead of
+    1e-3, more epochs) its MLflow run described a model it did not train. Now the keys that differ are named."""
+    from fashion.config import ConfigError
+
+    base = tiny_overrides(tmp_path, kaggle_folder) + ["optimizer.lr=1e-3"]
+    train(compose_config(base))
+    run_id = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db").search_runs(["1"])[0].info.run_id
+    changed = compose_config([*base[:-1], "optimizer.lr=3e-3", "trainer.max_epochs=2", f"resume={run_id}"])
+    with pytest.raises(ConfigError, match=rf"resume={run_id}: that run was trained with another config "
+                                          r"\(optimizer.lr: 0.001 -> 0.003; trainer.max_epochs: 1 -> 2\)"):
+        train(changed)
+    train(compose_config([*base, f"resume={run_id}"]))   # its own config passes, and continues the same run
+    assert [r.info.run_id for r in MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db").search_runs(["1"])] == [run_id]

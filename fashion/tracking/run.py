@@ -29,11 +29,12 @@ from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import MLFlowLogger
+from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from fashion.config import PROJECT_ROOT, flatten, tracking_uri
+from fashion.config import PROJECT_ROOT, ConfigError, flatten, tracking_uri
 from fashion.tracking.store import follow_move
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,20 @@ def _last_checkpoint(run: mlflow.entities.Run) -> str | None:
     return str(path) if path and path.is_file() else None
 
 
+def refuse_another_config(cfg: DictConfig, run: mlflow.entities.Run) -> None:
+    """A resumed run keeps the params and config it logged first, so continuing it under another config
+    would make the run describe a model it did not train. Names the keys that differ."""
+    if run.data.tags.get("config.hash") == config_hash(cfg):
+        return
+    ours = {k: str(v) for k, v in run_params(cfg).items()}
+    theirs = run.data.params
+    differ = [f"{k}: {theirs.get(k, '(unset)')} -> {ours.get(k, '(unset)')}" for k in sorted(set(ours) | set(theirs))
+              if ours.get(k) != theirs.get(k)]
+    shown = "; ".join(differ[:5]) + (f"; and {len(differ) - 5} more" if len(differ) > 5 else "")
+    raise ConfigError(f"resume={run.info.run_id}: that run was trained with another config ({shown or 'its config.hash differs'}): "
+                      "resume it with its own command, or start a new run from its checkpoint with ckpt_path=")
+
+
 def find_resume_point(cfg: DictConfig) -> ResumePoint | None:
     """Where to continue from, or None for a fresh run; raises if a named run cannot be resumed."""
     request = cfg.get("resume")
@@ -141,7 +156,11 @@ def find_resume_point(cfg: DictConfig) -> ResumePoint | None:
         return None
     client = MlflowClient(cfg.logger.tracking_uri)
     if request != "auto":
-        run = client.get_run(str(request))
+        try:
+            run = client.get_run(str(request))
+        except MlflowException:
+            raise ConfigError(f"resume={request}: no such run in {cfg.logger.tracking_uri}") from None
+        refuse_another_config(cfg, run)
         ckpt = _last_checkpoint(run)
         if ckpt is None:
             raise FileNotFoundError(f"resume={request}: run has no last.ckpt under its '{CHECKPOINT_TAG}' tag")
