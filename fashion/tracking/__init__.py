@@ -4,7 +4,7 @@ the Lightning logger that writes its metrics (`logger`)."""
 from fashion.config import tracking_uri
 from fashion.tracking.artifacts import MLflowArtifacts, describe_run, log_run_inputs
 from fashion.tracking.logger import MLflowRunLogger
-from fashion.tracking.run import PrepareMLflowStore, ensure_experiment, tracked_run
+from fashion.tracking.run import PrepareMLflowStore, ensure_experiment, find_resume_point, tracked_run
 
-__all__ = ["MLflowArtifacts", "MLflowRunLogger", "PrepareMLflowStore", "describe_run", "ensure_experiment", "log_run_inputs",
-           "tracked_run", "tracking_uri"]
+__all__ = ["MLflowArtifacts", "MLflowRunLogger", "PrepareMLflowStore", "describe_run", "ensure_experiment",
+           "find_resume_point", "log_run_inputs", "tracked_run", "tracking_uri"]

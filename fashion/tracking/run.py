@@ -233,11 +233,11 @@ def open_run(cfg: DictConfig, resume: ResumePoint | None) -> MLFlowLogger:
 
 
 @contextmanager
-def tracked_run(cfg: DictConfig, stopped_by: tuple[type[BaseException], ...] = (),
+def tracked_run(cfg: DictConfig, stopped_by: tuple[type[BaseException], ...] = (), resume: ResumePoint | None = None,
                 ) -> Iterator[tuple[MLFlowLogger, ResumePoint | None]]:
-    """The run (new, or the one `resume` names) open for the block; an exception ends it as FAILED, or
-    KILLED when it is a deliberate stop (Ctrl-C, or one of `stopped_by`, e.g. a pruned Optuna trial)."""
-    resume = find_resume_point(cfg)
+    """The run (new, or `resume`'s: find_resume_point, called before the slow setup so that a refused resume
+    fails at once) open for the block; an exception ends it as FAILED, or KILLED when it is a deliberate stop
+    (Ctrl-C, or one of `stopped_by`, e.g. a pruned Optuna trial)."""
     logger = open_run(cfg, resume)
     monitor = None
     if logger.run_id and logger.system_metrics:   # MLflow's own CPU/memory/GPU sampling, as system/*

@@ -20,7 +20,7 @@ from fashion.config import ConfigError, validate_config
 from fashion.data.datamodule import FashionDataModule
 from fashion.metrics import logged_names
 from fashion.metrics.attribute_metrics import TOP_K
-from fashion.tracking import describe_run, log_run_inputs, tracked_run
+from fashion.tracking import describe_run, find_resume_point, log_run_inputs, tracked_run
 from fashion.tracking.run import ui_url
 from fashion.training.assembly import build_model, build_module, use_feature_cache
 from fashion.training.module import evaluate_sets
@@ -51,6 +51,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = (),
     """
     started = time.perf_counter()
     validate_config(cfg)
+    resume = find_resume_point(cfg)
     L.seed_everything(cfg.seed, workers=True)
     backbone = instantiate(cfg.backbone)
     datamodule: FashionDataModule = instantiate(cfg.data, preprocessing=backbone.preprocessing, _convert_="object")
@@ -59,7 +60,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = (),
     refuse_unlogged_monitor(cfg.get("optimized_metric", "val/mean_acc"), model.heads.num_classes)
     cache = use_feature_cache(cfg, model, datamodule)
     module = build_module(cfg, datamodule, model)
-    with tracked_run(cfg, stopped_by) as (logger, resume):
+    with tracked_run(cfg, stopped_by, resume) as (logger, resume):
         resumed_from = resume.ckpt_path if resume else None
         if resumed_from is None:  # a resumed run keeps the inputs it logged first
             log_run_inputs(logger, cfg, datamodule, Path(cfg.paths.output_dir))
