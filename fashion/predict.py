@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,9 +65,17 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
     return list(dict.fromkeys(files)), unmatched
 
 
-def save_explanations(predictor: Predictor, image, path: Path, attributes: list[str], folder: Path) -> dict[str, str]:
-    """Grad-CAM overlays as PNGs next to each other in `folder`, on the photo at its own size (`image` is
-    what the model saw, decoded at its `decode_side`); returns {attribute: file}."""
+def overlay_names(files: list[Path]) -> dict[Path, str]:
+    """A name per input for its overlays: the file's stem, and where two inputs share one (a/front.jpg,
+    b/front.jpg) a hash of the whole path after it, so no overlay is written over another's."""
+    stems = Counter(path.stem for path in files)
+    return {path: path.stem if stems[path.stem] == 1 else f"{path.stem}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+            for path in files}
+
+
+def save_explanations(predictor: Predictor, image, path: Path, name: str, attributes: list[str], folder: Path) -> dict[str, str]:
+    """Grad-CAM overlays as PNGs `<name>_<attribute>.png` in `folder`, on the photo at its own size (`image`
+    is what the model saw, decoded at its `decode_side`); returns {attribute: file}."""
     import cv2
     import numpy as np
 
@@ -78,7 +87,7 @@ def save_explanations(predictor: Predictor, image, path: Path, attributes: list[
     for attribute, heat in grad_cam(predictor, image, attributes, size=(photo.shape[1], photo.shape[0])).items():
         colour = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
         overlay = (0.55 * photo + 0.45 * colour).astype(np.uint8)
-        target = folder / f"{path.stem}_{attribute}.png"
+        target = folder / f"{name}_{attribute}.png"
         cv2.imwrite(str(target), overlay[:, :, ::-1])
         written[attribute] = str(target)
     return written
@@ -86,6 +95,7 @@ def save_explanations(predictor: Predictor, image, path: Path, attributes: list[
 
 def predict_files(predictor: Predictor, files: list[Path], explain: list[str], explain_dir: Path) -> Iterator[ScoredBatch]:
     """Batches in input order, with Grad-CAM overlays; decoding happens batch by batch so memory stays flat on big folders."""
+    names = overlay_names(files)
     for start in range(0, len(files), predictor.batch_size):
         chunk = files[start:start + predictor.batch_size]
         images, errors = [], []
@@ -97,7 +107,7 @@ def predict_files(predictor: Predictor, files: list[Path], explain: list[str], e
                 errors.append(str(err))
         tags = predictor.tags(predictor.probabilities(predictor.to_tensor(images))) if images else None
         decoded = iter(images)
-        extras = [{} if error else {"explanations": save_explanations(predictor, next(decoded), path, explain, explain_dir)}
+        extras = [{} if error else {"explanations": save_explanations(predictor, next(decoded), path, names[path], explain, explain_dir)}
                   for path, error in zip(chunk, errors)]
         yield ScoredBatch([str(path) for path in chunk], errors, tags, extras)
 
