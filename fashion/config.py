@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,23 @@ def tracking_uri(mlruns: str | Path | None = None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(mlruns or PROJECT_ROOT / 'mlruns') / 'mlflow.db'}"
 
 
+def launch_time() -> str:
+    """The time in a run's output folder name (conf/hydra/default.yaml). To the microsecond, so runs launched
+    together (a shell loop, a SLURM array) each get their own; to the second, as Hydra's `now`, under torchrun
+    or a multi-task srun, whose processes of one run must find the same folder and start within one second."""
+    distributed = "LOCAL_RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    return datetime.now().strftime("%H-%M-%S" if distributed else "%H-%M-%S-%f")
+
+
 def register_resolvers() -> None:
     """`${project_root:}` lets configs name repo-relative paths that survive Hydra's output dirs;
-    `${tracking_uri:<mlruns>}` is the MLflow store, defined once here."""
+    `${tracking_uri:<mlruns>}` is the MLflow store, defined once here; `${launch_time:}` names output folders."""
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
     if not OmegaConf.has_resolver("tracking_uri"):
         OmegaConf.register_new_resolver("tracking_uri", tracking_uri)
+    if not OmegaConf.has_resolver("launch_time"):
+        OmegaConf.register_new_resolver("launch_time", launch_time, use_cache=True)   # one value per process
 
 
 class ConfigError(ValueError):

@@ -185,3 +185,21 @@ def test_best_cpu_alone_picks_the_whole_catalogue_and_its_outside_sets(compose_c
     assert cfg.backbone.source_jpeg_quality == 75
     assert compose_config(["experiment=best_cpu_subset"]).data.root.endswith("fashion-product-images-subset")
     assert compose_config(["experiment=best_cpu", "data=subset"]).data.root.endswith("fashion-product-images-subset")
+
+
+def test_output_folders_are_per_run_but_shared_by_the_processes_of_one_distributed_run(monkeypatch):
+    """Named to the second, three runs started at once from a shell loop shared one output folder (log,
+    .hydra files, checkpoint names). To the microsecond they do not; under torchrun or a multi-task srun the
+    ranks of one run must still agree, so there it stays to the second, as before."""
+    import re
+
+    from fashion.config import launch_time
+
+    for name in ("LOCAL_RANK", "SLURM_NTASKS"):
+        monkeypatch.delenv(name, raising=False)
+    assert re.fullmatch(r"\d\d-\d\d-\d\d-\d{6}", launch_time())
+    assert "${launch_time:}" in (CONFIG_DIR / "hydra" / "default.yaml").read_text()
+    for name, value in (("LOCAL_RANK", "0"), ("SLURM_NTASKS", "8")):
+        with monkeypatch.context() as env:
+            env.setenv(name, value)
+            assert re.fullmatch(r"\d\d-\d\d-\d\d", launch_time())
