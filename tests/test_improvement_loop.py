@@ -348,6 +348,26 @@ def test_the_server_queues_only_for_the_attributes_named_and_counts_what_a_full_
         create_app(trained.bundle, review_for=["sleeve"])
 
 
+def test_a_review_queue_that_fails_costs_the_review_not_the_prediction(trained, tmp_path, caplog):
+    """A full disk (or a database gone) under the review queue turned every doubtful prediction into a 500,
+    although the model had answered. Now the answer is served; the photo's review is logged and counted."""
+    store = ReviewStore(f"sqlite:///{tmp_path / 'review.db'}", tmp_path / "images")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    store.save_image = full_disk
+    app = create_app(trained.bundle, review=store)
+    app.state.model_slot.current.predictor.trained.decision.thresholds["gender"] = 1.1   # gender: always in doubt
+    with TestClient(app) as client:
+        answer = client.post("/v1/predict", files={"file": ("p.jpg", jpeg((200, 30, 30)), "image/jpeg")})
+        metrics = client.get("/metrics").text
+    assert answer.status_code == 200 and answer.json()["predictions"]["gender"]["status"] == "needs_review"
+    assert 'fashion_review_not_queued_total{reason="error"} 1.0' in metrics
+    assert "could not queue a photo for review" in caplog.text and "No space left on device" in caplog.text
+    assert store.queued() == 0
+
+
 def test_a_review_database_that_cannot_be_opened_is_a_clear_error_that_hides_its_password(tmp_path, capsys):
     from fashion.data_report import export_feedback_cli
 

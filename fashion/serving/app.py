@@ -185,9 +185,19 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
                              explain: list[str]) -> list[dict]:
         results, to_queue = await anyio.to_thread.run_sync(run_model, loaded, images, names, explain, limiter=limiter)
         if to_queue:   # a database and a file write: on a thread of their own, not holding one of the model's
-            queued = await anyio.to_thread.run_sync(lambda: [enqueue() for enqueue in to_queue])
-            monitor.not_queued.labels("queue_full").inc(queued.count(None))
+            for outcome in await anyio.to_thread.run_sync(lambda: [queue_for_review(enqueue) for enqueue in to_queue]):
+                if outcome != "queued":
+                    monitor.not_queued.labels(outcome).inc()
         return results
+
+    def queue_for_review(enqueue: Callable[[], int | None]) -> str:
+        """queued, queue_full, or error: a queue that fails (a full disk, a database gone) costs the review of
+        that photo, logged and counted, never the answer the model already gave."""
+        try:
+            return "queued" if enqueue() is not None else "queue_full"
+        except Exception:   # the side channel, whatever broke in it; the traceback goes to the log
+            log.exception("could not queue a photo for review; its prediction is answered")
+            return "error"
 
     def decode(data: bytes, filename: str | None, loaded: Loaded) -> DecodedImage:
         """An upload's pixels, decoded as the training of the model that will answer decoded its photos."""
