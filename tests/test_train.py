@@ -139,6 +139,21 @@ def test_a_sweep_stopped_early_ends_as_its_stopped_job_did(tmp_path, monkeypatch
         assert client.get_run(sweep).info.status == expected
 
 
+def test_the_ui_hint_names_the_store_the_run_went_to(tmp_path, monkeypatch):
+    """The end of a run said `make ui` whatever the store: with paths.mlruns elsewhere that UI showed other
+    runs, and a team server is its own UI. Each store now gets the command (or link) that shows it."""
+    import fashion.tracking.run as tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(tracking, "ui_url", lambda uri, experiment="fashion", host="http://127.0.0.1:5000": f"{host}/#/x")
+    assert tracking.ui_hint(tracking.tracking_uri()).startswith("Open the MLflow UI with: make ui   (then http://127.0.0.1:5000/#/x)")
+    elsewhere = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    assert tracking.ui_hint(elsewhere).startswith(f"Open the MLflow UI with: mlflow ui --backend-store-uri {elsewhere}")
+    assert tracking.ui_hint("https://mlflow.example.com/") == "Open the MLflow UI: https://mlflow.example.com/#/x"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", elsewhere)          # what `make ui` serves then
+    assert "make ui" in tracking.ui_hint(elsewhere)
+
+
 def test_a_moved_project_keeps_its_runs_artifacts_and_writes_new_ones_beside_them(tmp_path):
     """MLflow records absolute artifact paths: after the project folder moves, new runs wrote into the old
     place (re-creating it) and the old runs' artifacts could not be read. The store follows the move; an

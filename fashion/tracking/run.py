@@ -88,6 +88,15 @@ def ui_url(uri: str | None = None, experiment: str = "fashion", host: str = "htt
     return f"{host}/#/{page}?workflowType=machine_learning"
 
 
+def ui_hint(uri: str, experiment: str = "fashion") -> str:
+    """How to see the runs of `uri`: a tracking server is its own UI; `make ui` serves the project's store
+    (MLFLOW_TRACKING_URI, else mlruns/); any other local store needs `mlflow ui` pointed at it."""
+    if uri.startswith(("http://", "https://", "databricks")):
+        return f"Open the MLflow UI: {ui_url(uri, experiment, host=uri.rstrip('/'))}"
+    command = "make ui" if uri == tracking_uri() else f"mlflow ui --backend-store-uri {uri}"
+    return f"Open the MLflow UI with: {command}   (then {ui_url(uri, experiment)})"
+
+
 def git_commit() -> dict[str, str]:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True).stdout.strip()

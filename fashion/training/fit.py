@@ -21,7 +21,7 @@ from fashion.data.datamodule import FashionDataModule
 from fashion.metrics import logged_names
 from fashion.metrics.attribute_metrics import TOP_K
 from fashion.tracking import describe_run, find_resume_point, log_run_inputs, tracked_run
-from fashion.tracking.run import ui_url
+from fashion.tracking.run import ui_hint
 from fashion.training.assembly import build_model, build_module, use_feature_cache
 from fashion.training.module import evaluate_sets
 
@@ -112,5 +112,5 @@ def print_summary(logger: MLFlowLogger, cfg: DictConfig, metrics: dict[str, floa
         f"\nMLflow run {logger.run_id} (experiment '{cfg.logger.experiment_name}', {cfg.logger.tracking_uri})\n"
         f"{stage} metrics:\n" + "\n".join(rows) +
         f"\n  {'mean':<15} acc {metrics.get(f'{stage}/mean_acc', float('nan')):.3f}\n"
-        f"Open the MLflow UI with: make ui   (then {ui_url(cfg.logger.tracking_uri, cfg.logger.experiment_name)})\n"
+        f"{ui_hint(cfg.logger.tracking_uri, cfg.logger.experiment_name)}\n"
     )
