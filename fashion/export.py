@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from fashion.cli import tool_config
-from fashion.inference.bundle import export_bundle
+from fashion.inference.bundle import export_bundle, refuse_occupied
 from fashion.inference.checkpoint import TrainedModel, load_checkpoint
 
 
@@ -47,6 +47,7 @@ def export(run_id: str | None, checkpoint: str | None, output: Path, tracking_ur
     """Returns (bundle folder, pyfunc model URI or None)."""
     if (run_id is None) == (checkpoint is None):
         raise ValueError("give exactly one of --run-id or --checkpoint")
+    refuse_occupied(output, overwrite)   # before a checkpoint is downloaded
     client = MlflowClient(tracking_uri)
     with tempfile.TemporaryDirectory() as workdir:
         path = checkpoint_of_run(client, run_id, Path(workdir)) if run_id else Path(checkpoint)

@@ -87,11 +87,7 @@ def export_bundle(trained: TrainedModel, output: str | Path, manifest: dict[str,
     reloading the folder finds the old bundle or the new one). A folder that holds anything is refused:
     a bundle unless `overwrite`, anything else always (nothing of a user's is written over)."""
     output = Path(output)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        if not (output / MANIFEST).is_file():
-            raise FileExistsError(f"{output} exists and is not a bundle: write the bundle to a new or empty folder")
-        if not overwrite:
-            raise FileExistsError(f"{output} already holds a bundle: overwrite=true replaces it, or choose another folder")
+    refuse_occupied(output, overwrite)
     staging = output.with_name(f".{output.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)   # left by an export that died
     staging.mkdir(parents=True)
@@ -106,6 +102,16 @@ def export_bundle(trained: TrainedModel, output: str | Path, manifest: dict[str,
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return output
+
+
+def refuse_occupied(output: Path, overwrite: bool) -> None:
+    """FileExistsError unless `output` is new or empty, or holds a bundle and `overwrite` (fashion-export
+    asks before it downloads a checkpoint, export_bundle again before it writes)."""
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        if not (output / MANIFEST).is_file():
+            raise FileExistsError(f"{output} exists and is not a bundle: write the bundle to a new or empty folder")
+        if not overwrite:
+            raise FileExistsError(f"{output} already holds a bundle: overwrite=true replaces it, or choose another folder")
 
 
 def write_bundle(trained: TrainedModel, output: Path, manifest: dict[str, Any] | None, onnx: bool) -> None:
