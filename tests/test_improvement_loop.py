@@ -64,8 +64,9 @@ def test_review_store_queues_each_photo_once_and_keeps_the_latest_correction(tmp
         store.record(item["image_sha256"], {"articleType": "Shirts"}, "ana")
         store.record(item["image_sha256"], {"articleType": "Tops", "gender": "Women"}, "ben")   # a second look wins
         assert store.queued() == 1 and store.next_item()["filename"] == "blue.jpg"
-        [(item_id, path, labels, predictions)] = list(store.corrections())
+        [(item_id, path, labels, predictions, filename)] = list(store.corrections())
         assert item_id == first and labels == {"articleType": "Tops", "gender": "Women"} and path.read_bytes() == red
+        assert filename == "red-again.jpg"                                           # as last uploaded
         with pytest.raises(UnknownImage):
             store.record("0" * 64, {"gender": "Men"})
 
@@ -88,6 +89,7 @@ def test_export_feedback_cli_writes_a_kaggle_folder(tmp_path, monkeypatch, capsy
     assert "1 corrected photos written" in capsys.readouterr().err
     table = pd.read_csv(tmp_path / "out" / "styles.csv")
     assert table.loc[0, "articleType"] == "Shirts" and table.loc[0, "baseColour"] == "Red" and pd.isna(table.loc[0, "gender"])
+    assert table.loc[0, "productDisplayName"] == "red.jpg"   # the upload's name, to find the product in the shop
     assert Image.open(tmp_path / "out" / "images" / f"{table.loc[0, 'id']}.jpg").size == (30, 40)
     assert export_to(tmp_path / "out") == 0   # again: the folder is its own, so it is rewritten
     assert len(pd.read_csv(tmp_path / "out" / "styles.csv")) == 1

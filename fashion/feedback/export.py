@@ -46,13 +46,13 @@ def export_feedback(store: ReviewStore, output: Path) -> pd.DataFrame:
     images = output / "images"
     images.mkdir(parents=True, exist_ok=True)
     rows = []
-    for item_id, path, labels, _ in store.corrections():
+    for item_id, path, labels, _, filename in store.corrections():
         product = ID_BASE + item_id
         if path.suffix.lower() in (".jpeg", ".jpg"):   # the photo as uploaded: no second JPEG compression
             shutil.copyfile(path, images / f"{product}.jpg")
         else:
             Image.fromarray(load_rgb(path)).save(images / f"{product}.jpg", quality=95)
-        rows.append({"id": product, **{a: labels.get(a) for a in ATTRIBUTES}, "productDisplayName": path.name})
+        rows.append({"id": product, **{a: labels.get(a) for a in ATTRIBUTES}, "productDisplayName": filename or path.name})
     table = pd.DataFrame(rows, columns=["id", *ATTRIBUTES, "productDisplayName"])
     table.to_csv(output / "styles.csv", index=False)
     return table

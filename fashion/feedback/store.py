@@ -18,7 +18,7 @@ import hashlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, create_engine, func, make_url, select
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
@@ -59,6 +59,14 @@ class Correction(Base):
     labels: Mapped[dict[str, str]] = mapped_column(JSON)
     reviewer: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CorrectedPhoto(NamedTuple):
+    item_id: int               # its place in the queue
+    image: Path                # the stored photo (named by content hash)
+    labels: dict[str, str]     # the latest a person gave
+    predictions: dict[str, Any]   # the model's, when it was queued
+    filename: str | None       # as uploaded: what the shop called it
 
 
 class UnknownImage(KeyError):
@@ -167,8 +175,8 @@ class ReviewStore:
             session.flush()
             return correction.id
 
-    def corrections(self) -> Iterator[tuple[int, Path, dict[str, str], dict[str, Any]]]:
-        """(queue id, image file, the latest labels a person gave, the model's predictions) per corrected image."""
+    def corrections(self) -> Iterator[CorrectedPhoto]:
+        """Per corrected image, with the latest labels a person gave."""
         with Session(self.engine) as session:
             latest: dict[str, Correction] = {}
             for correction in session.scalars(select(Correction).order_by(Correction.id)):
@@ -176,7 +184,8 @@ class ReviewStore:
             items = {i.image_sha256: i for i in session.scalars(select(ReviewItem).where(ReviewItem.image_sha256.in_(latest)))}
             for digest, correction in latest.items():
                 item = items[digest]
-                yield item.id, self.images / item.image_file, dict(correction.labels), dict(item.predictions)
+                yield CorrectedPhoto(item.id, self.images / item.image_file, dict(correction.labels), dict(item.predictions),
+                                     item.filename)
 
 
 def as_dict(item: ReviewItem) -> dict[str, Any]:
