@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
+from hydra.errors import HydraException, InstantiationException
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -49,10 +49,13 @@ def one_line_errors(tool: str) -> Callable[[Callable[..., Result]], Callable[...
         def run(*args: Any, **kwargs: Any) -> Result:
             try:
                 return task(*args, **kwargs)
-            except (ConfigError, FileNotFoundError) as err:
-                if os.environ.get("HYDRA_FULL_ERROR") == "1" or in_sweep():
+            except (ConfigError, FileNotFoundError, InstantiationException) as err:
+                # Hydra's instantiate wraps what a class's __init__ refuses: the refusal is the message.
+                refused = err.__cause__ if isinstance(err, InstantiationException) else err
+                if not isinstance(refused, (ConfigError, FileNotFoundError)) or os.environ.get("HYDRA_FULL_ERROR") == "1" \
+                        or in_sweep():
                     raise
-                raise UsageError(tool, str(err)) from None
+                raise UsageError(tool, str(refused)) from None
         return run
     return wrap
 

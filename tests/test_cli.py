@@ -101,7 +101,9 @@ def test_a_value_the_classes_refuse_or_a_missing_path_is_one_line_and_exit_2(tmp
     cases = [(["fashion.train", "backbone.freeze=sometimes"], "fashion-train: invalid config: backbone.freeze: "),
              (["fashion.train", f"data.root={missing}"], f"fashion-train: data.root does not exist: {missing}"),
              (["fashion.data_report", "report", f"data.root={missing}"], f"fashion-data report: data.root does not exist: {missing}"),
-             (["fashion.tune"], "fashion-tune: no search space: give one, e.g. fashion-tune hparams_search=optuna")]
+             (["fashion.tune"], "fashion-tune: no search space: give one, e.g. fashion-tune hparams_search=optuna"),
+             # refused in a class's __init__, which Hydra's instantiate wraps: the refusal is still the one line
+             (["fashion.train", "data.train_only=[feedback]"], "fashion-train: data.train_only holds photos at their true aspect")]
     for args, first_line in cases:
         result = subprocess.run([sys.executable, "-m", *args, f"hydra.run.dir={tmp_path}/outputs"], cwd=tmp_path, env=env,
                                 capture_output=True, text=True, timeout=180)

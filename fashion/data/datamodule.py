@@ -28,6 +28,7 @@ from fashion.data.styles import EXAMPLES_IN_REPORT, read_styles
 from fashion.data.taxonomy import Taxonomy
 from fashion.data.transforms import Augmentation, Preprocessing
 from fashion.data.vocab import IGNORE_INDEX, LabelSpec, LabelVocabulary, build_vocabularies
+from fashion.config import ConfigError
 from fashion.validation import Aspect, AtLeastOne, AtLeastZero
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class FashionDataModule(L.LightningDataModule):
         # added after the split, so none of them is ever in val, test or an evaluation set.
         self.train_only = [Path(folder) for folder in train_only]
         if self.train_only and true_aspect is not None:
-            raise ValueError("data.train_only holds photos at their true aspect; it cannot be mixed with a squashed "
+            raise ConfigError("data.train_only holds photos at their true aspect; it cannot be mixed with a squashed "
                              f"folder (data.true_aspect={true_aspect}): train on the catalogue instead")
         self.table: pd.DataFrame | None = None
         self.eval_tables: dict[str, pd.DataFrame] = {}
@@ -121,7 +122,7 @@ class FashionDataModule(L.LightningDataModule):
         rows, _ = read_styles(folder / "styles.csv", attributes)
         clash = sorted(set(rows["id"]) & set(base["id"]))
         if clash:
-            raise ValueError(f"data.train_only: {folder} reuses ids of {self.root} ({clash[:5]}...): a product would "
+            raise ConfigError(f"data.train_only: {folder} reuses ids of {self.root} ({clash[:5]}...): a product would "
                              "be two products")
         rows["path"] = [str(folder / "images" / f"{i}.jpg") for i in rows["id"]]
         rows, report = self._drop_unusable_images(rows)
@@ -146,7 +147,7 @@ class FashionDataModule(L.LightningDataModule):
         year = pd.to_numeric(frame["year"], errors="coerce")
         held = year.isin(self.out_of_time_years)
         if not held.any():
-            raise ValueError(f"data.out_of_time_years={self.out_of_time_years}: no product of {self.styles_path} is from "
+            raise ConfigError(f"data.out_of_time_years={self.out_of_time_years}: no product of {self.styles_path} is from "
                              f"those years (it has {sorted(year.dropna().astype(int).unique().tolist())})")
         log.info("out of time: %d products of years %s held out of train/val/test", int(held.sum()), self.out_of_time_years)
         return frame[~held].reset_index(drop=True), frame[held].reset_index(drop=True)
@@ -156,7 +157,7 @@ class FashionDataModule(L.LightningDataModule):
         trained = set(self.table.loc[self.table["split"].isin(["train", "val"]), "id"])
         for name, source in self.eval_sources.items():
             if name in tables:
-                raise ValueError(f"data.eval_sets.{name}: the name is taken by the out-of-time set")
+                raise ConfigError(f"data.eval_sets.{name}: the name is taken by the out-of-time set")
             tables[name] = self._encode(self._map_labels(self._source_table(name, source, trained)))
         return tables
 

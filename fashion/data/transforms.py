@@ -21,6 +21,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 
+from fashion.config import ConfigError  # noqa: E402
+
 @dataclass(frozen=True)
 class Preprocessing:
     """What a model expects as input; saved with the model so inference matches training exactly."""
@@ -38,7 +40,7 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if self.source_jpeg_quality is not None and self.source_max_side is None:
-            raise ValueError(f"source_jpeg_quality={self.source_jpeg_quality} needs source_max_side (the size a photo "
+            raise ConfigError(f"source_jpeg_quality={self.source_jpeg_quality} needs source_max_side (the size a photo "
                              "shrinks to before the JPEG round trip); set both, or neither")
 
     @property
