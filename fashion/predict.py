@@ -133,6 +133,9 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
             taxonomy: bool = True,
             runtime: Runtime = "auto", explain: str | None = None, explain_dir: str = "explanations") -> int:
     """Tags every image of `inputs` and `manifest`; the exit status is 1 when any file failed, 2 when nothing could run."""
+    if (resume or overwrite) and not output:   # standard output holds nothing to resume or replace
+        print(f"fashion-predict: {'resume' if resume else 'overwrite'}=true needs output=<file or folder>", file=sys.stderr)
+        return 2
     files, unmatched = expand_inputs(list(inputs or []))
     files = [str(f) for f in files]
     for item in unmatched:

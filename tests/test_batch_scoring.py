@@ -106,6 +106,8 @@ def test_a_repeated_command_neither_duplicates_nor_replaces_rows_unasked(trained
     assert again["path"].tolist() == paths                                # each row once
     assert again["articleType_top_k"].dropna().str.count(":").eq(2).all()   # and from the new settings
     assert main(command + ["resume=true", "top_k=2"]) == 0 and "0 to score" in capsys.readouterr().err
+    assert main([f"bundle={trained.bundle}", f"manifest={manifest}", "resume=true"]) == 2   # no output= to resume
+    assert "resume=true needs output=" in capsys.readouterr().err
 
 
 def test_an_output_that_cannot_be_written_is_one_line_and_a_new_folder_is_made(trained, tmp_path, capsys):
