@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from fashion.config import CONFIG_DIR
 from fashion.models import Backbone
+from tests.conftest import tiny_overrides
 
 GROUPS = ["data", "labels", "augmentation", "backbone", "head", "loss", "class_weights", "loss_weighting",
           "optimizer", "scheduler", "trainer", "callbacks", "logger"]
@@ -119,6 +120,10 @@ def test_wrong_key_fails_naming_the_key(compose_config):
     ("optimized_metric=val/artcleType/acc", "optimized_metric: 'val/artcleType/acc' is not logged by this run"),
     ("ckpt_path=/no/such/last.ckpt", "ckpt_path: no such file: /no/such/last.ckpt"),
     ("split.path=/no/such/split.csv", "split.path: no such file: /no/such/split.csv"),
+    ("callbacks.calibration.target_precision=1.5",   # trained a whole run, then could reach no threshold
+     "callbacks.calibration.target_precision: Input should be less than or equal to 1 (got 1.5)"),
+    ("callbacks.calibration.target_precision_per_attribute={season:2}",
+     "callbacks.calibration.target_precision_per_attribute.season: Input should be less than or equal to 1 (got 2)"),
 ])
 def test_wrong_value_fails_before_anything_is_built_naming_the_key(override, message, compose_config, tmp_path):
     """Typed configs: each value is checked against the Literal/type of its class's signature."""
@@ -127,6 +132,32 @@ def test_wrong_value_fails_before_anything_is_built_naming_the_key(override, mes
     validate_config(compose_config([f"paths.output_dir={tmp_path}"]))  # the default passes
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate_config(compose_config([override, f"paths.output_dir={tmp_path}"]))
+
+
+def test_a_dict_key_takes_a_whole_dict_from_the_command_line(compose_config):
+    """`key={season: 0.9}`, as the configs' comments show it, was refused ("Key 'season' is not in struct")
+    wherever the default was {}: these defaults are null now, and both spellings compose."""
+    for override, key, expected in (
+            ("callbacks.calibration.target_precision_per_attribute={season:0.9}", "callbacks.calibration.target_precision_per_attribute", {"season": 0.9}),
+            ("+callbacks.calibration.target_precision_per_attribute.season=0.9", "callbacks.calibration.target_precision_per_attribute", {"season": 0.9}),
+            ("loss_weighting.weights={articleType:2}", "loss_weighting.weights", {"articleType": 2}),
+            ("head.hidden_per_attribute={articleType:[256]}", "head.hidden_per_attribute", {"articleType": [256]})):
+        cfg = compose_config(["head=mlp", override])
+        assert OmegaConf.to_container(OmegaConf.select(cfg, key)) == expected, override
+
+
+def test_a_value_torch_refuses_in_the_optimizer_fails_before_the_run(tmp_path, kaggle_folder, compose_config):
+    """torch checks lr, momentum and betas only when an optimizer is built: `optimizer.lr=-1` failed after the
+    feature cache filled, in a FAILED MLflow run. The optimizer is now tried on a stand-in parameter first."""
+    from fashion.config import ConfigError
+    from fashion.train import train
+
+    for override, message in (("optimizer.lr=-1", "optimizer (torch.optim.AdamW): Invalid learning rate: -1"),
+                              ("optimizer=sgd optimizer.momentum=-0.5", "optimizer (torch.optim.SGD): Invalid momentum value: -0.5")):
+        cfg = compose_config(tiny_overrides(tmp_path, kaggle_folder) + override.split())
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            train(cfg)
+    assert not (tmp_path / "mlruns").exists()   # no run was opened
 
 
 def test_every_validation_metric_the_run_logs_can_be_the_optimized_metric():

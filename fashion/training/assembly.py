@@ -6,9 +6,13 @@ What `fashion-train` builds before it starts the Trainer, apart from experiment 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fashion.config import ConfigError
 from fashion.data.datamodule import FashionDataModule
 from fashion.features import FeatureCache
 from fashion.losses.multi_attribute import MultiAttributeLoss
@@ -26,6 +30,18 @@ def build_model(cfg: DictConfig, datamodule: FashionDataModule, backbone: Backbo
     return MultiHeadTagger(backbone, heads, extras)
 
 
+def optimizer_factory(cfg: DictConfig) -> Callable[..., torch.optim.Optimizer]:
+    """The optimizer as configured, tried once on a stand-in parameter: torch checks lr, betas, momentum and
+    weight decay only when an optimizer is built, which is after the feature cache fills and the MLflow run
+    opens; `optimizer.lr=-1` is refused here, naming the group, instead."""
+    factory = instantiate(cfg.optimizer)
+    try:
+        factory([torch.nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"optimizer ({cfg.optimizer._target_}): {err}") from None
+    return factory
+
+
 def build_module(cfg: DictConfig, datamodule: FashionDataModule, model: MultiHeadTagger) -> TaggerModule:
     """Loss (class weights from the vocabularies' counts), optimizer and schedule around the model."""
     loss = MultiAttributeLoss(
@@ -37,7 +53,7 @@ def build_module(cfg: DictConfig, datamodule: FashionDataModule, model: MultiHea
     return TaggerModule(
         model=model,
         loss=loss,
-        optimizer=instantiate(cfg.optimizer),
+        optimizer=optimizer_factory(cfg),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         vocabularies={a: v.to_dict() for a, v in datamodule.vocabularies.items()},
         taxonomy=datamodule.taxonomy,

@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.loggers import MLFlowLogger
 
 from fashion.calibration import Decision, calibrate
+from fashion.validation import Probability
 
 
 class EpochSeed(Callback):
@@ -63,7 +64,7 @@ class Calibration(Callback):
     Listed first in `callbacks`, so the checkpoint is calibrated before it is logged as an artifact.
     """
 
-    def __init__(self, target_precision: float = 0.98, target_precision_per_attribute: Mapping[str, float] | None = None,
+    def __init__(self, target_precision: Probability = 0.98, target_precision_per_attribute: Mapping[str, Probability] | None = None,
                  review_always: Sequence[str] = ()) -> None:
         self.target_precision = float(target_precision)
         self.per_attribute = dict(target_precision_per_attribute or {})

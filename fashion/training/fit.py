@@ -22,7 +22,7 @@ from fashion.metrics import logged_names
 from fashion.metrics.attribute_metrics import TOP_K
 from fashion.tracking import describe_run, find_resume_point, log_run_inputs, tracked_run
 from fashion.tracking.run import ui_hint
-from fashion.training.assembly import build_model, build_module, use_feature_cache
+from fashion.training.assembly import build_model, build_module, optimizer_factory, use_feature_cache
 from fashion.training.module import evaluate_sets
 
 log = logging.getLogger("fashion.train")
@@ -51,6 +51,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = (),
     """
     started = time.perf_counter()
     validate_config(cfg)
+    optimizer_factory(cfg)   # torch's own checks of its values, before the slow setup
     resume = find_resume_point(cfg)
     L.seed_everything(cfg.seed, workers=True)
     backbone = instantiate(cfg.backbone)
