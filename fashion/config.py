@@ -13,6 +13,11 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PROJECT_ROOT / "conf"
 
 
+# The store `make ui` serves: MLFLOW_TRACKING_URI as the shell that started this process set it (read at import:
+# MLflow sets the variable itself once a run opens), else the project's own.
+SHELL_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
 def tracking_uri(mlruns: str | Path | None = None) -> str:
     """The MLflow store every entry point uses (conf/logger/mlflow.yaml and the tools' configs call this as
     `${tracking_uri:...}`): MLFLOW_TRACKING_URI (a team server) when set, else SQLite under `mlruns`."""

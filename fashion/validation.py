@@ -27,6 +27,8 @@ Port = Annotated[int, pydantic.Field(ge=0, le=65535)]
 Aspect = Annotated[float, pydantic.Field(gt=0)]
 # A rate (dropout, label smoothing): torch refuses others only once training has started.
 Probability = Annotated[float, pydantic.Field(ge=0, le=1)]
+# A scale (the backbone's share of the learning rate): below 0 the backbone would climb its loss, silently.
+NonNegative = Annotated[float, pydantic.Field(ge=0)]
 # An image side in pixels, the range a bundle's preprocessing.json accepts (0 meant "the backbone's default").
 ImageSide = Annotated[int, pydantic.Field(ge=8, le=4096)]
 # The JPEG qualities `source_jpeg_quality` takes, in a config (Backbone) and in a bundle (preprocessing.json).

@@ -120,6 +120,7 @@ def test_wrong_key_fails_naming_the_key(compose_config):
     ("optimized_metric=val/artcleType/acc", "optimized_metric: 'val/artcleType/acc' is not logged by this run"),
     ("ckpt_path=/no/such/last.ckpt", "ckpt_path: no such file: /no/such/last.ckpt"),
     ("split.path=/no/such/split.csv", "split.path: no such file: /no/such/split.csv"),
+    ("scheduler.warmup_fraction=-1", "scheduler.warmup_fraction: Input should be greater than or equal to 0 (got -1)"),
     ("callbacks.calibration.target_precision=1.5",   # trained a whole run, then could reach no threshold
      "callbacks.calibration.target_precision: Input should be less than or equal to 1 (got 1.5)"),
     ("callbacks.calibration.target_precision_per_attribute={season:2}",
@@ -146,13 +147,15 @@ def test_a_dict_key_takes_a_whole_dict_from_the_command_line(compose_config):
         assert OmegaConf.to_container(OmegaConf.select(cfg, key)) == expected, override
 
 
-def test_a_value_torch_refuses_in_the_optimizer_fails_before_the_run(tmp_path, kaggle_folder, compose_config):
+def test_a_value_torch_or_the_module_refuses_fails_before_the_run(tmp_path, kaggle_folder, compose_config):
     """torch checks lr, momentum and betas only when an optimizer is built: `optimizer.lr=-1` failed after the
     feature cache filled, in a FAILED MLflow run. The optimizer is now tried on a stand-in parameter first."""
     from fashion.config import ConfigError
     from fashion.train import train
 
     for override, message in (("optimizer.lr=-1", "optimizer (torch.optim.AdamW): Invalid learning rate: -1"),
+                              # TaggerModule's own keys (no _target_): -1 trained the backbone up its loss, silently
+                              ("module.backbone_lr_scale=-1", "module.backbone_lr_scale: Input should be greater than or equal to 0"),
                               ("optimizer=sgd optimizer.momentum=-0.5", "optimizer (torch.optim.SGD): Invalid momentum value: -0.5")):
         cfg = compose_config(tiny_overrides(tmp_path, kaggle_folder) + override.split())
         with pytest.raises(ConfigError, match=re.escape(message)):

@@ -144,13 +144,17 @@ def test_the_ui_hint_names_the_store_the_run_went_to(tmp_path, monkeypatch):
     runs, and a team server is its own UI. Each store now gets the command (or link) that shows it."""
     import fashion.tracking.run as tracking
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from fashion import config
+
+    monkeypatch.setattr(config, "SHELL_TRACKING_URI", None)
     monkeypatch.setattr(tracking, "ui_url", lambda uri, experiment="fashion", host="http://127.0.0.1:5000": f"{host}/#/x")
-    assert tracking.ui_hint(tracking.tracking_uri()).startswith("Open the MLflow UI with: make ui   (then http://127.0.0.1:5000/#/x)")
+    project = f"sqlite:///{config.PROJECT_ROOT / 'mlruns' / 'mlflow.db'}"
+    assert tracking.ui_hint(project).startswith("Open the MLflow UI with: make ui   (then http://127.0.0.1:5000/#/x)")
     elsewhere = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", elsewhere)   # as MLflow sets it once a run opens: not what `make ui` serves
     assert tracking.ui_hint(elsewhere).startswith(f"Open the MLflow UI with: mlflow ui --backend-store-uri {elsewhere}")
     assert tracking.ui_hint("https://mlflow.example.com/") == "Open the MLflow UI: https://mlflow.example.com/#/x"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", elsewhere)          # what `make ui` serves then
+    monkeypatch.setattr(config, "SHELL_TRACKING_URI", elsewhere)   # the user's shell names it: `make ui` serves it
     assert "make ui" in tracking.ui_hint(elsewhere)
 
 

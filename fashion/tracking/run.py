@@ -34,6 +34,7 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from fashion import config
 from fashion.config import PROJECT_ROOT, ConfigError, flatten, tracking_uri
 from fashion.tracking.store import follow_move
 
@@ -93,7 +94,8 @@ def ui_hint(uri: str, experiment: str = "fashion") -> str:
     (MLFLOW_TRACKING_URI, else mlruns/); any other local store needs `mlflow ui` pointed at it."""
     if uri.startswith(("http://", "https://", "databricks")):
         return f"Open the MLflow UI: {ui_url(uri, experiment, host=uri.rstrip('/'))}"
-    command = "make ui" if uri == tracking_uri() else f"mlflow ui --backend-store-uri {uri}"
+    served = config.SHELL_TRACKING_URI or f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}"
+    command = "make ui" if uri == served else f"mlflow ui --backend-store-uri {uri}"
     return f"Open the MLflow UI with: {command}   (then {ui_url(uri, experiment)})"
 
 

@@ -14,7 +14,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from fashion.config import ConfigError, validate_config
 from fashion.data.datamodule import FashionDataModule
@@ -23,9 +23,19 @@ from fashion.metrics.attribute_metrics import TOP_K
 from fashion.tracking import describe_run, find_resume_point, log_run_inputs, tracked_run
 from fashion.tracking.run import ui_hint
 from fashion.training.assembly import build_model, build_module, optimizer_factory, use_feature_cache
-from fashion.training.module import evaluate_sets
+from fashion.training.module import TaggerModule, evaluate_sets
+from fashion.validation import check_fields
 
 log = logging.getLogger("fashion.train")
+
+
+def check_module_keys(cfg: DictConfig) -> None:
+    """`module` holds TaggerModule's own keywords (no `_target_`, so validate_config does not see them):
+    checked against its signature, so `module.backbone_lr_scale=-1` is refused at the key."""
+    try:
+        check_fields(TaggerModule, OmegaConf.to_container(cfg.get("module") or {}, resolve=True), "module")
+    except ValueError as err:
+        raise ConfigError(f"invalid config: {err}") from None
 
 
 def refuse_unlogged_monitor(metric: str, num_classes: dict[str, int]) -> None:
@@ -51,6 +61,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = (),
     """
     started = time.perf_counter()
     validate_config(cfg)
+    check_module_keys(cfg)
     optimizer_factory(cfg)   # torch's own checks of its values, before the slow setup
     resume = find_resume_point(cfg)
     L.seed_everything(cfg.seed, workers=True)

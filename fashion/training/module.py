@@ -19,6 +19,7 @@ from fashion.data.taxonomy import Taxonomy, decode_levels
 from fashion.losses.multi_attribute import MultiAttributeLoss
 from fashion.metrics import AttributeMetrics
 from fashion.models.tagger import CachedInputs, MultiHeadTagger
+from fashion.validation import NonNegative
 
 Inputs = torch.Tensor | CachedInputs   # images, or FeatureCache rows
 Batch = tuple[Inputs, dict[str, torch.Tensor]]
@@ -41,7 +42,7 @@ class TaggerModule(L.LightningModule):
         loss: MultiAttributeLoss,
         optimizer: Callable[..., Optimizer],
         scheduler: Callable[..., Any] | None = None,
-        backbone_lr_scale: float = 0.1,
+        backbone_lr_scale: NonNegative = 0.1,
         channels_last: bool = False,
         vocabularies: Mapping[str, dict] | None = None,
         run_config: Mapping[str, Any] | None = None,

@@ -15,9 +15,11 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from fashion.validation import Probability
+
 
 def cosine_with_warmup(
-    optimizer: Optimizer, total_steps: int, warmup_fraction: float = 0.05, min_lr_ratio: float = 0.01
+    optimizer: Optimizer, total_steps: int, warmup_fraction: Probability = 0.05, min_lr_ratio: Probability = 0.01
 ) -> LambdaLR:
     """Linear warmup, then cosine decay to `min_lr_ratio` x each group's own lr (backbone and heads alike)."""
     warmup = max(1, int(total_steps * warmup_fraction)) if warmup_fraction > 0 else 0
