@@ -1,4 +1,6 @@
-"""A composed config -> the network, the LightningModule and the cached-input switch.
+"""A composed config -> the network, the LightningModule and the cached-input switch, and the checks of a
+config that only its classes can make (torch's optimizer values, the module's keys, the heads' metrics),
+run before the slow setup.
 
 What `fashion-train` builds before it starts the Trainer, apart from experiment tracking, so scripts
 (benchmarks, the GPU check) assemble exactly the training run's model without an MLflow run.
@@ -16,9 +18,12 @@ from fashion.config import ConfigError
 from fashion.data.datamodule import FashionDataModule
 from fashion.features import FeatureCache
 from fashion.losses.multi_attribute import MultiAttributeLoss
+from fashion.metrics import logged_names
+from fashion.metrics.attribute_metrics import TOP_K
 from fashion.models.backbone import Backbone
 from fashion.models.tagger import MultiHeadTagger
 from fashion.training.module import TaggerModule
+from fashion.validation import check_fields
 
 
 def build_model(cfg: DictConfig, datamodule: FashionDataModule, backbone: Backbone) -> MultiHeadTagger:
@@ -40,6 +45,28 @@ def optimizer_factory(cfg: DictConfig) -> Callable[..., torch.optim.Optimizer]:
     except (ValueError, TypeError) as err:
         raise ConfigError(f"optimizer ({cfg.optimizer._target_}): {err}") from None
     return factory
+
+
+def check_module_keys(cfg: DictConfig) -> None:
+    """`module` holds TaggerModule's own keywords (no `_target_`, so validate_config does not see them):
+    checked against its signature, so `module.backbone_lr_scale=-1` is refused at the key."""
+    try:
+        check_fields(TaggerModule, OmegaConf.to_container(cfg.get("module") or {}, resolve=True), "module")
+    except ValueError as err:
+        raise ConfigError(f"invalid config: {err}") from None
+
+
+def refuse_unlogged_monitor(metric: str, num_classes: dict[str, int]) -> None:
+    """The config check knows the metric names but not the head sizes, which come from the data: top-5 is
+    logged only for heads of more than five classes. Refused here, before a feature cache fills, not
+    by the checkpoint callback after the first epoch."""
+    logged = ["val/loss", *logged_names(num_classes, "val")]
+    if metric in logged:
+        return
+    attribute = metric.split("/")[1] if metric.count("/") == 2 else None
+    why = (f"{attribute} has {num_classes[attribute]} classes here, and top{TOP_K} is logged only for heads of more "
+           f"than {TOP_K}" if attribute in num_classes and num_classes[attribute] <= TOP_K else f"it logs {logged}")
+    raise ConfigError(f"optimized_metric: {metric!r} is not logged by this run: {why}")
 
 
 def build_module(cfg: DictConfig, datamodule: FashionDataModule, model: MultiHeadTagger) -> TaggerModule:

@@ -14,41 +14,17 @@ from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from fashion.config import ConfigError, validate_config
+from fashion.config import validate_config
 from fashion.data.datamodule import FashionDataModule
-from fashion.metrics import logged_names
-from fashion.metrics.attribute_metrics import TOP_K
 from fashion.tracking import describe_run, find_resume_point, log_run_inputs, tracked_run
 from fashion.tracking.run import ui_hint
-from fashion.training.assembly import build_model, build_module, optimizer_factory, use_feature_cache
-from fashion.training.module import TaggerModule, evaluate_sets
-from fashion.validation import check_fields
+from fashion.training.assembly import (build_model, build_module, check_module_keys, optimizer_factory,
+                                       refuse_unlogged_monitor, use_feature_cache)
+from fashion.training.module import evaluate_sets
 
 log = logging.getLogger("fashion.train")
-
-
-def check_module_keys(cfg: DictConfig) -> None:
-    """`module` holds TaggerModule's own keywords (no `_target_`, so validate_config does not see them):
-    checked against its signature, so `module.backbone_lr_scale=-1` is refused at the key."""
-    try:
-        check_fields(TaggerModule, OmegaConf.to_container(cfg.get("module") or {}, resolve=True), "module")
-    except ValueError as err:
-        raise ConfigError(f"invalid config: {err}") from None
-
-
-def refuse_unlogged_monitor(metric: str, num_classes: dict[str, int]) -> None:
-    """The config check knows the metric names but not the head sizes, which come from the data: top-5 is
-    logged only for heads of more than five classes. Refused here, before a feature cache fills, not
-    by the checkpoint callback after the first epoch."""
-    logged = ["val/loss", *logged_names(num_classes, "val")]
-    if metric in logged:
-        return
-    attribute = metric.split("/")[1] if metric.count("/") == 2 else None
-    why = (f"{attribute} has {num_classes[attribute]} classes here, and top{TOP_K} is logged only for heads of more "
-           f"than {TOP_K}" if attribute in num_classes and num_classes[attribute] <= TOP_K else f"it logs {logged}")
-    raise ConfigError(f"optimized_metric: {metric!r} is not logged by this run: {why}")
 
 
 def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = (),
