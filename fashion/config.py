@@ -21,7 +21,12 @@ SHELL_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 def tracking_uri(mlruns: str | Path | None = None) -> str:
     """The MLflow store every entry point uses (conf/logger/mlflow.yaml and the tools' configs call this as
     `${tracking_uri:...}`): MLFLOW_TRACKING_URI (a team server) when set, else SQLite under `mlruns`."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(mlruns or PROJECT_ROOT / 'mlruns') / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or local_store(mlruns)
+
+
+def local_store(mlruns: str | Path | None = None) -> str:
+    """The SQLite store under `mlruns` (default: the project's mlruns/)."""
+    return f"sqlite:///{Path(mlruns or PROJECT_ROOT / 'mlruns') / 'mlflow.db'}"
 
 
 def launch_time() -> str:

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from fashion.config import ConfigError
 from fashion.data.cached import CachedInputs, FeatureDataset
 from fashion.data.dataset import ProductImages
 from fashion.data.eval_sets import EvalSource
@@ -28,7 +29,6 @@ from fashion.data.styles import EXAMPLES_IN_REPORT, read_styles
 from fashion.data.taxonomy import Taxonomy
 from fashion.data.transforms import Augmentation, Preprocessing
 from fashion.data.vocab import IGNORE_INDEX, LabelSpec, LabelVocabulary, build_vocabularies
-from fashion.config import ConfigError
 from fashion.validation import Aspect, AtLeastOne, AtLeastZero
 
 log = logging.getLogger(__name__)

@@ -23,6 +23,7 @@ from albumentations.pytorch import ToTensorV2  # noqa: E402
 
 from fashion.config import ConfigError  # noqa: E402
 
+
 @dataclass(frozen=True)
 class Preprocessing:
     """What a model expects as input; saved with the model so inference matches training exactly."""

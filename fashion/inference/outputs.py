@@ -129,8 +129,9 @@ def prepare_output(output: Path, format: Format, job: dict, resume: bool, overwr
         if not overwrite:
             raise OutputConflict(f"{output} already holds rows: resume=true scores only the paths it lacks, "
                                  "overwrite=true replaces it")
-        for part in [*output.glob("part-*.parquet"), *output.glob(".part-*.tmp")] if format == "parquet" else []:
-            part.unlink()   # a file output is truncated when opened for writing
+        if format == "parquet":   # a file output is truncated when it is opened for writing
+            for part in [*output.glob("part-*.parquet"), *output.glob(".part-*.tmp")]:
+                part.unlink()
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(job, indent=1) + "\n")
     return done

@@ -94,8 +94,7 @@ def ui_hint(uri: str, experiment: str = "fashion") -> str:
     (MLFLOW_TRACKING_URI, else mlruns/); any other local store needs `mlflow ui` pointed at it."""
     if uri.startswith(("http://", "https://", "databricks")):
         return f"Open the MLflow UI: {ui_url(uri, experiment, host=uri.rstrip('/'))}"
-    served = config.SHELL_TRACKING_URI or f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}"
-    command = "make ui" if uri == served else f"mlflow ui --backend-store-uri {uri}"
+    command = "make ui" if uri == (config.SHELL_TRACKING_URI or config.local_store()) else f"mlflow ui --backend-store-uri {uri}"
     return f"Open the MLflow UI with: {command}   (then {ui_url(uri, experiment)})"
 
 

@@ -8,8 +8,6 @@ What `fashion-train` builds before it starts the Trainer, apart from experiment 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -35,16 +33,14 @@ def build_model(cfg: DictConfig, datamodule: FashionDataModule, backbone: Backbo
     return MultiHeadTagger(backbone, heads, extras)
 
 
-def optimizer_factory(cfg: DictConfig) -> Callable[..., torch.optim.Optimizer]:
+def check_optimizer(cfg: DictConfig) -> None:
     """The optimizer as configured, tried once on a stand-in parameter: torch checks lr, betas, momentum and
     weight decay only when an optimizer is built, which is after the feature cache fills and the MLflow run
     opens; `optimizer.lr=-1` is refused here, naming the group, instead."""
-    factory = instantiate(cfg.optimizer)
     try:
-        factory([torch.nn.Parameter(torch.zeros(1))])
+        instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
     except (ValueError, TypeError) as err:
         raise ConfigError(f"optimizer ({cfg.optimizer._target_}): {err}") from None
-    return factory
 
 
 def check_module_keys(cfg: DictConfig) -> None:
@@ -80,7 +76,7 @@ def build_module(cfg: DictConfig, datamodule: FashionDataModule, model: MultiHea
     return TaggerModule(
         model=model,
         loss=loss,
-        optimizer=optimizer_factory(cfg),
+        optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         vocabularies={a: v.to_dict() for a, v in datamodule.vocabularies.items()},
         taxonomy=datamodule.taxonomy,
