@@ -106,6 +106,11 @@ def test_a_repeated_command_neither_duplicates_nor_replaces_rows_unasked(trained
     assert again["path"].tolist() == paths                                # each row once
     assert again["articleType_top_k"].dropna().str.count(":").eq(2).all()   # and from the new settings
     assert main(command + ["resume=true", "top_k=2"]) == 0 and "0 to score" in capsys.readouterr().err
+    for hostile in ("[1, 2]", "not json"):   # a record someone else wrote: one line, and the rows stay
+        (out / "_job.json" if format == "parquet" else out.with_name(out.name + ".job.json")).write_text(hostile)
+        assert main(command + ["resume=true", "top_k=2"]) == 2
+        assert f"cannot resume from {out}: it is not a {format} output of fashion-predict" in capsys.readouterr().err
+        assert read(out)["path"].tolist() == paths
     assert main([f"bundle={trained.bundle}", f"manifest={manifest}", "resume=true"]) == 2   # no output= to resume
     assert "resume=true needs output=" in capsys.readouterr().err
 

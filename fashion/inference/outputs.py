@@ -120,6 +120,8 @@ def prepare_output(output: Path, format: Format, job: dict, resume: bool, overwr
     done: set[str] = set()
     if resume:
         written = json.loads(record.read_text()) if record.is_file() else None
+        if written is not None and not isinstance(written, dict):
+            raise ValueError(f"{record} is not a job record")
         if written is not None and written != job:
             changed = ", ".join(f"{key} {written.get(key)!r} -> {job.get(key)!r}" for key in job if written.get(key) != job[key])
             raise OutputConflict(f"cannot resume {output}: its rows were written with other settings ({changed}); "
