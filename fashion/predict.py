@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import cv2
 import pandas as pd
 import torch
 from tqdm import tqdm
@@ -76,7 +77,6 @@ def overlay_names(files: list[Path]) -> dict[Path, str]:
 def save_explanations(predictor: Predictor, image, path: Path, name: str, attributes: list[str], folder: Path) -> dict[str, str]:
     """Grad-CAM overlays as PNGs `<name>_<attribute>.png` in `folder`, on the photo at its own size (`image`
     is what the model saw, decoded at its `decode_side`); returns {attribute: file}."""
-    import cv2
     import numpy as np
 
     from fashion.inference.explain import grad_cam
@@ -184,7 +184,7 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
         batches = score_paths(predictor, files, workers, lanes)
     failed = scored = 0
     try:
-        with one_torch_thread(predictor.runtime == "onnx"), tqdm(total=len(files), unit="img", file=sys.stderr, disable=len(files) < PROGRESS_FROM) as bar:
+        with helpers_on_one_thread(predictor.runtime == "onnx"), tqdm(total=len(files), unit="img", file=sys.stderr, disable=len(files) < PROGRESS_FROM) as bar:
             for batch in write_batches(batches, predictor.attributes, format, Path(output) if output else None,
                                        append=resume, stdout=sys.stdout):
                 unreadable = batch.failed()
@@ -214,17 +214,20 @@ def model_identity(predictor: Predictor, checkpoint: str | None) -> str:
 
 
 @contextmanager
-def one_torch_thread(enabled: bool) -> Iterator[None]:
-    """With onnxruntime on every core, the little torch work left (decoding the taxonomy, top-k) runs on one
-    thread: torch's default OpenMP team spins on the cores the lanes' onnxruntime needs, which tripled that
-    work's CPU time (0.12 -> 0.39 ms a photo beside a 160px model's 8.5 ms; docs/batch_scoring.md)."""
-    before = torch.get_num_threads()
+def helpers_on_one_thread(enabled: bool) -> Iterator[None]:
+    """With onnxruntime on every core, the little torch and OpenCV work left (decoding the taxonomy, top-k;
+    resizing and normalising each photo) runs on one thread: their thread pools spin on the cores the
+    lanes' onnxruntime needs. torch's tripled that work's CPU time (0.12 -> 0.39 ms a photo beside a 160px
+    model's 8.5 ms); OpenCV's, about a point of throughput in a paired trial (docs/batch_scoring.md)."""
+    before = torch.get_num_threads(), cv2.getNumThreads()
     if enabled:
         torch.set_num_threads(1)
+        cv2.setNumThreads(1)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])
 
 
 def usable_cores() -> int:
