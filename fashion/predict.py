@@ -158,10 +158,15 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
     except (ValueError, OSError) as err:  # a refused, tampered or missing bundle/checkpoint: say why, no traceback
         print(f"fashion-predict: cannot load the model: {err}", file=sys.stderr)
         return 2
+    explained = [] if not explain else predictor.attributes if explain == "all" else explain.split(",")
+    unknown = [a for a in explained if a not in predictor.attributes]
+    if unknown:
+        print(f"fashion-predict: explain names {unknown}; the model predicts {predictor.attributes}", file=sys.stderr)
+        return 2
     if output:
         try:
-            done = prepare_output(Path(output), format, {"model": model_identity(predictor, checkpoint), "top_k": top_k,
-                                                         "taxonomy": taxonomy}, resume, overwrite)
+            job = {"model": model_identity(predictor, checkpoint), "top_k": top_k, "taxonomy": taxonomy}
+            done = prepare_output(Path(output), format, job | ({"explain": explained} if explained else {}), resume, overwrite)
         except OutputConflict as err:
             print(f"fashion-predict: {err}", file=sys.stderr)
             return 2
@@ -172,11 +177,6 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
         if resume:
             files = [f for f in files if f not in done]
             print(f"fashion-predict: resuming: {len(done)} already in {output}, {len(files)} to score", file=sys.stderr)
-    explained = [] if not explain else predictor.attributes if explain == "all" else explain.split(",")
-    unknown = [a for a in explained if a not in predictor.attributes]
-    if unknown:
-        print(f"fashion-predict: explain names {unknown}; the model predicts {predictor.attributes}", file=sys.stderr)
-        return 2
     if explained:   # Grad-CAM needs the decoded image beside its prediction: decode here, batch by batch
         batches = predict_files(predictor, [Path(f) for f in files], explained, Path(explain_dir))
     else:
@@ -186,7 +186,7 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
     try:
         with helpers_on_one_thread(predictor.runtime == "onnx"), tqdm(total=len(files), unit="img", file=sys.stderr, disable=len(files) < PROGRESS_FROM) as bar:
             for batch in write_batches(batches, predictor.attributes, format, Path(output) if output else None,
-                                       append=resume, stdout=sys.stdout):
+                                       append=resume, stdout=sys.stdout, explained=explained):
                 unreadable = batch.failed()
                 for path, error in unreadable:
                     print(f"fashion-predict: skipped {path}: {error}", file=sys.stderr)

@@ -190,6 +190,15 @@ def test_predict_cli_skips_unreadable_files_and_reports_them(trained, tmp_path, 
     overlays = [json.loads(line)["explanations"]["articleType"] for line in (tmp_path / "twins.jsonl").read_text().splitlines()]
     assert len(set(overlays)) == 2 and all(Path(o).name.startswith("front-") for o in overlays)   # neither written over
     assert [Image.open(o).size for o in overlays] == [Image.open(i).size for i in REAL_IMAGES[:2]]
+    # a table names each row's overlays too (they were only in JSON lines); an unreadable file's row names none
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    for format, output in (("csv", tmp_path / "twins.csv"), ("parquet", tmp_path / "twins_parquet")):
+        assert main([*map(str, twins), str(broken), f"bundle={trained.bundle}", "explain=articleType",
+                     f"explain_dir={tmp_path / 'cam2'}", f"format={format}", f"output={output}"]) == 1
+        table = pd.read_csv(output) if format == "csv" else pd.read_parquet(output)
+        assert table["articleType_explanation"].tolist()[:2] == overlays and pd.isna(table["articleType_explanation"][2])
+        assert "baseColour_explanation" not in table and table["error"].notna().tolist() == [False, False, True]
 
 
 def test_served_taxonomy_is_always_a_combination_the_training_data_has(trained):

@@ -19,7 +19,7 @@ import errno
 import io
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TextIO
@@ -35,8 +35,10 @@ Format = Literal["jsonl", "csv", "parquet"]
 ROWS_PER_PART = 10_000
 
 
-def flat_columns(attributes: list[str]) -> list[str]:
-    return ["path", *[c for a in attributes for c in (a, f"{a}_confidence", f"{a}_status", f"{a}_top_k")], "error"]
+def flat_columns(attributes: list[str], explained: Sequence[str] = ()) -> list[str]:
+    """A table's columns; `explained`: the attributes with Grad-CAM overlays, whose files it names."""
+    return ["path", *[c for a in attributes for c in (a, f"{a}_confidence", f"{a}_status", f"{a}_top_k")],
+            *[f"{a}_explanation" for a in explained], "error"]
 
 
 @dataclass
@@ -66,7 +68,7 @@ class ScoredBatch:
             yield {"path": path, "predictions": predictions, **(self.extras[row] if self.extras else {})}
             scored += 1
 
-    def columns(self, attributes: list[str]) -> dict[str, list]:
+    def columns(self, attributes: list[str], explained: Sequence[str] = ()) -> dict[str, list]:
         """The table's columns (flat_columns); an error row has only `path` and `error`."""
         readable = [row for row, error in enumerate(self.errors) if error is None]
 
@@ -87,6 +89,9 @@ class ScoredBatch:
             columns[f"{a}_confidence"] = spread(confidence)
             columns[f"{a}_status"] = spread(["accepted" if ok else "needs_review" for ok in accepted])
             columns[f"{a}_top_k"] = spread([";".join(f"{label}:{p:.4f}" for label, p in zip(*top)) for top in top_k])
+        extras = self.extras or [{}] * len(self.paths)
+        for a in explained:
+            columns[f"{a}_explanation"] = [extra.get("explanations", {}).get(a) for extra in extras]
         columns["error"] = list(self.errors)
         return columns
 
@@ -160,12 +165,12 @@ def done_paths(output: Path, format: Format) -> set[str]:
 
 
 def write_batches(batches: Iterable[ScoredBatch], attributes: list[str], format: Format, output: Path | None,
-                  append: bool, stdout: TextIO) -> Iterator[ScoredBatch]:
+                  append: bool, stdout: TextIO, explained: Sequence[str] = ()) -> Iterator[ScoredBatch]:
     """Writes each batch as it arrives and passes it on (the caller counts rows and errors)."""
     if format == "parquet":
         if output is None:
             raise ValueError("format=parquet needs output=<folder>")
-        yield from write_parquet(batches, attributes, output)
+        yield from write_parquet(batches, attributes, output, explained)
         return
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)   # as a parquet folder is made
@@ -174,10 +179,10 @@ def write_batches(batches: Iterable[ScoredBatch], attributes: list[str], format:
         if format == "csv":
             writer = csv.writer(handle)
             if not (append and output and output.stat().st_size):
-                writer.writerow(flat_columns(attributes))
+                writer.writerow(flat_columns(attributes, explained))
         for batch in batches:
             if format == "csv":
-                writer.writerows(zip(*batch.columns(attributes).values()))
+                writer.writerows(zip(*batch.columns(attributes, explained).values()))
             else:
                 handle.writelines(json.dumps(row) + "\n" for row in batch.rows())
             handle.flush()
@@ -187,12 +192,12 @@ def write_batches(batches: Iterable[ScoredBatch], attributes: list[str], format:
             handle.close()
 
 
-def write_parquet(batches: Iterable[ScoredBatch], attributes: list[str], folder: Path,
+def write_parquet(batches: Iterable[ScoredBatch], attributes: list[str], folder: Path, explained: Sequence[str] = (),
                   rows_per_part: int = ROWS_PER_PART) -> Iterator[ScoredBatch]:
     """Part files of about `rows_per_part` rows (whole batches), each complete before it gets its name."""
     folder.mkdir(parents=True, exist_ok=True)
     first = len(list(folder.glob("part-*.parquet")))
-    names = flat_columns(attributes)
+    names = flat_columns(attributes, explained)
     buffer: dict[str, list] = {name: [] for name in names}
     # One schema for every part (an all-empty `error` column must still be a string column), so the parts read as one table.
     schema = pa.schema([(c, pa.float64() if c.endswith("_confidence") else pa.string()) for c in names])
@@ -208,7 +213,7 @@ def write_parquet(batches: Iterable[ScoredBatch], attributes: list[str], folder:
             column.clear()
 
     for batch in batches:
-        for name, values in batch.columns(attributes).items():
+        for name, values in batch.columns(attributes, explained).items():
             buffer[name] += values
         yield batch
         if len(buffer["path"]) >= rows_per_part:
