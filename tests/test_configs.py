@@ -109,6 +109,8 @@ def test_wrong_key_fails_naming_the_key(compose_config):
     ("backbone.source_jpeg_quality=500", "backbone.source_jpeg_quality: Input should be less than or equal to 100"),
     ("feature_cache.runtime=onnxruntime", "feature_cache.runtime: Input should be 'onnx' or 'torch'"),
     ("labels.rare_classes=drop", "labels.rare_classes: Input should be 'ignore' or 'other'"),
+    ("labels.min_count=-1", "labels.min_count.constrained-int: Input should be greater than or equal to 0 (got -1)"),   # acted as 0
+    ("labels.min_count={season:-2}", "labels.min_count.dict[str,constrained-int].season: Input should be greater than or equal to 0"),
     ("head.dropout=lots", "head.dropout: Input should be a valid number"),
     ("optimizer.lr=fast", "optimizer.lr"),
     ("data.batch_size=0", "data.batch_size: Input should be greater than or equal to 1 (got 0)"),

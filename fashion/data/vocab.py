@@ -16,7 +16,7 @@ import pandas as pd
 import pydantic
 
 from fashion.data.styles import ATTRIBUTES
-from fashion.validation import describe, typed
+from fashion.validation import AtLeastZero, describe, typed
 
 IGNORE_INDEX = -1
 
@@ -27,7 +27,7 @@ class LabelSpec:
     """Which attributes to learn and how their vocabularies are built (the `labels` config group)."""
 
     attributes: list[str] = field(default_factory=lambda: list(ATTRIBUTES))
-    min_count: int | dict[str, int] = 1
+    min_count: AtLeastZero | dict[str, AtLeastZero] = 1
     rare_classes: Literal["ignore", "other"] = "ignore"
     other_label: str = "Other"
     mappings: dict[str, dict[str, str]] = field(default_factory=dict)
