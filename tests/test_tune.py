@@ -80,3 +80,29 @@ def test_cluster_launchers_compose(launcher, target):
     assert cfg.hydra.launcher._target_.endswith(target)
     if launcher == "slurm":
         assert cfg.hydra.launcher.tasks_per_node == 1 and cfg.hydra.launcher.timeout_min == 240
+
+
+@pytest.mark.parametrize("stop,status", [(KeyboardInterrupt, "KILLED"), (RuntimeError, "FAILED")])
+def test_a_study_stopped_by_ctrl_c_ends_killed_and_one_that_crashed_failed(stop, status, tmp_path, kaggle_folder, monkeypatch):
+    """The study's parent run ends as the trial it stopped in does: Ctrl-C is KILLED, a crash FAILED."""
+    import fashion.tune
+    from hydra.core.hydra_config import HydraConfig
+
+    def stopped(*args, **kwargs):
+        raise stop("stopped in trial 0")
+
+    monkeypatch.setattr(fashion.tune, "train", stopped)
+    overrides = tiny_overrides(tmp_path, kaggle_folder) + ["hparams_search=optuna", "hparams_search.study_name=t",
+                                                          f"hparams_search.storage=sqlite:///{tmp_path}/optuna.db"]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        try:
+            with pytest.raises(stop):
+                fashion.tune.tune(cfg)
+        finally:
+            HydraConfig.instance().cfg = None
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    [parent] = client.search_runs([client.get_experiment_by_name("fashion").experiment_id], "attributes.run_name = 'optuna t'")
+    assert parent.info.status == status
+    assert "FASHION_SWEEP_RUN_ID" not in os.environ   # later runs of this process are not nested under it
