@@ -199,6 +199,10 @@ def test_predict_cli_skips_unreadable_files_and_reports_them(trained, tmp_path, 
         table = pd.read_csv(output) if format == "csv" else pd.read_parquet(output)
         assert table["articleType_explanation"].tolist()[:2] == overlays and pd.isna(table["articleType_explanation"][2])
         assert "baseColour_explanation" not in table and table["error"].notna().tolist() == [False, False, True]
+    # its columns are part of the job: resuming it with other overlays (or none) would mix two tables' columns
+    for explain in (["explain=baseColour"], []):
+        assert main([str(broken), f"bundle={trained.bundle}", *explain, f"explain_dir={tmp_path / 'cam2'}",
+                     "format=csv", f"output={tmp_path / 'twins.csv'}", "resume=true"]) == 2
 
 
 def test_served_taxonomy_is_always_a_combination_the_training_data_has(trained):
