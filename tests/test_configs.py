@@ -150,15 +150,19 @@ def test_a_dict_key_takes_a_whole_dict_from_the_command_line(compose_config):
 
 
 def test_a_value_torch_or_the_module_refuses_fails_before_the_run(tmp_path, kaggle_folder, compose_config):
-    """torch checks lr, momentum and betas only when an optimizer is built: `optimizer.lr=-1` failed after the
-    feature cache filled, in a FAILED MLflow run. The optimizer is now tried on a stand-in parameter first."""
+    """torch checks lr, momentum and betas only when an optimizer is built, Lightning its values when the Trainer
+    is: `optimizer.lr=-1` or `trainer.max_epochs=-5` failed after the feature cache filled, in a FAILED MLflow
+    run. Both are now built once first."""
     from fashion.config import ConfigError
     from fashion.train import train
 
     for override, message in (("optimizer.lr=-1", "optimizer (torch.optim.AdamW): Invalid learning rate: -1"),
                               # TaggerModule's own keys (no _target_): -1 trained the backbone up its loss, silently
                               ("module.backbone_lr_scale=-1", "module.backbone_lr_scale: Input should be greater than or equal to 0"),
-                              ("optimizer=sgd optimizer.momentum=-0.5", "optimizer (torch.optim.SGD): Invalid momentum value: -0.5")):
+                              ("optimizer=sgd optimizer.momentum=-0.5", "optimizer (torch.optim.SGD): Invalid momentum value: -0.5"),
+                              # Lightning's: checked when the Trainer is built, after the cache and in a FAILED run
+                              ("trainer.max_epochs=-5", "trainer: `max_epochs` must be a non-negative integer or -1"),
+                              ("trainer.accelerator=tpu", "trainer: ")):
         cfg = compose_config(tiny_overrides(tmp_path, kaggle_folder) + override.split())
         with pytest.raises(ConfigError, match=re.escape(message)):
             train(cfg)

@@ -1,6 +1,6 @@
 """A composed config -> the network, the LightningModule and the cached-input switch, and the checks of a
-config that only its classes can make (torch's optimizer values, the module's keys, the heads' metrics),
-run before the slow setup.
+config that only its classes can make (torch's optimizer values, Lightning's Trainer, the module's keys,
+the heads' metrics), run before the slow setup.
 
 What `fashion-train` builds before it starts the Trainer, apart from experiment tracking, so scripts
 (benchmarks, the GPU check) assemble exactly the training run's model without an MLflow run.
@@ -8,7 +8,10 @@ What `fashion-train` builds before it starts the Trainer, apart from experiment 
 
 from __future__ import annotations
 
+import logging
+
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -41,6 +44,21 @@ def check_optimizer(cfg: DictConfig) -> None:
         instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
     except (ValueError, TypeError) as err:
         raise ConfigError(f"optimizer ({cfg.optimizer._target_}): {err}") from None
+
+
+def check_trainer(cfg: DictConfig) -> None:
+    """The Trainer as configured, built once and dropped: Lightning checks `max_epochs`, the accelerator,
+    devices and precision only when it is built, which is after the feature cache fills and the MLflow run
+    opens; `trainer.max_epochs=-5` is refused here instead. Its device report is left to the real one."""
+    device_report = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = device_report.level
+    device_report.setLevel(logging.WARNING)
+    try:
+        instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
+    except InstantiationException as err:   # Hydra's wrapper around what Lightning said
+        raise ConfigError(f"trainer: {err.__cause__ or err}") from None
+    finally:
+        device_report.setLevel(level)
 
 
 def check_module_keys(cfg: DictConfig) -> None:

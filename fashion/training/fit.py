@@ -21,7 +21,7 @@ from fashion.data.datamodule import FashionDataModule
 from fashion.tracking import describe_run, find_resume_point, log_run_inputs, tracked_run
 from fashion.tracking.run import ui_hint
 from fashion.training.assembly import (build_model, build_module, check_module_keys, check_optimizer,
-                                       refuse_unlogged_monitor, use_feature_cache)
+                                       check_trainer, refuse_unlogged_monitor, use_feature_cache)
 from fashion.training.module import evaluate_sets
 
 log = logging.getLogger("fashion.train")
@@ -38,7 +38,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = (),
     started = time.perf_counter()
     validate_config(cfg)
     check_module_keys(cfg)
-    check_optimizer(cfg)   # torch's own checks of its values, before the slow setup
+    check_optimizer(cfg)   # torch's and Lightning's own checks of their values, before the slow setup
+    check_trainer(cfg)
     resume = find_resume_point(cfg)
     L.seed_everything(cfg.seed, workers=True)
     backbone = instantiate(cfg.backbone)
