@@ -390,3 +390,17 @@ def test_exporting_from_a_review_queue_that_does_not_exist_writes_nothing_and_sa
     assert export_feedback_cli(str(tmp_path / "out"), review_url=f"sqlite:///{missing}") == 2
     assert f"no review queue at {missing}" in capsys.readouterr().err
     assert not missing.exists() and not missing.parent.exists() and not (tmp_path / "out").exists()
+
+
+def test_a_download_from_the_registry_prints_no_progress_bar_into_a_log(trained, tmp_path, capfd, monkeypatch):
+    """MLflow's artifact progress bar wrote ~100 updates into a server's log per downloaded version; it is kept
+    for a terminal only (stderr here is a pipe, as under systemd or docker)."""
+    from fashion.tracking.registry import fetch_bundle
+
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    tracking_uri = f"sqlite:///{tmp_path / 'registry' / 'mlflow.db'}"
+    register_checkpoint(trained.checkpoint, tmp_path, "tagger", "champion", tracking_uri)
+    capfd.readouterr()
+    fetched = fetch_bundle("models:/tagger@champion", tracking_uri, tmp_path / "cache")
+    assert (fetched.bundle / "manifest.json").is_file()
+    assert "Downloading artifacts" not in capfd.readouterr().err

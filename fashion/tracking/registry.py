@@ -9,7 +9,9 @@ downloaded once per version into a cache, so a restart or a reload of the same v
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +87,6 @@ def fetch_bundle(reference: str, tracking_uri: str, cache: Path) -> RegisteredBu
     if bundle is None:
         from fashion.inference.pyfunc import BUNDLE_ARTIFACT
 
-
         raise FileNotFoundError(f"{version.name} version {version.version} ({version.source}) is not a fashion tagger: "
                                 f"its MLmodel names no '{BUNDLE_ARTIFACT}' artifact (was it logged by fashion-export?)")
     return RegisteredBundle(version.name, str(version.version), bundle, version.run_id)
@@ -116,7 +117,10 @@ def bundle_in(model_dir: Path) -> Path | None:
 
 def _download(version: ModelVersion, tracking_uri: str, into: Path) -> str:
     import mlflow
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 
+    if not sys.stderr.isatty():   # a server's log, not a person: its bar wrote ~100 lines a download there
+        os.environ.setdefault(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, "false")
     mlflow.set_tracking_uri(tracking_uri)
     return mlflow.artifacts.download_artifacts(artifact_uri=f"{PREFIX}{version.name}/{version.version}", dst_path=str(into))
 
