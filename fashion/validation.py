@@ -105,7 +105,6 @@ def list_parameters(target: Callable) -> set[str]:
             if typing.get_origin(hint) is list or any(typing.get_origin(h) is list for h in typing.get_args(hint))}
 
 
-
 def typed(target: Callable) -> Callable:
     """Decorator for a class or function: every call, from a config or from code, checks its arguments
     against the annotations (the same check `validate_config` runs on a composed config)."""
