@@ -158,7 +158,8 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
     except (ValueError, OSError) as err:  # a refused, tampered or missing bundle/checkpoint: say why, no traceback
         print(f"fashion-predict: cannot load the model: {err}", file=sys.stderr)
         return 2
-    explained = [] if not explain else predictor.attributes if explain == "all" else explain.split(",")
+    named = [a.strip() for a in (explain or "").split(",") if a.strip()]
+    explained = predictor.attributes if named == ["all"] else named
     unknown = [a for a in explained if a not in predictor.attributes]
     if unknown:
         print(f"fashion-predict: explain names {unknown}; the model predicts {predictor.attributes}", file=sys.stderr)

@@ -185,7 +185,7 @@ def test_predict_cli_skips_unreadable_files_and_reports_them(trained, tmp_path, 
     for twin, image in zip(twins, REAL_IMAGES[:2]):
         twin.parent.mkdir()
         twin.write_bytes(image.read_bytes())
-    assert main([*map(str, twins), f"bundle={trained.bundle}", "explain=articleType", f"explain_dir={tmp_path / 'cam2'}",
+    assert main([*map(str, twins), f"bundle={trained.bundle}", "explain='articleType, '", f"explain_dir={tmp_path / 'cam2'}",
                  f"output={tmp_path / 'twins.jsonl'}"]) == 0
     overlays = [json.loads(line)["explanations"]["articleType"] for line in (tmp_path / "twins.jsonl").read_text().splitlines()]
     assert len(set(overlays)) == 2 and all(Path(o).name.startswith("front-") for o in overlays)   # neither written over
