@@ -39,6 +39,7 @@ from fashion.cli import tool_config
 from fashion.data.images import ImageReadError, load_rgb
 from fashion.inference.batch import score_paths
 from fashion.inference.bundle import sha256
+from fashion.inference.explain import explained_attributes, grad_cam
 from fashion.inference.outputs import Format, OutputConflict, ScoredBatch, prepare_output, write_batches
 from fashion.inference.predictor import Predictor
 from fashion.inference.runtime import Runtime, load_predictor
@@ -78,8 +79,6 @@ def save_explanations(predictor: Predictor, image, path: Path, name: str, attrib
     """Grad-CAM overlays as PNGs `<name>_<attribute>.png` in `folder`, on the photo at its own size (`image`
     is what the model saw, decoded at its `decode_side`); returns {attribute: file}."""
     import numpy as np
-
-    from fashion.inference.explain import grad_cam
 
     folder.mkdir(parents=True, exist_ok=True)
     written = {}
@@ -158,11 +157,10 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
     except (ValueError, OSError) as err:  # a refused, tampered or missing bundle/checkpoint: say why, no traceback
         print(f"fashion-predict: cannot load the model: {err}", file=sys.stderr)
         return 2
-    named = [a.strip() for a in (explain or "").split(",") if a.strip()]
-    explained = predictor.attributes if named == ["all"] else named
-    unknown = [a for a in explained if a not in predictor.attributes]
-    if unknown:
-        print(f"fashion-predict: explain names {unknown}; the model predicts {predictor.attributes}", file=sys.stderr)
+    try:
+        explained = explained_attributes(explain, predictor.attributes)
+    except ValueError as err:
+        print(f"fashion-predict: {err}", file=sys.stderr)
         return 2
     if output:
         try:

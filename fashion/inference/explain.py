@@ -20,6 +20,20 @@ from PIL import Image
 from fashion.inference.predictor import Predictor
 
 
+def explained_attributes(explain: str | None, attributes: list[str]) -> list[str]:
+    """The attributes an `explain` request names: `a,b` (spaces allowed), `all`/`true`, or none (empty,
+    `false`); ValueError naming any the model does not predict. The CLI and the API read it alike."""
+    if not explain or explain.lower() in ("false", "0", "no"):
+        return []
+    if explain.lower() in ("true", "1", "yes", "all"):
+        return list(attributes)
+    wanted = [a.strip() for a in explain.split(",") if a.strip()]
+    unknown = [a for a in wanted if a not in attributes]
+    if unknown:
+        raise ValueError(f"explain names {unknown}; the model predicts {attributes}")
+    return wanted
+
+
 def grad_cam(predictor: Predictor, image: np.ndarray, attributes: list[str], size: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
     """{attribute: heatmap in 0..1, shape (height, width) of `size` or of `image`}."""
     model = predictor.model

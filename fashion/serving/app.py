@@ -48,7 +48,7 @@ from pydantic import BaseModel, Field
 
 from fashion.data.vocab import LabelVocabulary
 from fashion.feedback.store import ReviewStore, UnknownImage
-from fashion.inference.explain import grad_cam, heatmap_png
+from fashion.inference.explain import explained_attributes, grad_cam, heatmap_png
 from fashion.inference.predictor import Predictor
 from fashion.inference.runtime import load_predictor
 from fashion.serving.errors import error_responses, install_error_handlers
@@ -150,16 +150,10 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
         return review
 
     def explain_list(explain: str | None, loaded: Loaded) -> list[str]:
-        attributes = loaded.predictor.attributes
-        if not explain or explain.lower() in ("false", "0", "no"):
-            return []
-        if explain.lower() in ("true", "1", "yes", "all"):
-            return list(attributes)
-        wanted = [a.strip() for a in explain.split(",") if a.strip()]
-        unknown = [a for a in wanted if a not in attributes]
-        if unknown:
-            raise UploadRejected(400, "unknown_attribute", f"explain names {unknown}; attributes are {attributes}")
-        return wanted
+        try:
+            return explained_attributes(explain, loaded.predictor.attributes)
+        except ValueError as err:
+            raise UploadRejected(400, "unknown_attribute", str(err)) from None
 
     def run_model(loaded: Loaded, images: list[DecodedImage], names: list[str | None],
                   explain: list[str]) -> tuple[list[dict[str, Any]], list[Callable[[], Any]]]:
