@@ -397,7 +397,9 @@ def test_a_download_from_the_registry_prints_no_progress_bar_into_a_log(trained,
     for a terminal only (stderr here is a pipe, as under systemd or docker)."""
     from fashion.tracking.registry import fetch_bundle
 
-    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    # set, then removed: monkeypatch restores "unset" at the end, so the value the download sets stays in this test
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true")
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
     tracking_uri = f"sqlite:///{tmp_path / 'registry' / 'mlflow.db'}"
     register_checkpoint(trained.checkpoint, tmp_path, "tagger", "champion", tracking_uri)
     capfd.readouterr()
