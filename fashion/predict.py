@@ -1,7 +1,7 @@
 """`fashion-predict`: image files, folders, globs or a manifest -> one JSON line, CSV or Parquet row per image.
 
     fashion-predict bundle=bundles/best photos/ 'more/*.jpg' > predictions.jsonl
-    fashion-predict checkpoint=best.ckpt shoe.jpg format=csv output=tags.csv
+    fashion-predict checkpoint=best.ckpt shoe.jpg output=tags.csv
     fashion-predict bundle=bundles/best manifest=catalogue.parquet format=parquet output=tags/ resume=true
 
 A whole catalogue: `manifest=` (CSV or Parquet with a `path` column) or folders; `lanes` batches (one per
@@ -32,6 +32,7 @@ from pathlib import Path
 
 import cv2
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
@@ -40,7 +41,7 @@ from fashion.data.images import ImageReadError, load_rgb
 from fashion.inference.batch import score_paths
 from fashion.inference.bundle import sha256
 from fashion.inference.explain import explained_attributes, grad_cam
-from fashion.inference.outputs import Format, OutputConflict, ScoredBatch, prepare_output, write_batches
+from fashion.inference.outputs import Format, OutputConflict, ScoredBatch, output_format, prepare_output, write_batches
 from fashion.inference.predictor import Predictor
 from fashion.inference.runtime import Runtime, load_predictor
 from fashion.validation import AtLeastOne, AtLeastZero
@@ -115,8 +116,14 @@ def read_manifest(manifest: str, column: str = "path") -> list[str]:
     """The image paths of a CSV or Parquet manifest, as written in it (absolute, or relative to where the job runs)."""
     path = Path(manifest)
     if not path.exists():
-        raise FileNotFoundError(f"manifest not found: {manifest}")
-    table = pd.read_parquet(path, columns=[column]) if path.suffix == ".parquet" or path.is_dir() else pd.read_csv(path, usecols=[column])
+        raise FileNotFoundError("no such file or folder")
+    parquet = path.suffix == ".parquet" or path.is_dir()
+    columns = pq.ParquetDataset(path).schema.names if parquet else list(pd.read_csv(path, nrows=0).columns)
+    if column not in columns:
+        shown = ", ".join(repr(str(c)) for c in columns[:8]) + (", ..." if len(columns) > 8 else "")
+        raise ValueError(f"no column {column!r} (its columns: {shown or 'none'}); "
+                         "path_column=<name> names the one that holds the image paths")
+    table = pd.read_parquet(path, columns=[column]) if parquet else pd.read_csv(path, usecols=[column])
     return [str(p) for p in table[column].dropna()]
 
 
@@ -126,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoint: str | None = None,
-            manifest: str | None = None, path_column: str = "path", format: Format = "jsonl", output: str | None = None,
+            manifest: str | None = None, path_column: str = "path", format: Format | None = None, output: str | None = None,
             resume: bool = False, overwrite: bool = False, top_k: AtLeastOne = 3, batch_size: AtLeastOne = 32, lanes: AtLeastOne | None = None,
             workers: AtLeastZero = 0,
             taxonomy: bool = True,
@@ -135,6 +142,11 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
     if (resume or overwrite) and not output:   # standard output holds nothing to resume or replace
         print(f"fashion-predict: {'resume' if resume else 'overwrite'}=true needs output=<file or folder>", file=sys.stderr)
         return 2
+    try:
+        format = output_format(output, format)
+    except ValueError as err:
+        print(f"fashion-predict: {err}", file=sys.stderr)
+        return 2
     files, unmatched = expand_inputs(list(inputs or []))
     files = [str(f) for f in files]
     for item in unmatched:
@@ -142,7 +154,7 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
     try:
         files += read_manifest(manifest, path_column) if manifest else []
     except (OSError, ValueError, KeyError) as err:
-        print(f"fashion-predict: cannot read the manifest: {err}", file=sys.stderr)
+        print(f"fashion-predict: cannot read the manifest {manifest}: {err}", file=sys.stderr)
         return 2
     if not files:
         given = [*([f"{len(inputs or [])} input(s) matching no image"] if inputs else []),

@@ -123,6 +123,27 @@ def test_an_output_that_cannot_be_written_is_one_line_and_a_new_folder_is_made(t
     assert json.loads(nested.read_text())["path"] == str(IMAGES[0])
 
 
+def test_the_output_suffix_names_the_format_and_a_contradiction_or_a_missing_column_is_refused(trained, tmp_path, capsys):
+    """`output=tags.csv` wrote JSON lines into tags.csv unless format=csv was given too."""
+    tags = tmp_path / "tags.csv"
+    assert main([f"bundle={trained.bundle}", str(IMAGES[0]), f"output={tags}"]) == 0
+    assert pd.read_csv(tags)["path"].tolist() == [str(IMAGES[0])]
+    assert main([f"bundle={trained.bundle}", str(IMAGES[0]), f"output={tmp_path / 'other.csv'}", "format=parquet"]) == 2
+    assert "is named for csv, but format=parquet" in capsys.readouterr().err
+    assert not (tmp_path / "other.csv").exists()
+    assert main([f"bundle={trained.bundle}", str(IMAGES[0]), f"output={tmp_path / 'tags'}"]) == 0   # no suffix: JSON lines
+    assert json.loads((tmp_path / "tags").read_text())["path"] == str(IMAGES[0])
+
+    for manifest in (tmp_path / "m.csv", tmp_path / "m.parquet"):
+        frame = pd.DataFrame({"sku": [1], "image": [str(IMAGES[0])]})
+        frame.to_csv(manifest, index=False) if manifest.suffix == ".csv" else frame.to_parquet(manifest)
+        assert main([f"bundle={trained.bundle}", f"manifest={manifest}"]) == 2
+        assert (f"cannot read the manifest {manifest}: no column 'path' (its columns: 'sku', 'image'); path_column=<name>"
+                in capsys.readouterr().err)
+        assert main([f"bundle={trained.bundle}", f"manifest={manifest}", "path_column=image", f"output={tmp_path / 'by_image.csv'}",
+                     "overwrite=true"]) == 0
+
+
 def test_lanes_and_loader_workers_change_nothing_but_speed(trained, tmp_path):
     """One lane, three lanes (batches decoded and scored on concurrent threads, onnxruntime at one
     thread each) and two loader processes write the same table, errors included, in input order."""

@@ -32,7 +32,17 @@ if TYPE_CHECKING:
     from fashion.inference.predictor import Tags
 
 Format = Literal["jsonl", "csv", "parquet"]
+SUFFIX_FORMATS: dict[str, Format] = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 ROWS_PER_PART = 10_000
+
+
+def output_format(output: str | Path | None, format: Format | None) -> Format:
+    """`format`, else the one `output`'s suffix names, else JSON lines. An output whose suffix names another
+    format than `format` is refused: a tags.csv holding JSON lines breaks whatever opens it."""
+    named = SUFFIX_FORMATS.get(Path(output).suffix.lower()) if output else None
+    if format and named and format != named:
+        raise ValueError(f"output={output} is named for {named}, but format={format}: drop format= or rename the output")
+    return format or named or "jsonl"
 
 
 def flat_columns(attributes: list[str], explained: Sequence[str] = ()) -> list[str]:
