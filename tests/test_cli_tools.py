@@ -84,6 +84,21 @@ def test_help_lists_every_key(main, keys, capsys):
     assert all(key in printed for key in keys), printed
 
 
+@pytest.mark.parametrize("argv,code,stream,message", [
+    (["--help"], 0, "out", "export-feedback  the review queue's corrections"),
+    ([], 2, "err", "fashion-data: no command"),
+    (["reprot", "data=subset"], 2, "err", "fashion-data: unknown command 'reprot'"),
+])
+def test_fashion_data_says_its_commands_and_refuses_an_unknown_one(argv, code, stream, message, monkeypatch, capsys):
+    from fashion.data_report import main as data_main
+
+    monkeypatch.setattr("sys.argv", ["fashion-data", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        data_main()
+    assert exit_.value.code == code
+    assert message in getattr(capsys.readouterr(), stream)
+
+
 def test_export_names_what_is_wrong_without_a_traceback(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         export_main([f"checkpoint={tmp_path / 'missing.ckpt'}", f"output={tmp_path / 'b'}", "mlflow=false"])
