@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 import sys
 import typing
 import warnings
@@ -38,8 +39,42 @@ JpegQuality = Annotated[int, pydantic.Field(ge=1, le=100)]
 def describe(err: pydantic.ValidationError, where: str = "") -> str:
     """`where.field: what is wrong (got value)`, the problems joined by '; '."""
     prefix = f"{where}." if where else ""
-    return "; ".join(f"{prefix}{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']} (got {e.get('input')!r:.80})"
-                     for e in err.errors())
+    return "; ".join(f"{prefix}{'.'.join(str(p) for p in loc) or 'value'}: {e['msg']} (got {e.get('input')!r:.80})"
+                     for loc, e in _without_union_members(err.errors()))
+
+
+# pydantic's label of a union member: a bare type, a hyphenated name or one with brackets ('float', 'constrained-int',
+# 'dict[str,constrained-int]', 'is-instance[Tensor]'), never a field name (an identifier: 'lanes', 'top_k')
+UNION_MEMBER = re.compile(r"int|float|str|bool|bytes|none|[a-z]+(-[a-z]+)*\[.*\]|[a-z]+(-[a-z]+)+")
+WRONG_KIND = {"is_instance_of", "is_subclass_of", "literal_error", "none_required", "enum", "int_from_float"}
+
+
+def _without_union_members(errors: list[dict]) -> list[tuple[tuple, dict]]:
+    """(key, error) per problem. A value that fits no member of a union (`int | dict[str, int]`) gets one error
+    per member, under the member's label: `min_count.constrained-int: ... >= 0; min_count.dict[str,constrained-int]:
+    Input should be a valid dictionary`. Keep the errors that say what is wrong with the value over those
+    that only say it is of another kind than that member (when there is nothing else, the one deepest in the
+    value: a dict with a bad entry names the entry), and drop the labels from the key."""
+    def member_at(error: dict) -> int | None:
+        loc = error["loc"]
+        for k, part in enumerate(loc):
+            if isinstance(part, str) and UNION_MEMBER.fullmatch(part) and any(
+                    o["loc"][:k] == loc[:k] and len(o["loc"]) > k and o["loc"][k] != part for o in errors):
+                return k
+        return None
+
+    groups: dict[tuple[bool, tuple], list[tuple[tuple, dict]]] = {}   # (a union's members?, key) -> its errors
+    for error in errors:
+        loc, k = error["loc"], member_at(error)
+        if k is None:
+            groups.setdefault((False, loc), []).append((loc, error))
+        else:
+            groups.setdefault((True, loc[:k]), []).append((loc[:k] + loc[k + 1:], error))
+    kept = []
+    for (union, _), members in groups.items():
+        telling = [(loc, e) for loc, e in members if not (e["type"].endswith(("_type", "_parsing")) or e["type"] in WRONG_KIND)]
+        kept += (telling or [max(members, key=lambda m: len(m[0]))]) if union else members
+    return kept
 
 
 def _hints(func: Callable) -> dict[str, Any]:

@@ -56,6 +56,8 @@ def test_predict_takes_overrides_and_bare_paths(trained, tmp_path, capsys):
     (predict_main, ["bundle=b", "x.jpg", "batch_size=0"], "batch_size: Input should be greater than or equal to 1"),
     (predict_main, ["bundle=b", "x.jpg", "lanes=-1"], "lanes: Input should be greater than or equal to 1"),
     (predict_main, ["bundle=b", "x.jpg", "workers=-1"], "workers: Input should be greater than or equal to 0"),
+    (predict_main, ["bundle=b", "x.jpg", "lanes=0", "workers=-1"],   # two keys wrong: each named
+     "lanes: Input should be greater than or equal to 1 (got 0); workers: Input should be greater than or equal to 0 (got -1)"),
     (eval_main, ["bundle=b", "root=d", "batch_size=0"], "batch_size: Input should be greater than or equal to 1"),
     (eval_main, ["bundle=b", "root=d", "true_aspect=0"], "true_aspect: Input should be greater than 0 (got 0)"),
     (serve_main, ["bundle=b", "port=70000"], "port: Input should be less than or equal to 65535"),

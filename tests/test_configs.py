@@ -109,10 +109,12 @@ def test_wrong_key_fails_naming_the_key(compose_config):
     ("backbone.source_jpeg_quality=500", "backbone.source_jpeg_quality: Input should be less than or equal to 100"),
     ("feature_cache.runtime=onnxruntime", "feature_cache.runtime: Input should be 'onnx' or 'torch'"),
     ("labels.rare_classes=drop", "labels.rare_classes: Input should be 'ignore' or 'other'"),
-    ("labels.min_count=-1", "labels.min_count.constrained-int: Input should be greater than or equal to 0 (got -1)"),   # acted as 0
-    ("labels.min_count={season:-2}", "labels.min_count.dict[str,constrained-int].season: Input should be greater than or equal to 0"),
+    # a union (int | dict[str, int]): the member that says what is wrong, not one error per member under its label
+    ("labels.min_count=-1", "labels.min_count: Input should be greater than or equal to 0 (got -1)"),   # acted as 0
+    ("labels.min_count={season:-2}", "labels.min_count.season: Input should be greater than or equal to 0 (got -2)"),
+    ("labels.min_count={season:x}", "labels.min_count.season: Input should be a valid integer, unable to parse string"),
     ("head.dropout=lots", "head.dropout: Input should be a valid number"),
-    ("optimizer.lr=fast", "optimizer.lr"),
+    ("optimizer.lr=fast", "optimizer.lr: Input should be a valid number, unable to parse string as a number (got 'fast')"),
     ("data.batch_size=0", "data.batch_size: Input should be greater than or equal to 1 (got 0)"),
     ("data.num_workers=-1", "data.num_workers: Input should be greater than or equal to 0"),
     ("data.true_aspect=0", "data.true_aspect: Input should be greater than 0 (got 0)"),
