@@ -53,6 +53,11 @@ def test_two_job_multirun_gives_two_tagged_mlflow_runs(tmp_path, kaggle_folder):
     assert len({r.data.tags["sweep"] for r in runs}) == 1  # one sweep, one tag to filter on
     assert {r.data.tags["sweep.job"] for r in runs} == {"0", "1"}
     assert any("loss_weighting=uncertainty" in r.info.run_name for r in runs)  # run names show the overrides
+    # Lightning's lines once a job, on the console and in the job's log (its own handler printed them a second time)
+    assert (result.stdout + result.stderr).count("Seed set to") == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert sum(log.read_text().count("Seed set to") for log in (tmp_path / "multirun").rglob("*.log")) == 2
+    # the frozen batch norms start training in eval mode on purpose: no warning that it "may lead to unexpected behavior"
+    assert "in eval mode at the start of training" not in result.stderr
 
 
 def test_ddp_on_two_cpu_processes_logs_exactly_one_run(tmp_path, kaggle_folder):

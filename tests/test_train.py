@@ -237,3 +237,22 @@ def test_equal_data_gives_equal_dataset_digests(tmp_path, kaggle_folder, compose
     digests = [{i.dataset.name: i.dataset.digest for i in r.inputs.dataset_inputs} for r in runs]
     assert len(runs) == 2 and digests[0] == digests[1]
     assert not any(key.startswith("system/") for r in runs for key in r.data.metrics)
+
+
+def test_only_the_frozen_norms_count_of_eval_modules_is_silenced():
+    """Lightning warns of modules that start training in eval mode; the frozen batch norms do on purpose, any
+    other number of modules still warns."""
+    import warnings
+
+    from lightning.fabric.utilities.warnings import PossibleUserWarning
+
+    from fashion.training.fit import expect_frozen_norms_in_eval
+
+    def warned(count: int) -> bool:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            expect_frozen_norms_in_eval(72)
+            warnings.warn(f"Found {count} module(s) in eval mode at the start of training.", PossibleUserWarning)
+        return bool(caught)
+
+    assert not warned(72) and warned(73) and warned(7)

@@ -162,6 +162,11 @@ class Backbone(nn.Module):
         log.info("backbone %s: freeze=%s, %d trainable parameters", self.name, freeze, trainable)
         return norms
 
+    @property
+    def modules_kept_in_eval(self) -> int:
+        """The frozen batch norms and their parts, in eval mode while the rest trains (their statistics stay ImageNet's)."""
+        return sum(1 for norm in self._frozen_norms for _ in norm.modules())
+
     def train(self, mode: bool = True) -> Backbone:
         super().train(mode)
         for norm in self._frozen_norms:

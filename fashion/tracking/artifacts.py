@@ -6,6 +6,7 @@ All of it runs on global rank zero only, so a DDP job records exactly one run.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,9 @@ def dataset_inputs(datamodule: FashionDataModule) -> list[DatasetInput]:
     for context, table in tables.items():
         root = sources.get(context, datamodule.root)
         rows = table[["id", *datamodule.attributes]].astype({"id": str}).reset_index(drop=True)   # ids name, not count
-        dataset = mlflow.data.from_pandas(rows, source=str(root), name=f"{Path(root).name}/{context}")
+        with warnings.catch_warnings():   # MLflow registers its local-path source twice and warns that it cannot choose
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+            dataset = mlflow.data.from_pandas(rows, source=str(root), name=f"{Path(root).name}/{context}")
         inputs.append(DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)]))
     return inputs
 

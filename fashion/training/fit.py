@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from omegaconf import DictConfig
 
 from fashion.config import validate_config
@@ -27,6 +29,28 @@ from fashion.training.module import evaluate_sets
 log = logging.getLogger("fashion.train")
 
 
+def log_lightning_once() -> None:
+    """Lightning's loggers print to the console themselves ('INFO: ...') and also pass each record up to the
+    root, where Hydra's handlers print it again (the model summary twice) and write it to the run's
+    train.log. With the root configured (Hydra, pytest), Lightning's own handlers go and its records go to
+    the root's: each line once, on the console and in train.log alike (hydra#2898). Without, nothing changes."""
+    if not logging.getLogger().handlers:
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        lightning = logging.getLogger(name)
+        for handler in lightning.handlers[:]:
+            lightning.removeHandler(handler)
+        lightning.propagate = True
+
+
+def expect_frozen_norms_in_eval(count: int) -> None:
+    """Lightning warns of every module that starts training in eval mode ("may lead to unexpected behavior").
+    The frozen batch norms are so on purpose; the warning is silenced for exactly their number, so any other
+    module left in eval mode still warns."""
+    if count:
+        warnings.filterwarnings("ignore", message=rf"Found {count} module\(s\) in eval mode", category=PossibleUserWarning)
+
+
 def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = (),
           stopped_by: tuple[type[BaseException], ...] = ()) -> dict[str, float]:
     """Fit, then test the best checkpoint; return the final metrics (and `best/<monitor>`).
@@ -36,6 +60,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = (),
     as KILLED rather than FAILED (a pruned trial).
     """
     started = time.perf_counter()
+    log_lightning_once()
     validate_config(cfg)
     check_module_keys(cfg)
     check_optimizer(cfg)   # torch's and Lightning's own checks of their values, before the slow setup
@@ -49,6 +74,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = (),
     refuse_unlogged_monitor(cfg.get("optimized_metric", "val/mean_acc"), model.heads.num_classes)
     cache = use_feature_cache(cfg, model, datamodule)
     module = build_module(cfg, datamodule, model)
+    expect_frozen_norms_in_eval(model.backbone.modules_kept_in_eval)
     with tracked_run(cfg, stopped_by, resume) as (logger, resume):
         resumed_from = resume.ckpt_path if resume else None
         if resumed_from is None:  # a resumed run keeps the inputs it logged first
