@@ -116,6 +116,20 @@ def isolated_mlflow_uri(monkeypatch):
     os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
+def mlflow_store(tmp_path: Path, experiment: str) -> str:
+    """A sqlite store in `tmp_path`, with `experiment` active and its artifacts in `tmp_path` too: an experiment
+    created without an artifact location keeps them in ./mlruns of the working directory, the repo's own
+    store (a logged pyfunc copies the package and the bundle there). Returns the tracking URI."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(experiment) is None:
+        mlflow.create_experiment(experiment, artifact_location=(tmp_path / "artifacts").as_uri())
+    mlflow.set_experiment(experiment)
+    return uri
+
+
 @dataclass
 class TrainedArtifacts:
     """One tiny trained model shared by the inference and serving tests."""

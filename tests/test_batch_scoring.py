@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from fashion.predict import main
-from tests.conftest import SAMPLE
+from tests.conftest import SAMPLE, mlflow_store
 
 IMAGES = sorted((SAMPLE / "images").glob("*.jpg"))
 
@@ -180,8 +180,7 @@ def test_spark_scores_the_manifest_like_fashion_predict(trained, tmp_path):
     pd.DataFrame({"path": paths}).to_parquet(manifest)
     local = tmp_path / "local"
     main([f"bundle={trained.bundle}", f"manifest={manifest}", "format=parquet", f"output={local}"])
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    mlflow.set_experiment("spark")
+    mlflow_store(tmp_path, "spark")
     uri = log_pyfunc(trained.bundle)
     spark = local_session(2, "fashion-test")
     try:

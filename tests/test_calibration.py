@@ -19,7 +19,7 @@ from fashion.data.vocab import IGNORE_INDEX
 from fashion.inference import Predictor, load_bundle, load_checkpoint
 from fashion.inference.bundle import BundleError, sha256
 from fashion.inference.onnx_runtime import OnnxPredictor
-from tests.conftest import SAMPLE, tiny_overrides
+from tests.conftest import SAMPLE, mlflow_store, tiny_overrides
 
 REAL_IMAGES = sorted((SAMPLE / "images").glob("*.jpg"))[:6]
 
@@ -252,8 +252,7 @@ def test_every_runtime_returns_the_same_calibrated_probabilities(trained, tmp_pa
 
     answers = {"bundle": Predictor(bundle).predict(images),
                "onnx": OnnxPredictor(bundle, trained.bundle).predict(images)}
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    mlflow.set_experiment("parity")
+    mlflow_store(tmp_path, "parity")
     pyfunc = mlflow.pyfunc.load_model(log_pyfunc(trained.bundle)).predict(
         pd.DataFrame({"image": [base64.b64encode(p.read_bytes()).decode() for p in REAL_IMAGES]}))
     client = TestClient(create_app(trained.bundle))

@@ -5,16 +5,14 @@ import pytest
 import torch
 
 from fashion.metrics import classification_report
-from tests.conftest import load_script
+from tests.conftest import load_script, mlflow_store
 
 CLASSES = ["Casual Shoes", "Formal Shoes", "Tshirts"]
 
 
 def run_with_reports(tmp_path, confusions: dict[str, list[list[int]]]) -> tuple[str, str]:
     """A finished run in a fresh store that logged these per-stage reports, as training does; (uri, run id)."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("class-mix")   # not whatever experiment an earlier test left active
+    uri = mlflow_store(tmp_path, "class-mix")   # not whatever experiment an earlier test left active
     with mlflow.start_run() as run:
         for stage, confusion in confusions.items():
             report = classification_report(torch.tensor(confusion), CLASSES)

@@ -18,7 +18,7 @@ from fashion.inference.bundle import BUNDLE_FILES, read_manifest
 from fashion.inference.explain import grad_cam
 from fashion.inference.onnx_runtime import OnnxPredictor
 from fashion.inference.runtime import load_predictor
-from tests.conftest import SAMPLE, server_process
+from tests.conftest import SAMPLE, mlflow_store, server_process
 
 REAL_IMAGES = sorted((SAMPLE / "images").glob("*.jpg"))[:8]
 
@@ -126,8 +126,7 @@ def test_a_predictor_built_from_code_refuses_counts_the_clis_refuse(trained):
 def test_pyfunc_model_loads_and_predicts_like_the_predictor(trained, tmp_path):
     from fashion.inference.pyfunc import log_pyfunc
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    mlflow.set_experiment("pyfunc-test")
+    mlflow_store(tmp_path, "pyfunc-test")
     uri = log_pyfunc(trained.bundle)
     model = mlflow.pyfunc.load_model(uri)
     encoded = [base64.b64encode(p.read_bytes()).decode() for p in REAL_IMAGES[:3]] + ["bm90IGFuIGltYWdl"]
@@ -142,7 +141,8 @@ def test_pyfunc_model_loads_and_predicts_like_the_predictor(trained, tmp_path):
     assert {c.name for c in info.signature.inputs.inputs} == {"image", "path"}
     assert {"articleType", "articleType_confidence", "articleType_status", "error"} <= {c.name for c in info.signature.outputs.inputs}
     assert out["articleType_status"].tolist()[:3] == [e["articleType"].status for e in expected]
-    example = mlflow.models.Model.load(uri).load_input_example(mlflow.artifacts.download_artifacts(uri))
+    local = mlflow.artifacts.download_artifacts(uri)
+    example = mlflow.models.Model.load(uri).load_input_example(local)
     assert model.predict(example)["articleType"].iloc[0] in load_bundle(trained.bundle).vocabularies["articleType"].classes
 
 
@@ -338,8 +338,7 @@ def test_mlflow_models_serve_answers_the_logged_input_example(trained, tmp_path)
 
     from fashion.inference.pyfunc import log_pyfunc
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    mlflow.set_experiment("serve-test")
+    mlflow_store(tmp_path, "serve-test")
     uri = log_pyfunc(trained.bundle)
     local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "model")))
     request = (local / "serving_input_example.json").read_text()

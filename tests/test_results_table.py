@@ -3,7 +3,7 @@
 
 import mlflow
 
-from tests.conftest import load_script
+from tests.conftest import load_script, mlflow_store
 
 
 SUBSET = "/data/fashion-product-images-subset"
@@ -23,9 +23,7 @@ def log_run(recipe: str, backbone: str, acc: dict, tags: dict | None = None, par
 
 
 def test_table_shows_run_numbers_targets_and_the_ablation(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("fashion")
+    uri = mlflow_store(tmp_path, "fashion")
     best = log_run("best_cpu", "tf_efficientnet_lite0", {"gender": 0.9213, "baseColour": 0.61},
                    {"target/gender": "92", "target/baseColour": "65", "published/gender": "87.8"})
     repro = log_run("convnext_tiny_4heads", "tf_efficientnet_lite0", {"gender": 0.88, "baseColour": 0.55}, {"published/gender": "84.40"},
@@ -56,9 +54,7 @@ def test_table_shows_run_numbers_targets_and_the_ablation(tmp_path):
 
 
 def test_published_numbers_and_targets_come_from_docs_when_a_run_has_no_tags(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("fashion")
+    uri = mlflow_store(tmp_path, "fashion")
     log_run("best_cpu", "tf_efficientnet_lite0", {"gender": 0.9213, "articleType": 0.90})
     table = load_script("results_table")
     text = table.render(table.load_runs(uri, "fashion"))
@@ -68,9 +64,7 @@ def test_published_numbers_and_targets_come_from_docs_when_a_run_has_no_tags(tmp
 
 
 def test_each_data_source_has_its_section_with_the_evaluation_sets_beside_the_test(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("fashion")
+    uri = mlflow_store(tmp_path, "fashion")
     subset = log_run("best_cpu", "tf_efficientnet_lite0", {"gender": 0.93})
     catalogue = log_run("best_cpu", "tf_efficientnet_lite0", {"gender": 0.91}, {"dataset.root": "/d/fashion-product-images-small"},
                         metrics={"eval/out_of_time/gender/acc": 0.922, "eval/cross_resolution/gender/acc": 0.881,
@@ -97,9 +91,7 @@ def test_a_tag_with_table_characters_stays_in_its_cell(tmp_path):
     import itertools
     import re
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("fashion")
+    uri = mlflow_store(tmp_path, "fashion")
     log_run("best_cpu", "tf_efficientnet_lite0|evil", {"gender": 0.91},
             {"dataset.root": "/d/a|b\nc/fashion-product-images-small", "trial": "x | y\nz"},
             params={"backbone.packaged_weights": "w|x"},
