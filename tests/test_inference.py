@@ -144,6 +144,9 @@ def test_pyfunc_model_loads_and_predicts_like_the_predictor(trained, tmp_path):
     local = mlflow.artifacts.download_artifacts(uri)
     example = mlflow.models.Model.load(uri).load_input_example(local)
     assert model.predict(example)["articleType"].iloc[0] in load_bundle(trained.bundle).vocabularies["articleType"].classes
+    # built from code (MLflow's recommended form), not unpickled: no pickle in what a registry holds
+    assert info.flavors["python_function"]["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+    assert not list(Path(local).rglob("*.pkl"))
 
 
 def test_predict_cli_skips_unreadable_files_and_reports_them(trained, tmp_path, capsys):

@@ -117,7 +117,7 @@ def log_pyfunc(bundle_dir: str | Path, run_id: str | None = None, name: str = "t
     with context as run:
         info = mlflow.pyfunc.log_model(
             name=name,
-            python_model=FashionTaggerPyfunc(),
+            python_model=str(Path(__file__).with_name("pyfunc_model.py")),   # built from code, not unpickled
             artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
             code_paths=[str(PROJECT_ROOT / "fashion")],
             signature=signature(read_manifest(bundle_dir)["attributes"]),
