@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from fashion.cli import tool_config
 from fashion.inference.bundle import export_bundle, refuse_occupied
 from fashion.inference.checkpoint import TrainedModel, load_checkpoint
+from fashion.tracking.registry import progress_bars_for_terminals_only
 
 
 def checkpoint_of_run(client: MlflowClient, run_id: str, workdir: Path) -> Path:
@@ -79,6 +80,7 @@ def export_cli(output: str, run_id: str | None = None, checkpoint: str | None = 
     """Writes the bundle folder and prints where it is, how to serve its pyfunc model, and its registry version."""
     if register and not mlflow:
         raise SystemExit("fashion-export: register= needs mlflow=true (the registry holds the logged pyfunc model)")
+    progress_bars_for_terminals_only()   # it downloads the run's checkpoint and, logging the pyfunc, the model
     try:
         bundle, model_uri = export(run_id, checkpoint, Path(output), tracking_uri, onnx, mlflow, overwrite)
     except (ValueError, OSError) as err:  # no or two sources, a refused checkpoint, a run without one

@@ -307,6 +307,18 @@ def test_export_cli_from_a_checkpoint_logs_a_pyfunc_model(trained, tmp_path):
     assert Path(read_manifest(bundle)["source"]["checkpoint"]) == trained.checkpoint
 
 
+def test_export_prints_no_progress_bar_into_a_log(trained, tmp_path, capfd, monkeypatch):
+    """Logging the pyfunc downloads the model again (MLflow checks the input example): its bar wrote ~100 updates
+    into a CI job's log. Kept for a terminal only; stderr here is a pipe."""
+    from fashion.export import export_cli
+
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true")   # set, then removed: restored unset afterwards
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    export_cli(str(tmp_path / "b"), checkpoint=str(trained.checkpoint), onnx=False, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    printed = capfd.readouterr()
+    assert "pyfunc model: " in printed.out and "Downloading artifacts" not in printed.err
+
+
 def test_export_writes_over_nothing_unasked_and_replaces_a_bundle_whole(trained, tmp_path):
     """fashion-export wrote file by file into any folder: over a served bundle (a reload could read half of
     it), or over a user's own config.json. Now a folder with a bundle needs overwrite=true, which swaps in

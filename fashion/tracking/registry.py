@@ -115,12 +115,20 @@ def bundle_in(model_dir: Path) -> Path | None:
     return model_dir / path if path and (model_dir / path).is_dir() else None
 
 
-def _download(version: ModelVersion, tracking_uri: str, into: Path) -> str:
-    import mlflow
+def progress_bars_for_terminals_only() -> None:
+    """MLflow draws a bar for every artifact transfer, about 100 updates each: right for a person at a terminal,
+    noise in a log (a server's, a CI job's). With stderr not a terminal they are off, unless the user set
+    MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR."""
     from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 
-    if not sys.stderr.isatty():   # a server's log, not a person: its bar wrote ~100 lines a download there
+    if not sys.stderr.isatty():
         os.environ.setdefault(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, "false")
+
+
+def _download(version: ModelVersion, tracking_uri: str, into: Path) -> str:
+    import mlflow
+
+    progress_bars_for_terminals_only()   # a server fetches versions: its log is no terminal
     mlflow.set_tracking_uri(tracking_uri)
     return mlflow.artifacts.download_artifacts(artifact_uri=f"{PREFIX}{version.name}/{version.version}", dst_path=str(into))
 
