@@ -161,8 +161,9 @@ def test_every_error_has_the_documented_shape_and_a_stable_code(client):
         (client.post("/v1/predict"), 422, "invalid_request", "file"),
         (client.post("/v1/predict", files={"wrong_field": ("a.jpg", JPEG.read_bytes(), "image/jpeg")}), 422,
          "invalid_request", "file"),
-        (client.get("/v1/nothing-here"), 404, "not_found", ""),
-        (client.get("/v1/predict"), 405, "method_not_allowed", ""),
+        (client.get("/v1/nothing-here"), 404, "not_found", "no such path: /v1/nothing-here; the routes are listed at /docs"),
+        (client.post("/predict"), 404, "not_found", "did you mean /v1/predict?"),   # the unversioned path
+        (client.get("/v1/predict"), 405, "method_not_allowed", "GET is not allowed on /v1/predict; it takes POST"),
     ]
     for response, status, code, mentions in cases:
         assert response.status_code == status, response.text

@@ -68,6 +68,19 @@ def error_json(status: int, code: str, message: str, filename: str | None = None
     return JSONResponse(status_code=status, content={"error": detail}, headers={"X-Error-Code": code})
 
 
+def routing_message(request: Request, exc: HTTPException) -> str:
+    """Starlette's bare "Not Found" / "Method Not Allowed" for a request no route takes, said with the way out:
+    the versioned path (`POST /predict` -> /v1/predict), the list at /docs, or the methods the path allows."""
+    path, allowed = request.url.path, (exc.headers or {}).get("Allow")
+    if exc.status_code == 404 and exc.detail == "Not Found":
+        versioned = f"/v1{path}"
+        known = versioned in {getattr(route, "path", None) for route in request.app.routes}
+        return f"no such path: {path}" + (f"; did you mean {versioned}?" if known else "; the routes are listed at /docs")
+    if exc.status_code == 405 and allowed:
+        return f"{request.method} is not allowed on {path}; it takes {allowed}"
+    return str(exc.detail)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(UploadRejected)
     async def rejected(request: Request, exc: UploadRejected) -> JSONResponse:
@@ -81,7 +94,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, f"http_{exc.status_code}")
-        return error_json(exc.status_code, code, str(exc.detail))
+        return error_json(exc.status_code, code, routing_message(request, exc))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
