@@ -58,6 +58,7 @@ def test_two_job_multirun_gives_two_tagged_mlflow_runs(tmp_path, kaggle_folder):
     assert sum(log.read_text().count("Seed set to") for log in (tmp_path / "multirun").rglob("*.log")) == 2
     # the frozen batch norms start training in eval mode on purpose: no warning that it "may lead to unexpected behavior"
     assert "in eval mode at the start of training" not in result.stderr
+    assert "Tip:" not in result.stdout + result.stderr   # Lightning's advertisement for another tracking platform
 
 
 def test_ddp_on_two_cpu_processes_logs_exactly_one_run(tmp_path, kaggle_folder):

@@ -33,7 +33,11 @@ def log_lightning_once() -> None:
     """Lightning's loggers print to the console themselves ('INFO: ...') and also pass each record up to the
     root, where Hydra's handlers print it again (the model summary twice) and write it to the run's
     train.log. With the root configured (Hydra, pytest), Lightning's own handlers go and its records go to
-    the root's: each line once, on the console and in train.log alike (hydra#2898). Without, nothing changes."""
+    the root's: each line once, on the console and in train.log alike (hydra#2898). Without, nothing changes.
+    Either way its "💡 Tip" lines, which advertise another tracking platform to a run logging to MLflow, go."""
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, NoTips) for f in rank_zero.filters):
+        rank_zero.addFilter(NoTips())
     if not logging.getLogger().handlers:
         return
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
@@ -41,6 +45,11 @@ def log_lightning_once() -> None:
         for handler in lightning.handlers[:]:
             lightning.removeHandler(handler)
         lightning.propagate = True
+
+
+class NoTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
 
 
 def expect_frozen_norms_in_eval(count: int) -> None:
