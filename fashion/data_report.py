@@ -50,7 +50,7 @@ def report_main(cfg: DictConfig) -> None:
     print(f"dataset report: {readme}\nMLflow run {run_id} (experiment '{cfg.logger.experiment_name}')")
 
 
-USAGE = ("usage: fashion-data {report|export-feedback} [overrides]\n"
+USAGE = (f"usage: fashion-data {{{'|'.join(COMMANDS)}}} [overrides]\n"
          "  report           class counts, imbalance, missing values and sample grids of a dataset (fashion-data report data=subset)\n"
          "  export-feedback  the review queue's corrections as a folder to train on (fashion-data export-feedback output=feedback)\n"
          "fashion-data <command> --help lists the command's keys.")
@@ -58,13 +58,13 @@ USAGE = ("usage: fashion-data {report|export-feedback} [overrides]\n"
 
 def main() -> None:
     """Subcommand dispatch; everything after the subcommand is overrides."""
-    if sys.argv[1:2] in (["-h"], ["--help"]):
+    command = sys.argv.pop(1) if len(sys.argv) > 1 else None
+    if command in ("-h", "--help"):
         print(USAGE)
         sys.exit(0)
-    if sys.argv[1:2] not in [[c] for c in COMMANDS]:
-        print(f"fashion-data: {f'unknown command {sys.argv[1]!r}' if sys.argv[1:] else 'no command'}\n{USAGE}", file=sys.stderr)
+    if command not in COMMANDS:
+        print(f"fashion-data: {'no command' if command is None else f'unknown command {command!r}'}\n{USAGE}", file=sys.stderr)
         sys.exit(2)
-    command = sys.argv.pop(1)
     if command == "export-feedback":
         cfg = tool_config("fashion-data export-feedback", "export_feedback", sys.argv[1:], export_feedback_cli)
         sys.exit(export_feedback_cli(**cfg))

@@ -117,16 +117,17 @@ def isolated_mlflow_uri(monkeypatch):
 
 
 def mlflow_store(tmp_path: Path, experiment: str) -> str:
-    """A sqlite store in `tmp_path`, with `experiment` active and its artifacts in `tmp_path` too: an experiment
-    created without an artifact location keeps them in ./mlruns of the working directory, the repo's own
-    store (a logged pyfunc copies the package and the bundle there). Returns the tracking URI."""
+    """A sqlite store in `tmp_path`, with `experiment` active and its artifacts beside it (`ensure_experiment`,
+    as the CLIs make theirs): an experiment created without an artifact location keeps them in ./mlruns of
+    the working directory, the repo's own store (a logged pyfunc copies the package and the bundle there).
+    Returns the tracking URI."""
     import mlflow
+
+    from fashion.tracking import ensure_experiment
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(experiment) is None:
-        mlflow.create_experiment(experiment, artifact_location=(tmp_path / "artifacts").as_uri())
-    mlflow.set_experiment(experiment)
+    mlflow.set_experiment(experiment_id=ensure_experiment(uri, experiment))
     return uri
 
 
