@@ -71,7 +71,7 @@ def error_json(status: int, code: str, message: str, filename: str | None = None
 def routing_message(request: Request, exc: HTTPException) -> str:
     """Starlette's bare "Not Found" / "Method Not Allowed" for a request no route takes, said with the way out:
     the versioned path (`POST /predict` -> /v1/predict), the list at /docs, or the methods the path allows."""
-    path, allowed = request.url.path, (exc.headers or {}).get("Allow")
+    path, allowed = request.url.path[:200], (exc.headers or {}).get("Allow")   # a path echoed back, not a whole request
     if exc.status_code == 404 and exc.detail == "Not Found":
         versioned = f"/v1{path}"
         known = versioned in {getattr(route, "path", None) for route in request.app.routes}
