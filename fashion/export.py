@@ -49,11 +49,11 @@ def export(run_id: str | None, checkpoint: str | None, output: Path, tracking_ur
     if (run_id is None) == (checkpoint is None):
         raise ValueError("give exactly one of --run-id or --checkpoint")
     refuse_occupied(output, overwrite)   # before a checkpoint is downloaded
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(tracking_uri) if run_id else None   # opening a store creates it: only for a run's export
     with tempfile.TemporaryDirectory() as workdir:
-        path = checkpoint_of_run(client, run_id, Path(workdir)) if run_id else Path(checkpoint)
+        path = checkpoint_of_run(client, run_id, Path(workdir)) if client else Path(checkpoint)
         trained: TrainedModel = load_checkpoint(path)
-        manifest = run_manifest(client, run_id) if run_id else {"source": {"checkpoint": str(path)}}
+        manifest = run_manifest(client, run_id) if client else {"source": {"checkpoint": str(path)}}
         bundle = export_bundle(trained, output, manifest, onnx=onnx, overwrite=overwrite)
     model_uri = None
     if log_to_mlflow:

@@ -102,10 +102,11 @@ def test_fashion_data_says_its_commands_and_refuses_an_unknown_one(argv, code, s
 
 
 def test_export_names_what_is_wrong_without_a_traceback(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        export_main([f"checkpoint={tmp_path / 'missing.ckpt'}", f"output={tmp_path / 'b'}", "mlflow=false"])
-    assert "missing.ckpt" in str(exit_.value.code)
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(SystemExit) as exit_:
+        export_main([f"checkpoint={tmp_path / 'missing.ckpt'}", f"output={tmp_path / 'b'}", "mlflow=false", f"tracking_uri={store}"])
+    assert "missing.ckpt" in str(exit_.value.code)
+    assert not (tmp_path / "mlflow.db").exists()   # a checkpoint's export without MLflow opens (creates) no store
     with pytest.raises(SystemExit) as exit_:   # an unknown run: one line naming it and the store, not a traceback
         export_main(["run_id=0123abcd", f"output={tmp_path / 'b'}", "mlflow=false", f"tracking_uri={store}"])
     assert str(exit_.value.code) == f"fashion-export: Run with id=0123abcd not found (tracking store {store})"

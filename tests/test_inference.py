@@ -326,7 +326,8 @@ def test_export_writes_over_nothing_unasked_and_replaces_a_bundle_whole(trained,
     from fashion.export import export_cli
 
     bundle = tmp_path / "bundle"
-    export_cli(str(bundle), checkpoint=str(trained.checkpoint), onnx=True, mlflow=False)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"   # not opened, so not created (the listing below): mlflow=false
+    export_cli(str(bundle), checkpoint=str(trained.checkpoint), onnx=True, mlflow=False, tracking_uri=store)
     before = (bundle / "manifest.json").read_bytes()
     with pytest.raises(SystemExit, match=f"fashion-export: {bundle} already holds a bundle: overwrite=true replaces it"):
         export_cli(str(bundle), checkpoint=str(trained.checkpoint), onnx=False, mlflow=False)
