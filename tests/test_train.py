@@ -256,3 +256,24 @@ def test_only_the_frozen_norms_count_of_eval_modules_is_silenced():
         return bool(caught)
 
     assert not warned(72) and warned(73) and warned(7)
+
+
+def test_torchs_leafspec_deprecation_is_ignored_in_lightnings_code_only():
+    """Lightning's step-output flattening builds torch's deprecated LeafSpec; that warning goes, the same
+    deprecation raised from other code stays."""
+    import warnings
+
+    from lightning.pytorch.utilities._pytree import _tree_flatten
+    from torch.utils._pytree import LeafSpec
+
+    from fashion.training.fit import ignore_lightnings_leafspec_deprecation
+
+    def warned(call) -> bool:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ignore_lightnings_leafspec_deprecation()
+            call()
+        return any("LeafSpec" in str(w.message) for w in caught)
+
+    assert not warned(lambda: _tree_flatten(1.0))
+    assert warned(LeafSpec)

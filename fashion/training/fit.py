@@ -60,6 +60,14 @@ def expect_frozen_norms_in_eval(count: int) -> None:
         warnings.filterwarnings("ignore", message=rf"Found {count} module\(s\) in eval mode", category=PossibleUserWarning)
 
 
+def ignore_lightnings_leafspec_deprecation() -> None:
+    """torch deprecates `LeafSpec`, which Lightning 2.6 still builds from each step's outputs: a FutureWarning
+    about Lightning's code in every run, that a user cannot act on (Lightning-AI/pytorch-lightning#21326).
+    Ignored where Lightning raises it only: the same call from anywhere else still warns."""
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning, module=r"lightning\.")
+
+
 def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = (),
           stopped_by: tuple[type[BaseException], ...] = ()) -> dict[str, float]:
     """Fit, then test the best checkpoint; return the final metrics (and `best/<monitor>`).
@@ -70,6 +78,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = (),
     """
     started = time.perf_counter()
     log_lightning_once()
+    ignore_lightnings_leafspec_deprecation()
     validate_config(cfg)
     check_module_keys(cfg)
     check_optimizer(cfg)   # torch's and Lightning's own checks of their values, before the slow setup
