@@ -83,9 +83,10 @@ def export_bundle(trained: TrainedModel, output: str | Path, manifest: dict[str,
                   overwrite: bool = False) -> Path:
     """Write the bundle folder; `manifest` adds provenance (run id, metrics, dataset fingerprint).
 
-    It is written beside `output` and renamed into place, so `output` is never half a bundle (a server
-    reloading the folder finds the old bundle or the new one). A folder that holds anything is refused:
-    a bundle unless `overwrite`, anything else always (nothing of a user's is written over)."""
+    It is written beside `output` and renamed into place, so `output` is never half a bundle. Replacing one
+    takes two renames (old aside, new in), so for that instant there is none: a server reloading then
+    fails its reload and keeps serving the model it has. A folder that holds anything is refused: a bundle
+    unless `overwrite`, anything else always (nothing of a user's is written over)."""
     output = Path(output)
     refuse_occupied(output, overwrite)
     staging = output.with_name(f".{output.name}.partial")
