@@ -7,7 +7,7 @@ pandas batches. The optional extra: `pip install -e '.[spark]'` (and a Java runt
 
 Rows are the pyfunc's: `path`, then per attribute the label, `<attribute>_confidence` and
 `<attribute>_status`, and `error` for an image that could not be read (the others are still scored),
-the same values `fashion-predict` writes for the same images (tested row for row).
+the same values `fashion-predict` writes for the same images, in the manifest's order (tested row for row).
 """
 
 from __future__ import annotations
@@ -37,10 +37,13 @@ def score(spark: SparkSession, model_uri: str, images: DataFrame, path_column: s
     attributes = model_attributes(model_uri)
     struct = result_type(attributes)
     # A manifest is a small file of long-running rows: Spark reads it as one partition, so one task (one core)
-    # would score the whole catalogue. Spread the rows over every core the cluster has.
+    # would score the whole catalogue. Spread the rows over every core the cluster has, in contiguous ranges
+    # (not round robin), so the written parts, read in order, list the images in the manifest's order.
     cores = spark.sparkContext.defaultParallelism
     if images.rdd.getNumPartitions() < cores:
-        images = images.repartition(cores)
+        row = "__fashion_row"
+        images = (images.withColumn(row, F.monotonically_increasing_id())
+                  .repartitionByRange(cores, row).sortWithinPartitions(row).drop(row))
     udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=struct, env_manager="local")
     scored = images.withColumn("prediction", udf(F.struct(F.col(path_column).alias("path"))))
     # spark_udf turns every value of a string field into text, a missing one (an error row's label, a good
