@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,14 @@ def tracking_uri(mlruns: str | Path | None = None) -> str:
 def local_store(mlruns: str | Path | None = None) -> str:
     """The SQLite store under `mlruns` (default: the project's mlruns/)."""
     return f"sqlite:///{Path(mlruns or PROJECT_ROOT / 'mlruns') / 'mlflow.db'}"
+
+
+def progress_bars_for_terminals_only() -> None:
+    """MLflow draws a bar for every artifact transfer, about 100 updates each: right for a person at a terminal,
+    noise in a log (a server's, a CI job's). With stderr not a terminal they are off, unless the user set
+    MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR."""
+    if not sys.stderr.isatty():
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def launch_time() -> str:

@@ -18,9 +18,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from fashion.cli import tool_config
+from fashion.config import progress_bars_for_terminals_only
 from fashion.inference.bundle import export_bundle, refuse_occupied
 from fashion.inference.checkpoint import TrainedModel, load_checkpoint
-from fashion.tracking.registry import progress_bars_for_terminals_only
 
 
 def checkpoint_of_run(client: MlflowClient, run_id: str, workdir: Path) -> Path:

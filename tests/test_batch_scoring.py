@@ -160,7 +160,7 @@ def test_lanes_and_loader_workers_change_nothing_but_speed(trained, tmp_path):
     pd.testing.assert_frame_equal(outputs[1, 0], outputs[2, 2])
 
 
-def test_spark_scores_the_manifest_like_fashion_predict(trained, tmp_path):
+def test_spark_scores_the_manifest_like_fashion_predict(trained, tmp_path, capfd, monkeypatch):
     """Spark local[2] through the logged pyfunc (`mlflow.pyfunc.spark_udf`), row for row."""
     try:
         import pyspark  # noqa: F401
@@ -183,8 +183,11 @@ def test_spark_scores_the_manifest_like_fashion_predict(trained, tmp_path):
     mlflow_store(tmp_path, "spark")
     uri = log_pyfunc(trained.bundle)
     spark = local_session(2, "fashion-test")
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)   # as a user's job starts; unset after
+    capfd.readouterr()
     try:
         errors = score_manifest(spark, uri, str(manifest), str(tmp_path / "spark"))
+        assert "Downloading artifacts" not in capfd.readouterr().err   # spark_udf's model download: no bars in a log
         with pytest.raises(Exception, match="already exists"):   # as fashion-predict, an existing output is kept
             score_manifest(spark, uri, str(manifest), str(tmp_path / "spark"))
     finally:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import mlflow
 
+from fashion.config import progress_bars_for_terminals_only
 from fashion.inference.pyfunc import signature
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ def score(spark: SparkSession, model_uri: str, images: DataFrame, path_column: s
         row = "__fashion_row"
         images = (images.withColumn(row, F.monotonically_increasing_id())
                   .repartitionByRange(cores, row).sortWithinPartitions(row).drop(row))
+    progress_bars_for_terminals_only()   # spark_udf downloads the model: no bars in a job's log
     udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=struct, env_manager="local")
     scored = images.withColumn("prediction", udf(F.struct(F.col(path_column).alias("path"))))
     # spark_udf turns every value of a string field into text, a missing one (an error row's label, a good

@@ -9,15 +9,15 @@ downloaded once per version into a cache, so a restart or a reload of the same v
 
 from __future__ import annotations
 
-import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
+
+from fashion.config import progress_bars_for_terminals_only
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 PREFIX = "models:/"
@@ -113,16 +113,6 @@ def bundle_in(model_dir: Path) -> Path | None:
     artifacts = Model.load(str(model_dir / "MLmodel")).flavors.get("python_function", {}).get("artifacts", {})
     path = artifacts.get(BUNDLE_ARTIFACT, {}).get("path")
     return model_dir / path if path and (model_dir / path).is_dir() else None
-
-
-def progress_bars_for_terminals_only() -> None:
-    """MLflow draws a bar for every artifact transfer, about 100 updates each: right for a person at a terminal,
-    noise in a log (a server's, a CI job's). With stderr not a terminal they are off, unless the user set
-    MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR."""
-    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
-
-    if not sys.stderr.isatty():
-        os.environ.setdefault(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, "false")
 
 
 def _download(version: ModelVersion, tracking_uri: str, into: Path) -> str:
