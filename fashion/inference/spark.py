@@ -7,7 +7,7 @@ pandas batches. The optional extra: `pip install -e '.[spark]'` (and a Java runt
 
 Rows are the pyfunc's: `path`, then per attribute the label, `<attribute>_confidence` and
 `<attribute>_status`, and `error` for an image that could not be read (the others are still scored),
-the same values `fashion-predict` writes for the same images, in the manifest's order (tested row for row).
+the same values `fashion-predict` writes for the same images (tested row for row), in no particular order.
 """
 
 from __future__ import annotations
@@ -38,13 +38,11 @@ def score(spark: SparkSession, model_uri: str, images: DataFrame, path_column: s
     attributes = model_attributes(model_uri)
     struct = result_type(attributes)
     # A manifest is a small file of long-running rows: Spark reads it as one partition, so one task (one core)
-    # would score the whole catalogue. Spread the rows over every core the cluster has, in contiguous ranges
-    # (not round robin), so the written parts, read in order, list the images in the manifest's order.
+    # would score the whole catalogue. Spread the rows over every core the cluster has (round robin: the output
+    # is not in the manifest's order, as Spark's outputs are not; join on `path`).
     cores = spark.sparkContext.defaultParallelism
     if images.rdd.getNumPartitions() < cores:
-        row = "__fashion_row"
-        images = (images.withColumn(row, F.monotonically_increasing_id())
-                  .repartitionByRange(cores, row).sortWithinPartitions(row).drop(row))
+        images = images.repartition(cores)
     progress_bars_for_terminals_only()   # spark_udf downloads the model: no bars in a job's log
     udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=struct, env_manager="local")
     scored = images.withColumn("prediction", udf(F.struct(F.col(path_column).alias("path"))))
