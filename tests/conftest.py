@@ -116,6 +116,17 @@ def isolated_mlflow_uri(monkeypatch):
     os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def project_store_left_alone() -> Iterator[None]:
+    """Every test keeps its MLflow store in its own tmp folder (`mlflow_store`), so the project's mlruns/ gains
+    nothing. Tests once made a database there, and put 1.4 GB of logged models into mlruns/1."""
+    mlruns = PROJECT_ROOT / "mlruns"
+    before = {p.name for p in mlruns.iterdir()}
+    yield
+    added = sorted({p.name for p in mlruns.iterdir()} - before)
+    assert not added, f"tests wrote into the project's MLflow store {mlruns}: {added}"
+
+
 def mlflow_store(tmp_path: Path, experiment: str) -> str:
     """A sqlite store in `tmp_path`, with `experiment` active and its artifacts beside it (`ensure_experiment`,
     as the CLIs make theirs): an experiment created without an artifact location keeps them in ./mlruns of

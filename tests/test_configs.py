@@ -27,7 +27,7 @@ def test_every_group_has_options():
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS if g != "backbone" for o in options(g)])
 def test_group_option_composes_and_instantiates(group, option, compose_config, tmp_path):
-    overrides = [f"{group}={option}", f"paths.output_dir={tmp_path}"]
+    overrides = [f"{group}={option}", f"paths.output_dir={tmp_path}", f"paths.mlruns={tmp_path / 'mlruns'}"]
     if option == "kaggle":
         overrides.append(f"data.root={tmp_path}")
     cfg = compose_config(overrides)
@@ -50,7 +50,7 @@ def test_group_option_composes_and_instantiates(group, option, compose_config, t
         else:
             assert OmegaConf.to_container(node, resolve=True)["accelerator"] == "gpu"
     elif group == "logger":
-        assert instantiate(node)._tracking_uri.startswith("sqlite:///")
+        assert instantiate(node)._tracking_uri == f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"   # not the project's store
     elif group == "optimizer":
         assert instantiate(node)([torch.nn.Parameter(torch.zeros(1))]).defaults["lr"] == node.lr
     elif group == "scheduler":
