@@ -117,14 +117,22 @@ def read_manifest(manifest: str, column: str = "path") -> list[str]:
     path = Path(manifest)
     if not path.exists():
         raise FileNotFoundError("no such file or folder")
-    parquet = path.suffix == ".parquet" or path.is_dir()
-    columns = pq.ParquetDataset(path).schema.names if parquet else list(pd.read_csv(path, nrows=0).columns)
-    if column not in columns:
-        shown = ", ".join(repr(str(c)) for c in columns[:8]) + (", ..." if len(columns) > 8 else "")
-        raise ValueError(f"no column {column!r} (its columns: {shown or 'none'}); "
-                         "path_column=<name> names the one that holds the image paths")
-    table = pd.read_parquet(path, columns=[column]) if parquet else pd.read_csv(path, usecols=[column])
+    if path.suffix == ".parquet" or path.is_dir():
+        dataset = pq.ParquetDataset(path)   # opened once: its schema for the check, then the one column
+        if column not in dataset.schema.names:
+            raise no_column(column, dataset.schema.names)
+        table = dataset.read(columns=[column]).to_pandas()
+    else:
+        table = pd.read_csv(path, usecols=lambda name: name == column)   # one read; an absent column reads as none
+        if column not in table:
+            raise no_column(column, list(pd.read_csv(path, nrows=0).columns))
     return [str(p) for p in table[column].dropna()]
+
+
+def no_column(column: str, columns: list[str]) -> ValueError:
+    shown = ", ".join(repr(str(c)) for c in columns[:8]) + (", ..." if len(columns) > 8 else "")
+    return ValueError(f"no column {column!r} (its columns: {shown or 'none'}); "
+                      "path_column=<name> names the one that holds the image paths")
 
 
 def main(argv: list[str] | None = None) -> int:
