@@ -246,7 +246,7 @@ def test_only_the_frozen_norms_count_of_eval_modules_is_silenced():
 
     from lightning.fabric.utilities.warnings import PossibleUserWarning
 
-    from fashion.training.fit import expect_frozen_norms_in_eval
+    from fashion.training.console import expect_frozen_norms_in_eval
 
     def warned(count: int) -> bool:
         with warnings.catch_warnings(record=True) as caught:
@@ -266,7 +266,7 @@ def test_torchs_leafspec_deprecation_is_ignored_in_lightnings_code_only():
     from lightning.pytorch.utilities._pytree import _tree_flatten
     from torch.utils._pytree import LeafSpec
 
-    from fashion.training.fit import ignore_lightnings_leafspec_deprecation
+    from fashion.training.console import ignore_lightnings_leafspec_deprecation
 
     def warned(call) -> bool:
         with warnings.catch_warnings(record=True) as caught:

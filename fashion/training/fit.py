@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
-from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from omegaconf import DictConfig
 
 from fashion.config import validate_config
@@ -24,48 +22,10 @@ from fashion.tracking import describe_run, find_resume_point, log_run_inputs, tr
 from fashion.tracking.run import ui_hint
 from fashion.training.assembly import (build_model, build_module, check_module_keys, check_optimizer,
                                        check_trainer, refuse_unlogged_monitor, use_feature_cache)
+from fashion.training.console import expect_frozen_norms_in_eval, ignore_lightnings_leafspec_deprecation, log_lightning_once
 from fashion.training.module import evaluate_sets
 
 log = logging.getLogger("fashion.train")
-
-
-def log_lightning_once() -> None:
-    """Lightning's loggers print to the console themselves ('INFO: ...') and also pass each record up to the
-    root, where Hydra's handlers print it again (the model summary twice) and write it to the run's
-    train.log. With the root configured (Hydra, pytest), Lightning's own handlers go and its records go to
-    the root's: each line once, on the console and in train.log alike (hydra#2898). Without, nothing changes.
-    Either way its "💡 Tip" lines, which advertise another tracking platform to a run logging to MLflow, go."""
-    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if not any(isinstance(f, NoTips) for f in rank_zero.filters):
-        rank_zero.addFilter(NoTips())
-    if not logging.getLogger().handlers:
-        return
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        lightning = logging.getLogger(name)
-        for handler in lightning.handlers[:]:
-            lightning.removeHandler(handler)
-        lightning.propagate = True
-
-
-class NoTips(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
-
-
-def expect_frozen_norms_in_eval(count: int) -> None:
-    """Lightning warns of every module that starts training in eval mode ("may lead to unexpected behavior").
-    The frozen batch norms are so on purpose; the warning is silenced for exactly their number, so any other
-    module left in eval mode still warns."""
-    if count:
-        warnings.filterwarnings("ignore", message=rf"Found {count} module\(s\) in eval mode", category=PossibleUserWarning)
-
-
-def ignore_lightnings_leafspec_deprecation() -> None:
-    """torch deprecates `LeafSpec`, which Lightning 2.6 still builds from each step's outputs: a FutureWarning
-    about Lightning's code in every run, that a user cannot act on (Lightning-AI/pytorch-lightning#21326).
-    Ignored where Lightning raises it only: the same call from anywhere else still warns."""
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-                            category=FutureWarning, module=r"lightning\.")
 
 
 def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = (),
