@@ -39,6 +39,7 @@ from omegaconf import DictConfig  # noqa: E402
 from fashion.config import CONFIG_DIR  # noqa: E402
 from fashion.data.datamodule import FashionDataModule  # noqa: E402
 from fashion.training.assembly import build_model, build_module  # noqa: E402
+from fashion.training.console import ignore_lightnings_leafspec_deprecation, log_lightning_once  # noqa: E402
 from fashion.training.module import evaluate_sets  # noqa: E402
 
 PRECISIONS = ("16-mixed", "bf16-mixed")
@@ -249,6 +250,8 @@ def main() -> None:
     if not CUDA and not args.allow_cpu:
         sys.exit("gpu_check: no CUDA device visible (--allow-cpu for a dry run)")
     started = time.perf_counter()
+    log_lightning_once()   # fashion-train's console: no "Tip" lines, no LeafSpec warning about Lightning's code
+    ignore_lightnings_leafspec_deprecation()
     cfg = compose_config(args.overrides)
     L.seed_everything(cfg.seed, workers=True)
     datamodule: FashionDataModule = instantiate(cfg.data, preprocessing=instantiate(cfg.backbone).preprocessing, _convert_="object")
