@@ -116,15 +116,24 @@ def isolated_mlflow_uri(monkeypatch):
     os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
+# Where the tools write by default, relative to the working directory (conf/*.yaml): a test that leaves
+# one of these in the checkout shows up in `git status`, or worse, in a commit (review/review.db once did).
+DEFAULT_OUTPUTS = ("mlflow.db", "review", "model_cache", "eval_output", "outputs", "multirun")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def project_store_left_alone() -> Iterator[None]:
     """Every test keeps its MLflow store in its own tmp folder (`mlflow_store`), so the project's mlruns/ gains
-    nothing. Tests once made a database there, and put 1.4 GB of logged models into mlruns/1."""
-    mlruns = PROJECT_ROOT / "mlruns"
-    before = {p.name for p in mlruns.iterdir()}
+    nothing. Tests once made a database there, and put 1.4 GB of logged models into mlruns/1. The tools'
+    other default outputs (`DEFAULT_OUTPUTS`) must not appear in the checkout either."""
+    def present() -> set[str]:
+        return ({f"mlruns/{p.name}" for p in (PROJECT_ROOT / "mlruns").iterdir()}
+                | {name for name in DEFAULT_OUTPUTS if (PROJECT_ROOT / name).exists()})
+
+    before = present()
     yield
-    added = sorted({p.name for p in mlruns.iterdir()} - before)
-    assert not added, f"tests wrote into the project's MLflow store {mlruns}: {added}"
+    added = sorted(present() - before)
+    assert not added, f"tests wrote into the project's checkout {PROJECT_ROOT}: {added}"
 
 
 def mlflow_store(tmp_path: Path, experiment: str) -> str:
