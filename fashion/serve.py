@@ -31,14 +31,14 @@ def serve(bundle: str, host: str = "127.0.0.1", port: Port = 8000, max_bytes: At
     from fashion.serving.uploads import UploadLimits
 
     try:
-        review = ReviewStore(review_url, review_images, review_max_queued) if review_queue else None
-    except (ValueError, OSError) as err:
-        sys.exit(f"fashion-serve: cannot open the review queue: {err}")
-    try:
         app = create_app(bundle, UploadLimits(max_bytes, max_pixels, max_files), model_threads, top_k, runtime,
-                         tracking_uri, model_cache, api_key, review, drift_window, open_predictions, review_for)
+                         tracking_uri, model_cache, api_key, None, drift_window, open_predictions, review_for)
     except (ValueError, OSError, MlflowException) as err:  # a refused, tampered or missing model: say why, no traceback
         sys.exit(f"fashion-serve: cannot load the model: {err}")
+    try:   # after the model: a mistyped bundle must not leave an empty queue (review/review.db) behind
+        app.state.review = ReviewStore(review_url, review_images, review_max_queued) if review_queue else None
+    except (ValueError, OSError) as err:
+        sys.exit(f"fashion-serve: cannot open the review queue: {err}")
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 

@@ -119,3 +119,25 @@ def test_predict_with_nothing_to_score_says_why(tmp_path, capsys):
     assert f"nothing to score: manifest {empty} listing no path in column 'path'" in capsys.readouterr().err
     assert predict_main(["bundle=b"]) == 2
     assert "nothing to score: give image files, folders or globs, or manifest=" in capsys.readouterr().err
+
+
+def test_serve_opens_the_review_queue_only_once_the_model_has_loaded(trained, tmp_path, monkeypatch, capsys):
+    """A mistyped bundle once left an empty queue, review/review.db, in the working directory (and one was
+    committed to this repo)."""
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    from fashion.feedback.store import ReviewStore
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        serve_main(["bundle=no_such_bundle"])
+    assert "fashion-serve: cannot load the model: no_such_bundle" in str(exit_.value.code)
+    assert list(tmp_path.iterdir()) == []
+
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **_: served.append(app))
+    serve_main([f"bundle={trained.bundle}"])
+    assert isinstance(served[0].state.review, ReviewStore) and (tmp_path / "review" / "review.db").is_file()
+    with TestClient(served[0]) as client:
+        assert client.get("/health").json()["review_queue"] is True

@@ -112,6 +112,7 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
     app = FastAPI(title="fashion tagger", version=package_version(),
                   description="Catalogue attributes of a product photo: " + ", ".join(slot.current.predictor.attributes))
     app.state.model_slot = slot   # what /v1/admin/reload swaps; an embedding application may swap it too
+    app.state.review = review     # read per request: fashion-serve opens the queue once the model has loaded
 
     install_error_handlers(app)
     upload_errors = error_responses(400, 413, 415, 422, 500)
@@ -145,9 +146,9 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
     predict_guard = [] if open_predictions else [Depends(require_key)]
 
     def queue_store() -> ReviewStore:
-        if review is None:
+        if app.state.review is None:
             raise UploadRejected(404, "review_disabled", "this server keeps no review queue (review_queue=false)")
-        return review
+        return app.state.review
 
     def explain_list(explain: str | None, loaded: Loaded) -> list[str]:
         try:
@@ -158,7 +159,7 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
     def run_model(loaded: Loaded, images: list[DecodedImage], names: list[str | None],
                   explain: list[str]) -> tuple[list[dict[str, Any]], list[Callable[[], Any]]]:
         """The answers, and the review-queue writes they call for (run after the model's thread is released)."""
-        predictor = loaded.predictor
+        predictor, review = loaded.predictor, app.state.review
         results, to_queue = [], []
         for image, name, prediction in zip(images, names, predictor.predict([i.pixels for i in images])):
             result: dict[str, Any] = {"filename": name, "predictions": {a: p.to_dict() for a, p in prediction.items()},
@@ -220,7 +221,7 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
                 "attributes": loaded.predictor.attributes, "runtime": loaded.predictor.runtime,
                 "bundle_created": loaded.manifest.get("created"), "model_source": slot.source,
                 "model_version": loaded.version, "source_run_id": loaded.run_id,
-                "review_queue": review is not None}
+                "review_queue": app.state.review is not None}
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
