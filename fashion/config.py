@@ -38,6 +38,18 @@ def progress_bars_for_terminals_only() -> None:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+LOG_PROGRESS_EVERY_S = 30
+
+
+def progress_bar(iterable: Any = None, **kwargs: Any) -> Any:
+    """A tqdm bar on stderr: live at a terminal. In a log (a job's, a CI's) it updates every
+    `LOG_PROGRESS_EVERY_S` seconds: at tqdm's ten a second, an hour's catalogue job wrote megabytes of one
+    line, and `tail -f` on the log still shows where the job is."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, file=sys.stderr, mininterval=0.1 if sys.stderr.isatty() else LOG_PROGRESS_EVERY_S, **kwargs)
+
+
 def launch_time() -> str:
     """The time in a run's output folder name (conf/hydra/default.yaml). To the microsecond, so runs launched
     together (a shell loop, a SLURM array) each get their own; to the second, as Hydra's `now`, under torchrun

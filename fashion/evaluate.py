@@ -30,10 +30,10 @@ import matplotlib.pyplot as plt
 import mlflow
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from fashion.calibration import selective_scores
 from fashion.cli import tool_config
+from fashion.config import progress_bar
 from fashion.data.dataset import restore_aspect
 from fashion.data.eval_sets import EvalSource
 from fashion.data.images import ImageReadError
@@ -69,7 +69,7 @@ def evaluate(predictor: Predictor, source: EvalSource, exclude_ids: set[int] = f
     temperatures = predictor.trained.model.temperatures()
     served: dict[str, list[torch.Tensor]] = defaultdict(list)
     unreadable = 0
-    for start in tqdm(range(0, len(frame), predictor.batch_size), unit="batch", file=sys.stderr):
+    for start in progress_bar(range(0, len(frame), predictor.batch_size), unit="batch"):
         images, keep = [], []
         for row, path in enumerate(frame["path"].iloc[start:start + predictor.batch_size], start):
             try:

@@ -34,9 +34,9 @@ import cv2
 import pandas as pd
 import pyarrow.parquet as pq
 import torch
-from tqdm import tqdm
 
 from fashion.cli import tool_config
+from fashion.config import progress_bar
 from fashion.data.images import ImageReadError, load_rgb
 from fashion.inference.batch import score_paths
 from fashion.inference.bundle import sha256
@@ -203,7 +203,7 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
         batches = score_paths(predictor, files, workers, lanes)
     failed = scored = 0
     try:
-        with helpers_on_one_thread(predictor.runtime == "onnx"), tqdm(total=len(files), unit="img", file=sys.stderr, disable=len(files) < PROGRESS_FROM) as bar:
+        with helpers_on_one_thread(predictor.runtime == "onnx"), progress_bar(total=len(files), unit="img", disable=len(files) < PROGRESS_FROM) as bar:
             for batch in write_batches(batches, predictor.attributes, format, Path(output) if output else None,
                                        append=resume, stdout=sys.stdout, explained=explained):
                 unreadable = batch.failed()

@@ -141,3 +141,25 @@ def test_serve_opens_the_review_queue_only_once_the_model_has_loaded(trained, tm
     assert isinstance(served[0].state.review, ReviewStore) and (tmp_path / "review" / "review.db").is_file()
     with TestClient(served[0]) as client:
         assert client.get("/health").json()["review_queue"] is True
+
+
+def test_a_progress_bar_in_a_log_updates_every_30_s_not_ten_times_a_second(trained, tmp_path, capsys, monkeypatch):
+    """At a terminal the bar is live; in a log (pytest's stderr is not a terminal) a catalogue job wrote
+    ten updates a second into one line, megabytes in an hour's job. tqdm's clock here moves half a second
+    a reading, so each of the 12 batches comes well after the last: drawn are the start and the end only."""
+    import itertools
+    import shutil
+    import sys
+
+    clock = itertools.count(0, 0.5)
+    monkeypatch.setattr("tqdm.std.time", lambda: next(clock))
+    copies = [shutil.copy(IMAGES[0], tmp_path / f"{i}.jpg") for i in range(96)]
+    assert predict_main([f"bundle={trained.bundle}", *map(str, copies), "batch_size=8", f"output={tmp_path / 't.csv'}"]) == 0
+    drawn = [part for part in capsys.readouterr().err.split("\r") if "img" in part]
+    assert len(drawn) == 2 and "0/96" in drawn[0] and "96/96" in drawn[1], drawn
+
+    from fashion.config import LOG_PROGRESS_EVERY_S, progress_bar
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    with progress_bar(total=1) as bar:
+        assert bar.mininterval < 1 < LOG_PROGRESS_EVERY_S
