@@ -44,7 +44,7 @@ LOG_PROGRESS_EVERY_S = 30
 def progress_bar(iterable: Any = None, **kwargs: Any) -> Any:
     """A tqdm bar on stderr: live at a terminal. In a log (a job's, a CI's) it updates every
     `LOG_PROGRESS_EVERY_S` seconds: at tqdm's ten a second, an hour's catalogue job wrote megabytes of one
-    line, and `tail -f` on the log still shows where the job is."""
+    line; every 30 s still tells a reader of the log where the job is."""
     from tqdm import tqdm
 
     return tqdm(iterable, file=sys.stderr, mininterval=0.1 if sys.stderr.isatty() else LOG_PROGRESS_EVERY_S, **kwargs)
