@@ -134,8 +134,9 @@ def test_pyfunc_model_loads_and_predicts_like_the_predictor(trained, tmp_path):
     expected = Predictor(load_bundle(trained.bundle)).predict([load_rgb(p) for p in REAL_IMAGES[:3]])
     assert out["articleType"].tolist()[:3] == [e["articleType"].label for e in expected]
     assert out["error"].isna().tolist()[:3] == [True] * 3 and "not a decodable" in out["error"].iloc[3]
-    by_path = model.predict(pd.DataFrame({"path": [str(REAL_IMAGES[0])]}))   # the other input column
+    by_path = model.predict(pd.DataFrame({"path": [str(REAL_IMAGES[0]), None, ""]}))   # the other input column
     assert by_path["articleType"].iloc[0] == expected[0]["articleType"].label
+    assert by_path["error"].tolist()[1:] == ["the row has no image: neither an 'image' (base64) nor a 'path'"] * 2
     # What the MLflow UI and `mlflow models serve` show: a signature with both inputs, and an example.
     info = mlflow.models.get_model_info(uri)
     assert {c.name for c in info.signature.inputs.inputs} == {"image", "path"}

@@ -62,9 +62,7 @@ class FashionTaggerPyfunc(mlflow.pyfunc.PythonModel):
         images, errors = [], []
         for _, row in model_input.iterrows():
             try:
-                image = (decode_base64_image(row["image"], self.predictor.trained.preprocessing.decode_side)
-                         if "image" in row and isinstance(row["image"], str) else self.predictor.load(row["path"]))
-                images.append(image)
+                images.append(self.decode(row))
                 errors.append(None)
             except (ImageReadError, OSError, KeyError) as err:
                 images.append(None)
@@ -83,6 +81,15 @@ class FashionTaggerPyfunc(mlflow.pyfunc.PythonModel):
             if not column.endswith("_confidence"):
                 frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
         return frame
+
+    def decode(self, row: pd.Series) -> np.ndarray:
+        """A row's base64 `image`, else the file at its `path`; a row with neither (a null in a table that
+        mixes both, a manifest row without a path) is that row's error, not the batch's."""
+        if isinstance(row.get("image"), str):
+            return decode_base64_image(row["image"], self.predictor.trained.preprocessing.decode_side)
+        if not isinstance(row.get("path"), str) or not row["path"]:
+            raise ImageReadError("the row has no image: neither an 'image' (base64) nor a 'path'")
+        return self.predictor.load(row["path"])
 
 
 OUTPUT_KINDS = (("string", ""), ("double", "_confidence"), ("string", "_status"))
