@@ -20,9 +20,13 @@ is 1 when any file failed, so scripts notice. `explain=articleType,baseColour` w
 
 from __future__ import annotations
 
+import bz2
+import csv
 import glob
+import gzip
 import hashlib
 import json
+import lzma
 import os
 import sys
 from collections import Counter
@@ -31,7 +35,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
-import pandas as pd
 import pyarrow.parquet as pq
 import torch
 
@@ -112,8 +115,9 @@ def predict_files(predictor: Predictor, files: list[Path], explain: list[str], e
         yield ScoredBatch([str(path) for path in chunk], errors, tags, extras)
 
 
-def read_manifest(manifest: str, column: str = "path") -> list[str]:
-    """The image paths of a CSV or Parquet manifest, as written in it (absolute, or relative to where the job runs)."""
+def read_manifest(manifest: str, column: str = "path") -> tuple[list[str], list[str]]:
+    """The image paths of a CSV or Parquet manifest, as written in it (absolute, or relative to where the
+    job runs), and where the rows without one are (`line 5`, `row 7`): they are skipped, and said so."""
     path = Path(manifest)
     if not path.exists():
         raise FileNotFoundError("no such file or folder")
@@ -121,12 +125,40 @@ def read_manifest(manifest: str, column: str = "path") -> list[str]:
         dataset = pq.ParquetDataset(path)   # opened once: its schema for the check, then the one column
         if column not in dataset.schema.names:
             raise no_column(column, dataset.schema.names)
-        table = dataset.read(columns=[column]).to_pandas()
+        values = dataset.read(columns=[column]).column(column).to_pylist()
+        found = [("" if value is None else str(value), f"row {row}") for row, value in enumerate(values, 1)]
     else:
-        table = pd.read_csv(path, usecols=lambda name: name == column)   # one read; an absent column reads as none
-        if column not in table:
-            raise no_column(column, list(pd.read_csv(path, nrows=0).columns))
-    return [str(p) for p in table[column].dropna()]
+        found = read_csv_column(path, column)
+    return [value for value, _ in found if value], [where for value, where in found if not value]
+
+
+COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
+
+def read_csv_column(path: Path, column: str) -> list[tuple[str, str]]:
+    """One column's values with their line numbers; a line with more or fewer fields than the header is an
+    error. The csv module, not pandas: pandas' `usecols` drops a row's extra fields without a word, so a path
+    with an unquoted comma was scored as its first half. Spark's reader is held to the same (inference/spark.py)."""
+    found, misshapen = [], []
+    with COMPRESSED.get(path.suffix, open)(path, "rt", newline="", encoding="utf-8-sig") as handle:
+        rows = csv.reader(handle, strict=True)   # an unclosed quote is an error, not a path to the end of the file
+        try:
+            header = next(rows, [])
+            if column not in header:
+                raise no_column(column, header)
+            at, width = header.index(column), len(header)
+            for row in rows:
+                if row and len(row) != width:   # a blank line is no row
+                    misshapen.append(f"line {rows.line_num} has {len(row)}")
+                elif row:
+                    found.append((row[at], f"line {rows.line_num}"))
+        except csv.Error as err:   # a stray or unclosed quote, a field over csv's size limit
+            raise ValueError(f"line {rows.line_num}: {err}") from None
+    if misshapen:
+        shown = ", ".join(misshapen[:5]) + (", ..." if len(misshapen) > 5 else "")
+        raise ValueError(f"{len(misshapen)} line(s) without the header's {width} fields ({shown}); "
+                         "a path that holds a comma must be quoted")
+    return found
 
 
 def no_column(column: str, columns: list[str]) -> ValueError:
@@ -160,10 +192,14 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
     for item in unmatched:
         print(f"fashion-predict: no image files match {item!r}", file=sys.stderr)
     try:
-        files += read_manifest(manifest, path_column) if manifest else []
+        listed, no_path = read_manifest(manifest, path_column) if manifest else ([], [])
     except (OSError, ValueError, KeyError) as err:
         print(f"fashion-predict: cannot read the manifest {manifest}: {err}", file=sys.stderr)
         return 2
+    files += listed
+    if no_path:
+        print(f"fashion-predict: skipped {len(no_path)} manifest row(s) with no {path_column!r}: "
+              f"{', '.join(no_path[:5])}{', ...' if len(no_path) > 5 else ''}", file=sys.stderr)
     if not files:
         given = [*([f"{len(inputs or [])} input(s) matching no image"] if inputs else []),
                  *([f"manifest {manifest} listing no path in column {path_column!r}"] if manifest else [])]

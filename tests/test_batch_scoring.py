@@ -3,6 +3,7 @@ an interrupted job resumed without redoing finished rows, and Spark giving the s
 
 import json
 import os
+import re
 
 import pandas as pd
 import pytest
@@ -144,6 +145,30 @@ def test_the_output_suffix_names_the_format_and_a_contradiction_or_a_missing_col
                      "overwrite=true"]) == 0
 
 
+def test_a_malformed_manifest_line_is_refused_by_number_and_rows_without_a_path_are_said(trained, tmp_path, capsys):
+    """pandas' `usecols` dropped a row's extra fields: an unquoted comma in a path scored its first half
+    (`.../a` as a missing file) and the rest was lost without a word; rows with no path vanished unsaid."""
+    comma = tmp_path / "red, blue.jpg"
+    comma.write_bytes(IMAGES[0].read_bytes())
+    out = tmp_path / "tags.csv"
+    unquoted = tmp_path / "unquoted.csv"
+    unquoted.write_text(f"sku,path\n1,{IMAGES[1]}\n2,{comma}\n")
+    assert main([f"bundle={trained.bundle}", f"manifest={unquoted}", f"output={out}"]) == 2
+    assert ("1 line(s) without the header's 2 fields (line 3 has 3); a path that holds a comma must be quoted"
+            in capsys.readouterr().err)
+    assert not out.exists()
+    unclosed = tmp_path / "unclosed.csv"
+    unclosed.write_text(f'path\n"{IMAGES[1]}\n{IMAGES[2]}\n')
+    assert main([f"bundle={trained.bundle}", f"manifest={unclosed}", f"output={out}"]) == 2
+    assert f"cannot read the manifest {unclosed}: line 3: unexpected end of data" in capsys.readouterr().err
+
+    quoted = tmp_path / "quoted.csv"
+    pd.DataFrame({"sku": [1, 2, 3, 4], "path": [str(IMAGES[1]), str(comma), None, ""]}).to_csv(quoted, index=False)
+    assert main([f"bundle={trained.bundle}", f"manifest={quoted}", f"output={out}"]) == 0
+    assert pd.read_csv(out)["path"].tolist() == [str(IMAGES[1]), str(comma)]   # the whole path, scored
+    assert "skipped 2 manifest row(s) with no 'path': line 4, line 5" in capsys.readouterr().err
+
+
 def test_lanes_and_loader_workers_change_nothing_but_speed(trained, tmp_path):
     """One lane, three lanes (batches decoded and scored on concurrent threads, onnxruntime at one
     thread each) and two loader processes write the same table, errors included, in input order."""
@@ -175,9 +200,11 @@ def test_spark_scores_the_manifest_like_fashion_predict(trained, tmp_path, capfd
 
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff not a jpeg")
-    paths = [str(p) for p in IMAGES[:200]] + [str(broken)]
+    paths = [str(p) for p in IMAGES[:200]] + [str(broken), None, ""]   # no path: left out by both
     manifest = tmp_path / "manifest.parquet"
     pd.DataFrame({"path": paths}).to_parquet(manifest)
+    unquoted = tmp_path / "unquoted.csv"   # fashion-predict refuses it (the test above); Spark's reader cut the path
+    unquoted.write_text(f"sku,path\n1,{IMAGES[0]}\n2,{tmp_path}/red, blue.jpg\n")
     local = tmp_path / "local"
     main([f"bundle={trained.bundle}", f"manifest={manifest}", "format=parquet", f"output={local}"])
     mlflow_store(tmp_path, "spark")
@@ -190,6 +217,9 @@ def test_spark_scores_the_manifest_like_fashion_predict(trained, tmp_path, capfd
         assert "Downloading artifacts" not in capfd.readouterr().err   # spark_udf's model download: no bars in a log
         with pytest.raises(Exception, match="already exists"):   # as fashion-predict, an existing output is kept
             score_manifest(spark, uri, str(manifest), str(tmp_path / "spark"))
+        with pytest.raises(ValueError, match=re.escape(f"without the header's 2 fields ('2,{tmp_path}/red, blue.jpg'); a path that")):
+            score_manifest(spark, uri, str(unquoted), str(tmp_path / "spark_csv"))
+        assert not (tmp_path / "spark_csv").exists()
     finally:
         spark.stop()
         mlflow.set_tracking_uri(None)

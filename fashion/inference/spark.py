@@ -12,6 +12,7 @@ the same values `fashion-predict` writes for the same images (tested row for row
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 import mlflow
@@ -57,11 +58,30 @@ def score_manifest(spark: SparkSession, model_uri: str, manifest: str, output: s
                    mode: str = "errorifexists") -> int:
     """A CSV or Parquet manifest in, Parquet out; returns the number of error rows. `mode` is Spark's save
     mode: by default an existing output is an error, as fashion-predict refuses one ("overwrite" replaces it)."""
-    reader = spark.read.option("header", True)
-    images = reader.csv(manifest) if manifest.endswith(".csv") else reader.parquet(manifest)
-    scored = score(spark, model_uri, images.select(path_column), path_column)
+    scored = score(spark, model_uri, read_manifest(spark, manifest, path_column), path_column)
     scored.write.mode(mode).parquet(output)
     return spark.read.parquet(output).where("error IS NOT NULL").count()
+
+
+def read_manifest(spark: SparkSession, manifest: str, path_column: str = "path") -> DataFrame:
+    """The manifest's rows that name a path, as fashion-predict reads them: a CSV line with more or fewer
+    fields than its header (an unquoted comma in a path) is an error, where Spark's default reader would
+    cut the path at the comma; rows without a path are left out."""
+    from pyspark.sql import functions as F
+
+    if manifest.endswith(".csv"):
+        images = spark.read.option("header", True).option("mode", "FAILFAST").csv(manifest)
+        try:   # FAILFAST checks only the columns a query parses: parse them all once, in the JVM
+            images.write.format("noop").mode("overwrite").save()
+        except Exception as err:   # py4j's, with the JVM's stack trace
+            record = re.search(r"Malformed CSV record: (.*?)(?: SQLSTATE|$)", str(err), re.MULTILINE)
+            if record is None:
+                raise
+            raise ValueError(f"{manifest}: a line without the header's {len(images.columns)} fields ({record.group(1)!r}); "
+                             "a path that holds a comma must be quoted") from None
+    else:
+        images = spark.read.parquet(manifest)
+    return images.where(F.col(path_column).isNotNull() & (F.col(path_column) != "")).select(path_column)
 
 
 def local_session(cores: int = 2, app: str = "fashion-score") -> SparkSession:
