@@ -28,6 +28,19 @@ def test_rows_with_extra_commas_are_skipped_and_counted(tmp_path):
     assert report.rows_read == 2
 
 
+def test_a_malformed_first_row_is_skipped_like_any_other_not_read_as_an_index(tmp_path):
+    """pandas takes the first column for the index when only the first data row has an extra field: every
+    label moved one column left, every id became invalid, and a folder of good rows read as empty."""
+    path = write(tmp_path, (
+        "1,Men,Apparel,Topwear,Tshirts,Blue,Summer,2012,Casual,Tee, blue\n"   # the first row, one stray comma
+        "2,Women,Footwear,Shoes,Heels,Black,Winter,2012,Casual,Heels\n"
+    ))
+    frame, report = read_styles(path)
+    assert frame["id"].tolist() == [2] and frame.loc[0, "gender"] == "Women"
+    assert (report.malformed_rows, report.invalid_ids) == (1, 0)
+    assert report.malformed_examples[0].startswith("1,Men")
+
+
 def test_invalid_and_duplicate_ids_are_skipped_and_counted(tmp_path):
     path = write(tmp_path, (
         "1,Men,Apparel,Topwear,Tshirts,Blue,Summer,2012,Casual,a\n"

@@ -8,6 +8,7 @@ such as "NA" or "2012" is never turned into a float behind the user's back.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,17 @@ class StylesReport:
         )
 
 
+def first_row_overflows(path: Path, width: int) -> list[str] | None:
+    """The first data row's fields when it has more than the header's `width`, else None. pandas sends
+    every later such row to `on_bad_lines`, but the first it either reads as the index (shifting every
+    label of the file one column left) or, with `index_col=False`, cuts to the header's width unsaid."""
+    try:
+        first = pd.read_csv(path, header=None, skiprows=1, nrows=1, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except pd.errors.EmptyDataError:   # a header and no rows
+        return None
+    return first.iloc[0].tolist() if first.shape[1] > width else None
+
+
 def read_styles(path: str | Path, attributes: list[str] | tuple[str, ...] = ATTRIBUTES) -> tuple[pd.DataFrame, StylesReport]:
     """Return one row per product with an integer `id` and the requested label columns (NA = missing)."""
     path = Path(path)
@@ -56,12 +68,18 @@ def read_styles(path: str | Path, attributes: list[str] | tuple[str, ...] = ATTR
         return None
 
     try:
-        frame = pd.read_csv(
-            path, dtype=str, engine="python", on_bad_lines=skip_bad_line, skipinitialspace=True, keep_default_na=False,
-            na_values=["", "NA", "N/A", "NaN", "nan", "null", "None"],
-        )
+        with warnings.catch_warnings():   # index_col=False's warning of a cut first row: first_row_overflows
+            warnings.simplefilter("ignore", pd.errors.ParserWarning)
+            frame = pd.read_csv(
+                path, dtype=str, engine="python", on_bad_lines=skip_bad_line, skipinitialspace=True, keep_default_na=False,
+                na_values=["", "NA", "N/A", "NaN", "nan", "null", "None"], index_col=False,
+            )
+        first = first_row_overflows(path, len(frame.columns))
     except pd.errors.EmptyDataError as err:
         raise StylesFileError(f"{path} is empty") from err
+    if first is not None:
+        malformed.insert(0, first)
+        frame = frame.iloc[1:]
     missing_columns = [c for c in ("id", *attributes) if c not in frame.columns]
     if missing_columns:
         raise StylesFileError(f"{path} lacks column(s) {missing_columns}; it has {list(frame.columns)}")
