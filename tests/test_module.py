@@ -66,6 +66,19 @@ def test_top5_is_not_top1_when_the_first_batch_is_all_correct():
     assert values["test/articleType/top5"] == pytest.approx(1.0)
 
 
+def test_one_scored_row_gets_its_confidence_scores():
+    """torchmetrics squeezes a one-element result to 0-d: the reliability bins raised on a set of one
+    product (fashion-eval on a folder of one photo crashed with a traceback)."""
+    from fashion.metrics import AttributeMetrics
+
+    metrics = AttributeMetrics({"articleType": 3}, stage="eval", confidence=True)
+    metrics.update({"articleType": torch.tensor([[0.0, 2.0, 0.0]])}, {"articleType": torch.tensor([1])})
+    values = metrics.compute(thresholds={"articleType": 0.5})
+    assert values["eval/articleType/acc"] == 1.0 and values["eval/articleType/coverage"] == 1.0
+    assert values["eval/articleType/ece"] == pytest.approx(1 - torch.softmax(torch.tensor([0.0, 2.0, 0.0]), 0)[1].item())
+    assert [t.shape for t in metrics.confidence_records()["articleType"]] == [(1,)] * 3
+
+
 def test_confused_pairs_lists_every_mix_up_once_most_frequent_first():
     from fashion.metrics import classification_report, confused_pairs
 

@@ -69,7 +69,7 @@ class AttributeMetrics(nn.Module):
             for name, value in collection.compute().items():
                 values[f"{self.stage}/{attribute}/{name}"] = value
             if self.records is not None:
-                scores = confidence_scores(self.records[attribute].compute(), (thresholds or {}).get(attribute))
+                scores = confidence_scores(self.records[attribute].rows(), (thresholds or {}).get(attribute))
                 values |= {f"{self.stage}/{attribute}/{k}": torch.tensor(v) for k, v in scores.items()}
         for name in ("acc", "f1"):
             per_attribute = [values[f"{self.stage}/{a}/{name}"] for a in self.metrics]
@@ -83,7 +83,7 @@ class AttributeMetrics(nn.Module):
 
     def confidence_records(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Per attribute (confidence, correct, uncalibrated confidence): for the diagrams."""
-        return {a: r.compute() for a, r in self.records.items()} if self.records is not None else {}
+        return {a: r.rows() for a, r in self.records.items()} if self.records is not None else {}
 
     def reset(self) -> None:
         for collection in self.metrics.values():

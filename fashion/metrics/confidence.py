@@ -46,6 +46,11 @@ class ConfidenceRecord(Metric):
             return empty, empty.bool(), empty
         return tuple(dim_zero_cat(s).cpu() for s in (self.confidence, self.correct, self.uncalibrated))
 
+    def rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`compute()`, one value per row even for one row: torchmetrics squeezes a one-element result to a
+        0-d tensor, which the reliability bins cannot index (fashion-eval on a folder of one product)."""
+        return tuple(values.reshape(-1) for values in self.compute())
+
 
 def confidence_scores(record: tuple[torch.Tensor, torch.Tensor, torch.Tensor], threshold: float | None) -> dict[str, float]:
     """ECE after and before calibration, coverage and accepted precision at `threshold`; a score with
