@@ -10,6 +10,7 @@ are the tool's `positional` list key (fashion-predict's `inputs`).
 
 from __future__ import annotations
 
+import difflib
 import functools
 import os
 import sys
@@ -103,6 +104,17 @@ def to_overrides(argv: Sequence[str], lists: Sequence[str] = (), positional: str
     return overrides
 
 
+def refuse_unknown_keys(overrides: Sequence[str], cfg: Any, config_name: str) -> None:
+    """A key the tool's config lacks, named with the closest real one. Hydra's own message says to append
+    it (`+key=value`), which a tool refuses next: its keys are its function's parameters."""
+    keys = list(cfg.keys())   # not `in cfg`: that is False for a key whose value is mandatory (???)
+    for override in overrides:
+        key = override.lstrip("+~").partition("=")[0].split(".")[0]
+        if key not in keys:
+            close = difflib.get_close_matches(key, keys, n=1)
+            raise ValueError(f"no key {key!r} in conf/{config_name}.yaml" + (f" (did you mean {close[0]!r}?)" if close else ""))
+
+
 def tool_config(tool: str, config_name: str, argv: Sequence[str], target: Callable[..., Any],
                 positional: str | None = None, renamed: Mapping[str, str] | None = None) -> dict[str, Any]:
     """`target`'s arguments from the composed config, typed by its signature; `--help` prints the config."""
@@ -114,6 +126,7 @@ def tool_config(tool: str, config_name: str, argv: Sequence[str], target: Callab
     try:
         overrides = to_overrides(argv, list_parameters(target), positional, switches(target), renamed)
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            refuse_unknown_keys(overrides, compose(config_name=config_name), config_name)
             cfg = compose(config_name=config_name, overrides=overrides)
         return check_fields(target, OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True), "")
     except (HydraException, OmegaConfBaseException, ValueError) as err:

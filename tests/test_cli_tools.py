@@ -43,7 +43,10 @@ def test_predict_takes_overrides_and_bare_paths(trained, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("main,argv,message", [
-    (predict_main, ["bundle=b", "x.jpg", "topk=3"], "topk"),                         # misspelt key
+    # a misspelt key, named with the closest real one (Hydra's own message said to append it with +, refused next)
+    (predict_main, ["bundle=b", "x.jpg", "topk=3"], "fashion-predict: no key 'topk' in conf/predict.yaml (did you mean 'top_k'?)"),
+    (predict_main, ["+bundl=b", "x.jpg"], "no key 'bundl' in conf/predict.yaml (did you mean 'bundle'?)"),
+    (serve_main, ["bundle=b", "revew_for=[season]"], "no key 'revew_for' in conf/serve.yaml (did you mean 'review_for'?)"),
     (predict_main, ["bundle=b", "x.jpg", "runtime=tensorrt"], "runtime: Input should be 'auto', 'onnx' or 'torch'"),
     (predict_main, ["bundle=b", "x.jpg", "format=xml"], "format: Input should be 'jsonl', 'csv' or 'parquet'"),
     (eval_main, ["bundle=b", "root=d", "batch_size=many"], "batch_size"),
