@@ -104,7 +104,11 @@ def test_a_value_the_classes_refuse_or_a_missing_path_is_one_line_and_exit_2(tmp
     store.mkdir()
     env = {**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db"}
     missing = tmp_path / "no_such_catalogue"
-    cases = [(["fashion.train", "backbone.freeze=sometimes"], "fashion-train: invalid config: backbone.freeze: "),
+    not_a_split = tmp_path / "split.csv"
+    not_a_split.write_text("foo,bar\n1,2\n")
+    cases = [(["fashion.train", f"split.path={not_a_split}"],   # exists, but is not a split: was a traceback
+              f"fashion-train: split.path: {not_a_split}: a split file needs columns id,split; it has ['foo', 'bar']"),
+             (["fashion.train", "backbone.freeze=sometimes"], "fashion-train: invalid config: backbone.freeze: "),
              (["fashion.train", f"data.root={missing}"], f"fashion-train: data.root does not exist: {missing}"),
              (["fashion.data_report", "report", f"data.root={missing}"], f"fashion-data report: data.root does not exist: {missing}"),
              (["fashion.tune"], "fashion-tune: no search space: give one, e.g. fashion-tune hparams_search=optuna"),

@@ -195,7 +195,10 @@ class FashionDataModule(L.LightningDataModule):
 
     def _splits_for(self, frame: pd.DataFrame) -> pd.Series:
         if self.split_spec.path:
-            saved = load_split(self.split_spec.path)
+            try:
+                saved = load_split(self.split_spec.path)
+            except ValueError as err:   # the key that named the file, in one line (cli.one_line_errors)
+                raise ConfigError(f"split.path: {err}") from err
             splits = frame["id"].map(saved)
             if splits.isna().any():
                 log.warning("%d rows are not in split file %s and are left out", int(splits.isna().sum()), self.split_spec.path)
