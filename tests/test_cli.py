@@ -109,6 +109,9 @@ def test_a_value_the_classes_refuse_or_a_missing_path_is_one_line_and_exit_2(tmp
     cases = [(["fashion.train", f"split.path={not_a_split}"],   # exists, but is not a split: was a traceback
               f"fashion-train: split.path: {not_a_split}: a split file needs columns id,split; it has ['foo', 'bar']"),
              (["fashion.train", "backbone.freeze=sometimes"], "fashion-train: invalid config: backbone.freeze: "),
+             # labels the data cannot give a head (a tiny folder, a high min_count): was a traceback
+             (["fashion.data_report", "report", "labels.min_count=100000"],
+              "fashion-data report: attribute 'gender' has 0 class(es) with >= 100000 training samples; a head needs at least 2"),
              (["fashion.train", f"data.root={missing}"], f"fashion-train: data.root does not exist: {missing}"),
              (["fashion.data_report", "report", f"data.root={missing}"], f"fashion-data report: data.root does not exist: {missing}"),
              (["fashion.tune"], "fashion-tune: no search space: give one, e.g. fashion-tune hparams_search=optuna"),

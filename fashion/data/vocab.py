@@ -15,6 +15,7 @@ from typing import Literal
 import pandas as pd
 import pydantic
 
+from fashion.config import ConfigError
 from fashion.data.styles import ATTRIBUTES
 from fashion.validation import AtLeastZero, describe, typed
 
@@ -141,8 +142,8 @@ def build_vocabularies(train: pd.DataFrame, spec: LabelSpec) -> dict[str, LabelV
     vocabularies = {}
     for attribute in spec.attributes:
         vocab = LabelVocabulary.build(attribute, train[attribute], spec.min_count_for(attribute), spec.rare_classes, spec.other_label)
-        if len(vocab) < 2:
-            raise ValueError(
+        if len(vocab) < 2:   # a ConfigError: one line naming the keys (cli.one_line_errors), not a traceback
+            raise ConfigError(
                 f"attribute {attribute!r} has {len(vocab)} class(es) with >= {spec.min_count_for(attribute)} training "
                 "samples; a head needs at least 2. Lower labels.min_count or drop the attribute from labels.attributes."
             )
