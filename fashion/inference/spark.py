@@ -58,12 +58,12 @@ def score_manifest(spark: SparkSession, model_uri: str, manifest: str, output: s
                    mode: str = "errorifexists") -> int:
     """A CSV or Parquet manifest in, Parquet out; returns the number of error rows. `mode` is Spark's save
     mode: by default an existing output is an error, as fashion-predict refuses one ("overwrite" replaces it)."""
-    scored = score(spark, model_uri, read_manifest(spark, manifest, path_column), path_column)
+    scored = score(spark, model_uri, manifest_rows(spark, manifest, path_column), path_column)
     scored.write.mode(mode).parquet(output)
     return spark.read.parquet(output).where("error IS NOT NULL").count()
 
 
-def read_manifest(spark: SparkSession, manifest: str, path_column: str = "path") -> DataFrame:
+def manifest_rows(spark: SparkSession, manifest: str, path_column: str = "path") -> DataFrame:
     """The manifest's rows that name a path, as fashion-predict reads them: a CSV line with more or fewer
     fields than its header (an unquoted comma in a path) is an error, where Spark's default reader would
     cut the path at the comma; rows without a path are left out."""
