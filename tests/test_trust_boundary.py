@@ -5,6 +5,7 @@ manifest's hashes too, so the architecture checks must hold on a self-consistent
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -115,6 +116,47 @@ def test_a_hostile_checkpoint_is_refused_and_touches_nothing(trained, tmp_path, 
         load_checkpoint(evil)
     assert victim.read_text() == VICTIM_TEXT
     assert load_checkpoint(trained.checkpoint).model is not None   # the real one still loads, without instantiate
+
+
+class WritesTheVictim:
+    """A pickle that runs code when loaded: `open(victim, "w")` empties the victim file."""
+
+    def __init__(self, victim: Path) -> None:
+        self.victim = victim
+
+    def __reduce__(self):
+        return open, (str(self.victim), "w")
+
+
+def test_a_pickle_a_cut_file_or_not_a_checkpoint_is_one_line_from_every_tool(trained, tmp_path, victim, capsys):
+    """torch.load's own refusals were a traceback (UnpicklingError, RuntimeError), and its page of advice
+    ended with re-running it with `weights_only=False`: what not to do with a file from elsewhere."""
+    from fashion.evaluate import main as evaluate_main
+    from fashion.export import main as export_main
+    from fashion.predict import main as predict_main
+
+    files = {"code.ckpt": lambda f: torch.save({"state_dict": WritesTheVictim(victim)}, f),
+             "text.ckpt": lambda f: f.write_text("not a checkpoint"),
+             "cut.ckpt": lambda f: f.write_bytes(trained.checkpoint.read_bytes()[:100_000]),
+             "tensor.ckpt": lambda f: torch.save(torch.zeros(2), f)}
+    messages = {"code.ckpt": "it is not a PyTorch file, or it holds objects other than tensors and plain values, "
+                             "which are not loaded (they could run code)",
+                "text.ckpt": "it is not a PyTorch file", "cut.ckpt": "is not a readable PyTorch file (cut short or damaged?)",
+                "tensor.ckpt": "is not a fashion-train checkpoint (it holds a Tensor, not a dict)"}
+    image = next((trained.data / "images").glob("*.jpg"))
+    for name, write in files.items():
+        checkpoint = tmp_path / name
+        write(checkpoint)
+        with pytest.raises(ValueError, match=re.escape(messages[name])):
+            load_checkpoint(checkpoint)
+        assert predict_main([f"checkpoint={checkpoint}", str(image)]) == 2
+        assert evaluate_main([f"checkpoint={checkpoint}", f"root={trained.data}", f"output={tmp_path / 'e'}", "mlflow=false"]) == 2
+        with pytest.raises(SystemExit) as exit_:   # fashion-export's message is its exit value (status 1)
+            export_main([f"checkpoint={checkpoint}", f"output={tmp_path / 'b'}", "mlflow=false"])
+        err = capsys.readouterr().err + str(exit_.value.code)
+        assert err.count(f"{checkpoint} ") == 3 and err.count(messages[name]) == 3 and "Traceback" not in err, err
+        assert "weights_only" not in err
+    assert victim.read_text() == VICTIM_TEXT and not (tmp_path / "b").exists() and not (tmp_path / "e").exists()
 
 
 @pytest.mark.parametrize("file", ["model.safetensors", "config.json", "vocabularies.json", "preprocessing.json",

@@ -9,6 +9,7 @@ and the weights come from the checkpoint, never from a hub.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -55,13 +56,29 @@ class TrainedModel:
         return self.build().eval()
 
 
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """torch.load with weights only: a pickle that would build other objects (run code) is refused, never
+    run. Its refusals are one line naming the file, as the tools report bad input, not torch's page that
+    suggests `weights_only=False`, the one thing not to do with a file from elsewhere."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"{path} is not a checkpoint fashion-train wrote: it is not a PyTorch file, or it holds "
+                         "objects other than tensors and plain values, which are not loaded (they could run code)") from None
+    except (RuntimeError, EOFError) as err:   # a cut or damaged zip archive
+        raise ValueError(f"{path} is not a readable PyTorch file (cut short or damaged?): {str(err).split('. ')[0][:160]}") from None
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path} is not a fashion-train checkpoint (it holds a {type(checkpoint).__name__}, not a dict)")
+    return checkpoint
+
+
 def load_checkpoint(path: str | Path) -> TrainedModel:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(path)
     hparams = checkpoint.get("hyper_parameters") or {}
-    if "vocabularies" not in hparams or "run_config" not in hparams:
+    if not isinstance(hparams, dict) or "vocabularies" not in hparams or "run_config" not in hparams:
         raise ValueError(f"{path} is not a fashion-train checkpoint (no vocabularies/run_config in its hyper_parameters)")
     vocabularies = {a: LabelVocabulary.from_dict(v) for a, v in hparams["vocabularies"].items()}
     from fashion.models.architecture import build_model
