@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import zipfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -105,8 +106,13 @@ def missing_file_problems(container: dict) -> list[str]:
     `split.path` after styles.csv): a wrong path is named now instead."""
     split = container.get("split")
     named = {"ckpt_path": container.get("ckpt_path"), "split.path": split.get("path") if isinstance(split, dict) else None}
-    return [f"{key}: no such file: {path}" for key, path in named.items()
-            if isinstance(path, str) and "://" not in path and not Path(path).expanduser().is_file()]
+    local = {key: Path(path).expanduser() for key, path in named.items() if isinstance(path, str) and "://" not in path}
+    problems = [f"{key}: no such file: {named[key]}" for key, path in local.items() if not path.is_file()]
+    checkpoint = local.get("ckpt_path")
+    if checkpoint is not None and checkpoint.is_file() and not zipfile.is_zipfile(checkpoint):
+        # torch.save writes a zip archive: text, a cut file or another format is named here, not at fit
+        problems.append(f"ckpt_path: {named['ckpt_path']} is not a PyTorch checkpoint (not a zip archive; cut short?)")
+    return problems
 
 
 def monitored_metric_problems(container: dict) -> list[str]:

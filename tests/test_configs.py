@@ -139,6 +139,22 @@ def test_wrong_value_fails_before_anything_is_built_naming_the_key(override, mes
         validate_config(compose_config([override, f"paths.output_dir={tmp_path}"]))
 
 
+def test_a_ckpt_path_that_is_not_a_pytorch_file_is_named_before_the_run(compose_config, tmp_path):
+    """Found only at fit before: a traceback from torch.load, after the MLflow run was opened (left FAILED)."""
+    import torch
+
+    from fashion.config import ConfigError, validate_config
+
+    real, text, cut = tmp_path / "real.ckpt", tmp_path / "text.ckpt", tmp_path / "cut.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1000)}}, real)
+    text.write_text("not a checkpoint")
+    cut.write_bytes(real.read_bytes()[:-200])
+    validate_config(compose_config([f"ckpt_path={real}", f"paths.output_dir={tmp_path}"]))
+    for bad in (text, cut):
+        with pytest.raises(ConfigError, match=re.escape(f"ckpt_path: {bad} is not a PyTorch checkpoint (not a zip archive")):
+            validate_config(compose_config([f"ckpt_path={bad}", f"paths.output_dir={tmp_path}"]))
+
+
 def test_a_dict_key_takes_a_whole_dict_from_the_command_line(compose_config):
     """`key={season: 0.9}`, as the configs' comments show it, was refused ("Key 'season' is not in struct")
     wherever the default was {}: these defaults are null now, and both spellings compose."""
