@@ -121,25 +121,24 @@ def read_manifest(manifest: str, column: str = "path") -> tuple[list[str], list[
     path = Path(manifest)
     if not path.exists():
         raise FileNotFoundError("no such file or folder")
-    if path.suffix == ".parquet" or path.is_dir():
-        dataset = pq.ParquetDataset(path)   # opened once: its schema for the check, then the one column
-        if column not in dataset.schema.names:
-            raise no_column(column, dataset.schema.names)
-        values = dataset.read(columns=[column]).column(column).to_pylist()
-        found = [("" if value is None else str(value), f"row {row}") for row, value in enumerate(values, 1)]
-    else:
-        found = read_csv_column(path, column)
-    return [value for value, _ in found if value], [where for value, where in found if not value]
+    if path.suffix != ".parquet" and not path.is_dir():
+        return read_csv_column(path, column)
+    dataset = pq.ParquetDataset(path)   # opened once: its schema for the check, then the one column
+    if column not in dataset.schema.names:
+        raise no_column(column, dataset.schema.names)
+    values = dataset.read(columns=[column]).column(column).to_pylist()
+    return [str(v) for v in values if v not in (None, "")], [f"row {i}" for i, v in enumerate(values, 1) if v in (None, "")]
 
 
 COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 
 
-def read_csv_column(path: Path, column: str) -> list[tuple[str, str]]:
-    """One column's values with their line numbers; a line with more or fewer fields than the header is an
-    error. The csv module, not pandas: pandas' `usecols` drops a row's extra fields without a word, so a path
-    with an unquoted comma was scored as its first half. Spark's reader is held to the same (inference/spark.py)."""
-    found, misshapen = [], []
+def read_csv_column(path: Path, column: str) -> tuple[list[str], list[str]]:
+    """One column's non-empty values, and the line numbers of the empty ones; a line with more or fewer fields
+    than the header is an error. The csv module, not pandas: pandas' `usecols` drops a row's extra fields
+    without a word, so a path with an unquoted comma was scored as its first half. Spark's reader is held to
+    the same (inference/spark.py)."""
+    values, empty, misshapen = [], [], []
     with COMPRESSED.get(path.suffix, open)(path, "rt", newline="", encoding="utf-8-sig") as handle:
         rows = csv.reader(handle, strict=True)   # an unclosed quote is an error, not a path to the end of the file
         try:
@@ -148,21 +147,28 @@ def read_csv_column(path: Path, column: str) -> list[tuple[str, str]]:
                 raise no_column(column, header)
             at, width = header.index(column), len(header)
             for row in rows:
-                if row and len(row) != width:   # a blank line is no row
+                if not row:   # a blank line is no row
+                    continue
+                if len(row) != width:
                     misshapen.append(f"line {rows.line_num} has {len(row)}")
-                elif row:
-                    found.append((row[at], f"line {rows.line_num}"))
+                elif row[at]:
+                    values.append(row[at])
+                else:
+                    empty.append(f"line {rows.line_num}")
         except csv.Error as err:   # a stray or unclosed quote, a field over csv's size limit
             raise ValueError(f"line {rows.line_num}: {err}") from None
     if misshapen:
-        shown = ", ".join(misshapen[:5]) + (", ..." if len(misshapen) > 5 else "")
-        raise ValueError(f"{len(misshapen)} line(s) without the header's {width} fields ({shown}); "
+        raise ValueError(f"{len(misshapen)} line(s) without the header's {width} fields ({first_few(misshapen)}); "
                          "a path that holds a comma must be quoted")
-    return found
+    return values, empty
+
+
+def first_few(items: list[str], n: int = 5) -> str:
+    return ", ".join(items[:n]) + (", ..." if len(items) > n else "")
 
 
 def no_column(column: str, columns: list[str]) -> ValueError:
-    shown = ", ".join(repr(str(c)) for c in columns[:8]) + (", ..." if len(columns) > 8 else "")
+    shown = first_few([repr(str(c)) for c in columns], 8)
     return ValueError(f"no column {column!r} (its columns: {shown or 'none'}); "
                       "path_column=<name> names the one that holds the image paths")
 
@@ -198,8 +204,8 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
         return 2
     files += listed
     if no_path:
-        print(f"fashion-predict: skipped {len(no_path)} manifest row(s) with no {path_column!r}: "
-              f"{', '.join(no_path[:5])}{', ...' if len(no_path) > 5 else ''}", file=sys.stderr)
+        print(f"fashion-predict: skipped {len(no_path)} manifest row(s) with no {path_column!r}: {first_few(no_path)}",
+              file=sys.stderr)
     if not files:
         given = [*([f"{len(inputs or [])} input(s) matching no image"] if inputs else []),
                  *([f"manifest {manifest} listing no path in column {path_column!r}"] if manifest else [])]
