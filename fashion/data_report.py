@@ -83,13 +83,16 @@ def export_feedback_cli(output: str, review_url: str = "sqlite:///review/review.
         print(f"fashion-data export-feedback: cannot open the review queue: {err}", file=sys.stderr)
         return 2
     try:
-        table = export_feedback(store, Path(output))
+        table, left_out = export_feedback(store, Path(output))
     except OSError as err:   # a catalogue's folder named by mistake, or one that cannot be written
         print(f"fashion-data export-feedback: {err}", file=sys.stderr)
         return 2
     print(f"{len(table)} corrected photos written to {output} (styles.csv + images/)\n"
           f"  train on them: fashion-train data=catalogue 'data.train_only=[{output}]'", file=sys.stderr)
-    return 0
+    if left_out:   # as fashion-predict's error rows: the rest is written, the status says not all of it
+        print(f"{len(left_out)} correction(s) left out; they stay in the review database, so restoring a photo and "
+              f"exporting again adds it: {'; '.join(left_out[:5])}{'; ...' if len(left_out) > 5 else ''}", file=sys.stderr)
+    return 1 if left_out else 0
 
 
 if __name__ == "__main__":

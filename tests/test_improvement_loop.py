@@ -101,6 +101,31 @@ def test_export_feedback_cli_writes_a_kaggle_folder(tmp_path, monkeypatch, capsy
     assert not (catalogue / "images").exists()
 
 
+def test_a_correction_whose_photo_is_gone_or_damaged_is_left_out_by_name_and_the_rest_exported(tmp_path, capsys):
+    """A disk clean-up or a damaged file in review/images used to stop the export at that photo with
+    nothing written: one bad file held back every correction."""
+    from fashion.data_report import export_feedback_cli
+
+    store = ReviewStore(f"sqlite:///{tmp_path / 'review.db'}", tmp_path / "images")
+    photos = {"good": jpeg((200, 30, 30)), "gone": jpeg((30, 200, 30)), "damaged": jpeg((30, 30, 200))}
+    items = {name: store.enqueue(data, "jpg", PREDICTIONS, "tagger/1", f"{name}.jpg") for name, data in photos.items()}
+    for name, data in photos.items():
+        digest, _ = store.save_image(data, "jpg")
+        store.record(digest, {"articleType": "Shirts"})
+    store.image_path(store.save_image(photos["gone"], "jpg")[0]).unlink()
+    damaged = store.image_path(store.save_image(photos["damaged"], "jpg")[0])
+    damaged.write_bytes(damaged.read_bytes()[:60])
+
+    assert export_feedback_cli(str(tmp_path / "out"), f"sqlite:///{tmp_path / 'review.db'}", str(tmp_path / "images")) == 1
+    said = capsys.readouterr().err
+    assert "1 corrected photos written" in said and "2 correction(s) left out" in said
+    assert f"queue item {items['gone']}: its photo {tmp_path / 'images'}" in said and "is missing" in said
+    assert f"queue item {items['damaged']}: cannot decode image" in said
+    table = pd.read_csv(tmp_path / "out" / "styles.csv")
+    assert table["id"].tolist() == [ID_BASE + items["good"]] and table["productDisplayName"].tolist() == ["good.jpg"]
+    assert sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == [f"{ID_BASE + items['good']}.jpg"]
+
+
 def test_drift_score_moves_when_the_label_mix_shifts():
     vocabulary = LabelVocabulary("articleType", ["Jeans", "Shoes", "Tshirts"], counts=[300, 300, 400])
     monitor = Monitor({"articleType": vocabulary}, window=100)
@@ -208,8 +233,8 @@ def test_the_improvement_loop_end_to_end(trained, tmp_path, capsys, monkeypatch)
         assert done.status_code == 200 and done.json()["queued"] == len(photos) - 1
 
         feedback = tmp_path / "feedback"
-        table = export_feedback(review, feedback)
-        assert table["id"].tolist() == [ID_BASE + item["id"]] and table["articleType"].tolist() == ["Jeans"]
+        table, left_out = export_feedback(review, feedback)
+        assert left_out == [] and table["id"].tolist() == [ID_BASE + item["id"]] and table["articleType"].tolist() == ["Jeans"]
         assert pd.isna(table["season"].iloc[0]) and (feedback / "images" / f"{ID_BASE + item['id']}.jpg").is_file()
 
         retrained = tmp_path / "retrain"

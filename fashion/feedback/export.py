@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from fashion.data.images import load_rgb
+from fashion.data.images import ImageReadError, load_rgb
 from fashion.data.styles import ATTRIBUTES
 from fashion.feedback.store import ReviewStore
 
@@ -28,12 +28,14 @@ class NotAFeedbackFolder(FileExistsError):
     """`output` holds a styles.csv with products of a catalogue: the export would replace their labels."""
 
 
-def export_feedback(store: ReviewStore, output: Path) -> pd.DataFrame:
-    """Writes the folder and returns its styles table (one row per corrected photo).
+def export_feedback(store: ReviewStore, output: Path) -> tuple[pd.DataFrame, list[str]]:
+    """Writes the folder; returns its styles table (one row per corrected photo written) and the corrections
+    left out, each named with why.
 
     Each export rewrites styles.csv with every correction so far, so the folder may be written again; a
     styles.csv with an id below `ID_BASE` is a catalogue's (`output=` naming the catalogue by mistake),
-    and is refused before anything is written."""
+    and is refused before anything is written. A photo gone from the queue's folder, or one that no longer
+    decodes, leaves its correction out (it stays in the queue) rather than stopping every other one."""
     styles = output / "styles.csv"
     if styles.is_file():
         try:
@@ -45,14 +47,27 @@ def export_feedback(store: ReviewStore, output: Path) -> pd.DataFrame:
                                      "more; a catalogue's are below): write the corrections to a folder of their own")
     images = output / "images"
     images.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, left_out = [], []
     for item_id, path, labels, _, filename in store.corrections():
         product = ID_BASE + item_id
-        if path.suffix.lower() in (".jpeg", ".jpg"):   # the photo as uploaded: no second JPEG compression
-            shutil.copyfile(path, images / f"{product}.jpg")
-        else:
-            Image.fromarray(load_rgb(path)).save(images / f"{product}.jpg", quality=95)
+        try:
+            write_photo(path, images / f"{product}.jpg")
+        except ImageReadError as err:
+            left_out.append(f"queue item {item_id}: {err}")
+            continue
         rows.append({"id": product, **{a: labels.get(a) for a in ATTRIBUTES}, "productDisplayName": filename or path.name})
     table = pd.DataFrame(rows, columns=["id", *ATTRIBUTES, "productDisplayName"])
     table.to_csv(output / "styles.csv", index=False)
-    return table
+    return table, left_out
+
+
+def write_photo(source: Path, target: Path) -> None:
+    """Decodes the photo first, so the folder holds only photos training can read; a JPEG upload is then
+    copied as it came (no second JPEG compression), other formats are re-encoded."""
+    if not source.is_file():
+        raise ImageReadError(f"its photo {source} is missing")
+    pixels = load_rgb(source)
+    if source.suffix.lower() in (".jpeg", ".jpg"):
+        shutil.copyfile(source, target)
+    else:
+        Image.fromarray(pixels).save(target, quality=95)
