@@ -29,12 +29,20 @@ from fashion.config import CONFIG_DIR, ConfigError
 from fashion.validation import check_fields, list_parameters, switches
 
 
-class UsageError(SystemExit):
-    """A bad command line: one line on stderr, exit status 2 (as argparse does)."""
+class Refused(SystemExit):
+    """Input a tool cannot use (a file, a run, a model): one line on stderr, exit status 2, as a bad
+    command line; 1 is kept for a job that finished with some rows or photos left out."""
 
     def __init__(self, tool: str, message: str) -> None:
-        print(f"{tool}: {message}\n(keys and defaults: {tool} --help)", file=sys.stderr)
+        print(f"{tool}: {message}", file=sys.stderr)
         super().__init__(2)
+
+
+class UsageError(Refused):
+    """A bad command line (exit status 2, as argparse does), with where the keys are listed."""
+
+    def __init__(self, tool: str, message: str) -> None:
+        super().__init__(tool, f"{message}\n(keys and defaults: {tool} --help)")
 
 
 Result = TypeVar("Result")

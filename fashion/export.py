@@ -17,7 +17,7 @@ from pathlib import Path
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from fashion.cli import tool_config
+from fashion.cli import Refused, UsageError, tool_config
 from fashion.config import progress_bars_for_terminals_only
 from fashion.inference.bundle import export_bundle, refuse_occupied
 from fashion.inference.checkpoint import TrainedModel, load_checkpoint
@@ -79,14 +79,14 @@ def export_cli(output: str, run_id: str | None = None, checkpoint: str | None = 
                alias: str | None = "challenger", overwrite: bool = False) -> None:
     """Writes the bundle folder and prints where it is, how to serve its pyfunc model, and its registry version."""
     if register and not mlflow:
-        raise SystemExit("fashion-export: register= needs mlflow=true (the registry holds the logged pyfunc model)")
+        raise UsageError("fashion-export", "register= needs mlflow=true (the registry holds the logged pyfunc model)")
     progress_bars_for_terminals_only()   # it downloads the run's checkpoint and, logging the pyfunc, the model
     try:
         bundle, model_uri = export(run_id, checkpoint, Path(output), tracking_uri, onnx, mlflow, overwrite)
     except (ValueError, OSError) as err:  # no or two sources, a refused checkpoint, a run without one
-        raise SystemExit(f"fashion-export: {err}") from None
+        raise Refused("fashion-export", str(err)) from None
     except MlflowException as err:   # an unknown run id, a store that cannot be read
-        raise SystemExit(f"fashion-export: {err.message} (tracking store {tracking_uri})") from None
+        raise Refused("fashion-export", f"{err.message} (tracking store {tracking_uri})") from None
     print(f"bundle: {bundle}")
     if model_uri:
         print(f"pyfunc model: {model_uri}\n  serve with: mlflow models serve -m {model_uri} --env-manager local")

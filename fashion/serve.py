@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Literal
 
-from fashion.cli import tool_config
+from fashion.cli import Refused, tool_config
 from fashion.inference.runtime import Runtime
 from fashion.validation import AtLeastOne, Port
 
@@ -34,11 +34,11 @@ def serve(bundle: str, host: str = "127.0.0.1", port: Port = 8000, max_bytes: At
         app = create_app(bundle, UploadLimits(max_bytes, max_pixels, max_files), model_threads, top_k, runtime,
                          tracking_uri, model_cache, api_key, None, drift_window, open_predictions, review_for)
     except (ValueError, OSError, MlflowException) as err:  # a refused, tampered or missing model: say why, no traceback
-        sys.exit(f"fashion-serve: cannot load the model: {err}")
+        raise Refused("fashion-serve", f"cannot load the model: {err}") from None
     try:   # after the model: a mistyped bundle must not leave an empty queue (review/review.db) behind
         app.state.review = ReviewStore(review_url, review_images, review_max_queued) if review_queue else None
     except (ValueError, OSError) as err:
-        sys.exit(f"fashion-serve: cannot open the review queue: {err}")
+        raise Refused("fashion-serve", f"cannot open the review queue: {err}") from None
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 

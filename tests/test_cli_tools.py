@@ -108,11 +108,12 @@ def test_export_names_what_is_wrong_without_a_traceback(tmp_path, capsys):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with pytest.raises(SystemExit) as exit_:
         export_main([f"checkpoint={tmp_path / 'missing.ckpt'}", f"output={tmp_path / 'b'}", "mlflow=false", f"tracking_uri={store}"])
-    assert "missing.ckpt" in str(exit_.value.code)
+    assert exit_.value.code == 2 and "missing.ckpt" in capsys.readouterr().err   # 2, as every tool's bad input
     assert not (tmp_path / "mlflow.db").exists()   # a checkpoint's export without MLflow opens (creates) no store
     with pytest.raises(SystemExit) as exit_:   # an unknown run: one line naming it and the store, not a traceback
         export_main(["run_id=0123abcd", f"output={tmp_path / 'b'}", "mlflow=false", f"tracking_uri={store}"])
-    assert str(exit_.value.code) == f"fashion-export: Run with id=0123abcd not found (tracking store {store})"
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.endswith(f"\nfashion-export: Run with id=0123abcd not found (tracking store {store})\n")
 
 
 def test_predict_with_nothing_to_score_says_why(tmp_path, capsys):
@@ -135,7 +136,7 @@ def test_serve_opens_the_review_queue_only_once_the_model_has_loaded(trained, tm
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_:
         serve_main(["bundle=no_such_bundle"])
-    assert "fashion-serve: cannot load the model: no_such_bundle" in str(exit_.value.code)
+    assert exit_.value.code == 2 and "fashion-serve: cannot load the model: no_such_bundle" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
     served = []

@@ -320,7 +320,7 @@ def test_export_prints_no_progress_bar_into_a_log(trained, tmp_path, capfd, monk
     assert "pyfunc model: " in printed.out and "Downloading artifacts" not in printed.err
 
 
-def test_export_writes_over_nothing_unasked_and_replaces_a_bundle_whole(trained, tmp_path):
+def test_export_writes_over_nothing_unasked_and_replaces_a_bundle_whole(trained, tmp_path, capsys):
     """fashion-export wrote file by file into any folder: over a served bundle (a reload could read half of
     it), or over a user's own config.json. Now a folder with a bundle needs overwrite=true, which swaps in
     a complete new folder (a file the new bundle lacks does not linger), and any other folder is refused."""
@@ -330,8 +330,10 @@ def test_export_writes_over_nothing_unasked_and_replaces_a_bundle_whole(trained,
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"   # not opened, so not created (the listing below): mlflow=false
     export_cli(str(bundle), checkpoint=str(trained.checkpoint), onnx=True, mlflow=False, tracking_uri=store)
     before = (bundle / "manifest.json").read_bytes()
-    with pytest.raises(SystemExit, match=f"fashion-export: {bundle} already holds a bundle: overwrite=true replaces it"):
+    with pytest.raises(SystemExit) as exit_:
         export_cli(str(bundle), checkpoint=str(trained.checkpoint), onnx=False, mlflow=False)
+    assert exit_.value.code == 2
+    assert f"fashion-export: {bundle} already holds a bundle: overwrite=true replaces it" in capsys.readouterr().err
     assert (bundle / "manifest.json").read_bytes() == before and (bundle / "model.onnx").is_file()
     export_cli(str(bundle), checkpoint=str(trained.checkpoint), onnx=False, mlflow=False, overwrite=True)
     assert not (bundle / "model.onnx").exists() and read_manifest(bundle)["onnx_opset"] is None
@@ -340,8 +342,9 @@ def test_export_writes_over_nothing_unasked_and_replaces_a_bundle_whole(trained,
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "config.json").write_text("my own")
-    with pytest.raises(SystemExit, match="exists and is not a bundle"):
+    with pytest.raises(SystemExit):
         export_cli(str(mine), checkpoint=str(trained.checkpoint), onnx=False, mlflow=False, overwrite=True)
+    assert "exists and is not a bundle" in capsys.readouterr().err
     assert [p.name for p in mine.iterdir()] == ["config.json"] and (mine / "config.json").read_text() == "my own"
 
 
