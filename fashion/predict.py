@@ -54,21 +54,24 @@ PROGRESS_FROM = 64  # files; a progress bar on stderr from here on
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
-    """(image files, inputs that matched nothing), in the order given; folders are walked recursively."""
+    """(image files, inputs that matched nothing), in the order given; folders are walked recursively.
+    A quoted glob is expanded as the shell would, each match then taken as if given by name, so
+    'catalogue/2024-*' walks the folders it matches whether the shell or fashion-predict expands it."""
     files: list[Path] = []
     unmatched: list[str] = []
     for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.is_file():
-            found = [path]
-        else:
-            found = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+        matches = [item] if Path(item).exists() else sorted(glob.glob(item, recursive=True))
+        found = [file for match in matches for file in files_in(Path(match))]
         if not found:
             unmatched.append(item)
         files += found
     return list(dict.fromkeys(files)), unmatched
+
+
+def files_in(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    return [path] if path.is_file() else []
 
 
 def overlay_names(files: list[Path]) -> dict[Path, str]:

@@ -1,6 +1,7 @@
 """Scoring a catalogue: a manifest in, Parquet/CSV/JSON lines out, bad rows kept as error rows,
 an interrupted job resumed without redoing finished rows, and Spark giving the same rows."""
 
+import glob
 import json
 import os
 import re
@@ -8,7 +9,7 @@ import re
 import pandas as pd
 import pytest
 
-from fashion.predict import main
+from fashion.predict import expand_inputs, main
 from tests.conftest import SAMPLE, mlflow_store
 
 IMAGES = sorted((SAMPLE / "images").glob("*.jpg"))
@@ -167,6 +168,20 @@ def test_a_malformed_manifest_line_is_refused_by_number_and_rows_without_a_path_
     assert main([f"bundle={trained.bundle}", f"manifest={quoted}", f"output={out}"]) == 0
     assert pd.read_csv(out)["path"].tolist() == [str(IMAGES[1]), str(comma)]   # the whole path, scored
     assert "skipped 2 manifest row(s) with no 'path': line 4, line 5" in capsys.readouterr().err
+
+
+def test_a_quoted_glob_walks_the_folders_it_matches_as_the_shell_expanded_one_does(tmp_path):
+    """'catalogue/2024-*' quoted used to keep the files it matched and drop its folders unsaid: nothing to
+    score from a glob the shell would have expanded to those folders, and fashion-predict walked."""
+    for name in ["2024-01/a.jpg", "2024-02/sub/b.png", "2024-02/notes.txt", "2023-12/c.jpg", "2024-top.jpg"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    pattern = str(tmp_path / "2024-*")
+    shell = sorted(glob.glob(pattern))
+    expected = [tmp_path / n for n in ["2024-01/a.jpg", "2024-02/sub/b.png", "2024-top.jpg"]]
+    assert expand_inputs([pattern]) == expand_inputs(shell) == (expected, [])
+    assert expand_inputs([str(tmp_path / "**" / "*.jpg"), str(tmp_path / "none-*")]) == (
+        [tmp_path / n for n in ["2023-12/c.jpg", "2024-01/a.jpg", "2024-top.jpg"]], [str(tmp_path / "none-*")])
 
 
 def test_lanes_and_loader_workers_change_nothing_but_speed(trained, tmp_path):
