@@ -6,11 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fashion.config import ConfigError
 from fashion.data import Augmentation, FashionDataModule, LabelSpec, Preprocessing, SplitSpec
 from fashion.data.images import ImageReadError, find_unreadable, load_rgb
 from fashion.data.split import assign_splits, near_duplicate_groups
 from fashion.data.vocab import IGNORE_INDEX, LabelVocabulary
-from tests.conftest import SAMPLE
+from tests.conftest import SAMPLE, write_kaggle_folder
 
 PRE = Preprocessing(image_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
@@ -28,6 +29,32 @@ def test_rows_without_image_are_dropped_and_counted(kaggle_folder):
     assert dm.report["missing_images"] == 3
     assert dm.report["missing_image_examples"] == [1000, 1003, 1006]
     assert len(dm.table) == 48 - 3
+
+
+def test_train_only_folders_add_training_rows_and_refuse_an_id_taken_by_the_data_or_each_other(kaggle_folder, tmp_path):
+    """Two exports of the review queue (last week's and this week's, which holds last week's too) used to
+    be added side by side: the corrections in both trained twice, under one id."""
+    feedback = [tmp_path / "week1", tmp_path / "week2", tmp_path / "clash"]
+    for folder, first in zip(feedback, [1_000_000_001, 1_000_000_001, 1000]):
+        write_kaggle_folder(folder, n=4)
+        styles = pd.read_csv(folder / "styles.csv")
+        for old, new in zip(styles["id"], range(first, first + 4)):
+            (folder / "images" / f"{old}.jpg").rename(folder / "images" / f"{new}.jpg")
+        styles.assign(id=range(first, first + 4)).to_csv(folder / "styles.csv", index=False)
+
+    def labelled(train_only):
+        dm = datamodule(kaggle_folder)
+        dm.train_only = train_only
+        dm.prepare_labels()
+        return dm.table
+
+    table = labelled(feedback[:1])
+    added = table[table["id"] >= 1_000_000_000]
+    assert len(table) == 48 + 4 and added["split"].eq("train").all() and added["path"].str.startswith(str(feedback[0])).all()
+    with pytest.raises(ConfigError, match=f"data.train_only: {feedback[1]} reuses ids of {feedback[0]} \\(\\[1000000001, "):
+        labelled(feedback[:2])
+    with pytest.raises(ConfigError, match=f"data.train_only: {feedback[2]} reuses ids of {kaggle_folder} \\(\\[1000, 1003\\]"):
+        labelled(feedback[2:])
 
 
 def test_corrupt_and_truncated_images_are_dropped_and_named(kaggle_folder):

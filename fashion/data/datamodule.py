@@ -103,8 +103,7 @@ class FashionDataModule(L.LightningDataModule):
         frame, out_of_time = self._hold_out_years(frame)
         frame["split"] = self._splits_for(frame)  # on raw labels, so a mapping never changes the split
         frame = frame[frame["split"].notna()].reset_index(drop=True)
-        frame = pd.concat([frame, *(self._train_only_rows(folder, frame, attributes) for folder in self.train_only)],
-                          ignore_index=True)
+        frame = self._with_train_only(frame, attributes)
         frame = self._map_labels(frame)
         if frame.empty:
             raise ValueError(f"no usable rows in {self.styles_path}: every row was malformed, unlabelled or had no image")
@@ -116,14 +115,25 @@ class FashionDataModule(L.LightningDataModule):
         log.info("%s", styles_report.summary())
         log.info("images: %s", {k: v for k, v in image_report.items() if not k.endswith("examples")})
 
-    def _train_only_rows(self, folder: Path, base: pd.DataFrame, attributes: list[str]) -> pd.DataFrame:
+    def _with_train_only(self, frame: pd.DataFrame, attributes: list[str]) -> pd.DataFrame:
+        """Adds each train_only folder's rows; an id already taken, by the data or by an earlier folder (two
+        exports of one queue, or of two queues), is refused: one correction would train twice, or two
+        photos would be one product."""
+        taken, parts = {self.root: set(frame["id"])}, [frame]
+        for folder in self.train_only:
+            parts.append(self._train_only_rows(folder, taken, attributes))
+            taken[folder] = set(parts[-1]["id"])
+        return pd.concat(parts, ignore_index=True)
+
+    def _train_only_rows(self, folder: Path, taken: dict[Path, set[int]], attributes: list[str]) -> pd.DataFrame:
         if not (folder / "styles.csv").is_file():
             raise FileNotFoundError(f"data.train_only: {folder / 'styles.csv'} not found (write it with fashion-data export-feedback)")
         rows, _ = read_styles(folder / "styles.csv", attributes)
-        clash = sorted(set(rows["id"]) & set(base["id"]))
-        if clash:
-            raise ConfigError(f"data.train_only: {folder} reuses ids of {self.root} ({clash[:5]}...): a product would "
-                             "be two products")
+        for source, ids in taken.items():
+            clash = sorted(set(rows["id"]) & ids)
+            if clash:
+                raise ConfigError(f"data.train_only: {folder} reuses ids of {source} ({clash[:5]}...): a product would "
+                                  "be two products, or a correction train twice")
         rows["path"] = [str(folder / "images" / f"{i}.jpg") for i in rows["id"]]
         rows, report = self._drop_unusable_images(rows)
         log.info("train_only %s: %d rows (%s)", folder, len(rows), report)
