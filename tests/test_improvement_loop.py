@@ -71,6 +71,27 @@ def test_review_store_queues_each_photo_once_and_keeps_the_latest_correction(tmp
             store.record("0" * 64, {"gender": "Men"})
 
 
+def test_an_over_long_upload_name_fits_the_queue_and_an_over_long_reviewer_is_a_422(trained, tmp_path):
+    """PostgreSQL refused a filename over the column's 500 characters (the client names its upload) and a
+    reviewer over 200: the photo's review was lost, and POST /v1/feedback answered 500."""
+    from sqlalchemy import text
+
+    auth, long_name = {"X-API-Key": KEY}, "x" * 600 + ".jpg"
+    for index, url in enumerate(store_urls(tmp_path)):
+        store = ReviewStore(url, tmp_path / f"images{index}")
+        with store.engine.begin() as connection:   # a server database outlives the test: start empty
+            connection.execute(text("DELETE FROM corrections"))
+            connection.execute(text("DELETE FROM review_items"))
+        assert store.enqueue(jpeg((10, 20, 30)), "JPEG", PREDICTIONS, "tagger/" + "9" * 300, long_name) is not None
+        with TestClient(create_app(trained.bundle, api_key=KEY, review=store)) as client:
+            queued = client.get("/v1/review/next", headers=auth).json()["item"]
+            assert queued["filename"] == long_name[:500] and queued["model_version"] == ("tagger/" + "9" * 300)[:200]
+            body = {"image_sha256": queued["image_sha256"], "labels": {"gender": "Men"}, "reviewer": "r" * 201}
+            refused = client.post("/v1/feedback", headers=auth, json=body)
+            assert refused.status_code == 422 and "reviewer" in refused.text, refused.text
+            assert client.post("/v1/feedback", headers=auth, json={**body, "reviewer": "r" * 200}).status_code == 200
+
+
 def test_export_feedback_cli_writes_a_kaggle_folder(tmp_path, monkeypatch, capsys):
     from fashion.data_report import main as fashion_data
 

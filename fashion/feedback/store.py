@@ -27,6 +27,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from fashion.validation import AtLeastOne, typed
 
 QUEUED, REVIEWED = "queued", "reviewed"
+FILENAME_LENGTH, NAME_LENGTH = 500, 200   # column widths: PostgreSQL refuses a longer value (SQLite keeps it)
 
 
 class Base(DeclarativeBase):
@@ -40,8 +41,8 @@ class ReviewItem(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     image_sha256: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     image_file: Mapped[str] = mapped_column(String(200))   # relative to the store's image folder
-    filename: Mapped[str | None] = mapped_column(String(500), nullable=True)   # as uploaded, for people
-    model_version: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    filename: Mapped[str | None] = mapped_column(String(FILENAME_LENGTH), nullable=True)   # as uploaded, for people
+    model_version: Mapped[str | None] = mapped_column(String(NAME_LENGTH), nullable=True)
     predictions: Mapped[dict[str, Any]] = mapped_column(JSON)
     needs_review: Mapped[list[str]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), default=QUEUED, index=True)
@@ -57,7 +58,7 @@ class Correction(Base):
     image_sha256: Mapped[str] = mapped_column(String(64), index=True)
     item_id: Mapped[int | None] = mapped_column(ForeignKey("review_items.id"), nullable=True)
     labels: Mapped[dict[str, str]] = mapped_column(JSON)
-    reviewer: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    reviewer: Mapped[str | None] = mapped_column(String(NAME_LENGTH), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -122,6 +123,8 @@ class ReviewStore:
             return None
         digest, relative = self.save_image(data, extension)
         needs = sorted(a for a, p in predictions.items() if p.get("status") != "accepted")
+        # an upload's name is the client's to choose: clipped, so PostgreSQL does not turn the review away
+        filename, model_version = filename and filename[:FILENAME_LENGTH], model_version and model_version[:NAME_LENGTH]
         try:
             return self._upsert(digest, relative, predictions, needs, model_version, filename)
         except IntegrityError:   # another server queued the same photo between our read and our insert

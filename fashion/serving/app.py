@@ -47,7 +47,7 @@ from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, Field
 
 from fashion.data.vocab import LabelVocabulary
-from fashion.feedback.store import ReviewStore, UnknownImage
+from fashion.feedback.store import NAME_LENGTH, ReviewStore, UnknownImage
 from fashion.inference.explain import explained_attributes, grad_cam, heatmap_png
 from fashion.inference.predictor import Predictor
 from fashion.inference.runtime import load_predictor
@@ -86,7 +86,7 @@ def new_label_message(labels: Mapping[str, str], vocabularies: Mapping[str, Labe
 class FeedbackRequest(BaseModel):
     image_sha256: str = Field(min_length=64, max_length=64, description="the queued photo, as /v1/review/next names it")
     labels: dict[str, str] = Field(min_length=1, description="attribute -> the label a person confirmed or corrected")
-    reviewer: str | None = None
+    reviewer: str | None = Field(None, max_length=NAME_LENGTH, description="who reviewed it, as the team names people")
     new_labels: bool = Field(False, description="allow labels the model has no class for (a new class, on purpose); "
                                                 "without it such a label is refused as a likely typo (`new_label`)")
 
