@@ -2,7 +2,8 @@
 
 Both versions are scored on the same fixed evaluation sets (`sets`: Kaggle-layout folders, as
 fashion-eval takes them). The challenger becomes champion only when no attribute's accuracy on any
-set drops by more than `margin` (absolute, 0.01 = one point); without a champion yet, it is promoted.
+set drops by more than `margin` (absolute, 0.01 = one point); without a champion yet (the alias names
+no version), it is promoted, but a champion that cannot be fetched stops the gate.
 The numbers and the decision are printed and logged as an MLflow run (tag `run_type=promotion`,
 metrics `<set>/<attribute>/{champion,challenger,delta}`); the serving API picks the new champion up on
 `POST /v1/admin/reload`. Exit status: 0 promoted (or, with dry_run, would be), 1 refused, 2 bad input.
@@ -20,7 +21,7 @@ from mlflow.exceptions import MlflowException
 from fashion.cli import tool_config
 from fashion.data.eval_sets import EvalSource
 from fashion.inference.runtime import Runtime, load_predictor
-from fashion.tracking.registry import CHALLENGER, CHAMPION, RegisteredBundle, fetch_bundle, set_alias
+from fashion.tracking.registry import CHALLENGER, CHAMPION, RegisteredBundle, fetch_bundle, has_alias, set_alias
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,15 +59,16 @@ def promote(name: str, sets: dict[str, dict[str, Any]], margin: float = 0.01, ch
         print("fashion-promote: sets is empty: name at least one evaluation folder, e.g. "
               "+sets.holdout.root=/data/held-out-photos", file=sys.stderr)
         return 2
+    step = "sets"
     try:
         sources = {set_name: EvalSource(**spec) for set_name, spec in sets.items()}
+        step = f"the challenger, models:/{name}@{challenger}"
         contender = fetch_bundle(f"models:/{name}@{challenger}", tracking_uri, Path(model_cache))
-        try:
-            incumbent = fetch_bundle(f"models:/{name}@{champion}", tracking_uri, Path(model_cache))
-        except MlflowException:
-            incumbent = None
+        step = f"the champion, models:/{name}@{champion}"   # none yet only when the alias names none:
+        incumbent = fetch_bundle(f"models:/{name}@{champion}", tracking_uri, Path(model_cache)) \
+            if has_alias(name, champion, tracking_uri) else None   # one that cannot be fetched stops the gate
     except (MlflowException, TypeError, ValueError, OSError) as err:
-        print(f"fashion-promote: {err}", file=sys.stderr)
+        print(f"fashion-promote: {step}: {err}", file=sys.stderr)
         return 2
     new = accuracies(contender, sources, runtime)
     old = accuracies(incumbent, sources, runtime) if incumbent else {}

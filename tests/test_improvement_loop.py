@@ -3,6 +3,7 @@ gate, hot reload under load, and /metrics with label drift."""
 
 import io
 import os
+import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -326,6 +327,33 @@ def test_a_registered_version_links_the_training_run(trained, tmp_path, capsys):
     version = MlflowClient(trained.tracking_uri).get_model_version_by_alias("tagger-linked", "challenger")
     assert version.run_id == trained.run_id
     assert "serve with: fashion-serve bundle=models:/tagger-linked@challenger" in capsys.readouterr().out
+
+
+def test_a_champion_that_cannot_be_fetched_stops_the_gate_rather_than_counting_as_none(trained, tmp_path, capsys,
+                                                                                       monkeypatch):
+    """Any registry error fetching the champion (its artifacts gone, a store that failed) read as "no
+    champion yet", and the challenger was promoted with nothing compared."""
+    from mlflow.tracking import MlflowClient
+
+    from fashion.export import export_cli
+    from fashion.promote import main as promote
+
+    monkeypatch.chdir(tmp_path)   # the store keeps its artifacts beside the working directory
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for alias in ("champion", "challenger"):
+        export_cli(str(tmp_path / alias), checkpoint=str(trained.checkpoint), onnx=False, tracking_uri=tracking_uri,
+                   register="tagger", alias=alias)
+    client = MlflowClient(tracking_uri)
+    champion = client.get_model_version_by_alias("tagger", "champion")
+    shutil.rmtree(client.get_logged_model(champion.source.removeprefix("models:/")).artifact_location)
+    capsys.readouterr()
+    args = ["name=tagger", f"tracking_uri={tracking_uri}", f"model_cache={tmp_path / 'cache'}", "mlflow=false",
+            f"+sets.tiny={{root:{trained.data}}}"]
+    assert promote(args) == 2
+    assert "fashion-promote: the champion, models:/tagger@champion: " in capsys.readouterr().err
+    assert client.get_model_version_by_alias("tagger", "champion").version == champion.version
+    client.delete_registered_model_alias("tagger", "champion")   # no champion at all: the first one is promoted
+    assert promote(args) == 0 and "no champion yet" in capsys.readouterr().out
 
 
 def test_queueing_a_photo_for_review_does_not_hold_the_model(trained, tmp_path):

@@ -73,6 +73,12 @@ def resolve(reference: str, tracking_uri: str) -> ModelVersion:
     return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
 
 
+def has_alias(name: str, alias: str, tracking_uri: str) -> bool:
+    """Whether `alias` names a version of `name` yet: asked of the registered model, because a failed
+    lookup's error code differs between stores and does not tell "no such alias" from "cannot fetch"."""
+    return alias in MlflowClient(tracking_uri).get_registered_model(name).aliases
+
+
 def fetch_bundle(reference: str, tracking_uri: str, cache: Path) -> RegisteredBundle:
     """The bundle folder of the version `reference` names now, downloaded into `cache` unless already there."""
     version = resolve(reference, tracking_uri)
