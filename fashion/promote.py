@@ -62,6 +62,9 @@ def promote(name: str, sets: dict[str, dict[str, Any]], margin: float = 0.01, ch
     step = "sets"
     try:
         sources = {set_name: EvalSource(**spec) for set_name, spec in sets.items()}
+        for set_name, source in sources.items():   # a folder that is not there, or holds no photo: before any download
+            step = f"sets.{set_name}"
+            source.table((), check_images=False)
         step = f"the challenger, models:/{name}@{challenger}"
         contender = fetch_bundle(f"models:/{name}@{challenger}", tracking_uri, Path(model_cache))
         step = f"the champion, models:/{name}@{champion}"   # none yet only when the alias names none:

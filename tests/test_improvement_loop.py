@@ -356,6 +356,21 @@ def test_a_champion_that_cannot_be_fetched_stops_the_gate_rather_than_counting_a
     assert promote(args) == 0 and "no champion yet" in capsys.readouterr().out
 
 
+def test_a_set_folder_that_is_missing_or_holds_no_photo_is_one_line_before_any_download(tmp_path, capsys):
+    """Both were tracebacks, after both models had been downloaded and one had been scored."""
+    from fashion.promote import main as promote
+
+    empty = tmp_path / "empty"
+    (empty / "images").mkdir(parents=True)
+    (empty / "styles.csv").write_text("id,gender\n1,Men\n")
+    for root, said in [(tmp_path / "nowhere", "styles.csv not found"), (empty, "with a readable image is left to score")]:
+        assert promote(["name=tagger", f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", f"+sets.h.root={root}",
+                        f"model_cache={tmp_path / 'cache'}", "mlflow=false"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("fashion-promote: sets.h: ") and str(root) in err and said in err and "Traceback" not in err, err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "cache").exists()
+
+
 def test_queueing_a_photo_for_review_does_not_hold_the_model(trained, tmp_path):
     """The review queue's database and file writes run after the model's thread is released: with one
     model thread, another request is answered while the first one's photo is still being queued."""
