@@ -329,8 +329,7 @@ def test_a_registered_version_links_the_training_run(trained, tmp_path, capsys):
     assert "serve with: fashion-serve bundle=models:/tagger-linked@challenger" in capsys.readouterr().out
 
 
-def test_a_champion_that_cannot_be_fetched_stops_the_gate_rather_than_counting_as_none(trained, tmp_path, capsys,
-                                                                                       monkeypatch):
+def test_a_champion_that_cannot_be_fetched_stops_the_gate_rather_than_counting_as_none(trained, tmp_path, capsys):
     """Any registry error fetching the champion (its artifacts gone, a store that failed) read as "no
     champion yet", and the challenger was promoted with nothing compared."""
     from mlflow.tracking import MlflowClient
@@ -338,7 +337,6 @@ def test_a_champion_that_cannot_be_fetched_stops_the_gate_rather_than_counting_a
     from fashion.export import export_cli
     from fashion.promote import main as promote
 
-    monkeypatch.chdir(tmp_path)   # the store keeps its artifacts beside the working directory
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     for alias in ("champion", "challenger"):
         export_cli(str(tmp_path / alias), checkpoint=str(trained.checkpoint), onnx=False, tracking_uri=tracking_uri,
