@@ -22,10 +22,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, InstantiationException
 from hydra.types import RunMode
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fashion.config import CONFIG_DIR, ConfigError
+from fashion.config import CONFIG_DIR, ConfigError, flatten
 from fashion.validation import check_fields, list_parameters, switches
 
 
@@ -56,9 +56,10 @@ def one_line_errors(tool: str) -> Callable[[Callable[..., Result]], Callable[...
     exceptions, so Hydra marks that job failed and still runs the others, as it does for any error."""
     def wrap(task: Callable[..., Result]) -> Callable[..., Result]:
         @functools.wraps(task)
-        def run(*args: Any, **kwargs: Any) -> Result:
+        def run(cfg: DictConfig, *args: Any, **kwargs: Any) -> Result:
             try:
-                return task(*args, **kwargs)
+                refuse_unread_appends(cfg)
+                return task(cfg, *args, **kwargs)
             except (ConfigError, FileNotFoundError, InstantiationException) as err:
                 # Hydra's instantiate wraps what a class's __init__ refuses: the refusal is the message.
                 refused = err.__cause__ if isinstance(err, InstantiationException) else err
@@ -68,6 +69,30 @@ def one_line_errors(tool: str) -> Callable[[Callable[..., Result]], Callable[...
                 raise UsageError(tool, str(refused)) from None
         return run
     return wrap
+
+
+def refuse_unread_appends(cfg: DictConfig) -> None:
+    """A top-level key the command line appended (`+max_epochs=3`, `+lables.min_count=5`) that no config
+    has: nothing reads it, so the run would go on as if it were not there. Hydra's answer to a misspelt key
+    ("To append to your config use +max_epochs=3") leads straight to it. Named with the closest real keys.
+    Appending a group (`+experiment=...`) or inside a key a config has (`+tags.owner=me`) is untouched."""
+    if not HydraConfig.initialized():
+        return
+    appended = [o[1:].partition("=")[0] for o in HydraConfig.get().overrides.task if o.startswith("+") and o[1] != "+"]
+    flat = flatten(OmegaConf.to_container(cfg, resolve=False))
+    known = set(OmegaConf.load(CONFIG_DIR / f"{HydraConfig.get().job.config_name}.yaml")) \
+        | {folder.name for folder in CONFIG_DIR.iterdir() if folder.is_dir()} \
+        | {path.split(".")[0] for path in flat if not any(path == a or path.startswith(f"{a}.") for a in appended)}
+    unread = [top for top in (key.split(".")[0] for key in appended) if top not in known]
+    if not unread:
+        return
+    leaves = {key: [key] for key in sorted(known)}
+    for path in flat:   # a key inside a group by its own name: +max_epochs is trainer.max_epochs
+        if "." in path and path.split(".")[0] in known:
+            leaves.setdefault(path.rpartition(".")[2], []).append(path)
+    close = difflib.get_close_matches(unread[0], list(leaves), n=1)
+    raise ConfigError(f"+{unread[0]} adds a key no config has, so nothing would read it"
+                      + (f" (did you mean {' or '.join(leaves[close[0]])}?)" if close else ""))
 
 
 def in_sweep() -> bool:

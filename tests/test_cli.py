@@ -115,6 +115,12 @@ def test_a_value_the_classes_refuse_or_a_missing_path_is_one_line_and_exit_2(tmp
              (["fashion.train", f"data.root={missing}"], f"fashion-train: data.root does not exist: {missing}"),
              (["fashion.data_report", "report", f"data.root={missing}"], f"fashion-data report: data.root does not exist: {missing}"),
              (["fashion.tune"], "fashion-tune: no search space: give one, e.g. fashion-tune hparams_search=optuna"),
+             # Hydra's advice for a misspelt key is to append it: a top-level append nothing reads trained as
+             # if it were not there (the configured 6 epochs); a group or a key inside one may still be appended
+             (["fashion.train", "+tags.owner=me", "+max_epochs=3"], "fashion-train: +max_epochs adds a key no config has, so nothing "
+                                                  "would read it (did you mean trainer.max_epochs?)"),
+             (["fashion.data_report", "report", "+lables.min_count=100000"],
+              "fashion-data report: +lables adds a key no config has, so nothing would read it (did you mean labels or data.labels?)"),
              # refused in a class's __init__, which Hydra's instantiate wraps: the refusal is still the one line
              (["fashion.train", "data.train_only=[feedback]"], "fashion-train: data.train_only holds photos at their true aspect")]
     for args, first_line in cases:
