@@ -8,6 +8,7 @@ import zipfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -24,6 +25,22 @@ def tracking_uri(mlruns: str | Path | None = None) -> str:
     """The MLflow store every entry point uses (conf/logger/mlflow.yaml and the tools' configs call this as
     `${tracking_uri:...}`): MLFLOW_TRACKING_URI (a team server) when set, else SQLite under `mlruns`."""
     return os.environ.get("MLFLOW_TRACKING_URI") or local_store(mlruns)
+
+
+def refuse_a_silent_server(uri: str, timeout: float = 10.0) -> None:
+    """A tracking server that does not answer is named at once. MLflow's client retries a refused
+    connection with back-off (7 tries) before it gives up: fashion-train waited over six minutes on a
+    mistyped MLFLOW_TRACKING_URI. Any HTTP answer will do (a proxy's 404 too); only silence is refused."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests   # MLflow's own dependency; loaded only for a server
+    parts = urlsplit(uri)
+    shown = urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""))) if parts.hostname else uri
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=timeout)
+    except requests.RequestException as err:
+        raise ConfigError(f"the MLflow tracking server {shown} does not answer ({type(err).__name__}): check "
+                          "MLFLOW_TRACKING_URI, or unset it to log to the project's mlruns/") from None
 
 
 def local_store(mlruns: str | Path | None = None) -> str:

@@ -33,7 +33,7 @@ import torch
 
 from fashion.calibration import selective_scores
 from fashion.cli import tool_config
-from fashion.config import progress_bar
+from fashion.config import progress_bar, refuse_a_silent_server
 from fashion.data.dataset import restore_aspect
 from fashion.data.eval_sets import EvalSource
 from fashion.data.images import ImageReadError
@@ -185,6 +185,11 @@ def evaluate_folder(root: str, bundle: str | None = None, checkpoint: str | None
         split = load_split(exclude_split) if exclude_split else pd.Series(dtype=str)
     except (ValueError, OSError) as err:
         print(f"fashion-eval: cannot read exclude_split: {err}", file=sys.stderr)
+        return 2
+    try:   # the run is logged after the scoring: a server that does not answer is known now
+        refuse_a_silent_server(tracking_uri if mlflow and tracking_uri else "")
+    except ValueError as err:
+        print(f"fashion-eval: {err} (or mlflow=false)", file=sys.stderr)
         return 2
     exclude = set(split.index[split.isin(["train", "val"])])
     source = EvalSource(root=root, styles_file=styles_file, true_aspect=true_aspect, years=years)

@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from fashion.cli import Refused, UsageError, tool_config
-from fashion.config import progress_bars_for_terminals_only
+from fashion.config import progress_bars_for_terminals_only, refuse_a_silent_server
 from fashion.inference.bundle import export_bundle, refuse_occupied
 from fashion.inference.checkpoint import TrainedModel, load_checkpoint
 
@@ -49,6 +49,8 @@ def export(run_id: str | None, checkpoint: str | None, output: Path, tracking_ur
     if (run_id is None) == (checkpoint is None):
         raise ValueError("give exactly one of --run-id or --checkpoint")
     refuse_occupied(output, overwrite)   # before a checkpoint is downloaded
+    if run_id:
+        refuse_a_silent_server(tracking_uri)
     client = MlflowClient(tracking_uri) if run_id else None   # opening a store creates it: only for a run's export
     with tempfile.TemporaryDirectory() as workdir:
         path = checkpoint_of_run(client, run_id, Path(workdir)) if client else Path(checkpoint)

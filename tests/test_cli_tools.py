@@ -1,14 +1,19 @@
 """Every tool takes Hydra overrides like fashion-train; --help lists the keys; the old flags still work."""
 
+import http.server
 import json
+import socket
+import threading
 
 import pytest
 
 from fashion.cli import to_overrides, tool_config
+from fashion.config import ConfigError, refuse_a_silent_server
 from fashion.evaluate import main as eval_main
 from fashion.export import main as export_main
 from fashion.predict import main as predict_main
 from fashion.serve import main as serve_main
+from fashion.tracking import ensure_experiment
 from tests.conftest import SAMPLE
 
 IMAGES = sorted((SAMPLE / "images").glob("*.jpg"))[:2]
@@ -114,6 +119,43 @@ def test_export_names_what_is_wrong_without_a_traceback(tmp_path, capsys):
         export_main(["run_id=0123abcd", f"output={tmp_path / 'b'}", "mlflow=false", f"tracking_uri={store}"])
     assert exit_.value.code == 2
     assert capsys.readouterr().err.endswith(f"\nfashion-export: Run with id=0123abcd not found (tracking store {store})\n")
+
+
+def closed_port() -> int:
+    with socket.socket() as listener:   # bound, then closed: a connection there is refused
+        listener.bind(("127.0.0.1", 0))
+        return listener.getsockname()[1]
+
+
+def test_a_tracking_server_that_does_not_answer_is_one_line_at_once(trained, tmp_path, capsys, monkeypatch):
+    """MLflow's client retries a refused connection with back-off: fashion-train waited over six minutes on a
+    mistyped MLFLOW_TRACKING_URI, and fashion-eval scored the whole folder first. (The retries are off here, so
+    the old code fails fast too, with MLflow's own error.)"""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    silent = f"http://ana:s3cret@127.0.0.1:{closed_port()}"
+    shown = silent.replace("ana:s3cret@", "")
+    with pytest.raises(ConfigError, match=f"the MLflow tracking server {shown} does not answer"):
+        ensure_experiment(silent, "fashion")
+    assert eval_main([f"bundle={trained.bundle}", f"root={trained.data}", f"output={tmp_path / 'e'}", f"tracking_uri={silent}"]) == 2
+    assert f"fashion-eval: the MLflow tracking server {shown} does not answer" in capsys.readouterr().err
+    assert not list((tmp_path / "e").iterdir())   # refused before scoring: no report written
+    with pytest.raises(SystemExit) as exit_:
+        export_main(["run_id=0123abcd", f"output={tmp_path / 'b'}", f"tracking_uri={silent}"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"fashion-export: the MLflow tracking server {shown} does not answer" in err
+    assert "s3cret" not in err
+
+    class NotFound(http.server.BaseHTTPRequestHandler):   # a server that answers, if only 404: it is there
+        def do_GET(self):
+            self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    with http.server.HTTPServer(("127.0.0.1", 0), NotFound) as answering:
+        threading.Thread(target=answering.serve_forever, daemon=True).start()
+        refuse_a_silent_server(f"http://127.0.0.1:{answering.server_address[1]}")
+        answering.shutdown()
 
 
 def test_predict_with_nothing_to_score_says_why(tmp_path, capsys):

@@ -35,7 +35,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from fashion import config
-from fashion.config import PROJECT_ROOT, ConfigError, flatten, tracking_uri
+from fashion.config import PROJECT_ROOT, ConfigError, flatten, refuse_a_silent_server, tracking_uri
 from fashion.tracking.store import follow_move
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ def ensure_experiment(uri: str, name: str, artifact_location: str | None = None)
         follow_move(uri)   # a project folder renamed or copied: its runs' artifacts are here, not where it was
         # Beside the database, as mlruns/ keeps them; MLflow's default would be ./mlruns of wherever the command runs.
         artifact_location = artifact_location or str((store / "artifacts").resolve())
+    refuse_a_silent_server(uri)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
@@ -319,9 +320,13 @@ class PrepareMLflowStore(HydraCallback):
 
     def _prepare(self, config: DictConfig) -> bool:
         logger = config.get("logger")
-        if logger and logger.get("tracking_uri"):
+        if not (logger and logger.get("tracking_uri")):
+            return False
+        try:
             ensure_experiment(logger.tracking_uri, logger.experiment_name, logger.get("artifact_location"))
-        return bool(logger and logger.get("tracking_uri"))
+        except ConfigError:   # a server that does not answer: the run names it in one line (Hydra would warn here)
+            return False
+        return True
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._prepare(config)
