@@ -38,6 +38,8 @@ def refuse_a_silent_server(uri: str, timeout: float = 10.0) -> None:
     shown = urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""))) if parts.hostname else uri
     try:
         requests.get(uri.rstrip("/") + "/health", timeout=timeout)
+    except requests.exceptions.SSLError:   # it answered; its certificate is MLflow's to check (MLFLOW_TRACKING_INSECURE_TLS, ...)
+        return
     except requests.RequestException as err:
         raise ConfigError(f"the MLflow tracking server {shown} does not answer ({type(err).__name__}): check "
                           "MLFLOW_TRACKING_URI, or unset it to log to the project's mlruns/") from None

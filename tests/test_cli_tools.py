@@ -155,6 +155,8 @@ def test_a_tracking_server_that_does_not_answer_is_one_line_at_once(trained, tmp
     with http.server.HTTPServer(("127.0.0.1", 0), NotFound) as answering:
         threading.Thread(target=answering.serve_forever, daemon=True).start()
         refuse_a_silent_server(f"http://127.0.0.1:{answering.server_address[1]}")
+        # TLS it cannot check (here: no TLS at all) is an answer too: certificates are MLflow's to check
+        refuse_a_silent_server(f"https://127.0.0.1:{answering.server_address[1]}")
         answering.shutdown()
 
 
