@@ -52,7 +52,7 @@ def export_feedback(store: ReviewStore, output: Path) -> tuple[pd.DataFrame, lis
         product = ID_BASE + item_id
         try:
             write_photo(path, images / f"{product}.jpg")
-        except ImageReadError as err:
+        except (FileNotFoundError, ImageReadError) as err:   # the photo's own fault: the output is fine
             left_out.append(f"queue item {item_id}: {err}")
             continue
         rows.append({"id": product, **{a: labels.get(a) for a in ATTRIBUTES}, "productDisplayName": filename or path.name})
@@ -65,7 +65,7 @@ def write_photo(source: Path, target: Path) -> None:
     """Decodes the photo first, so the folder holds only photos training can read; a JPEG upload is then
     copied as it came (no second JPEG compression), other formats are re-encoded."""
     if not source.is_file():
-        raise ImageReadError(f"its photo {source} is missing")
+        raise FileNotFoundError(f"its photo {source} is missing")
     pixels = load_rgb(source)
     if source.suffix.lower() in (".jpeg", ".jpg"):
         shutil.copyfile(source, target)
