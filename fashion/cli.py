@@ -78,7 +78,7 @@ def refuse_unread_appends(cfg: DictConfig) -> None:
     Appending a group (`+experiment=...`) or inside a key a config has (`+tags.owner=me`) is untouched."""
     if not HydraConfig.initialized():
         return
-    appended = [o[1:].partition("=")[0] for o in HydraConfig.get().overrides.task if o.startswith("+") and o[1] != "+"]
+    appended = [o[1:].partition("=")[0] for o in HydraConfig.get().overrides.task if o.startswith("+") and not o.startswith("++")]
     flat = flatten(OmegaConf.to_container(cfg, resolve=False))
     known = set(OmegaConf.load(CONFIG_DIR / f"{HydraConfig.get().job.config_name}.yaml")) \
         | {folder.name for folder in CONFIG_DIR.iterdir() if folder.is_dir()} \
@@ -93,6 +93,11 @@ def refuse_unread_appends(cfg: DictConfig) -> None:
     close = difflib.get_close_matches(unread[0], list(leaves), n=1)
     raise ConfigError(f"+{unread[0]} adds a key no config has, so nothing would read it"
                       + (f" (did you mean {' or '.join(leaves[close[0]])}?)" if close else ""))
+
+
+def first_few(items: Sequence[str], n: int = 5, sep: str = ", ") -> str:
+    """The first `n` of a list a tool prints (lines, rows, photos), and "..." when there are more."""
+    return sep.join(items[:n]) + (f"{sep}..." if len(items) > n else "")
 
 
 def in_sweep() -> bool:

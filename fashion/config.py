@@ -27,11 +27,11 @@ def tracking_uri(mlruns: str | Path | None = None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or local_store(mlruns)
 
 
-def refuse_a_silent_server(uri: str, timeout: float = 10.0) -> None:
+def refuse_a_silent_server(uri: str | None, timeout: float = 10.0) -> None:
     """A tracking server that does not answer is named at once. MLflow's client retries a refused
     connection with back-off (7 tries) before it gives up: fashion-train waited over six minutes on a
     mistyped MLFLOW_TRACKING_URI. Any HTTP answer will do (a proxy's 404 too); only silence is refused."""
-    if not uri.startswith(("http://", "https://")):
+    if not uri or not uri.startswith(("http://", "https://")):   # a local store, or MLflow's default
         return
     import requests   # MLflow's own dependency; loaded only for a server
     parts = urlsplit(uri)

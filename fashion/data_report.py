@@ -15,7 +15,7 @@ import mlflow
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fashion.cli import one_line_errors, tool_config
+from fashion.cli import first_few, one_line_errors, tool_config
 from fashion.config import CONFIG_DIR, validate_config
 from fashion.data.datamodule import FashionDataModule
 from fashion.data.report import build_report
@@ -91,7 +91,7 @@ def export_feedback_cli(output: str, review_url: str = "sqlite:///review/review.
           f"  train on them: fashion-train data=catalogue 'data.train_only=[{output}]'", file=sys.stderr)
     if left_out:   # as fashion-predict's error rows: the rest is written, the status says not all of it
         print(f"{len(left_out)} correction(s) left out; they stay in the review database, so restoring a photo and "
-              f"exporting again adds it: {'; '.join(left_out[:5])}{'; ...' if len(left_out) > 5 else ''}", file=sys.stderr)
+              f"exporting again adds it: {first_few(left_out, sep='; ')}", file=sys.stderr)
     return 1 if left_out else 0
 
 

@@ -187,7 +187,7 @@ def evaluate_folder(root: str, bundle: str | None = None, checkpoint: str | None
         print(f"fashion-eval: cannot read exclude_split: {err}", file=sys.stderr)
         return 2
     try:   # the run is logged after the scoring: a server that does not answer is known now
-        refuse_a_silent_server(tracking_uri if mlflow and tracking_uri else "")
+        refuse_a_silent_server(tracking_uri if mlflow else None)
     except ValueError as err:
         print(f"fashion-eval: {err} (or mlflow=false)", file=sys.stderr)
         return 2

@@ -38,7 +38,7 @@ import cv2
 import pyarrow.parquet as pq
 import torch
 
-from fashion.cli import tool_config
+from fashion.cli import first_few, tool_config
 from fashion.config import progress_bar
 from fashion.data.images import ImageReadError, load_rgb
 from fashion.inference.batch import score_paths
@@ -164,10 +164,6 @@ def read_csv_column(path: Path, column: str) -> tuple[list[str], list[str]]:
         raise ValueError(f"{len(misshapen)} line(s) without the header's {width} fields ({first_few(misshapen)}); "
                          "a path that holds a comma must be quoted")
     return values, empty
-
-
-def first_few(items: list[str], n: int = 5) -> str:
-    return ", ".join(items[:n]) + (", ..." if len(items) > n else "")
 
 
 def no_column(column: str, columns: list[str]) -> ValueError:

@@ -69,7 +69,7 @@ def parse(reference: str) -> tuple[str, str | None, str | None]:
 def resolve(reference: str, tracking_uri: str) -> ModelVersion:
     """The version a registry reference names now (an alias moves; a number does not)."""
     name, alias, number = parse(reference)
-    refuse_a_silent_server(tracking_uri or "")
+    refuse_a_silent_server(tracking_uri)
     client = MlflowClient(tracking_uri)
     return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
 
