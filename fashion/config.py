@@ -45,6 +45,26 @@ def refuse_a_silent_server(uri: str | None, timeout: float = 10.0) -> None:
                           "MLFLOW_TRACKING_URI, or unset it to log to the project's mlruns/") from None
 
 
+def local_store_path(uri: str) -> Path | None:
+    """The file or folder a local MLflow store lives in (`sqlite:///`, `file:` or a bare path); None for a server."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///"))
+    if uri.startswith("file:"):
+        return Path(urlsplit(uri).path)
+    return None if "://" in uri or uri.startswith("databricks") else Path(uri)
+
+
+def refuse_a_store_that_is_not_there(uri: str) -> None:
+    """Reading a run or a registered model from a local store that does not exist is a mistyped path:
+    MLflow would create an empty store there, then say the run or model is not found, and leave the
+    empty store behind. A server is asked whether it answers."""
+    refuse_a_silent_server(uri)
+    path = local_store_path(uri)
+    if path is not None and not path.exists():
+        raise ConfigError(f"no MLflow store at {path}: nothing was ever logged there (check tracking_uri, "
+                          "or MLFLOW_TRACKING_URI)")
+
+
 def local_store(mlruns: str | Path | None = None) -> str:
     """The SQLite store under `mlruns` (default: the project's mlruns/)."""
     return f"sqlite:///{Path(mlruns or PROJECT_ROOT / 'mlruns') / 'mlflow.db'}"

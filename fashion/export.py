@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from fashion.cli import Refused, UsageError, tool_config
-from fashion.config import progress_bars_for_terminals_only, refuse_a_silent_server
+from fashion.config import progress_bars_for_terminals_only, refuse_a_store_that_is_not_there
 from fashion.inference.bundle import export_bundle, refuse_occupied
 from fashion.inference.checkpoint import TrainedModel, load_checkpoint
 
@@ -50,7 +50,7 @@ def export(run_id: str | None, checkpoint: str | None, output: Path, tracking_ur
         raise ValueError("give exactly one of --run-id or --checkpoint")
     refuse_occupied(output, overwrite)   # before a checkpoint is downloaded
     if run_id:
-        refuse_a_silent_server(tracking_uri)
+        refuse_a_store_that_is_not_there(tracking_uri)
     client = MlflowClient(tracking_uri) if run_id else None   # opening a store creates it: only for a run's export
     with tempfile.TemporaryDirectory() as workdir:
         path = checkpoint_of_run(client, run_id, Path(workdir)) if client else Path(checkpoint)

@@ -115,10 +115,28 @@ def test_export_names_what_is_wrong_without_a_traceback(tmp_path, capsys):
         export_main([f"checkpoint={tmp_path / 'missing.ckpt'}", f"output={tmp_path / 'b'}", "mlflow=false", f"tracking_uri={store}"])
     assert exit_.value.code == 2 and "missing.ckpt" in capsys.readouterr().err   # 2, as every tool's bad input
     assert not (tmp_path / "mlflow.db").exists()   # a checkpoint's export without MLflow opens (creates) no store
+    with pytest.raises(SystemExit) as exit_:   # a store that is not there: named, and not created empty
+        export_main(["run_id=0123abcd", f"output={tmp_path / 'b'}", "mlflow=false", f"tracking_uri={store}"])
+    assert exit_.value.code == 2 and not (tmp_path / "mlflow.db").exists()
+    assert f"fashion-export: no MLflow store at {tmp_path / 'mlflow.db'}" in capsys.readouterr().err
+    ensure_experiment(store, "fashion")
     with pytest.raises(SystemExit) as exit_:   # an unknown run: one line naming it and the store, not a traceback
         export_main(["run_id=0123abcd", f"output={tmp_path / 'b'}", "mlflow=false", f"tracking_uri={store}"])
     assert exit_.value.code == 2
     assert capsys.readouterr().err.endswith(f"\nfashion-export: Run with id=0123abcd not found (tracking store {store})\n")
+
+
+def test_a_registry_model_from_a_store_that_is_not_there_is_refused_without_creating_one(tmp_path, capsys):
+    """A mistyped tracking_uri made fashion-serve and fashion-promote create an empty store there and then
+    say the model is not found; the empty store stayed behind."""
+    for uri, path in [(f"sqlite:///{tmp_path / 'typo.db'}", tmp_path / "typo.db"),
+                      (f"file://{tmp_path / 'typo_runs'}", tmp_path / "typo_runs"),
+                      (str(tmp_path / "bare_runs"), tmp_path / "bare_runs")]:
+        with pytest.raises(SystemExit) as exit_:
+            serve_main(["bundle=models:/tagger@champion", f"tracking_uri={uri}", f"model_cache={tmp_path / 'cache'}",
+                        "review_queue=false"])
+        assert exit_.value.code == 2 and f"cannot load the model: no MLflow store at {path}" in capsys.readouterr().err
+        assert not path.exists()
 
 
 def closed_port() -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
-from fashion.config import progress_bars_for_terminals_only, refuse_a_silent_server
+from fashion.config import progress_bars_for_terminals_only, refuse_a_store_that_is_not_there
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 PREFIX = "models:/"
@@ -69,7 +69,7 @@ def parse(reference: str) -> tuple[str, str | None, str | None]:
 def resolve(reference: str, tracking_uri: str) -> ModelVersion:
     """The version a registry reference names now (an alias moves; a number does not)."""
     name, alias, number = parse(reference)
-    refuse_a_silent_server(tracking_uri)
+    refuse_a_store_that_is_not_there(tracking_uri)
     client = MlflowClient(tracking_uri)
     return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
 
