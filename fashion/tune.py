@@ -88,10 +88,6 @@ def tune(cfg: DictConfig) -> float:
     """Run (or continue) the study declared in `cfg.hparams_search`; return the best value."""
     search = cfg.hparams_search
     monitor = cfg.optimized_metric
-    study = optuna.create_study(
-        study_name=search.study_name, storage=search.storage, direction=search.direction,
-        sampler=instantiate(search.sampler), pruner=instantiate(search.pruner), load_if_exists=True,
-    )
     base = [o for o in HydraConfig.get().overrides.task if not o.split("=")[0].lstrip("+~").startswith("hparams_search")]
     trials_dir = Path(cfg.paths.output_dir)
 
@@ -106,8 +102,13 @@ def tune(cfg: DictConfig) -> float:
         metrics = train(trial_cfg, extra_callbacks=[OptunaPruning(trial, monitor)], stopped_by=(optuna.TrialPruned,))
         return metrics.get(f"best/{monitor}", metrics[monitor])
 
+    # First, so a tracking server that does not answer stops the launch before the study is stored.
     sweep = start_sweep(cfg, f"optuna {search.study_name}")   # the trials nest under it; the best is marked on it
     try:
+        study = optuna.create_study(
+            study_name=search.study_name, storage=search.storage, direction=search.direction,
+            sampler=instantiate(search.sampler), pruner=instantiate(search.pruner), load_if_exists=True,
+        )
         study.optimize(objective, n_trials=search.n_trials, timeout=search.get("timeout"))
     except BaseException as stop:   # Ctrl-C ends the study KILLED, as it ends the trial it interrupted
         end_sweep(cfg, sweep, "KILLED" if isinstance(stop, KeyboardInterrupt) else "FAILED")

@@ -106,3 +106,30 @@ def test_a_study_stopped_by_ctrl_c_ends_killed_and_one_that_crashed_failed(stop,
     [parent] = client.search_runs([client.get_experiment_by_name("fashion").experiment_id], "attributes.run_name = 'optuna t'")
     assert parent.info.status == status
     assert "FASHION_SWEEP_RUN_ID" not in os.environ   # later runs of this process are not nested under it
+
+
+def test_a_tracking_server_that_does_not_answer_stops_the_launch_before_the_study_is_stored(tmp_path, kaggle_folder, monkeypatch):
+    """The study was created first, so a launch refused for its tracking server still left a study behind."""
+    import socket
+
+    import fashion.tune
+    from hydra.core.hydra_config import HydraConfig
+
+    from fashion.config import ConfigError
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with socket.socket() as listener:   # bound, then closed: a connection there is refused
+        listener.bind(("127.0.0.1", 0))
+        silent = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    overrides = tiny_overrides(tmp_path, kaggle_folder) + ["hparams_search=optuna", "hparams_search.study_name=t",
+                                                          f"hparams_search.storage=sqlite:///{tmp_path}/optuna.db",
+                                                          f"logger.tracking_uri={silent}"]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        try:
+            with pytest.raises(ConfigError, match="does not answer"):
+                fashion.tune.tune(cfg)
+        finally:
+            HydraConfig.instance().cfg = None
+    assert not (tmp_path / "optuna.db").exists()
