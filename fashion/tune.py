@@ -84,6 +84,20 @@ def experiment_yaml(params: Mapping[str, Any], study: str, value: float) -> str:
     return header + yaml.safe_dump(body, sort_keys=False)
 
 
+def open_study(search: DictConfig) -> optuna.Study:
+    """The study `search` names, created or continued. A storage that cannot be opened (a folder that does
+    not exist, an unknown database scheme) is a config value to fix, named as one, not a stack trace."""
+    from sqlalchemy.exc import SQLAlchemyError   # Optuna's storage layer
+
+    try:
+        return optuna.create_study(study_name=search.study_name, storage=search.storage, direction=search.direction,
+                                   sampler=instantiate(search.sampler), pruner=instantiate(search.pruner),
+                                   load_if_exists=True)
+    except SQLAlchemyError as err:
+        reason = str(err.orig) if getattr(err, "orig", None) else str(err).splitlines()[0]
+        raise ConfigError(f"hparams_search.storage={search.storage}: cannot open the study there ({reason})") from err
+
+
 def tune(cfg: DictConfig) -> float:
     """Run (or continue) the study declared in `cfg.hparams_search`; return the best value."""
     search = cfg.hparams_search
@@ -105,10 +119,7 @@ def tune(cfg: DictConfig) -> float:
     # First, so a tracking server that does not answer stops the launch before the study is stored.
     sweep = start_sweep(cfg, f"optuna {search.study_name}")   # the trials nest under it; the best is marked on it
     try:
-        study = optuna.create_study(
-            study_name=search.study_name, storage=search.storage, direction=search.direction,
-            sampler=instantiate(search.sampler), pruner=instantiate(search.pruner), load_if_exists=True,
-        )
+        study = open_study(search)
         study.optimize(objective, n_trials=search.n_trials, timeout=search.get("timeout"))
     except BaseException as stop:   # Ctrl-C ends the study KILLED, as it ends the trial it interrupted
         end_sweep(cfg, sweep, "KILLED" if isinstance(stop, KeyboardInterrupt) else "FAILED")

@@ -133,3 +133,27 @@ def test_a_tracking_server_that_does_not_answer_stops_the_launch_before_the_stud
         finally:
             HydraConfig.instance().cfg = None
     assert not (tmp_path / "optuna.db").exists()
+
+
+def test_a_study_storage_that_cannot_be_opened_is_named_and_ends_the_sweep_run_failed(tmp_path, kaggle_folder):
+    """It was sqlalchemy's traceback under Hydra's "Error executing job"."""
+    import fashion.tune
+    from hydra.core.hydra_config import HydraConfig
+
+    from fashion.config import ConfigError
+
+    storage = f"sqlite:///{tmp_path}/no/such/folder/optuna.db"
+    overrides = tiny_overrides(tmp_path, kaggle_folder) + ["hparams_search=optuna", "hparams_search.study_name=t",
+                                                          f"hparams_search.storage={storage}"]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        try:
+            with pytest.raises(ConfigError, match=f"hparams_search.storage={storage}: cannot open the study there "
+                                                  r"\(unable to open database file\)"):
+                fashion.tune.tune(cfg)
+        finally:
+            HydraConfig.instance().cfg = None
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    [parent] = client.search_runs([client.get_experiment_by_name("fashion").experiment_id], "attributes.run_name = 'optuna t'")
+    assert parent.info.status == "FAILED"
