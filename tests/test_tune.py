@@ -1,6 +1,7 @@
 """Optuna sweeps through the CLI, and the cluster launcher configs."""
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-from fashion.config import CONFIG_DIR
+from fashion.config import CONFIG_DIR, ConfigError
 from tests.conftest import tiny_overrides
 
 pytestmark = pytest.mark.slow
@@ -82,78 +83,56 @@ def test_cluster_launchers_compose(launcher, target):
         assert cfg.hydra.launcher.tasks_per_node == 1 and cfg.hydra.launcher.timeout_min == 240
 
 
+def tune_in_process(tmp_path: Path, data_root: Path, extra: list[str], refused: type[BaseException], match: str | None = None) -> None:
+    """fashion.tune.tune on the tiny config plus `extra`, as Hydra would call it; it must raise `refused`."""
+    import fashion.tune
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = tiny_overrides(tmp_path, data_root) + ["hparams_search=optuna", "hparams_search.study_name=t",
+                                                      f"hparams_search.storage=sqlite:///{tmp_path}/optuna.db", *extra]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        try:
+            with pytest.raises(refused, match=match):
+                fashion.tune.tune(cfg)
+        finally:
+            HydraConfig.instance().cfg = None
+
+
+def sweep_run_status(tmp_path: Path) -> str:
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    [parent] = client.search_runs([client.get_experiment_by_name("fashion").experiment_id], "attributes.run_name = 'optuna t'")
+    return parent.info.status
+
+
 @pytest.mark.parametrize("stop,status", [(KeyboardInterrupt, "KILLED"), (RuntimeError, "FAILED")])
 def test_a_study_stopped_by_ctrl_c_ends_killed_and_one_that_crashed_failed(stop, status, tmp_path, kaggle_folder, monkeypatch):
     """The study's parent run ends as the trial it stopped in does: Ctrl-C is KILLED, a crash FAILED."""
     import fashion.tune
-    from hydra.core.hydra_config import HydraConfig
 
     def stopped(*args, **kwargs):
         raise stop("stopped in trial 0")
 
     monkeypatch.setattr(fashion.tune, "train", stopped)
-    overrides = tiny_overrides(tmp_path, kaggle_folder) + ["hparams_search=optuna", "hparams_search.study_name=t",
-                                                          f"hparams_search.storage=sqlite:///{tmp_path}/optuna.db"]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)
-        try:
-            with pytest.raises(stop):
-                fashion.tune.tune(cfg)
-        finally:
-            HydraConfig.instance().cfg = None
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    [parent] = client.search_runs([client.get_experiment_by_name("fashion").experiment_id], "attributes.run_name = 'optuna t'")
-    assert parent.info.status == status
+    tune_in_process(tmp_path, kaggle_folder, [], stop)
+    assert sweep_run_status(tmp_path) == status
     assert "FASHION_SWEEP_RUN_ID" not in os.environ   # later runs of this process are not nested under it
 
 
 def test_a_tracking_server_that_does_not_answer_stops_the_launch_before_the_study_is_stored(tmp_path, kaggle_folder, monkeypatch):
     """The study was created first, so a launch refused for its tracking server still left a study behind."""
-    import socket
-
-    import fashion.tune
-    from hydra.core.hydra_config import HydraConfig
-
-    from fashion.config import ConfigError
-
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     with socket.socket() as listener:   # bound, then closed: a connection there is refused
         listener.bind(("127.0.0.1", 0))
         silent = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    overrides = tiny_overrides(tmp_path, kaggle_folder) + ["hparams_search=optuna", "hparams_search.study_name=t",
-                                                          f"hparams_search.storage=sqlite:///{tmp_path}/optuna.db",
-                                                          f"logger.tracking_uri={silent}"]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)
-        try:
-            with pytest.raises(ConfigError, match="does not answer"):
-                fashion.tune.tune(cfg)
-        finally:
-            HydraConfig.instance().cfg = None
+    tune_in_process(tmp_path, kaggle_folder, [f"logger.tracking_uri={silent}"], ConfigError, "does not answer")
     assert not (tmp_path / "optuna.db").exists()
 
 
 def test_a_study_storage_that_cannot_be_opened_is_named_and_ends_the_sweep_run_failed(tmp_path, kaggle_folder):
     """It was sqlalchemy's traceback under Hydra's "Error executing job"."""
-    import fashion.tune
-    from hydra.core.hydra_config import HydraConfig
-
-    from fashion.config import ConfigError
-
     storage = f"sqlite:///{tmp_path}/no/such/folder/optuna.db"
-    overrides = tiny_overrides(tmp_path, kaggle_folder) + ["hparams_search=optuna", "hparams_search.study_name=t",
-                                                          f"hparams_search.storage={storage}"]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)
-        try:
-            with pytest.raises(ConfigError, match=f"hparams_search.storage={storage}: cannot open the study there "
-                                                  r"\(unable to open database file\)"):
-                fashion.tune.tune(cfg)
-        finally:
-            HydraConfig.instance().cfg = None
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    [parent] = client.search_runs([client.get_experiment_by_name("fashion").experiment_id], "attributes.run_name = 'optuna t'")
-    assert parent.info.status == "FAILED"
+    tune_in_process(tmp_path, kaggle_folder, [f"hparams_search.storage={storage}"], ConfigError,
+                    rf"hparams_search.storage={storage}: cannot open the study there \(unable to open database file\)")
+    assert sweep_run_status(tmp_path) == "FAILED"
