@@ -20,6 +20,7 @@ from fashion.config import CONFIG_DIR, validate_config
 from fashion.data.datamodule import FashionDataModule
 from fashion.data.report import build_report
 from fashion.tracking.run import tool_run
+from fashion.validation import AtLeastOne
 
 COMMANDS = ("report", "export-feedback")
 
@@ -72,7 +73,7 @@ def main() -> None:
 
 
 def export_feedback_cli(output: str, review_url: str = "sqlite:///review/review.db",
-                        review_images: str = "review/images") -> int:
+                        review_images: str = "review/images", queue: AtLeastOne = 1) -> int:
     """Writes the review queue's corrections as a Kaggle-layout folder (fashion/feedback/export.py)."""
     from fashion.feedback.export import export_feedback
     from fashion.feedback.store import ReviewStore
@@ -83,7 +84,7 @@ def export_feedback_cli(output: str, review_url: str = "sqlite:///review/review.
         print(f"fashion-data export-feedback: cannot open the review queue: {err}", file=sys.stderr)
         return 2
     try:
-        table, left_out = export_feedback(store, Path(output))
+        table, left_out = export_feedback(store, Path(output), queue)
     except OSError as err:   # a catalogue's folder named by mistake, or one that cannot be written
         print(f"fashion-data export-feedback: {err}", file=sys.stderr)
         return 2

@@ -123,6 +123,46 @@ def test_export_feedback_cli_writes_a_kaggle_folder(tmp_path, monkeypatch, capsy
     assert not (catalogue / "images").exists()
 
 
+def test_two_queues_export_with_their_own_numbers_and_train_side_by_side(tmp_path, kaggle_folder, monkeypatch, capsys):
+    """Two servers, each with its own SQLite queue, both numbered their corrections from 1,000,000,001:
+    their exports could not train together, and one exported into the other's folder replaced its rows."""
+    from fashion.data import Augmentation, FashionDataModule, LabelSpec, Preprocessing, SplitSpec
+    from fashion.data_report import main as fashion_data
+
+    def export(queue, folder):
+        monkeypatch.setattr("sys.argv", ["fashion-data", "export-feedback", f"output={folder}", f"queue={queue}",
+                                         f"review_url=sqlite:///{tmp_path / f'q{queue}.db'}", f"review_images={tmp_path / f'q{queue}'}"])
+        with pytest.raises(SystemExit) as exit:
+            fashion_data()
+        return exit.value.code
+
+    for queue, colour in [(1, (200, 30, 30)), (2, (30, 30, 200))]:
+        store = ReviewStore(f"sqlite:///{tmp_path / f'q{queue}.db'}", tmp_path / f"q{queue}")
+        digest, _ = store.save_image(jpeg(colour), "JPEG")
+        store.enqueue(jpeg(colour), "JPEG", PREDICTIONS, "tagger/1", f"photo{queue}.jpg")
+        store.record(digest, {"articleType": "Shirts"})
+        assert export(queue, tmp_path / f"fb{queue}") == 0
+    ids = [pd.read_csv(tmp_path / f"fb{queue}" / "styles.csv")["id"].tolist() for queue in (1, 2)]
+    assert ids == [[ID_BASE + 1], [2 * ID_BASE + 1]]
+    capsys.readouterr()
+    assert export(2, tmp_path / "fb1") == 2   # queue 2 into queue 1's folder: refused, queue 1's rows kept
+    assert "fb1/styles.csv holds the corrections of queue=1, and this is queue=2" in capsys.readouterr().err
+    assert pd.read_csv(tmp_path / "fb1" / "styles.csv")["id"].tolist() == [ID_BASE + 1]
+
+    def training_table(*folders):
+        dm = FashionDataModule(str(kaggle_folder), LabelSpec(min_count=1), SplitSpec(), Augmentation(),
+                               Preprocessing(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3), batch_size=4, num_workers=0)
+        dm.train_only = [tmp_path / folder for folder in folders]
+        dm.prepare_labels()
+        return dm.table
+
+    table = training_table("fb1", "fb2")
+    assert sorted(table.loc[table["id"] >= ID_BASE, "id"]) == [ID_BASE + 1, 2 * ID_BASE + 1]
+    assert export(1, tmp_path / "fb1_later") == 0   # a later export of queue 1 holds its earlier corrections too
+    with pytest.raises(ValueError, match="train on a queue's newest export only; two queues' exports need their own numbers"):
+        training_table("fb1", "fb1_later")
+
+
 def test_a_correction_whose_photo_is_gone_or_damaged_is_left_out_by_name_and_the_rest_exported(tmp_path, capsys):
     """A disk clean-up or a damaged file in review/images used to stop the export at that photo with
     nothing written: one bad file held back every correction."""

@@ -133,7 +133,9 @@ class FashionDataModule(L.LightningDataModule):
             clash = sorted(set(rows["id"]) & ids)
             if clash:
                 raise ConfigError(f"data.train_only: {folder} reuses ids of {source} ({clash[:5]}...): a product would "
-                                  "be two products, or a correction train twice")
+                                  "be two products, or a correction train twice. Each export holds every correction "
+                                  "of its queue so far, so train on a queue's newest export only; two queues' exports "
+                                  "need their own numbers (fashion-data export-feedback queue=2)")
         rows["path"] = [str(folder / "images" / f"{i}.jpg") for i in rows["id"]]
         rows, report = self._drop_unusable_images(rows)
         log.info("train_only %s: %d rows (%s)", folder, len(rows), report)
