@@ -160,6 +160,25 @@ def test_a_pickle_a_cut_file_or_not_a_checkpoint_is_one_line_from_every_tool(tra
     assert victim.read_text() == VICTIM_TEXT and not (tmp_path / "b").exists() and not (tmp_path / "e").exists()
 
 
+def test_a_checkpoint_to_start_training_from_is_read_weights_only_and_refused_in_one_line(trained, tmp_path, victim, compose_config):
+    """fashion-train ckpt_path=: Lightning's torch.load refused the pickle at fit, after the slow setup, with a
+    traceback ending in the advice to load it with `weights_only=False`."""
+    from fashion.config import ConfigError
+    from fashion.training.fit import train
+    from tests.conftest import tiny_overrides
+
+    code, tensor = tmp_path / "code.ckpt", tmp_path / "tensor.ckpt"
+    torch.save({"state_dict": WritesTheVictim(victim), "epoch": 0}, code)
+    torch.save(torch.zeros(2), tensor)
+    for checkpoint, message in [(code, "holds objects other than tensors and plain values, which are not loaded"),
+                                (tensor, "is not a fashion-train checkpoint (it holds a Tensor, not a dict)")]:
+        cfg = compose_config(tiny_overrides(tmp_path / "run", trained.data) + [f"ckpt_path={checkpoint}"])
+        with pytest.raises(ConfigError, match=re.escape(f"ckpt_path: {checkpoint} ") + ".*" + re.escape(message)):
+            train(cfg)
+    assert victim.read_text() == VICTIM_TEXT
+    assert not (tmp_path / "run" / "mlruns").exists()   # refused before the run opened
+
+
 @pytest.mark.parametrize("file", ["model.safetensors", "config.json", "vocabularies.json", "preprocessing.json",
                                   "taxonomy.json", "model.onnx"])
 @pytest.mark.parametrize("damage", ["flip_a_byte", "truncate"])

@@ -1,6 +1,6 @@
 """A composed config -> the network, the LightningModule and the cached-input switch, and the checks of a
 config that only its classes can make (torch's optimizer values, Lightning's Trainer, the module's keys,
-the heads' metrics), run before the slow setup.
+the heads' metrics, the checkpoint to start from), run before the slow setup.
 
 What `fashion-train` builds before it starts the Trainer, apart from experiment tracking, so scripts
 (benchmarks, the GPU check) assemble exactly the training run's model without an MLflow run.
@@ -9,6 +9,7 @@ What `fashion-train` builds before it starts the Trainer, apart from experiment 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 from hydra.errors import InstantiationException
@@ -18,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from fashion.config import ConfigError
 from fashion.data.datamodule import FashionDataModule
 from fashion.features import FeatureCache
+from fashion.inference.checkpoint import read_checkpoint
 from fashion.losses.multi_attribute import MultiAttributeLoss
 from fashion.metrics import logged_names
 from fashion.metrics.attribute_metrics import TOP_K
@@ -59,6 +61,19 @@ def check_trainer(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer: {err.__cause__ or err}") from None
     finally:
         device_report.setLevel(level)
+
+
+def check_start_checkpoint(cfg: DictConfig) -> None:
+    """`ckpt_path`, a checkpoint to start from, is read now as inference reads one (weights only). Lightning
+    reads it at fit, after the slow setup, and its refusal of a pickle that would run code was a traceback
+    ending in torch's advice to load it with `weights_only=False`: what not to do with a file from elsewhere."""
+    path = cfg.get("ckpt_path")
+    if not path or "://" in str(path):   # a remote one is Lightning's to fetch
+        return
+    try:
+        read_checkpoint(Path(path).expanduser())
+    except ValueError as err:
+        raise ConfigError(f"ckpt_path: {err}") from None
 
 
 def check_module_keys(cfg: DictConfig) -> None:

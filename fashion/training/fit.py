@@ -21,7 +21,8 @@ from fashion.data.datamodule import FashionDataModule
 from fashion.tracking import describe_run, find_resume_point, log_run_inputs, tracked_run
 from fashion.tracking.run import ui_hint
 from fashion.training.assembly import (build_model, build_module, check_module_keys, check_optimizer,
-                                       check_trainer, refuse_unlogged_monitor, use_feature_cache)
+                                       check_start_checkpoint, check_trainer, refuse_unlogged_monitor,
+                                       use_feature_cache)
 from fashion.training.console import expect_frozen_norms_in_eval, ignore_lightnings_leafspec_deprecation, log_lightning_once
 from fashion.training.module import evaluate_sets
 
@@ -43,6 +44,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = (),
     check_module_keys(cfg)
     check_optimizer(cfg)   # torch's and Lightning's own checks of their values, before the slow setup
     check_trainer(cfg)
+    check_start_checkpoint(cfg)
     resume = find_resume_point(cfg)
     L.seed_everything(cfg.seed, workers=True)
     backbone = instantiate(cfg.backbone)
