@@ -179,6 +179,20 @@ def test_a_checkpoint_to_start_training_from_is_read_weights_only_and_refused_in
     assert not (tmp_path / "run" / "mlruns").exists()   # refused before the run opened
 
 
+def test_a_run_to_resume_whose_last_checkpoint_was_cut_short_is_named_before_the_setup(trained, tmp_path, compose_config, monkeypatch):
+    """A job killed while Lightning wrote last.ckpt leaves it cut short: resuming it was Lightning's traceback at fit."""
+    import fashion.training.fit
+    from fashion.config import ConfigError
+    from fashion.tracking.run import ResumePoint
+    from tests.conftest import tiny_overrides
+
+    cut = tmp_path / "last.ckpt"
+    cut.write_bytes(trained.checkpoint.read_bytes()[:100_000])
+    monkeypatch.setattr(fashion.training.fit, "find_resume_point", lambda cfg: ResumePoint("0123abcd", str(cut)))
+    with pytest.raises(ConfigError, match=re.escape(f"resume=0123abcd: {cut} is not a readable PyTorch file (cut short or damaged?)")):
+        fashion.training.fit.train(compose_config(tiny_overrides(tmp_path / "run", trained.data)))
+
+
 @pytest.mark.parametrize("file", ["model.safetensors", "config.json", "vocabularies.json", "preprocessing.json",
                                   "taxonomy.json", "model.onnx"])
 @pytest.mark.parametrize("damage", ["flip_a_byte", "truncate"])

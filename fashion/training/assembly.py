@@ -63,17 +63,17 @@ def check_trainer(cfg: DictConfig) -> None:
         device_report.setLevel(level)
 
 
-def check_start_checkpoint(cfg: DictConfig) -> None:
-    """`ckpt_path`, a checkpoint to start from, is read now as inference reads one (weights only). Lightning
-    reads it at fit, after the slow setup, and its refusal of a pickle that would run code was a traceback
-    ending in torch's advice to load it with `weights_only=False`: what not to do with a file from elsewhere."""
-    path = cfg.get("ckpt_path")
+def check_start_checkpoint(path: str | None, key: str) -> None:
+    """A checkpoint to start from (`ckpt_path`, or the last one of a run to resume) is read now as inference
+    reads one (weights only). Lightning reads it at fit, after the slow setup, and its refusal of a pickle
+    that would run code, or of a file cut short, was a traceback ending in torch's advice to load it with
+    `weights_only=False`: what not to do with a file from elsewhere."""
     if not path or "://" in str(path):   # a remote one is Lightning's to fetch
         return
     try:
         read_checkpoint(Path(path).expanduser())
     except ValueError as err:
-        raise ConfigError(f"ckpt_path: {err}") from None
+        raise ConfigError(f"{key}: {err}") from None
 
 
 def check_module_keys(cfg: DictConfig) -> None:

@@ -44,8 +44,10 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = (),
     check_module_keys(cfg)
     check_optimizer(cfg)   # torch's and Lightning's own checks of their values, before the slow setup
     check_trainer(cfg)
-    check_start_checkpoint(cfg)
+    check_start_checkpoint(cfg.get("ckpt_path"), "ckpt_path")
     resume = find_resume_point(cfg)
+    if resume:
+        check_start_checkpoint(resume.ckpt_path, f"resume={resume.run_id}")
     L.seed_everything(cfg.seed, workers=True)
     backbone = instantiate(cfg.backbone)
     datamodule: FashionDataModule = instantiate(cfg.data, preprocessing=backbone.preprocessing, _convert_="object")
