@@ -30,6 +30,7 @@ def serve(bundle: str, host: str = "127.0.0.1", port: Port = 8000, max_bytes: At
     from fashion.serving.app import create_app
     from fashion.serving.uploads import UploadLimits
 
+    refuse_a_taken_address(host, port)   # before the model's load, which takes seconds to minutes
     try:
         app = create_app(bundle, UploadLimits(max_bytes, max_pixels, max_files), model_threads, top_k, runtime,
                          tracking_uri, model_cache, api_key, None, drift_window, open_predictions, review_for)
@@ -40,6 +41,25 @@ def serve(bundle: str, host: str = "127.0.0.1", port: Port = 8000, max_bytes: At
     except (ValueError, OSError) as err:
         raise Refused("fashion-serve", f"cannot open the review queue: {err}") from None
     uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+def refuse_a_taken_address(host: str, port: int) -> None:
+    """uvicorn binds only once the app has started: a port another server holds was found after the model had
+    loaded, and ended in uvicorn's log line and exit status 3. Bound and released here first, with the
+    SO_REUSEADDR uvicorn sets, so a port in TIME_WAIT is not refused."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as err:
+        raise Refused("fashion-serve", f"host={host}: {err.strerror}") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise Refused("fashion-serve", f"cannot listen on {host}:{port}: {err.strerror} (another server there? "
+                                           "give another port=)") from None
 
 
 if __name__ == "__main__":

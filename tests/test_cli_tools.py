@@ -229,3 +229,18 @@ def test_a_progress_bar_in_a_log_updates_every_30_s_not_ten_times_a_second(train
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     with progress_bar(total=1) as bar:
         assert bar.mininterval < 1 < LOG_PROGRESS_EVERY_S
+
+
+def test_a_port_another_server_holds_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """uvicorn found it only after the model had loaded, and exited 3 with its own log line."""
+    import fashion.serving.app
+
+    monkeypatch.setattr(fashion.serving.app, "create_app", lambda *a, **k: pytest.fail("the model was loaded"))
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with pytest.raises(SystemExit) as exit_:
+            serve_main([f"bundle={tmp_path / 'bundle'}", f"port={port}", "review_queue=false"])
+    assert exit_.value.code == 2
+    assert f"fashion-serve: cannot listen on 127.0.0.1:{port}: Address already in use" in capsys.readouterr().err
