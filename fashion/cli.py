@@ -25,7 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fashion.config import CONFIG_DIR, ConfigError, flatten
+from fashion.config import CONFIG_DIR, ConfigError, InputError, flatten
 from fashion.validation import check_fields, list_parameters, switches
 
 
@@ -49,7 +49,8 @@ Result = TypeVar("Result")
 
 
 def one_line_errors(tool: str) -> Callable[[Callable[..., Result]], Callable[..., Result]]:
-    """For a Hydra entry point, under `@hydra.main`: a value a class refuses (ConfigError) or a path that
+    """For a Hydra entry point, under `@hydra.main`: a value a class refuses (ConfigError), input named as
+    unusable where it is (InputError: a styles.csv that is empty, not UTF-8, without a column) or a path that
     does not exist becomes one line and exit status 2, as the other tools report a bad command line,
     instead of Hydra's "Error executing job" and a stack above the one line that matters. Other errors
     keep Hydra's report; HYDRA_FULL_ERROR=1 keeps the traceback of these too. In a sweep (`-m`) they stay
@@ -60,10 +61,10 @@ def one_line_errors(tool: str) -> Callable[[Callable[..., Result]], Callable[...
             try:
                 refuse_unread_appends(cfg)
                 return task(cfg, *args, **kwargs)
-            except (ConfigError, FileNotFoundError, InstantiationException) as err:
+            except (InputError, FileNotFoundError, InstantiationException) as err:
                 # Hydra's instantiate wraps what a class's __init__ refuses: the refusal is the message.
                 refused = err.__cause__ if isinstance(err, InstantiationException) else err
-                if not isinstance(refused, (ConfigError, FileNotFoundError)) or os.environ.get("HYDRA_FULL_ERROR") == "1" \
+                if not isinstance(refused, (InputError, FileNotFoundError)) or os.environ.get("HYDRA_FULL_ERROR") == "1" \
                         or in_sweep():
                     raise
                 raise UsageError(tool, str(refused)) from None

@@ -109,7 +109,11 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("launch_time", launch_time, use_cache=True)   # one value per process
 
 
-class ConfigError(ValueError):
+class InputError(ValueError):
+    """Input a run cannot use, named by where it is (a config key, a file): the tools report it in one line."""
+
+
+class ConfigError(InputError):
     """A composed config with a key or value its class does not take; names the key."""
 
 

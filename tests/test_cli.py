@@ -106,6 +106,9 @@ def test_a_value_the_classes_refuse_or_a_missing_path_is_one_line_and_exit_2(tmp
     missing = tmp_path / "no_such_catalogue"
     not_a_split = tmp_path / "split.csv"
     not_a_split.write_text("foo,bar\n1,2\n")
+    latin = tmp_path / "latin_catalogue"   # a spreadsheet's CSV in its code page: was UnicodeDecodeError's traceback
+    (latin / "images").mkdir(parents=True)
+    (latin / "styles.csv").write_bytes("id,gender\n1,Men\n2,Women,Caf\u00e9\n".encode("cp1252"))
     cases = [(["fashion.train", f"split.path={not_a_split}"],   # exists, but is not a split: was a traceback
               f"fashion-train: split.path: {not_a_split}: a split file needs columns id,split; it has ['foo', 'bar']"),
              (["fashion.train", "backbone.freeze=sometimes"], "fashion-train: invalid config: backbone.freeze: "),
@@ -113,6 +116,7 @@ def test_a_value_the_classes_refuse_or_a_missing_path_is_one_line_and_exit_2(tmp
              (["fashion.data_report", "report", "labels.min_count=100000"],
               "fashion-data report: attribute 'gender' has 0 class(es) with >= 100000 training samples; a head needs at least 2"),
              (["fashion.train", f"data.root={missing}"], f"fashion-train: data.root does not exist: {missing}"),
+             (["fashion.train", f"data.root={latin}"], f"fashion-train: {latin / 'styles.csv'} is not UTF-8 text (line 3)"),
              (["fashion.data_report", "report", f"data.root={missing}"], f"fashion-data report: data.root does not exist: {missing}"),
              (["fashion.tune"], "fashion-tune: no search space: give one, e.g. fashion-tune hparams_search=optuna"),
              # Hydra's advice for a misspelt key is to append it: a top-level append nothing reads trained as

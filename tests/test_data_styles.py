@@ -1,5 +1,6 @@
 """styles.csv reading: malformed rows, invalid/duplicate ids, missing values."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,19 @@ def test_a_malformed_first_row_is_skipped_like_any_other_not_read_as_an_index(tm
     assert frame["id"].tolist() == [2] and frame.loc[0, "gender"] == "Women"
     assert (report.malformed_rows, report.invalid_ids) == (1, 0)
     assert report.malformed_examples[0].startswith("1,Men")
+
+
+def test_a_styles_file_in_a_spreadsheets_code_page_is_named_with_its_line_and_utf8_with_a_bom_reads(tmp_path):
+    """A spreadsheet saves "CSV" in its own code page (cp1252): pandas' UnicodeDecodeError named neither the
+    file nor the line. Its "CSV UTF-8" starts with a byte-order mark, which reads as any UTF-8 file."""
+    text = HEADER + "1,Men,Apparel,Topwear,Tshirts,Blue,Summer,2012,Casual,Tee\n2,Women,Apparel,Topwear,Tops,Red,Fall,2012,Casual,Caf\u00e9 top\n"
+    path = tmp_path / "styles.csv"
+    path.write_bytes(text.encode("cp1252"))
+    with pytest.raises(StylesFileError, match=re.escape(f"{path} is not UTF-8 text (line 3): save it as UTF-8")):
+        read_styles(path)
+    path.write_bytes(text.encode("utf-8-sig"))
+    frame, _ = read_styles(path)
+    assert frame["id"].tolist() == [1, 2] and frame.loc[1, "articleType"] == "Tops"
 
 
 def test_invalid_and_duplicate_ids_are_skipped_and_counted(tmp_path):

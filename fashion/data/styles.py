@@ -14,13 +14,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from fashion.config import InputError
+
 log = logging.getLogger(__name__)
 
 ATTRIBUTES = ("gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage")
 EXAMPLES_IN_REPORT = 20
 
 
-class StylesFileError(ValueError):
+class StylesFileError(InputError):
     """styles.csv is unusable as a whole (missing, empty, or without the columns asked for)."""
 
 
@@ -55,6 +57,16 @@ def first_row_overflows(path: Path, width: int) -> list[str] | None:
     return first.iloc[0].tolist() if first.shape[1] > width else None
 
 
+def first_line_not_utf8(path: Path) -> int | None:
+    with path.open("rb") as lines:
+        for number, line in enumerate(lines, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return None
+
+
 def read_styles(path: str | Path, attributes: list[str] | tuple[str, ...] = ATTRIBUTES) -> tuple[pd.DataFrame, StylesReport]:
     """Return one row per product with an integer `id` and the requested label columns (NA = missing)."""
     path = Path(path)
@@ -77,6 +89,9 @@ def read_styles(path: str | Path, attributes: list[str] | tuple[str, ...] = ATTR
         first = first_row_overflows(path, len(frame.columns))
     except pd.errors.EmptyDataError as err:
         raise StylesFileError(f"{path} is empty") from err
+    except UnicodeDecodeError:   # a spreadsheet's "CSV" in its own code page (cp1252, Latin-1)
+        raise StylesFileError(f"{path} is not UTF-8 text (line {first_line_not_utf8(path)}): save it as UTF-8, "
+                              "as a spreadsheet's \"CSV UTF-8\" does") from None
     if first is not None:
         malformed.insert(0, first)
         frame = frame.iloc[1:]
