@@ -135,6 +135,11 @@ def test_the_output_suffix_names_the_format_and_a_contradiction_or_a_missing_col
     assert not (tmp_path / "other.csv").exists()
     assert main([f"bundle={trained.bundle}", str(IMAGES[0]), f"output={tmp_path / 'tags'}"]) == 0   # no suffix: JSON lines
     assert json.loads((tmp_path / "tags").read_text())["path"] == str(IMAGES[0])
+    for other in ("tags.xlsx", "tags.json"):   # a format not written here: it held JSON lines
+        assert main([f"bundle={trained.bundle}", str(IMAGES[0]), f"output={tmp_path / other}"]) == 2
+        assert f"fashion-predict writes .csv, .parquet, .jsonl, .ndjson, not {other[4:]}" in capsys.readouterr().err
+        assert not (tmp_path / other).exists()
+    assert main([f"bundle={trained.bundle}", str(IMAGES[0]), f"output={tmp_path / 'tags.json'}", "format=jsonl"]) == 0
 
     for manifest in (tmp_path / "m.csv", tmp_path / "m.parquet"):
         frame = pd.DataFrame({"sku": [1], "image": [str(IMAGES[0])]})

@@ -37,11 +37,16 @@ ROWS_PER_PART = 10_000
 
 
 def output_format(output: str | Path | None, format: Format | None) -> Format:
-    """`format`, else the one `output`'s suffix names, else JSON lines. An output whose suffix names another
-    format than `format` is refused: a tags.csv holding JSON lines breaks whatever opens it."""
-    named = SUFFIX_FORMATS.get(Path(output).suffix.lower()) if output else None
+    """`format`, else the one `output`'s suffix names, else (no suffix) JSON lines. An output whose suffix names
+    another format than `format` is refused: a tags.csv holding JSON lines breaks whatever opens it. So is,
+    without `format`, a suffix of a format not written here (tags.xlsx, tags.json): it held JSON lines."""
+    suffix = Path(output).suffix.lower() if output else ""
+    named = SUFFIX_FORMATS.get(suffix)
     if format and named and format != named:
         raise ValueError(f"output={output} is named for {named}, but format={format}: drop format= or rename the output")
+    if suffix and not named and not format:
+        raise ValueError(f"output={output}: fashion-predict writes {', '.join(SUFFIX_FORMATS)}, not {suffix}; name the "
+                         "output with one of those, or give format= (jsonl, csv or parquet) to write it under this name")
     return format or named or "jsonl"
 
 
