@@ -46,6 +46,32 @@ PREDICTIONS = {"gender": {"label": "Men", "confidence": 0.99, "status": "accepte
                "articleType": {"label": "Tshirts", "confidence": 0.41, "status": "needs_review"}}
 
 
+def test_the_same_photo_saved_by_two_requests_at_once_is_stored_whole_by_both(tmp_path, monkeypatch):
+    """Both requests wrote one temporary name: the first to rename it took the second's file from under it
+    (FileNotFoundError, the photo's review lost), and across processes one could rename the other's half."""
+    store = ReviewStore(f"sqlite:///{tmp_path / 'review.db'}", tmp_path / "images")
+    data, first_wrote, second_done = jpeg((10, 200, 10)), threading.Event(), threading.Event()
+    real_replace = os.replace
+
+    def replace(source, target):   # the first request pauses between its write and its rename
+        if not first_wrote.is_set():
+            first_wrote.set()
+            assert second_done.wait(10)
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(Path, "rename", lambda self, target: replace(self, target))   # the same pause, for a rename
+    results = []
+    first = threading.Thread(target=lambda: results.append(store.save_image(data, "JPEG")))
+    first.start()
+    assert first_wrote.wait(10)
+    results.append(store.save_image(data, "JPEG"))   # the second request, whole, while the first waits
+    second_done.set()
+    first.join(10)
+    assert len(results) == 2 and results[0] == results[1]
+    assert (store.images / results[0][1]).read_bytes() == data and not list(store.images.rglob("*.tmp"))
+
+
 def test_review_store_queues_each_photo_once_and_keeps_the_latest_correction(tmp_path):
     for index, url in enumerate(store_urls(tmp_path)):
         store = ReviewStore(url, tmp_path / f"images{index}")

@@ -15,6 +15,8 @@ queued still gets the newer predictions). Reviewed photos stay: they are the cor
 from __future__ import annotations
 
 import hashlib
+import os
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -108,9 +110,16 @@ class ReviewStore:
         path = self.images / relative
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_suffix(".tmp")
-            temporary.write_bytes(data)
-            temporary.rename(path)   # a reader never sees half a file
+            # A name of its own per writer: two requests (or server processes) saving the same photo at once
+            # each replace the file whole with the same bytes, and a reader never sees half of one.
+            temporary = path.with_name(f".{digest[:16]}-{uuid.uuid4().hex}.tmp")   # mode as any file the server writes
+            try:
+                with temporary.open("xb") as out:
+                    out.write(data)
+                os.replace(temporary, path)
+            except BaseException:
+                temporary.unlink(missing_ok=True)
+                raise
         return digest, relative
 
     def enqueue(self, data: bytes, extension: str, predictions: dict[str, Any], model_version: str | None,
