@@ -1,12 +1,13 @@
 """The data layer against missing images, corrupt JPEGs, NA labels, rare classes and the split."""
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from fashion.config import ConfigError
+from fashion.config import ConfigError, InputError
 from fashion.data import Augmentation, FashionDataModule, LabelSpec, Preprocessing, SplitSpec
 from fashion.data.images import ImageReadError, find_unreadable, load_rgb
 from fashion.data.split import assign_splits, near_duplicate_groups
@@ -192,3 +193,15 @@ def test_saved_split_is_reused(kaggle_folder, tmp_path):
 def test_missing_data_root_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="data.root does not exist"):
         datamodule(tmp_path / "nowhere").prepare_labels()
+
+
+def test_a_folder_whose_products_have_no_readable_image_is_named_with_the_counts(kaggle_folder):
+    """An empty images/ (a copy that has not finished, a wrong folder) was pandas' TypeError in the split."""
+    photos = sorted((kaggle_folder / "images").glob("*.jpg"))
+    for photo in photos[:-1]:
+        photo.unlink()
+    photos[-1].write_bytes(b"not a jpeg")
+    with pytest.raises(InputError, match=re.escape(
+            f"no product of {kaggle_folder / 'styles.csv'} has a readable image in {kaggle_folder / 'images'} "
+            f"(48 rows read: 47 without an image file, 1 unreadable)")):
+        datamodule(kaggle_folder).prepare_labels()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import mlflow
@@ -11,6 +12,7 @@ import pytest
 from hydra.utils import instantiate
 from PIL import Image
 
+from fashion.config import InputError
 from fashion.data import EvalSource, Preprocessing
 from fashion.data.dataset import ProductImages, restore_aspect
 from tests.conftest import tiny_overrides, write_kaggle_folder
@@ -45,6 +47,9 @@ def test_out_of_time_years_leave_every_split_and_become_an_evaluation_set(compos
     assert (encoded >= 0).all()   # labels encoded with the training vocabularies
     with pytest.raises(ValueError, match="no product .* from those years"):
         datamodule(compose_config, tiny_overrides(tmp_path, kaggle_folder) + ["data.out_of_time_years=[1999]"])
+    every = sorted(styles["year"].unique())   # nothing left to train on: was pandas' TypeError in the split
+    with pytest.raises(InputError, match=re.escape(f"every product of {kaggle_folder / 'styles.csv'} is of a held-out year")):
+        datamodule(compose_config, tiny_overrides(tmp_path, kaggle_folder) + [f"data.out_of_time_years=[{','.join(map(str, every))}]"])
 
 
 def test_an_evaluation_folder_leaves_out_what_the_run_trained_on(compose_config, kaggle_folder, tmp_path):

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from fashion.config import ConfigError
+from fashion.config import ConfigError, InputError
 from fashion.data.cached import CachedInputs, FeatureDataset
 from fashion.data.dataset import ProductImages
 from fashion.data.eval_sets import EvalSource
@@ -100,13 +100,20 @@ class FashionDataModule(L.LightningDataModule):
         frame, styles_report = read_styles(self.styles_path, list(dict.fromkeys([*attributes, *split_columns, *year])))
         frame["path"] = [str(self.images_path / f"{i}.jpg") for i in frame["id"]]
         frame, image_report = self._drop_unusable_images(frame)
+        if frame.empty:   # before the split, which has nothing to split
+            raise InputError(f"no product of {self.styles_path} has a readable image in {self.images_path} "
+                             f"({styles_report.rows_read} rows read: {image_report['missing_images']} without an image "
+                             f"file, {image_report['corrupt_images']} unreadable)")
         frame, out_of_time = self._hold_out_years(frame)
+        if frame.empty:
+            raise InputError(f"every product of {self.styles_path} is of a held-out year (data.out_of_time_years="
+                             f"{list(self.out_of_time_years)}): nothing is left to train on")
         frame["split"] = self._splits_for(frame)  # on raw labels, so a mapping never changes the split
         frame = frame[frame["split"].notna()].reset_index(drop=True)
         frame = self._with_train_only(frame, attributes)
         frame = self._map_labels(frame)
         if frame.empty:
-            raise ValueError(f"no usable rows in {self.styles_path}: every row was malformed, unlabelled or had no image")
+            raise InputError(f"no usable rows in {self.styles_path}: every row was malformed, unlabelled or had no image")
         self.vocabularies = build_vocabularies(frame[frame["split"] == "train"], self.labels)
         self.table = self._encode(frame)
         self.eval_tables = self._eval_tables(out_of_time)
