@@ -195,6 +195,22 @@ def test_missing_data_root_is_a_clear_error(tmp_path):
         datamodule(tmp_path / "nowhere").prepare_labels()
 
 
+def test_a_split_given_a_share_but_no_product_is_refused_and_one_given_none_is_left_out_of_mlflow(tmp_path, kaggle_folder):
+    """Six products: val and test came out empty, and the run failed an epoch in (early stopping's "metric
+    val/mean_acc ... not available"); with test's share 0, MLflow's dataset digest failed on the empty table."""
+    from fashion.tracking.artifacts import dataset_inputs
+
+    tiny = tmp_path / "tiny"
+    write_kaggle_folder(tiny, n=6)
+    with pytest.raises(InputError, match=r"leaves val and test without a product \(train 6, val 0, test 0; split.fractions"):
+        datamodule(tiny).prepare_labels()
+    dm = FashionDataModule(str(kaggle_folder), LabelSpec(min_count=1), SplitSpec(fractions={"train": 0.9, "val": 0.1, "test": 0.0}),
+                           Augmentation(), PRE, batch_size=4, num_workers=0)
+    dm.prepare_labels()
+    contexts = [tag.value for entry in dataset_inputs(dm) for tag in entry.tags]
+    assert contexts == ["train", "val"]
+
+
 def test_a_folder_whose_products_have_no_readable_image_is_named_with_the_counts(kaggle_folder):
     """An empty images/ (a copy that has not finished, a wrong folder) was pandas' TypeError in the split."""
     photos = sorted((kaggle_folder / "images").glob("*.jpg"))

@@ -111,6 +111,7 @@ class FashionDataModule(L.LightningDataModule):
         frame["split"] = self._splits_for(frame)  # on raw labels, so a mapping never changes the split
         frame = frame[frame["split"].notna()].reset_index(drop=True)
         frame = self._with_train_only(frame, attributes)
+        self._refuse_an_empty_split(frame)
         frame = self._map_labels(frame)
         if frame.empty:
             raise InputError(f"no usable rows in {self.styles_path}: every row was malformed, unlabelled or had no image")
@@ -121,6 +122,17 @@ class FashionDataModule(L.LightningDataModule):
                        **self._eval_report()}
         log.info("%s", styles_report.summary())
         log.info("images: %s", {k: v for k, v in image_report.items() if not k.endswith("examples")})
+
+    def _refuse_an_empty_split(self, frame: pd.DataFrame) -> None:
+        """A split given a share but no product (a folder of a few products): the run failed an epoch in,
+        at early stopping ("metric val/mean_acc ... not available") or at MLflow's dataset digest."""
+        sizes = {split: int((frame["split"] == split).sum()) for split in SPLITS}
+        empty = [split for split in SPLITS if sizes[split] == 0 and self.split_spec.fractions[split] > 0]
+        if empty:
+            raise InputError(f"the split of {self.styles_path} leaves {' and '.join(empty)} without a product "
+                             f"({', '.join(f'{k} {v}' for k, v in sizes.items())}; split.fractions "
+                             f"{self.split_spec.fractions}): a folder this small needs more products, or a split.path "
+                             "file that gives each split some")
 
     def _with_train_only(self, frame: pd.DataFrame, attributes: list[str]) -> pd.DataFrame:
         """Adds each train_only folder's rows; an id already taken, by the data or by an earlier folder (two

@@ -58,6 +58,8 @@ def dataset_inputs(datamodule: FashionDataModule) -> list[DatasetInput]:
     sources = {name: source.root for name, source in datamodule.eval_sources.items()}
     inputs = []
     for context, table in tables.items():
+        if table.empty:   # a split a tiny folder left empty: MLflow cannot digest a table without rows
+            continue
         root = sources.get(context, datamodule.root)
         rows = table[["id", *datamodule.attributes]].astype({"id": str}).reset_index(drop=True)   # ids name, not count
         with warnings.catch_warnings():   # MLflow registers its local-path source twice and warns that it cannot choose
