@@ -4,9 +4,11 @@
     fashion-train data=catalogue data.train_only=[feedback]
 
 Each corrected photo gets the labels a person confirmed (attributes they did not give stay empty and
-are masked in training), an id of its own (`queue` x `ID_BASE` + its queue item's id: it never collides with
-a catalogue product, nor, when each queue has its own `queue` number, with another queue's), and is written as JPEG (a JPEG upload as it came, other formats re-encoded). `data.train_only` puts these rows in the training split
-only: a correction is never scored as a test or evaluation product. Keys: conf/export_feedback.yaml.
+are masked in training), an id of its own (`queue` x `ID_BASE` + its queue item's id: it never collides
+with a catalogue product, nor, when each queue has its own `queue` number, with another queue's), and is
+written as JPEG (a JPEG upload as it came, other formats re-encoded). `data.train_only` puts these rows
+in the training split only: a correction is never scored as a test or evaluation product. Keys:
+conf/export_feedback.yaml.
 """
 
 from __future__ import annotations
