@@ -45,10 +45,15 @@ def refuse_a_silent_server(uri: str | None, timeout: float = 10.0) -> None:
                           "MLFLOW_TRACKING_URI, or unset it to log to the project's mlruns/") from None
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URL (an MLflow store, the review queue); None for any other URL."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
 def local_store_path(uri: str) -> Path | None:
     """The file or folder a local MLflow store lives in (`sqlite:///`, `file:` or a bare path); None for a server."""
     if uri.startswith("sqlite:///"):
-        return Path(uri.removeprefix("sqlite:///"))
+        return sqlite_file(uri)
     if uri.startswith("file:"):
         return Path(urlsplit(uri).path)
     return None if "://" in uri or uri.startswith("databricks") else Path(uri)

@@ -26,6 +26,7 @@ from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, create_engin
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from fashion.config import sqlite_file
 from fashion.validation import AtLeastOne, typed
 
 QUEUED, REVIEWED = "queued", "reviewed"
@@ -84,8 +85,9 @@ class ReviewStore:
     def __init__(self, url: str, images: str | Path, max_queued: AtLeastOne | None = None, create: bool = True) -> None:
         """`create=False` opens a queue a server already made (the exporter): a SQLite file that is not there
         is an error, not a new, empty queue made by a typo."""
-        if url.startswith("sqlite:///"):
-            database = Path(url.removeprefix("sqlite:///")).expanduser()
+        database = sqlite_file(url)
+        if database is not None:
+            database = database.expanduser()
             if not create and not database.is_file():
                 raise ValueError(f"no review queue at {database}: review_url must name the database "
                                  "fashion-serve wrote to (its review_url)")

@@ -35,7 +35,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from fashion import config
-from fashion.config import PROJECT_ROOT, ConfigError, flatten, refuse_a_silent_server, tracking_uri
+from fashion.config import PROJECT_ROOT, ConfigError, flatten, refuse_a_silent_server, sqlite_file, tracking_uri
 from fashion.tracking.store import follow_move
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,9 @@ UNFINISHED = ("RUNNING", "FAILED", "KILLED")
 def ensure_experiment(uri: str, name: str, artifact_location: str | None = None) -> str:
     """Create the store and experiment once, before parallel jobs race to create tables. The experiment
     is marked a model-training one (`mlflow.experimentKind`), so the UI opens on its runs, not GenAI traces."""
-    if uri.startswith("sqlite:///"):
-        store = Path(uri.removeprefix("sqlite:///")).parent
+    database = sqlite_file(uri)
+    if database is not None:
+        store = database.parent
         store.mkdir(parents=True, exist_ok=True)
         follow_move(uri)   # a project folder renamed or copied: its runs' artifacts are here, not where it was
         # Beside the database, as mlruns/ keeps them; MLflow's default would be ./mlruns of wherever the command runs.

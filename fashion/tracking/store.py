@@ -17,6 +17,8 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
+from fashion.config import sqlite_file
+
 log = logging.getLogger(__name__)
 
 # (table, column) pairs that hold artifact locations, in MLflow's SQL schema; a table or column that an
@@ -29,10 +31,8 @@ def follow_move(uri: str) -> Path | None:
     """Where the SQLite store at `uri` was moved from, after pointing its artifact locations here; None when
     it did not move (or is not a local SQLite store). Only a store whose runs' artifact folders are
     demonstrably here (`artifacts/<run id>`) is rewritten, so an artifact location chosen on purpose stays."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    database = Path(uri.removeprefix("sqlite:///"))
-    if not database.is_file():
+    database = sqlite_file(uri)
+    if database is None or not database.is_file():
         return None
     store = database.parent.resolve()
     with closing(sqlite3.connect(database)) as connection:
