@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -62,7 +63,9 @@ def test_two_job_multirun_gives_two_tagged_mlflow_runs(tmp_path, kaggle_folder):
 
 
 def test_ddp_on_two_cpu_processes_logs_exactly_one_run(tmp_path, kaggle_folder):
-    run_cli([*cli_overrides(tmp_path, kaggle_folder), "trainer=ddp_cpu", "trainer.limit_train_batches=1"], tmp_path)
+    # odd val and test splits, one product a batch: the two processes' evaluation runs differ by a batch
+    run_cli([*cli_overrides(tmp_path, kaggle_folder), "trainer=ddp_cpu", "trainer.limit_train_batches=1",
+             "data.eval_batch_size=1", "split.fractions={train:0.75,val:0.2,test:0.05}"], tmp_path)
     runs = finished_runs(tmp_path)
     assert len(runs) == 1
     run = runs[0]
@@ -71,6 +74,14 @@ def test_ddp_on_two_cpu_processes_logs_exactly_one_run(tmp_path, kaggle_folder):
     assert "test/gender/acc" in run.data.metrics and "val/mean_acc" in run.data.metrics
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     assert len(client.get_metric_history(run.info.run_id, "val/gender/acc")) == 1  # logged by rank 0 only
+    # each test product counted once: the two ranks split the test set without padding it with repeats
+    artifacts = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "artifacts")))
+    split = pd.read_csv(artifacts / "data" / "split.csv")
+    sizes = split["split"].value_counts()
+    assert sizes["val"] % 2 == 1 and sizes["test"] % 2 == 1   # which a padding sampler would round up to even
+    tested = int(sizes["test"])
+    report = pd.read_csv(artifacts / "test" / "report_gender.csv", index_col="class")
+    assert report.loc[["Men", "Women"], "support"].sum() == tested
 
 
 def test_wrong_override_fails_fast_naming_the_key(tmp_path):

@@ -23,7 +23,7 @@ from fashion.data.cached import CachedInputs, FeatureDataset
 from fashion.data.dataset import ProductImages
 from fashion.data.eval_sets import EvalSource
 from fashion.data.images import split_usable
-from fashion.data.sampler import EpochRandomSampler
+from fashion.data.sampler import EpochRandomSampler, each_product_once
 from fashion.data.split import SPLITS, SplitSpec, assign_splits, load_split
 from fashion.data.styles import EXAMPLES_IN_REPORT, read_styles
 from fashion.data.taxonomy import Taxonomy
@@ -315,7 +315,7 @@ class FashionDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            sampler=sampler,
+            sampler=sampler if sampler is not None else each_product_once(dataset),
             generator=sampler.loader_generator if sampler else None,
             drop_last=sampler is not None and len(dataset) > batch_size,  # a batch of 1 breaks BatchNorm
             num_workers=self.num_workers,
@@ -335,7 +335,9 @@ class FashionDataModule(L.LightningDataModule):
         return self._loader("test")
 
     def eval_dataloaders(self) -> dict[str, DataLoader]:
-        """One loader of images per evaluation set (never cached inputs: scored as a user's photos are)."""
+        """One loader of images per evaluation set (never cached inputs: scored as a user's photos are).
+        Built in the calling process: under torchrun or SLURM each process scores its share once; under
+        ddp_spawn (built before its processes start) Lightning's padding sampler still applies."""
         self.prepare_labels()
         transform = self.preprocessing.eval_transform()
         loaders = {}
@@ -344,6 +346,6 @@ class FashionDataModule(L.LightningDataModule):
             targets = {a: table[f"y_{a}"].to_numpy() for a in self.attributes}
             dataset = ProductImages(table["path"].tolist(), targets, transform, self.preprocessing.decode_side,
                                     None if pd.isna(aspect) else float(aspect))
-            loaders[name] = DataLoader(dataset, batch_size=self.eval_batch_size, num_workers=self.num_workers,
-                                       pin_memory=self.pin_memory)
+            loaders[name] = DataLoader(dataset, batch_size=self.eval_batch_size, sampler=each_product_once(dataset),
+                                       num_workers=self.num_workers, pin_memory=self.pin_memory)
         return loaders

@@ -12,7 +12,7 @@ import torch
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import nn
 from torch.optim import Optimizer
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, Metric
 
 from fashion.calibration import Decision
 from fashion.data.taxonomy import Taxonomy, decode_levels
@@ -65,6 +65,15 @@ class TaggerModule(L.LightningModule):
         # Per-attribute epoch means for the loss weighting, kept on the device (no sync per step) and
         # reduced over DDP processes by torchmetrics ("disable": no NaN check, which would sync).
         self.epoch_losses = nn.ModuleDict({a: MeanMetric(nan_strategy="disable") for a in self.attributes})
+
+    def setup(self, stage: str) -> None:
+        """Every process starts its metrics from zero, in memory of its own. ddp_spawn on CPU hands the
+        module to its processes through shared memory, and Lightning copies apart only the parameters
+        and buffers: the processes then added into one confusion matrix, and the sync at the end added
+        it to itself, so a 2-process test counted every product twice over."""
+        for metric in self.modules():
+            if isinstance(metric, Metric):
+                metric.reset()
 
     @cached_property
     def taxonomy_levels(self) -> Taxonomy | None:
