@@ -180,7 +180,10 @@ def test_a_value_torch_or_the_module_refuses_fails_before_the_run(tmp_path, kagg
                               ("optimizer=sgd optimizer.momentum=-0.5", "optimizer (torch.optim.SGD): Invalid momentum value: -0.5"),
                               # Lightning's: checked when the Trainer is built, after the cache and in a FAILED run
                               ("trainer.max_epochs=-5", "trainer: `max_epochs` must be a non-negative integer or -1"),
-                              ("trainer.accelerator=tpu", "trainer: ")):
+                              ("trainer.accelerator=tpu", "trainer: "),
+                              # torch's: DDP refuses SyncBatchNorm on CPU once the processes are up, a traceback
+                              ("trainer=ddp trainer.accelerator=cpu trainer.devices=1",
+                               "trainer.sync_batchnorm=true needs GPUs")):
         cfg = compose_config(tiny_overrides(tmp_path, kaggle_folder) + override.split())
         with pytest.raises(ConfigError, match=re.escape(message)):
             train(cfg)

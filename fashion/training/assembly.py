@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.strategies import ParallelStrategy
 from omegaconf import DictConfig, OmegaConf
 
 from fashion.config import ConfigError
@@ -56,11 +57,15 @@ def check_trainer(cfg: DictConfig) -> None:
     level = device_report.level
     device_report.setLevel(logging.WARNING)
     try:
-        instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
+        trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
     except InstantiationException as err:   # Hydra's wrapper around what Lightning said
         raise ConfigError(f"trainer: {err.__cause__ or err}") from None
     finally:
         device_report.setLevel(level)
+    parallel = isinstance(trainer.strategy, ParallelStrategy)   # the strategies that apply sync_batchnorm
+    if cfg.trainer.get("sync_batchnorm") and parallel and trainer.strategy.root_device.type == "cpu":
+        raise ConfigError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm refuses CPU modules): "
+                          "set trainer.sync_batchnorm=false, as trainer=ddp_cpu does")
 
 
 def check_start_checkpoint(path: str | None, key: str) -> None:
