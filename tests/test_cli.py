@@ -82,6 +82,7 @@ def test_ddp_on_two_cpu_processes_logs_exactly_one_run(tmp_path, kaggle_folder):
     tested = int(sizes["test"])
     report = pd.read_csv(artifacts / "test" / "report_gender.csv", index_col="class")
     assert report.loc[["Men", "Women"], "support"].sum() == tested
+    assert run.data.metrics["calibration/gender/val_samples"] == sizes["val"]   # rank zero calibrates on all of val
 
 
 def test_wrong_override_fails_fast_naming_the_key(tmp_path):

@@ -16,7 +16,7 @@ from typing import Any
 import lightning as L
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from fashion.config import ConfigError, InputError
 from fashion.data.cached import CachedInputs, FeatureDataset
@@ -309,15 +309,16 @@ class FashionDataModule(L.LightningDataModule):
             split_views = [{n: t[mask] for n, t in view.items()} for view in views] if split == "train" else []
             self.datasets[split] = FeatureDataset({n: t[mask] for n, t in inputs.items()}, targets, split_views)
 
-    def _loader(self, split: str, sampler: EpochRandomSampler | None = None) -> DataLoader:
+    def _loader(self, split: str, sampler: Sampler | None = None) -> DataLoader:
         dataset = self.datasets[split]
-        batch_size = self.batch_size if split == "train" else self.eval_batch_size
+        training = isinstance(sampler, EpochRandomSampler)
+        batch_size = self.batch_size if training else self.eval_batch_size
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            sampler=sampler if sampler is not None else each_product_once(dataset),
-            generator=sampler.loader_generator if sampler else None,
-            drop_last=sampler is not None and len(dataset) > batch_size,  # a batch of 1 breaks BatchNorm
+            sampler=sampler,
+            generator=sampler.loader_generator if training else None,
+            drop_last=training and len(dataset) > batch_size,  # a batch of 1 breaks BatchNorm
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
@@ -329,10 +330,15 @@ class FashionDataModule(L.LightningDataModule):
         return self._loader("train", sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
+        return self._loader("val", each_product_once(self.datasets["val"]))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self._loader("test", each_product_once(self.datasets["test"]))
+
+    def whole_split(self, split: str) -> DataLoader:
+        """Every product of an evaluation split, in order, in whichever process asks: for work one process
+        does for all (calibration, on global rank zero), where val_dataloader gives each DDP process a share."""
+        return self._loader(split)
 
     def eval_dataloaders(self) -> dict[str, DataLoader]:
         """One loader of images per evaluation set (never cached inputs: scored as a user's photos are).

@@ -105,7 +105,7 @@ def validation_logits(trainer: L.Trainer, module: L.LightningModule) -> tuple[di
     module.eval()
     temperatures = module.model.temperatures()
     logits, targets = defaultdict(list), defaultdict(list)
-    for inputs, batch_targets in trainer.datamodule.val_dataloader():
+    for inputs, batch_targets in trainer.datamodule.whole_split("val"):
         with trainer.precision_plugin.forward_context():
             outputs = module(move_data_to_device(inputs, module.device))
         for attribute, values in outputs.items():
