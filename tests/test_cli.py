@@ -14,10 +14,10 @@ from tests.conftest import PROJECT_ROOT, tiny_overrides
 pytestmark = pytest.mark.slow
 
 
-def run_cli(args: list[str], tmp_path: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], tmp_path: Path, timeout: int = 300, launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     result = subprocess.run(
-        [sys.executable, "-m", "fashion.train", *args], cwd=tmp_path, env=env,
+        [sys.executable, *launcher, "-m", "fashion.train", *args], cwd=tmp_path, env=env,
         capture_output=True, text=True, timeout=timeout,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -62,15 +62,26 @@ def test_two_job_multirun_gives_two_tagged_mlflow_runs(tmp_path, kaggle_folder):
     assert "Tip:" not in result.stdout + result.stderr   # Lightning's advertisement for another tracking platform
 
 
-def test_ddp_on_two_cpu_processes_logs_exactly_one_run(tmp_path, kaggle_folder):
+# the README's launch (torchrun, the processes started from outside) and trainer=ddp_cpu (spawned from one)
+DDP_LAUNCHES = {
+    "ddp": (("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"),
+            ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.sync_batchnorm=false",
+             "trainer.precision=32-true"]),
+    "ddp_spawn": ((), ["trainer=ddp_cpu"]),
+}
+
+
+@pytest.mark.parametrize("strategy", DDP_LAUNCHES)
+def test_ddp_on_two_cpu_processes_logs_one_run_that_counts_each_product_once(strategy, tmp_path, kaggle_folder):
+    launcher, trainer = DDP_LAUNCHES[strategy]
     # odd val and test splits, one product a batch: the two processes' evaluation runs differ by a batch
-    run_cli([*cli_overrides(tmp_path, kaggle_folder), "trainer=ddp_cpu", "trainer.limit_train_batches=1",
-             "data.eval_batch_size=1", "split.fractions={train:0.75,val:0.2,test:0.05}"], tmp_path)
+    run_cli([*cli_overrides(tmp_path, kaggle_folder), *trainer, "trainer.limit_train_batches=1",
+             "data.eval_batch_size=1", "split.fractions={train:0.75,val:0.2,test:0.05}"], tmp_path, launcher=launcher)
     runs = finished_runs(tmp_path)
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED"
-    assert run.data.params["trainer.strategy"] == "ddp_spawn" and run.data.params["trainer.devices"] == "2"
+    assert run.data.params["trainer.strategy"] == strategy and run.data.params["trainer.devices"] == "2"
     assert "test/gender/acc" in run.data.metrics and "val/mean_acc" in run.data.metrics
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     assert len(client.get_metric_history(run.info.run_id, "val/gender/acc")) == 1  # logged by rank 0 only
