@@ -198,6 +198,33 @@ def test_a_moved_project_keeps_its_runs_artifacts_and_writes_new_ones_beside_the
     assert Path(MlflowClient(own).get_run(run.info.run_id).info.artifact_uri).is_relative_to(elsewhere)
 
 
+def prepare_store_at_the_signal(uri: str, start, answers) -> None:
+    from fashion.tracking import ensure_experiment
+
+    start.wait()
+    try:
+        answers.put(ensure_experiment(uri, "fashion"))
+    except Exception as err:   # noqa: BLE001 - what each process met is the result
+        answers.put(f"{type(err).__name__}: {err}"[:200])
+
+
+def test_processes_that_open_a_new_store_together_all_get_the_experiment(tmp_path):
+    """torchrun's ranks (or a shell loop's jobs) each prepare the store as they start: on a new SQLite
+    store they ran MLflow's table migrations at once, and all but one, sometimes all, failed with
+    `table ... already exists`; the first torchrun job of a fresh clone stopped there."""
+    import multiprocessing
+
+    spawn, processes = multiprocessing.get_context("spawn"), 4
+    uri, start, answers = f"sqlite:///{tmp_path}/mlruns/mlflow.db", spawn.Barrier(processes), spawn.Queue()
+    workers = [spawn.Process(target=prepare_store_at_the_signal, args=(uri, start, answers)) for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    results = [answers.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join()
+    assert results == [MlflowClient(uri).get_experiment_by_name("fashion").experiment_id] * processes, results
+
+
 def broken_scheduler(optimizer, total_steps):
     raise RuntimeError("scheduler exploded")
 

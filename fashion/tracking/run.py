@@ -24,6 +24,7 @@ from typing import Any
 
 import mlflow
 import torch
+from filelock import FileLock
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
@@ -60,15 +61,24 @@ UNFINISHED = ("RUNNING", "FAILED", "KILLED")
 
 def ensure_experiment(uri: str, name: str, artifact_location: str | None = None) -> str:
     """Create the store and experiment once, before parallel jobs race to create tables. The experiment
-    is marked a model-training one (`mlflow.experimentKind`), so the UI opens on its runs, not GenAI traces."""
+    is marked a model-training one (`mlflow.experimentKind`), so the UI opens on its runs, not GenAI traces.
+
+    A SQLite store is prepared by one process at a time: the processes of a torchrun or srun job, or
+    commands started together, each ran MLflow's table migrations on a new store at once, and all but
+    one (sometimes all) failed with `table ... already exists` before training began."""
+    refuse_a_silent_server(uri)
     database = sqlite_file(uri)
-    if database is not None:
-        store = database.parent
-        store.mkdir(parents=True, exist_ok=True)
+    if database is None:
+        return _ensure_experiment(uri, name, artifact_location)
+    store = database.parent
+    store.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{database}.lock"):
         follow_move(uri)   # a project folder renamed or copied: its runs' artifacts are here, not where it was
         # Beside the database, as mlruns/ keeps them; MLflow's default would be ./mlruns of wherever the command runs.
-        artifact_location = artifact_location or str((store / "artifacts").resolve())
-    refuse_a_silent_server(uri)
+        return _ensure_experiment(uri, name, artifact_location or str((store / "artifacts").resolve()))
+
+
+def _ensure_experiment(uri: str, name: str, artifact_location: str | None) -> str:
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
