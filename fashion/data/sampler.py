@@ -12,9 +12,8 @@ them twice. `each_product_once` gives each process every n-th product instead.
 
 from __future__ import annotations
 
-from collections.abc import Sized
-
 import logging
+from collections.abc import Sized
 
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
