@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, create_engine, func, make_url, select
-from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
+from sqlalchemy import JSON, DateTime, Engine, ForeignKey, Integer, String, create_engine, func, make_url, select
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from fashion.config import sqlite_file
@@ -77,6 +77,20 @@ class UnknownImage(KeyError):
     """A correction or image request names a hash the store never saw."""
 
 
+
+def create_tables(engine: Engine) -> None:
+    """Servers that open a new queue together (replicas started at once) each looked for the tables, found
+    none and created them: all but one failed to start, with `table ... already exists` (SQLite) or a
+    duplicate `pg_type` key (PostgreSQL). A loser looks again and creates only what is still missing; each
+    failure means another server made a table, so one look per table is enough."""
+    for tries_left in range(len(Base.metadata.tables), -1, -1):
+        try:
+            Base.metadata.create_all(engine)
+            return
+        except (OperationalError, ProgrammingError, IntegrityError):
+            if not tries_left:
+                raise
+
 @typed
 class ReviewStore:
     """`url`: an SQLAlchemy URL (sqlite:///review/review.db, postgresql+psycopg://...); `images`: the folder
@@ -98,8 +112,10 @@ class ReviewStore:
             raise ValueError(f"review_url is not a database URL this install can open ({err}); "
                              "e.g. sqlite:///review/review.db or postgresql+psycopg://user@host/db") from None
         try:
-            Base.metadata.create_all(self.engine)
-        except SQLAlchemyError as err:   # a server that refuses or cannot be reached: named without its password
+            with self.engine.connect():   # a server that refuses or cannot be reached is said once, not retried
+                pass
+            create_tables(self.engine)
+        except SQLAlchemyError as err:   # named without its password
             shown = make_url(url).render_as_string(hide_password=True)
             raise ValueError(f"cannot open the review database {shown}: {type(err).__name__}: "
                              f"{str(err.orig if hasattr(err, 'orig') else err).strip().splitlines()[0]}") from None
