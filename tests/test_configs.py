@@ -183,7 +183,13 @@ def test_a_value_torch_or_the_module_refuses_fails_before_the_run(tmp_path, kagg
                               ("trainer.accelerator=tpu", "trainer: "),
                               # torch's: DDP refuses SyncBatchNorm on CPU once the processes are up, a traceback
                               ("trainer=ddp trainer.accelerator=cpu trainer.devices=1",
-                               "trainer.sync_batchnorm=true needs GPUs")):
+                               "trainer.sync_batchnorm=true needs GPUs"),
+                              # Lightning's Trainer takes these; the run trained, then raised at the best checkpoint
+                              ("trainer.limit_train_batches=0", "trainer.limit_train_batches=0 trains nothing"),
+                              ("trainer.limit_val_batches=0", "trainer.limit_val_batches=0: validation never runs, "
+                               "and callbacks ['early_stopping', 'model_checkpoint'] need its val/mean_acc"),
+                              ("trainer.check_val_every_n_epoch=2", "trainer.check_val_every_n_epoch=2 with "
+                               "trainer.max_epochs=1: validation never runs")):
         cfg = compose_config(tiny_overrides(tmp_path, kaggle_folder) + override.split())
         with pytest.raises(ConfigError, match=re.escape(message)):
             train(cfg)

@@ -190,6 +190,25 @@ def test_saved_split_is_reused(kaggle_folder, tmp_path):
     assert reused.fingerprint != dm.fingerprint
 
 
+
+def test_every_ddp_process_trains_on_a_batch_when_its_share_of_train_is_smaller_than_one(kaggle_folder, monkeypatch):
+    """drop_last was chosen on the whole train split (38 > 16) while each of 3 DDP processes reads a third of it
+    (13): every process dropped its only, partial batch, fit stopped with "No training batches", and the test of
+    the best checkpoint raised. Lightning gives each process a DistributedSampler and keeps drop_last, as here."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    monkeypatch.setattr("fashion.data.datamodule.processes", lambda: 3)
+    dm = FashionDataModule(str(kaggle_folder), LabelSpec(min_count=1), SplitSpec(), Augmentation(), PRE,
+                           batch_size=16, num_workers=0)
+    dm.setup("fit")
+    train = dm.train_dataloader()
+    assert 16 < len(dm.datasets["train"]) < 3 * 16
+    for rank in range(3):
+        share = DistributedSampler(dm.datasets["train"], num_replicas=3, rank=rank, shuffle=True, seed=0)
+        assert len(DataLoader(train.dataset, train.batch_size, sampler=share, drop_last=train.drop_last)) == 1
+    monkeypatch.setattr("fashion.data.datamodule.processes", lambda: 1)
+    assert dm.train_dataloader().drop_last   # one process keeps dropping a last partial batch (BatchNorm)
+
 def test_missing_data_root_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="data.root does not exist"):
         datamodule(tmp_path / "nowhere").prepare_labels()

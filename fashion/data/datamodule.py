@@ -8,6 +8,7 @@ counted in `report` so the run can log it.
 from __future__ import annotations
 
 import hashlib
+import math
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,7 +24,7 @@ from fashion.data.cached import CachedInputs, FeatureDataset
 from fashion.data.dataset import ProductImages
 from fashion.data.eval_sets import EvalSource
 from fashion.data.images import split_usable
-from fashion.data.sampler import EpochRandomSampler, each_product_once
+from fashion.data.sampler import EpochRandomSampler, each_product_once, processes
 from fashion.data.split import SPLITS, SplitSpec, assign_splits, load_split
 from fashion.data.styles import EXAMPLES_IN_REPORT, read_styles
 from fashion.data.taxonomy import Taxonomy
@@ -318,7 +319,9 @@ class FashionDataModule(L.LightningDataModule):
             batch_size=batch_size,
             sampler=sampler,
             generator=sampler.loader_generator if training else None,
-            drop_last=training and len(dataset) > batch_size,  # a batch of 1 breaks BatchNorm
+            # a batch of 1 breaks BatchNorm; a share smaller than a batch is kept whole, or a DDP process
+            # given a small split's share trained on no batch at all
+            drop_last=training and math.ceil(len(dataset) / processes()) > batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,

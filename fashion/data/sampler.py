@@ -38,6 +38,12 @@ class EpochRandomSampler(RandomSampler):
             self.loader_generator.manual_seed(self.seed * 1_000_003 + epoch + _LOADER_STREAM)
 
 
+def processes() -> int:
+    """How many processes share each loader's data: DDP's world size, 1 outside DDP."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return torch.distributed.get_world_size() if distributed else 1
+
+
 def each_product_once(dataset: Sized) -> UnrepeatedDistributedSampler | None:
     """For an evaluation loader under DDP: each process scores every n-th product and none twice, so
     the metrics, gathered over the processes, count each product once (the processes' last batches may
@@ -45,10 +51,10 @@ def each_product_once(dataset: Sized) -> UnrepeatedDistributedSampler | None:
 
     A split smaller than the number of processes keeps Lightning's padding: every process must run a
     batch, or DDP's first forward of the evaluation waits for it forever."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    count = processes()
+    if count == 1:
         return None
-    processes = torch.distributed.get_world_size()
-    if len(dataset) < processes:
-        log.warning("an evaluation split of %d products on %d processes: some are scored twice", len(dataset), processes)
+    if len(dataset) < count:
+        log.warning("an evaluation split of %d products on %d processes: some are scored twice", len(dataset), count)
         return None
     return UnrepeatedDistributedSampler(dataset, shuffle=False)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch import Trainer
 from lightning.pytorch.strategies import ParallelStrategy
 from omegaconf import DictConfig, OmegaConf
 
@@ -66,6 +67,25 @@ def check_trainer(cfg: DictConfig) -> None:
     if cfg.trainer.get("sync_batchnorm") and parallel and trainer.strategy.root_device.type == "cpu":
         raise ConfigError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm refuses CPU modules): "
                           "set trainer.sync_batchnorm=false, as trainer=ddp_cpu does")
+    refuse_a_run_that_never_validates(cfg, trainer)
+
+
+def refuse_a_run_that_never_validates(cfg: DictConfig, trainer: Trainer) -> None:
+    """Lightning takes a Trainer that never trains, or never validates in the epochs it has; the run then
+    trained for nothing and ended in a traceback from the early-stopping callback or the test of the best
+    checkpoint, which only validation chooses. Refused here, naming the keys."""
+    if trainer.limit_train_batches == 0:
+        raise ConfigError("trainer.limit_train_batches=0 trains nothing (fashion-eval scores a checkpoint)")
+    watching = sorted(name for name, callback in (cfg.get("callbacks") or {}).items()
+                      if callback and callback.get("monitor"))
+    if not watching:
+        return
+    why = f"validation never runs, and callbacks {watching} need its {cfg.callbacks[watching[0]].monitor}"
+    if trainer.limit_val_batches == 0:
+        raise ConfigError(f"trainer.limit_val_batches=0: {why}")
+    every, epochs = trainer.check_val_every_n_epoch, trainer.max_epochs
+    if every and epochs and 0 < epochs < every:
+        raise ConfigError(f"trainer.check_val_every_n_epoch={every} with trainer.max_epochs={epochs}: {why}")
 
 
 def check_start_checkpoint(path: str | None, key: str) -> None:
