@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import warnings
 
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 
@@ -47,3 +48,23 @@ def ignore_lightnings_leafspec_deprecation() -> None:
     Ignored where Lightning raises it only: the same call from anywhere else still warns."""
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                             category=FutureWarning, module=r"lightning\.")
+
+
+
+def ignore_sync_advice_for_gathered_values() -> None:
+    """Under DDP Lightning advises `sync_dist=True` for every value logged per epoch without it: about 70 lines
+    in a two-process run, none a user can act on. The metrics (val/, test/, eval/) are torchmetrics' results,
+    gathered over the processes when computed, and so are the loss weights, set from those means. The training
+    losses are rank zero's on purpose: syncing `train/loss` would gather at every step. A value logged under
+    any other name still gets the advice."""
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test|eval|loss_weight|train)/",
+                            category=PossibleUserWarning)
+
+
+class QuietConsole(Callback):
+    """The filters above in every process of a run: those of `trainer=ddp_cpu` (ddp_spawn) start without the
+    filters the launching process set."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        ignore_lightnings_leafspec_deprecation()
+        ignore_sync_advice_for_gathered_values()

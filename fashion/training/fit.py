@@ -23,7 +23,8 @@ from fashion.tracking.run import ui_hint
 from fashion.training.assembly import (build_model, build_module, check_module_keys, check_optimizer,
                                        check_start_checkpoint, check_trainer, refuse_unlogged_monitor,
                                        use_feature_cache)
-from fashion.training.console import expect_frozen_norms_in_eval, ignore_lightnings_leafspec_deprecation, log_lightning_once
+from fashion.training.console import (QuietConsole, expect_frozen_norms_in_eval, ignore_lightnings_leafspec_deprecation,
+                                      log_lightning_once)
 from fashion.training.module import evaluate_sets
 
 log = logging.getLogger("fashion.train")
@@ -88,9 +89,10 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = (),
 
 
 def build_callbacks(cfg: DictConfig) -> list[Callback]:
-    """Every `callbacks` entry, less the progress bar where `trainer.enable_progress_bar=false`: Lightning
-    refuses the pair, and would say so only after the data, the model and the feature cache were built."""
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    """Every `callbacks` entry and the console's filters, less the progress bar where
+    `trainer.enable_progress_bar=false`: Lightning refuses the pair, and would say so only after the data,
+    the model and the feature cache were built."""
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None] + [QuietConsole()]
     if cfg.trainer.get("enable_progress_bar", True):
         return callbacks
     return [c for c in callbacks if not isinstance(c, ProgressBar)]
