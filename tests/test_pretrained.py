@@ -56,3 +56,18 @@ def test_lite0_classifies_sample_tshirts_as_jersey():
     assert ImageNetInfo().index_to_description(JERSEY).startswith("jersey, T-shirt")
     assert top1[0].item() == JERSEY, f"first sample T-shirt (id {ids[0]}) classified as {top1[0].item()}"
     assert (top1 == JERSEY).float().mean() >= 0.5
+
+
+def test_hub_weights_that_cannot_be_fetched_name_the_keys_that_work_offline(tmp_path, monkeypatch):
+    """Offline, `backbone=resnet18` ended in huggingface_hub's "An error happened while trying to locate the
+    file on the Hub...", naming neither the key that asked for the download nor what works without one."""
+    import huggingface_hub.constants
+
+    from fashion.config import ConfigError
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)   # as with no network, without the retries
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))   # and no copy cached here
+    with pytest.raises(ConfigError, match=r"backbone.name='resnet18.tv_in1k': backbone.pretrained=true fetches .*"
+                                          r"Offline: backbone.pretrained=false backbone.checkpoint_path="):
+        Backbone("resnet18.tv_in1k", pretrained=True)
+    assert Backbone("resnet18.tv_in1k", pretrained=False).weight_source == "random"   # no download asked, none tried

