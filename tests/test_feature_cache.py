@@ -69,6 +69,29 @@ def test_cached_inputs_equal_a_fresh_pass_and_are_reused(tmp_path, table):
     assert torch.allclose(first["backbone"], fresh["backbone"], atol=1e-5)  # the cache fills in onnxruntime
 
 
+
+def test_processes_that_ask_for_a_new_entry_together_fill_it_once(tmp_path, kaggle_folder):
+    """torchrun's ranks (or a parallel sweep's jobs) each filled the whole cache at once, every one decoding
+    every image on the same cores: three processes here all answered `built`. One fills it now; the others
+    wait for it and read the same inputs."""
+    import multiprocessing
+
+    from tests.started_together import fill_the_feature_cache_at_the_signal
+
+    spawn, processes = multiprocessing.get_context("spawn"), 3
+    start, answers = spawn.Barrier(processes), spawn.Queue()
+    workers = [spawn.Process(target=fill_the_feature_cache_at_the_signal,
+                             args=(str(tmp_path / "cache"), str(kaggle_folder), start, answers)) for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    results = [answers.get(timeout=180) for _ in workers]
+    for worker in workers:
+        worker.join(30)
+    assert sorted(status for status, _ in results) == ["built", "hit", "hit"]
+    first = results[0][1]
+    assert all(np.array_equal(inputs[name], first[name]) for _, inputs in results for name in first)
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1
+
 def test_an_unreadable_cache_entry_is_filled_again_not_a_crash(tmp_path, table, caplog):
     """A cache file cut short (a copy, a full disk) stopped every later run with safetensors' "Error while
     deserializing header"; it is now filled again, with a warning that names it."""
@@ -81,7 +104,8 @@ def test_an_unreadable_cache_entry_is_filled_again_not_a_crash(tmp_path, table, 
     assert cache.last_status == "built" and f"feature cache entry {entry} is unreadable" in caplog.text
     assert torch.equal(again["backbone"], first["backbone"])
     cache.load_or_compute(model, model.backbone.preprocessing, table)
-    assert cache.last_status == "hit" and sorted(p.name for p in entry.parent.iterdir()) == [entry.name]
+    left = sorted(p.name for p in entry.parent.iterdir())   # no partial file left: the entry and its fill lock
+    assert cache.last_status == "hit" and left == [entry.name, f"{entry.name}.lock"]
 
 
 @pytest.mark.parametrize("freeze", ["frozen", "partial"])

@@ -546,7 +546,7 @@ def test_servers_that_open_a_new_queue_together_all_start(tmp_path):
 
     from sqlalchemy import create_engine, make_url, text
 
-    from tests.open_review_queues_together import open_each_at_the_signal
+    from tests.started_together import open_each_at_the_signal
 
     rounds, processes = 10, 4
     urls = [f"sqlite:///{tmp_path}/queue{index}/review.db" for index in range(rounds)]

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
+from filelock import FileLock
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -80,19 +81,35 @@ class FeatureCache:
                       paths: list[str], view: A.BasicTransform | None, true_aspect: float | None = None,
                       ) -> dict[str, torch.Tensor]:
         path = self.directory / f"{key}.safetensors"
-        stored = self._read(path)
+        stored = self._hit(path, ids)
         if stored is not None:
-            by_id = {int(i): n for n, i in enumerate(stored.pop("ids").tolist())}
-            if all(i in by_id for i in ids):
-                self.last_status = "hit"
-                log.info("feature cache hit: %s", path)
-                rows = torch.tensor([by_id[i] for i in ids])
-                return {name: tensor[rows] for name, tensor in stored.items()}
+            return stored
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # One process fills an entry while the others wait, then read it: torchrun's ranks (and the jobs of a
+        # parallel sweep) each filled the whole cache at once, decoding every image on the same CPU cores.
+        with FileLock(f"{path}.lock"):
+            stored = self._hit(path, ids)
+            return stored if stored is not None else self._fill(path, model, preprocessing, ids, paths, view, true_aspect)
+
+    def _hit(self, path: Path, ids: list[int]) -> dict[str, torch.Tensor] | None:
+        """The entry's rows for `ids` in that order, or None when it is absent, unreadable or lacks one."""
+        stored = self._read(path)
+        if stored is None:
+            return None
+        by_id = {int(i): n for n, i in enumerate(stored.pop("ids").tolist())}
+        if not all(i in by_id for i in ids):
+            return None
+        self.last_status = "hit"
+        log.info("feature cache hit: %s", path)
+        rows = torch.tensor([by_id[i] for i in ids])
+        return {name: tensor[rows] for name, tensor in stored.items()}
+
+    def _fill(self, path: Path, model: MultiHeadTagger, preprocessing: Preprocessing, ids: list[int], paths: list[str],
+              view: A.BasicTransform | None, true_aspect: float | None) -> dict[str, torch.Tensor]:
         started = time.perf_counter()
         inputs = compute_cacheable_inputs(model, preprocessing, paths, self.batch_size, self.num_workers, self.runtime,
                                           view, true_aspect)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.tmp")   # runs filling the same entry at once (a parallel sweep) each write their own
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
         save_file({"ids": torch.tensor(ids, dtype=torch.long), **inputs}, partial,
                   metadata={"backbone": model.backbone.name, "preprocessing": repr(preprocessing)})
         partial.replace(path)  # atomic: an interrupted run never leaves a half-written cache behind
