@@ -23,8 +23,7 @@ from fashion.tracking.run import ui_hint
 from fashion.training.assembly import (build_model, build_module, check_module_keys, check_optimizer,
                                        check_start_checkpoint, check_trainer, refuse_unlogged_monitor,
                                        use_feature_cache)
-from fashion.training.console import (QuietConsole, expect_frozen_norms_in_eval, ignore_lightnings_leafspec_deprecation,
-                                      log_lightning_once)
+from fashion.training.console import QuietConsole, expect_frozen_norms_in_eval, log_lightning_once
 from fashion.training.module import evaluate_sets
 
 log = logging.getLogger("fashion.train")
@@ -40,7 +39,6 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = (),
     """
     started = time.perf_counter()
     log_lightning_once()
-    ignore_lightnings_leafspec_deprecation()
     validate_config(cfg)
     check_module_keys(cfg)
     check_optimizer(cfg)   # torch's and Lightning's own checks of their values, before the slow setup
