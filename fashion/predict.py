@@ -30,9 +30,10 @@ import lzma
 import os
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import cv2
 import pyarrow.parquet as pq
@@ -41,6 +42,7 @@ import torch
 from fashion.cli import first_few, tool_config
 from fashion.config import progress_bar
 from fashion.data.images import ImageReadError, load_rgb
+from fashion.data.styles import first_line_not_utf8
 from fashion.inference.batch import score_paths
 from fashion.inference.bundle import sha256
 from fashion.inference.explain import explained_attributes, grad_cam
@@ -141,8 +143,17 @@ def read_csv_column(path: Path, column: str) -> tuple[list[str], list[str]]:
     than the header is an error. The csv module, not pandas: pandas' `usecols` drops a row's extra fields
     without a word, so a path with an unquoted comma was scored as its first half. Spark's reader is held to
     the same (inference/spark.py)."""
+    opener = COMPRESSED.get(path.suffix, open)
+    try:
+        return read_csv_lines(opener, path, column)
+    except UnicodeDecodeError:   # a spreadsheet's "CSV" in its own code page (cp1252, Latin-1)
+        raise ValueError(f"not UTF-8 text (line {first_line_not_utf8(path, opener)}): save it as UTF-8, "
+                         "as a spreadsheet's \"CSV UTF-8\" does") from None
+
+
+def read_csv_lines(opener: Callable[..., IO[str]], path: Path, column: str) -> tuple[list[str], list[str]]:
     values, empty, misshapen = [], [], []
-    with COMPRESSED.get(path.suffix, open)(path, "rt", newline="", encoding="utf-8-sig") as handle:
+    with opener(path, "rt", newline="", encoding="utf-8-sig") as handle:
         rows = csv.reader(handle, strict=True)   # an unclosed quote is an error, not a path to the end of the file
         try:
             header = next(rows, [])

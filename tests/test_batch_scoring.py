@@ -2,6 +2,7 @@
 an interrupted job resumed without redoing finished rows, and Spark giving the same rows."""
 
 import glob
+import gzip
 import json
 import os
 import re
@@ -167,6 +168,10 @@ def test_a_malformed_manifest_line_is_refused_by_number_and_rows_without_a_path_
     unclosed.write_text(f'path\n"{IMAGES[1]}\n{IMAGES[2]}\n')
     assert main([f"bundle={trained.bundle}", f"manifest={unclosed}", f"output={out}"]) == 2
     assert f"cannot read the manifest {unclosed}: line 3: unexpected end of data" in capsys.readouterr().err
+    latin1 = tmp_path / "latin1.csv.gz"   # a spreadsheet's CSV in its code page: the line, not the decoder's block
+    latin1.write_bytes(gzip.compress(f"path\n{IMAGES[1]}\n{IMAGES[2]}\n{tmp_path}/caf\u00e9.jpg\n".encode("latin-1")))
+    assert main([f"bundle={trained.bundle}", f"manifest={latin1}", f"output={out}"]) == 2
+    assert f"cannot read the manifest {latin1}: not UTF-8 text (line 4): save it as UTF-8" in capsys.readouterr().err
 
     quoted = tmp_path / "quoted.csv"
     pd.DataFrame({"sku": [1, 2, 3, 4], "path": [str(IMAGES[1]), str(comma), None, ""]}).to_csv(quoted, index=False)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import pandas as pd
 
@@ -57,8 +59,9 @@ def first_row_overflows(path: Path, width: int) -> list[str] | None:
     return first.iloc[0].tolist() if first.shape[1] > width else None
 
 
-def first_line_not_utf8(path: Path) -> int | None:
-    with path.open("rb") as lines:
+def first_line_not_utf8(path: Path, opener: Callable[..., IO[bytes]] = open) -> int | None:
+    """Read line by line: a decoder reading in blocks fails somewhere in the block, not at the line."""
+    with opener(path, "rb") as lines:
         for number, line in enumerate(lines, 1):
             try:
                 line.decode("utf-8")
