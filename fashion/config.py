@@ -96,11 +96,16 @@ def progress_bar(iterable: Any = None, **kwargs: Any) -> Any:
 
 
 def launch_time() -> str:
-    """The time in a run's output folder name (conf/hydra/default.yaml). To the microsecond, so runs launched
-    together (a shell loop, a SLURM array) each get their own; to the second, as Hydra's `now`, under torchrun
-    or a multi-task srun, whose processes of one run must find the same folder and start within one second."""
+    """The date and time that name a run's output folder (conf/hydra/default.yaml). To the microsecond, so
+    runs launched together (a shell loop, a SLURM array) each get their own. The processes of one
+    distributed run must find the same folder: under torchrun each names it by torchrun's own start, which
+    they share even when they start in different seconds; under a multi-task srun, to the second."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:   # set by torchrun, whose agent starts every local process
+        import psutil
+
+        return datetime.fromtimestamp(psutil.Process(os.getppid()).create_time()).strftime("%Y-%m-%d/%H-%M-%S-%f")
     distributed = "LOCAL_RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-    return datetime.now().strftime("%H-%M-%S" if distributed else "%H-%M-%S-%f")
+    return datetime.now().strftime("%Y-%m-%d/%H-%M-%S" if distributed else "%Y-%m-%d/%H-%M-%S-%f")
 
 
 def register_resolvers() -> None:

@@ -1,6 +1,10 @@
 """Every config group option and every experiment composes and instantiates (lightning-hydra-template style)."""
 
+import os
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -256,17 +260,22 @@ def test_best_cpu_alone_picks_the_whole_catalogue_and_its_outside_sets(compose_c
 
 def test_output_folders_are_per_run_but_shared_by_the_processes_of_one_distributed_run(monkeypatch):
     """Named to the second, three runs started at once from a shell loop shared one output folder (log,
-    .hydra files, checkpoint names). To the microsecond they do not; under torchrun or a multi-task srun the
-    ranks of one run must still agree, so there it stays to the second, as before."""
-    import re
-
+    .hydra files, checkpoint names). To the microsecond they do not; the ranks of one distributed run must
+    still agree. Under torchrun they named it by their own start, to the second: two ranks that started
+    either side of a second wrote two folders. They now name it by torchrun's start (their parent's here)."""
+    for name in ("LOCAL_RANK", "SLURM_NTASKS", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
     from fashion.config import launch_time
 
-    for name in ("LOCAL_RANK", "SLURM_NTASKS"):
-        monkeypatch.delenv(name, raising=False)
-    assert re.fullmatch(r"\d\d-\d\d-\d\d-\d{6}", launch_time())
-    assert "${launch_time:}" in (CONFIG_DIR / "hydra" / "default.yaml").read_text()
-    for name, value in (("LOCAL_RANK", "0"), ("SLURM_NTASKS", "8")):
-        with monkeypatch.context() as env:
-            env.setenv(name, value)
-            assert re.fullmatch(r"\d\d-\d\d-\d\d", launch_time())
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d-\d{6}", launch_time())
+    assert "/outputs/${launch_time:}" in (CONFIG_DIR / "hydra" / "default.yaml").read_text()
+    with monkeypatch.context() as env:
+        env.setenv("SLURM_NTASKS", "8")
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d", launch_time())
+    ranks = []
+    for rank in ("0", "1"):   # as torchrun's agent starts them, here 1.1 s apart: either side of a second
+        ranks.append(subprocess.run([sys.executable, "-c", "from fashion.config import launch_time; print(launch_time())"],
+                                    env={**os.environ, "TORCHELASTIC_RUN_ID": "none", "LOCAL_RANK": rank},
+                                    capture_output=True, text=True, check=True).stdout)
+        time.sleep(1.1)
+    assert ranks[0] == ranks[1] and re.fullmatch(r"\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d-\d{6}\n", ranks[0])
