@@ -81,14 +81,16 @@ class FeatureCache:
                       paths: list[str], view: A.BasicTransform | None, true_aspect: float | None = None,
                       ) -> dict[str, torch.Tensor]:
         path = self.directory / f"{key}.safetensors"
+        seen = file_version(path)
         stored = self._hit(path, ids)
         if stored is not None:
             return stored
         self.directory.mkdir(parents=True, exist_ok=True)
         # One process fills an entry while the others wait, then read it: torchrun's ranks (and the jobs of a
         # parallel sweep) each filled the whole cache at once, decoding every image on the same CPU cores.
+        # Read again only what another process wrote meanwhile: an unreadable entry was read and warned of twice.
         with FileLock(f"{path}.lock"):
-            stored = self._hit(path, ids)
+            stored = self._hit(path, ids) if file_version(path) != seen else None
             return stored if stored is not None else self._fill(path, model, preprocessing, ids, paths, view, true_aspect)
 
     def _hit(self, path: Path, ids: list[int]) -> dict[str, torch.Tensor] | None:
@@ -128,3 +130,12 @@ class FeatureCache:
         except SafetensorError as err:
             log.warning("feature cache entry %s is unreadable (%s): filling it again", path, err)
             return None
+
+
+def file_version(path: Path) -> tuple[int, int, int] | None:
+    """Which file is at `path` (inode, size, modification time), or None: a replaced entry has a new one."""
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        return None
+    return found.st_ino, found.st_size, found.st_mtime_ns
