@@ -74,6 +74,16 @@ def test_turning_the_progress_bar_off_is_one_key(tmp_path, kaggle_folder, compos
     assert "val/gender/acc" in train(cfg)
 
 
+@pytest.mark.parametrize("override", ["trainer.precision=bf16-true", "trainer.precision=64-true", "trainer.fast_dev_run=true"])
+def test_lightnings_other_precisions_and_fast_dev_run_run_to_the_end(override, tmp_path, kaggle_folder, compose_config):
+    """A `*-true` precision puts the weights in its type: the calibration pass fed them float32 and failed, after
+    training. `fast_dev_run` tested a "best" checkpoint Lightning never keeps there, and its run stayed RUNNING."""
+    cfg = compose_config(tiny_overrides(tmp_path, kaggle_folder) + [override, "trainer.limit_train_batches=1"])
+    metrics = train(cfg)
+    assert 0.0 <= metrics["test/mean_acc"] <= 1.0
+    assert runs_of(tmp_path).iloc[0]["status"] == "FINISHED"
+
+
 def test_a_failing_run_is_marked_failed_and_keeps_what_it_logged(tmp_path, kaggle_folder, compose_config):
     cfg = compose_config(tiny_overrides(tmp_path, kaggle_folder) + ["trainer.max_epochs=1"])
     cfg.trainer.limit_train_batches = 1

@@ -30,6 +30,7 @@ from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
 from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
@@ -273,9 +274,19 @@ def tracked_run(cfg: DictConfig, stopped_by: tuple[type[BaseException], ...] = (
             killed = isinstance(err, (KeyboardInterrupt, *stopped_by))
             logger.experiment.set_terminated(logger.run_id, "KILLED" if killed else "FAILED")
         raise
+    else:
+        finish_if_running(logger)
     finally:
         if monitor:
             monitor.finish()
+
+
+@rank_zero_only
+def finish_if_running(logger: MLFlowLogger) -> None:
+    """Lightning ends the run when its trainer is done with the logger, but `trainer.fast_dev_run` swaps the
+    logger out: that run stayed RUNNING for good."""
+    if logger.run_id and logger.experiment.get_run(logger.run_id).info.status == "RUNNING":
+        logger.experiment.set_terminated(logger.run_id, "FINISHED")
 
 
 @contextmanager

@@ -106,8 +106,8 @@ def validation_logits(trainer: L.Trainer, module: L.LightningModule) -> tuple[di
     temperatures = module.model.temperatures()
     logits, targets = defaultdict(list), defaultdict(list)
     for inputs, batch_targets in trainer.datamodule.whole_split("val"):
-        with trainer.precision_plugin.forward_context():
-            outputs = module(move_data_to_device(inputs, module.device))
+        with trainer.precision_plugin.forward_context():   # the inputs in the weights' dtype, as Lightning's loops give them
+            outputs = module(trainer.precision_plugin.convert_input(move_data_to_device(inputs, module.device)))
         for attribute, values in outputs.items():
             logits[attribute].append(values.float().cpu() * temperatures[attribute])
             targets[attribute].append(batch_targets[attribute])

@@ -75,7 +75,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = (),
             metrics[f"best/{checkpoint.monitor}"] = float(checkpoint.best_model_score)
             logger.log_metrics({f"best/{checkpoint.monitor}": metrics[f"best/{checkpoint.monitor}"]})
         if cfg.get("test", True):
-            best = "best" if trainer.checkpoint_callback else None
+            best = "best" if trainer.checkpoint_callback and not trainer.fast_dev_run else None
             trainer.test(module, datamodule=datamodule, ckpt_path=best)
             metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
             metrics |= evaluate_sets(trainer, module, datamodule.eval_dataloaders(), best)
