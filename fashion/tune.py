@@ -30,6 +30,7 @@ from fashion.cli import one_line_errors, quote
 from fashion.config import CONFIG_DIR, ConfigError
 from fashion.tracking.run import end_sweep, start_sweep
 from fashion.training.fit import train
+from fashion.training.module import TrainingDiverged
 
 log = logging.getLogger("fashion.tune")
 
@@ -120,7 +121,8 @@ def tune(cfg: DictConfig) -> float:
     sweep = start_sweep(cfg, f"optuna {search.study_name}")   # the trials nest under it; the best is marked on it
     try:
         study = open_study(search)
-        study.optimize(objective, n_trials=search.n_trials, timeout=search.get("timeout"))
+        # A trial whose loss diverged (a learning rate too high) fails, its run FAILED; the study goes on.
+        study.optimize(objective, n_trials=search.n_trials, timeout=search.get("timeout"), catch=(TrainingDiverged,))
     except BaseException as stop:   # Ctrl-C ends the study KILLED, as it ends the trial it interrupted
         end_sweep(cfg, sweep, "KILLED" if isinstance(stop, KeyboardInterrupt) else "FAILED")
         raise

@@ -348,6 +348,24 @@ def test_export_writes_over_nothing_unasked_and_replaces_a_bundle_whole(trained,
     assert [p.name for p in mine.iterdir()] == ["config.json"] and (mine / "config.json").read_text() == "my own"
 
 
+def test_a_checkpoint_whose_weights_are_nan_is_not_exported(trained, tmp_path, capsys):
+    """A diverged run's checkpoint made a bundle that tagged every photo with confidence NaN (written as
+    `NaN`, which no JSON reader takes). Refused before anything is written, naming the tensors."""
+    from fashion.export import export_cli
+
+    checkpoint = torch.load(trained.checkpoint, map_location="cpu", weights_only=True)
+    name = next(k for k in checkpoint["state_dict"] if k.endswith("weight") and "heads" in k)
+    checkpoint["state_dict"][name][0] = float("nan")
+    diverged = tmp_path / "diverged.ckpt"
+    torch.save(checkpoint, diverged)
+    with pytest.raises(SystemExit) as exit_:
+        export_cli(str(tmp_path / "bundle"), checkpoint=str(diverged), onnx=False, mlflow=False)
+    assert exit_.value.code == 2
+    assert (f"the model's weights hold NaN or infinity (1 tensor(s): {name.removeprefix('model.')}): its training diverged"
+            in capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["diverged.ckpt"]
+
+
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_the_logged_input_example(trained, tmp_path):
     """`mlflow models serve` on the exported pyfunc, asked with the serving example MLflow saved beside it."""

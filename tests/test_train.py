@@ -8,6 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from fashion.train import train
+from fashion.training.module import TrainingDiverged
 from tests.conftest import tiny_overrides
 
 
@@ -82,6 +83,16 @@ def test_lightnings_other_precisions_and_fast_dev_run_run_to_the_end(override, t
     metrics = train(cfg)
     assert 0.0 <= metrics["test/mean_acc"] <= 1.0
     assert runs_of(tmp_path).iloc[0]["status"] == "FINISHED"
+
+
+def test_a_run_whose_loss_diverged_stops_failed_and_says_what_to_change(tmp_path, kaggle_folder, compose_config):
+    """16-true on CPU: AdamW's eps is 0 in half precision, so the first step makes the weights NaN. The run
+    went on FINISHED, and its bundle tagged every photo with confidence NaN."""
+    cfg = compose_config(tiny_overrides(tmp_path, kaggle_folder) + ["trainer.precision=16-true", "trainer.max_epochs=3"])
+    with pytest.raises(TrainingDiverged, match=r"loss diverged in epoch \d \(gender nan, .*\): lower optimizer.lr, .*"
+                                               r"trainer.precision=16-mixed or bf16-mixed, not 16-true"):
+        train(cfg)
+    assert runs_of(tmp_path).iloc[0]["status"] == "FAILED"
 
 
 def test_a_failing_run_is_marked_failed_and_keeps_what_it_logged(tmp_path, kaggle_folder, compose_config):

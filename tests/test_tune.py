@@ -83,8 +83,10 @@ def test_cluster_launchers_compose(launcher, target):
         assert cfg.hydra.launcher.tasks_per_node == 1 and cfg.hydra.launcher.timeout_min == 240
 
 
-def tune_in_process(tmp_path: Path, data_root: Path, extra: list[str], refused: type[BaseException], match: str | None = None) -> None:
-    """fashion.tune.tune on the tiny config plus `extra`, as Hydra would call it; it must raise `refused`."""
+def tune_in_process(tmp_path: Path, data_root: Path, extra: list[str], refused: type[BaseException] | None,
+                    match: str | None = None) -> None:
+    """fashion.tune.tune on the tiny config plus `extra`, as Hydra would call it; it must raise `refused`
+    (None: it must not raise)."""
     import fashion.tune
     from hydra.core.hydra_config import HydraConfig
 
@@ -94,6 +96,9 @@ def tune_in_process(tmp_path: Path, data_root: Path, extra: list[str], refused: 
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
         HydraConfig.instance().set_config(cfg)
         try:
+            if refused is None:
+                fashion.tune.tune(cfg)
+                return
             with pytest.raises(refused, match=match):
                 fashion.tune.tune(cfg)
         finally:
@@ -118,6 +123,25 @@ def test_a_study_stopped_by_ctrl_c_ends_killed_and_one_that_crashed_failed(stop,
     tune_in_process(tmp_path, kaggle_folder, [], stop)
     assert sweep_run_status(tmp_path) == status
     assert "FASHION_SWEEP_RUN_ID" not in os.environ   # later runs of this process are not nested under it
+
+
+def test_a_trial_whose_loss_diverged_fails_and_the_study_goes_on(tmp_path, kaggle_folder, monkeypatch):
+    """A learning rate high enough to diverge is a point of the search, not the end of it: optimize() stops at
+    the first exception it was not told to catch."""
+    import fashion.tune
+    from fashion.training.module import TrainingDiverged
+
+    def train(cfg, **kwargs):
+        if optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path}/optuna.db").trials[-1].number == 0:
+            raise TrainingDiverged("the training loss diverged in epoch 1 (gender nan)")
+        return {"val/mean_acc": 0.5}
+
+    monkeypatch.setattr(fashion.tune, "train", train)
+    tune_in_process(tmp_path, kaggle_folder, ["hparams_search.n_trials=2",
+                                              f"hparams_search.best_experiment_file={tmp_path}/tuned_t.yaml"], None)
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
+    assert sweep_run_status(tmp_path) == "FINISHED"
 
 
 def test_a_tracking_server_that_does_not_answer_stops_the_launch_before_the_study_is_stored(tmp_path, kaggle_folder, monkeypatch):

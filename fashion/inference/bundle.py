@@ -89,6 +89,7 @@ def export_bundle(trained: TrainedModel, output: str | Path, manifest: dict[str,
     unless `overwrite`, anything else always (nothing of a user's is written over)."""
     output = Path(output)
     refuse_occupied(output, overwrite)
+    refuse_non_finite(trained.model)
     staging = output.with_name(f".{output.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)   # left by an export that died
     staging.mkdir(parents=True)
@@ -113,6 +114,16 @@ def refuse_occupied(output: Path, overwrite: bool) -> None:
             raise FileExistsError(f"{output} exists and is not a bundle: write the bundle to a new or empty folder")
         if not overwrite:
             raise FileExistsError(f"{output} already holds a bundle: overwrite=true replaces it, or choose another folder")
+
+
+def refuse_non_finite(model: torch.nn.Module) -> None:
+    """A model whose weights hold NaN (a run that diverged) tags every photo with confidence NaN, which is
+    not even JSON: refused before anything is written, naming the first few tensors."""
+    broken = [name for name, tensor in model.state_dict().items()
+              if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if broken:
+        raise BundleError(f"the model's weights hold NaN or infinity ({len(broken)} tensor(s): {', '.join(broken[:3])}"
+                          f"{', ...' if len(broken) > 3 else ''}): its training diverged, so it cannot tag anything")
 
 
 def write_bundle(trained: TrainedModel, output: Path, manifest: dict[str, Any] | None, onnx: bool) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import cached_property
@@ -15,6 +16,7 @@ from torch.optim import Optimizer
 from torchmetrics import MeanMetric, Metric
 
 from fashion.calibration import Decision
+from fashion.config import InputError
 from fashion.data.taxonomy import Taxonomy, decode_levels
 from fashion.losses.multi_attribute import MultiAttributeLoss
 from fashion.metrics import AttributeMetrics
@@ -27,6 +29,22 @@ Batch = tuple[Inputs, dict[str, torch.Tensor]]
 
 def batch_size_of(targets: dict[str, torch.Tensor]) -> int:
     return len(next(iter(targets.values())))
+
+
+class TrainingDiverged(InputError):
+    """The training loss is no longer a number: every later epoch, the checkpoint and the model served from it
+    would be NaN (a bundle tagged every photo with confidence NaN), so the run stops FAILED instead."""
+
+
+def refuse_a_diverged_run(epoch_losses: dict[str, float], epoch: int, precision: str) -> None:
+    """Per epoch, on means computed anyway: a check per step would wait on the device at every step."""
+    diverged = {a: v for a, v in epoch_losses.items() if not math.isfinite(v)}
+    if not diverged:
+        return
+    half = f", not {precision} (weights and optimizer in half precision)" if precision in ("16-true", "bf16-true") else ""
+    raise TrainingDiverged(
+        f"the training loss diverged in epoch {epoch} ({', '.join(f'{a} {v}' for a, v in diverged.items())}): lower "
+        f"optimizer.lr, set trainer.gradient_clip_val, or train with trainer.precision=16-mixed or bf16-mixed{half}")
 
 
 class TaggerModule(L.LightningModule):
@@ -104,7 +122,9 @@ class TaggerModule(L.LightningModule):
         return total
 
     def on_train_epoch_end(self) -> None:
-        self.loss.weighting.end_epoch({a: float(mean.compute()) for a, mean in self.epoch_losses.items()})
+        losses = {a: float(mean.compute()) for a, mean in self.epoch_losses.items()}
+        refuse_a_diverged_run(losses, self.current_epoch, str(self.trainer.precision))
+        self.loss.weighting.end_epoch(losses)
         for mean in self.epoch_losses.values():
             mean.reset()
         self.log_dict({f"loss_weight/{a}": w for a, w in self.loss.weighting.weights().items()})
