@@ -61,15 +61,23 @@ def one_line_errors(tool: str) -> Callable[[Callable[..., Result]], Callable[...
             try:
                 refuse_unread_appends(cfg)
                 return task(cfg, *args, **kwargs)
-            except (InputError, FileNotFoundError, InstantiationException) as err:
+            except Exception as err:
                 # Hydra's instantiate wraps what a class's __init__ refuses: the refusal is the message.
                 refused = err.__cause__ if isinstance(err, InstantiationException) else err
-                if not isinstance(refused, (InputError, FileNotFoundError)) or os.environ.get("HYDRA_FULL_ERROR") == "1" \
-                        or in_sweep():
+                if not said_in_one_line(refused) or os.environ.get("HYDRA_FULL_ERROR") == "1" or in_sweep():
                     raise
                 raise UsageError(tool, str(refused)) from None
         return run
     return wrap
+
+
+def said_in_one_line(err: BaseException | None) -> bool:
+    """Input named where it is, and Lightning's refusals of a Trainer value, which name the key and the way
+    out (`limit_val_batches=0.5` of one validation batch: "Try at least `limit_val_batches=1.0`") but
+    come only once the data is loaded. Lightning is not imported for it: if it is not loaded, it raised nothing."""
+    lightning = sys.modules.get("lightning.fabric.utilities.exceptions")
+    return isinstance(err, (InputError, FileNotFoundError)) or (
+        lightning is not None and isinstance(err, lightning.MisconfigurationException))
 
 
 def refuse_unread_appends(cfg: DictConfig) -> None:

@@ -169,3 +169,16 @@ def test_a_value_the_classes_refuse_or_a_missing_path_is_one_line_and_exit_2(tmp
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [r.data.tags.get("run_type") for r in runs] == ["sweep"]   # ... but no job's run was opened, only the sweep's,
     assert runs[0].info.status == "FAILED"   # closed as failed, not left running
+
+
+def test_a_trainer_value_lightning_refuses_once_the_data_is_loaded_is_one_line(tmp_path, kaggle_folder):
+    """`trainer.limit_val_batches=0.5` of a split with one validation batch: Lightning's message names the key
+    and the way out, but came under Hydra's "Error executing job" and a traceback."""
+    result = subprocess.run([sys.executable, "-m", "fashion.train", *tiny_overrides(tmp_path, kaggle_folder),
+                             "trainer.num_sanity_val_steps=1", "trainer.limit_val_batches=0.5", f"hydra.run.dir={tmp_path}/outputs"],
+                            cwd=tmp_path, env={k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert ("fashion-train: You requested to check 0.5 of the `val_dataloader` but 0.5 * 1 < 1. Please increase the "
+            "`limit_val_batches` argument." in result.stderr)
+    assert "Traceback" not in result.stderr and "Error executing job" not in result.stderr
