@@ -41,10 +41,10 @@ def refuse_a_diverged_run(epoch_losses: dict[str, float], epoch: int, precision:
     diverged = {a: v for a, v in epoch_losses.items() if not math.isfinite(v)}
     if not diverged:
         return
-    half = f", not {precision} (weights and optimizer in half precision)" if precision in ("16-true", "bf16-true") else ""
-    raise TrainingDiverged(
-        f"the training loss diverged in epoch {epoch} ({', '.join(f'{a} {v}' for a, v in diverged.items())}): lower "
-        f"optimizer.lr, set trainer.gradient_clip_val, or train with trainer.precision=16-mixed or bf16-mixed{half}")
+    half = (f"; trainer.precision={precision} keeps the weights and the optimizer in half precision, "
+            "16-mixed or bf16-mixed does not") if precision in ("16-true", "bf16-true") else ""
+    raise TrainingDiverged(f"the training loss diverged in epoch {epoch} ({', '.join(f'{a} {v}' for a, v in diverged.items())}): "
+                           f"lower optimizer.lr or set trainer.gradient_clip_val{half}")
 
 
 class TaggerModule(L.LightningModule):
