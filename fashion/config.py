@@ -101,11 +101,23 @@ def launch_time() -> str:
     distributed run must find the same folder: under torchrun each names it by torchrun's own start, which
     they share even when they start in different seconds; under a multi-task srun, to the second."""
     if "TORCHELASTIC_RUN_ID" in os.environ:   # set by torchrun, whose agent starts every local process
-        import psutil
-
-        return datetime.fromtimestamp(psutil.Process(os.getppid()).create_time()).strftime("%Y-%m-%d/%H-%M-%S-%f")
+        return datetime.fromtimestamp(torchrun_start()).strftime("%Y-%m-%d/%H-%M-%S-%f")
     distributed = "LOCAL_RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) > 1
     return datetime.now().strftime("%Y-%m-%d/%H-%M-%S" if distributed else "%Y-%m-%d/%H-%M-%S-%f")
+
+
+def torchrun_start() -> float:
+    """When the torchrun agent above this process started: the nearest ancestor started without torchrun's
+    variables (the agent itself; a `torchrun --no-python` wrapper script between them has them)."""
+    import psutil
+
+    process = psutil.Process(os.getppid())
+    try:
+        while "TORCHELASTIC_RUN_ID" in process.environ() and process.ppid() > 1:
+            process = process.parent()
+    except (psutil.AccessDenied, psutil.NoSuchProcess):   # another user's, or gone: the nearest one seen
+        pass
+    return process.create_time()
 
 
 def register_resolvers() -> None:

@@ -2,6 +2,7 @@
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -262,7 +263,7 @@ def test_output_folders_are_per_run_but_shared_by_the_processes_of_one_distribut
     """Named to the second, three runs started at once from a shell loop shared one output folder (log,
     .hydra files, checkpoint names). To the microsecond they do not; the ranks of one distributed run must
     still agree. Under torchrun they named it by their own start, to the second: two ranks that started
-    either side of a second wrote two folders. They now name it by torchrun's start (their parent's here)."""
+    either side of a second wrote two folders. They now name it by torchrun's start."""
     for name in ("LOCAL_RANK", "SLURM_NTASKS", "TORCHELASTIC_RUN_ID"):
         monkeypatch.delenv(name, raising=False)
     from fashion.config import launch_time
@@ -272,10 +273,12 @@ def test_output_folders_are_per_run_but_shared_by_the_processes_of_one_distribut
     with monkeypatch.context() as env:
         env.setenv("SLURM_NTASKS", "8")
         assert re.fullmatch(r"\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d", launch_time())
-    ranks = []
-    for rank in ("0", "1"):   # as torchrun's agent starts them, here 1.1 s apart: either side of a second
-        ranks.append(subprocess.run([sys.executable, "-c", "from fashion.config import launch_time; print(launch_time())"],
-                                    env={**os.environ, "TORCHELASTIC_RUN_ID": "none", "LOCAL_RANK": rank},
+    ranks, name = [], [sys.executable, "-c", "from fashion.config import launch_time; print(launch_time())"]
+    # As torchrun's agent (this process) starts them, 1.1 s apart: either side of a second. Rank 1 runs under
+    # a wrapper shell, as `torchrun --no-python` may start one, which has torchrun's variables too; `; exit`
+    # keeps bash from exec'ing python in its place.
+    for rank, command in (("0", name), ("1", ["bash", "-c", f"{shlex.join(name)}; exit $?"])):
+        ranks.append(subprocess.run(command, env={**os.environ, "TORCHELASTIC_RUN_ID": "none", "LOCAL_RANK": rank},
                                     capture_output=True, text=True, check=True).stdout)
         time.sleep(1.1)
     assert ranks[0] == ranks[1] and re.fullmatch(r"\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d-\d{6}\n", ranks[0])
