@@ -194,7 +194,11 @@ def test_a_value_torch_or_the_module_refuses_fails_before_the_run(tmp_path, kagg
                               ("trainer.limit_val_batches=0", "trainer.limit_val_batches=0: validation never runs, "
                                "and callbacks ['early_stopping', 'model_checkpoint'] need its val/mean_acc"),
                               ("trainer.check_val_every_n_epoch=2", "trainer.check_val_every_n_epoch=2 with "
-                               "trainer.max_epochs=1: validation never runs")):
+                               "trainer.max_epochs=1: validation never runs"),
+                              # train until stopped: the schedule's length was int(inf), an OverflowError at fit
+                              ("trainer.max_epochs=-1", "trainer.max_epochs=-1 with trainer.max_steps=-1 trains until "
+                               "something stops it (trainer.max_time, early stopping), and the learning-rate schedule "
+                               "needs a length: give trainer.max_steps=<n>, or ~scheduler")):
         cfg = compose_config(tiny_overrides(tmp_path, kaggle_folder) + override.split())
         with pytest.raises(ConfigError, match=re.escape(message)):
             train(cfg)

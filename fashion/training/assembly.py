@@ -68,6 +68,10 @@ def check_trainer(cfg: DictConfig) -> None:
         raise ConfigError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm refuses CPU modules): "
                           "set trainer.sync_batchnorm=false, as trainer=ddp_cpu does")
     refuse_a_run_that_never_validates(cfg, trainer)
+    if trainer.max_epochs == -1 and trainer.max_steps == -1 and cfg.get("scheduler") is not None:
+        raise ConfigError("trainer.max_epochs=-1 with trainer.max_steps=-1 trains until something stops it "
+                          "(trainer.max_time, early stopping), and the learning-rate schedule needs a length: "
+                          "give trainer.max_steps=<n>, or ~scheduler for a constant rate")
 
 
 def refuse_a_run_that_never_validates(cfg: DictConfig, trainer: Trainer) -> None:
