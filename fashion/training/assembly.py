@@ -68,6 +68,9 @@ def check_trainer(cfg: DictConfig) -> None:
         raise ConfigError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm refuses CPU modules): "
                           "set trainer.sync_batchnorm=false, as trainer=ddp_cpu does")
     refuse_a_run_that_never_validates(cfg, trainer)
+    if trainer.accumulate_grad_batches < 1:   # Lightning takes it, then divides by it at fit
+        raise ConfigError(f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}: at least 1 "
+                          "(the batches whose gradients add up to one optimizer step)")
     if trainer.max_epochs == -1 and trainer.max_steps == -1 and cfg.get("scheduler") is not None:
         raise ConfigError("trainer.max_epochs=-1 with trainer.max_steps=-1 trains until something stops it "
                           "(trainer.max_time, early stopping), and the learning-rate schedule needs a length: "
