@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from fashion.config import validate_config
+from fashion.config import ConfigError, validate_config
 from fashion.data.datamodule import FashionDataModule
 from fashion.tracking import describe_run, find_resume_point, log_run_inputs, tracked_run
 from fashion.tracking.run import ui_hint
@@ -47,7 +47,10 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = (),
     resume = find_resume_point(cfg)
     if resume:
         check_start_checkpoint(resume.ckpt_path, f"resume={resume.run_id}")
-    L.seed_everything(cfg.seed, workers=True)
+    try:
+        L.seed_everything(cfg.seed, workers=True)
+    except ValueError as err:   # numpy's range, 0 to 2**32 - 1 (a word is refused earlier, as data.seed)
+        raise ConfigError(f"seed={cfg.seed}: {err}") from None
     backbone = instantiate(cfg.backbone)
     datamodule: FashionDataModule = instantiate(cfg.data, preprocessing=backbone.preprocessing, _convert_="object")
     datamodule.prepare_labels()
