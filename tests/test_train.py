@@ -5,6 +5,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from fashion.train import train
@@ -93,6 +94,26 @@ def test_a_run_whose_loss_diverged_stops_failed_and_says_what_to_change(tmp_path
                                                r"trainer.gradient_clip_val; trainer.precision=16-true keeps the weights"):
         train(cfg)
     assert runs_of(tmp_path).iloc[0]["status"] == "FAILED"
+
+
+def test_a_checkpoint_of_another_head_is_refused_before_the_run_opens(tmp_path, kaggle_folder, compose_config):
+    """`ckpt_path=` of a linear-head run into an MLP-head config was a page of torch's "Missing key(s) ...
+    size mismatch" once the data was set up, in a FAILED MLflow run."""
+    from fashion.config import ConfigError
+
+    overrides = tiny_overrides(tmp_path, kaggle_folder) + ["trainer.limit_train_batches=1", "test=false"]
+    train(compose_config(overrides + ["head=linear"]))
+    checkpoint = tmp_path / "out" / "checkpoints" / "last.ckpt"
+    with pytest.raises(ConfigError, match=r"ckpt_path: its weights do not fit the model this config builds: \d+ tensor\(s\) "
+                                          r"missing from it \(first model\.heads\..*; \d+ tensor\(s\) of another shape"):
+        train(compose_config(overrides + ["head=mlp", f"ckpt_path={checkpoint}"]))
+    assert len(runs_of(tmp_path)) == 1   # only the first run's
+    # as Lightning loads it: a checkpoint from before calibration, without temperatures, still starts a run
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    del saved["state_dict"]["model.temperature"]
+    torch.save(saved, checkpoint)
+    train(compose_config(overrides + ["head=linear", f"ckpt_path={checkpoint}"]))
+    assert len(runs_of(tmp_path)) == 2
 
 
 def test_a_failing_run_is_marked_failed_and_keeps_what_it_logged(tmp_path, kaggle_folder, compose_config):

@@ -95,17 +95,40 @@ def refuse_a_run_that_never_validates(cfg: DictConfig, trainer: Trainer) -> None
         raise ConfigError(f"trainer.check_val_every_n_epoch={every} with trainer.max_epochs={epochs}: {why}")
 
 
-def check_start_checkpoint(path: str | None, key: str) -> None:
+def check_start_checkpoint(path: str | None, key: str) -> dict[str, tuple[int, ...]] | None:
     """A checkpoint to start from (`ckpt_path`, or the last one of a run to resume) is read now as inference
     reads one (weights only). Lightning reads it at fit, after the slow setup, and its refusal of a pickle
     that would run code, or of a file cut short, was a traceback ending in torch's advice to load it with
-    `weights_only=False`: what not to do with a file from elsewhere."""
+    `weights_only=False`: what not to do with a file from elsewhere. Returns its weights' shapes, for
+    `refuse_weights_that_do_not_fit` once the model is built."""
     if not path or "://" in str(path):   # a remote one is Lightning's to fetch
-        return
+        return None
     try:
-        read_checkpoint(Path(path).expanduser())
+        state = read_checkpoint(Path(path).expanduser()).get("state_dict")
     except ValueError as err:
         raise ConfigError(f"{key}: {err}") from None
+    return {name: tuple(tensor.shape) for name, tensor in state.items()} if isinstance(state, dict) else None
+
+
+def refuse_weights_that_do_not_fit(shapes: dict[str, tuple[int, ...]] | None, module: TaggerModule, key: str) -> None:
+    """As Lightning loads a checkpoint (strictly), checked before the run opens: a checkpoint of another head,
+    backbone or label set was a page of torch's "Missing key(s) ... size mismatch", in a FAILED run."""
+    if shapes is None:
+        return
+    own = {name: tuple(tensor.shape) for name, tensor in module.state_dict().items()}
+    if "model.temperature" in own:   # from before calibration existed: they load as 1 (TaggerModule.on_load_checkpoint)
+        shapes = {"model.temperature": own["model.temperature"], **shapes}
+    missing, unknown = sorted(own.keys() - shapes.keys()), sorted(shapes.keys() - own.keys())
+    resized = sorted(name for name in own.keys() & shapes.keys() if own[name] != shapes[name])
+    if not (missing or unknown or resized):
+        return
+    found = [f"{len(names)} tensor(s) {what} (first {names[0]})" for names, what in
+             ((missing, "missing from it"), (unknown, "this model lacks"), (resized, "of another shape")) if names]
+    if resized:
+        found[-1] = found[-1][:-1] + f": {list(shapes[resized[0]])} there, {list(own[resized[0]])} here)"
+    raise ConfigError(f"{key}: its weights do not fit the model this config builds: {'; '.join(found)}. "
+                      "Start from a checkpoint of the same backbone, head and labels, or give those keys as its "
+                      "run did (its run's config.yaml)")
 
 
 def check_module_keys(cfg: DictConfig) -> None:

@@ -22,7 +22,7 @@ from fashion.tracking import describe_run, find_resume_point, log_run_inputs, tr
 from fashion.tracking.run import ui_hint
 from fashion.training.assembly import (build_model, build_module, check_module_keys, check_optimizer,
                                        check_start_checkpoint, check_trainer, refuse_unlogged_monitor,
-                                       use_feature_cache)
+                                       refuse_weights_that_do_not_fit, use_feature_cache)
 from fashion.training.console import QuietConsole, expect_frozen_norms_in_eval, log_lightning_once
 from fashion.training.module import evaluate_sets
 
@@ -43,7 +43,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = (),
     check_module_keys(cfg)
     check_optimizer(cfg)   # torch's and Lightning's own checks of their values, before the slow setup
     check_trainer(cfg)
-    check_start_checkpoint(cfg.get("ckpt_path"), "ckpt_path")
+    start_shapes = check_start_checkpoint(cfg.get("ckpt_path"), "ckpt_path")
     resume = find_resume_point(cfg)
     if resume:
         check_start_checkpoint(resume.ckpt_path, f"resume={resume.run_id}")
@@ -58,6 +58,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = (),
     refuse_unlogged_monitor(cfg.get("optimized_metric", "val/mean_acc"), model.heads.num_classes)
     cache = use_feature_cache(cfg, model, datamodule)
     module = build_module(cfg, datamodule, model)
+    refuse_weights_that_do_not_fit(start_shapes, module, "ckpt_path")
     expect_frozen_norms_in_eval(model.backbone.modules_kept_in_eval)
     with tracked_run(cfg, stopped_by, resume) as (logger, resume):
         resumed_from = resume.ckpt_path if resume else None
