@@ -196,6 +196,7 @@ def test_a_value_torch_or_the_module_refuses_fails_before_the_run(tmp_path, kagg
                               ("trainer.check_val_every_n_epoch=2", "trainer.check_val_every_n_epoch=2 with "
                                "trainer.max_epochs=1: validation never runs"),
                               ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches=0: at least 1"),
+                              ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1 clips nothing"),   # ran unclipped
                               ("seed=-5", "seed=-5: -5 is not in bounds, numpy accepts from 0 to 4294967295"),
                               # train until stopped: the schedule's length was int(inf), an OverflowError at fit
                               ("trainer.max_epochs=-1", "trainer.max_epochs=-1 with trainer.max_steps=-1 trains until "

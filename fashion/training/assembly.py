@@ -71,6 +71,9 @@ def check_trainer(cfg: DictConfig) -> None:
     if trainer.accumulate_grad_batches < 1:   # Lightning takes it, then divides by it at fit
         raise ConfigError(f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}: at least 1 "
                           "(the batches whose gradients add up to one optimizer step)")
+    if (trainer.gradient_clip_val or 0) < 0:   # Lightning skips clipping at a value <= 0 without a word
+        raise ConfigError(f"trainer.gradient_clip_val={trainer.gradient_clip_val} clips nothing: a positive norm "
+                          "(or value, with trainer.gradient_clip_algorithm=value), or null for no clipping")
     if trainer.max_epochs == -1 and trainer.max_steps == -1 and cfg.get("scheduler") is not None:
         raise ConfigError("trainer.max_epochs=-1 with trainer.max_steps=-1 trains until something stops it "
                           "(trainer.max_time, early stopping), and the learning-rate schedule needs a length: "
