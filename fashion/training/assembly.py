@@ -98,7 +98,7 @@ def refuse_a_run_that_never_validates(cfg: DictConfig, trainer: Trainer) -> None
         raise ConfigError(f"trainer.check_val_every_n_epoch={every} with trainer.max_epochs={epochs}: {why}")
 
 
-def check_start_checkpoint(path: str | None, key: str) -> dict[str, tuple[int, ...]] | None:
+def check_start_checkpoint(path: str | None, key: str) -> dict[str, torch.Size] | None:
     """A checkpoint to start from (`ckpt_path`, or the last one of a run to resume) is read now as inference
     reads one (weights only). Lightning reads it at fit, after the slow setup, and its refusal of a pickle
     that would run code, or of a file cut short, was a traceback ending in torch's advice to load it with
@@ -110,17 +110,19 @@ def check_start_checkpoint(path: str | None, key: str) -> dict[str, tuple[int, .
         state = read_checkpoint(Path(path).expanduser()).get("state_dict")
     except ValueError as err:
         raise ConfigError(f"{key}: {err}") from None
-    return {name: tuple(tensor.shape) for name, tensor in state.items()} if isinstance(state, dict) else None
+    return {name: tensor.shape for name, tensor in state.items()} if isinstance(state, dict) else None
 
 
-def refuse_weights_that_do_not_fit(shapes: dict[str, tuple[int, ...]] | None, module: TaggerModule, key: str) -> None:
-    """As Lightning loads a checkpoint (strictly), checked before the run opens: a checkpoint of another head,
-    backbone or label set was a page of torch's "Missing key(s) ... size mismatch", in a FAILED run."""
+def refuse_weights_that_do_not_fit(shapes: dict[str, torch.Size] | None, module: TaggerModule, key: str) -> None:
+    """As Lightning loads a checkpoint (strictly, after the module's `on_load_checkpoint`, which fills in what
+    older checkpoints lack), checked before the run opens: a checkpoint of another head, backbone or label set
+    was a page of torch's "Missing key(s) ... size mismatch", in a FAILED run."""
     if shapes is None:
         return
-    own = {name: tuple(tensor.shape) for name, tensor in module.state_dict().items()}
-    if "model.temperature" in own:   # from before calibration existed: they load as 1 (TaggerModule.on_load_checkpoint)
-        shapes = {"model.temperature": own["model.temperature"], **shapes}
+    loaded = {"state_dict": {name: torch.empty(shape, device="meta") for name, shape in shapes.items()}}
+    module.on_load_checkpoint(loaded)
+    shapes = {name: tensor.shape for name, tensor in loaded["state_dict"].items()}
+    own = {name: tensor.shape for name, tensor in module.state_dict().items()}
     missing, unknown = sorted(own.keys() - shapes.keys()), sorted(shapes.keys() - own.keys())
     resized = sorted(name for name in own.keys() & shapes.keys() if own[name] != shapes[name])
     if not (missing or unknown or resized):
