@@ -56,12 +56,13 @@ class TrainedModel:
         return self.build().eval()
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
+def read_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
     """torch.load with weights only: a pickle that would build other objects (run code) is refused, never
     run. Its refusals are one line naming the file, as the tools report bad input, not torch's page that
-    suggests `weights_only=False`, the one thing not to do with a file from elsewhere."""
+    suggests `weights_only=False`, the one thing not to do with a file from elsewhere. `mmap` leaves the
+    tensors on disk until read, for a caller that only checks the file (shapes, not values)."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:
         raise ValueError(f"{path} is not a checkpoint fashion-train wrote: it is not a PyTorch file, or it holds "
                          "objects other than tensors and plain values, which are not loaded (they could run code)") from None

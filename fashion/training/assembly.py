@@ -107,7 +107,7 @@ def check_start_checkpoint(path: str | None, key: str) -> dict[str, torch.Size] 
     if not path or "://" in str(path):   # a remote one is Lightning's to fetch
         return None
     try:
-        state = read_checkpoint(Path(path).expanduser()).get("state_dict")
+        state = read_checkpoint(Path(path).expanduser(), mmap=True).get("state_dict")
     except ValueError as err:
         raise ConfigError(f"{key}: {err}") from None
     return {name: tensor.shape for name, tensor in state.items()} if isinstance(state, dict) else None
