@@ -79,6 +79,12 @@ def manifest_rows(spark: SparkSession, manifest: str, path_column: str = "path")
                 raise
             raise ValueError(f"{manifest}: a line without the header's {len(images.columns)} fields ({record.group(1)!r}); "
                              "a path that holds a comma must be quoted") from None
+        # Spark decodes bytes that are not UTF-8 (a spreadsheet's code page) as U+FFFD, without a word: a path
+        # that names no file, where fashion-predict refuses the manifest.
+        garbled = images.where(F.col(path_column).contains("\ufffd")).select(path_column).first()
+        if garbled is not None:
+            raise ValueError(f"{manifest}: not UTF-8 text (a path read as {garbled[0]!r}): save it as UTF-8, "
+                             "as a spreadsheet's \"CSV UTF-8\" does")
     else:
         images = spark.read.parquet(manifest)
     return images.where(F.col(path_column).isNotNull() & (F.col(path_column) != "")).select(path_column)
