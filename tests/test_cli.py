@@ -76,7 +76,8 @@ def test_ddp_on_two_cpu_processes_logs_one_run_that_counts_each_product_once(str
     launcher, trainer = DDP_LAUNCHES[strategy]
     # odd val and test splits, one product a batch: the two processes' evaluation runs differ by a batch
     result = run_cli([*cli_overrides(tmp_path, kaggle_folder), *trainer, "trainer.limit_train_batches=1",
-                      "data.eval_batch_size=1", "split.fractions={train:0.75,val:0.2,test:0.05}"], tmp_path, launcher=launcher)
+                      "trainer.log_every_n_steps=1", "data.eval_batch_size=1",
+                      "split.fractions={train:0.75,val:0.2,test:0.05}"], tmp_path, launcher=launcher)
     # Lightning's advice to sync what torchmetrics already gathered: ~70 lines a run, in every process kind
     assert "It is recommended to use `self.log(" not in result.stderr + result.stdout
     runs = finished_runs(tmp_path)
@@ -96,6 +97,13 @@ def test_ddp_on_two_cpu_processes_logs_one_run_that_counts_each_product_once(str
     report = pd.read_csv(artifacts / "test" / "report_gender.csv", index_col="class")
     assert report.loc[["Men", "Women"], "support"].sum() == tested
     assert run.data.metrics["calibration/gender/val_samples"] == sizes["val"]   # rank zero calibrates on all of val
+    # one batch a process: the epoch's training loss is the mean of both, not rank zero's batch (train/loss_step),
+    # and it is the weighted sum of the attributes' epoch losses, which are means over both processes too
+    metrics = run.data.metrics
+    assert metrics["train/loss_epoch"] != pytest.approx(metrics["train/loss_step"], abs=1e-6)
+    attributes = [k.split("/")[1] for k in metrics if k.startswith("loss_weight/")]
+    assert attributes and metrics["train/loss_epoch"] == pytest.approx(
+        sum(metrics[f"loss_weight/{a}"] * metrics[f"train/{a}/loss"] for a in attributes), rel=1e-5)
 
 
 def test_wrong_override_fails_fast_naming_the_key(tmp_path):

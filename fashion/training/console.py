@@ -53,9 +53,9 @@ def ignore_lightnings_leafspec_deprecation() -> None:
 def ignore_sync_advice_for_gathered_values() -> None:
     """Under DDP Lightning advises `sync_dist=True` for every value logged per epoch without it: about 70 lines
     in a two-process run, none a user can act on. The metrics (val/, test/, eval/) are torchmetrics' results,
-    gathered over the processes when computed, and so are the loss weights, set from those means. The training
-    losses are rank zero's on purpose: syncing `train/loss` would gather at every step. A value logged under
-    any other name still gets the advice."""
+    gathered over the processes when computed, and so are the epoch's training losses and the loss weights set
+    from them. The loss logged per step is rank zero's on purpose: syncing it would gather at every step. A value
+    logged under any other name still gets the advice."""
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test|eval|loss_weight|train)/",
                             category=PossibleUserWarning)
 

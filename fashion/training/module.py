@@ -80,9 +80,10 @@ class TaggerModule(L.LightningModule):
         self.test_confusion: dict[str, torch.Tensor] = {}
         self.test_confidence: dict[str, tuple[torch.Tensor, ...]] = {}   # for the reliability diagrams
         self.decision: Decision | None = None   # set by the Calibration callback, saved in checkpoints
-        # Per-attribute epoch means for the loss weighting, kept on the device (no sync per step) and
-        # reduced over DDP processes by torchmetrics ("disable": no NaN check, which would sync).
+        # Epoch means of the loss and (for the loss weighting) of each attribute's, kept on the device (no sync
+        # per step) and reduced over DDP processes by torchmetrics ("disable": no NaN check, which would sync).
         self.epoch_losses = nn.ModuleDict({a: MeanMetric(nan_strategy="disable") for a in self.attributes})
+        self.epoch_loss = MeanMetric(nan_strategy="disable")
 
     def setup(self, stage: str) -> None:
         """Every process starts its metrics from zero, in memory of its own. ddp_spawn on CPU hands the
@@ -114,18 +115,21 @@ class TaggerModule(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         inputs, targets = batch
         total, parts = self.loss(self(inputs), targets)
-        size = batch_size_of(targets)
-        self.log("train/loss", total, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
-        self.log_dict({f"train/{a}/loss": v for a, v in parts.items()}, on_step=False, on_epoch=True, batch_size=size)
+        self.log("train/loss_step", total, prog_bar=True, batch_size=batch_size_of(targets))
+        self.epoch_loss.update(total.detach().float())
         for attribute, mean in self.epoch_losses.items():
             mean.update(parts[attribute].detach().float())
         return total
 
     def on_train_epoch_end(self) -> None:
+        """The epoch's losses are the means over every DDP process's batches (Lightning's own epoch means of
+        a value logged per step are its process's: rank zero's share of the data in MLflow)."""
         losses = {a: float(mean.compute()) for a, mean in self.epoch_losses.items()}
         refuse_a_diverged_run(losses, self.current_epoch, str(self.trainer.precision))
+        self.log("train/loss_epoch", self.epoch_loss.compute(), prog_bar=True)
+        self.log_dict({f"train/{a}/loss": v for a, v in losses.items()})
         self.loss.weighting.end_epoch(losses)
-        for mean in self.epoch_losses.values():
+        for mean in [*self.epoch_losses.values(), self.epoch_loss]:
             mean.reset()
         self.log_dict({f"loss_weight/{a}": w for a, w in self.loss.weighting.weights().items()})
 
