@@ -150,6 +150,10 @@ def test_the_output_suffix_names_the_format_and_a_contradiction_or_a_missing_col
                 in capsys.readouterr().err)
         assert main([f"bundle={trained.bundle}", f"manifest={manifest}", "path_column=image", f"output={tmp_path / 'by_image.csv'}",
                      "overwrite=true"]) == 0
+    semicolons = tmp_path / "semicolons.csv"   # a spreadsheet in a locale whose decimal mark is the comma
+    semicolons.write_text(f"sku;path\n1;{IMAGES[0]}\n")
+    assert main([f"bundle={trained.bundle}", f"manifest={semicolons}"]) == 2
+    assert "(its columns: 'sku;path'): its fields are separated by ';', save it comma-separated" in capsys.readouterr().err
 
 
 def test_a_malformed_manifest_line_is_refused_by_number_and_rows_without_a_path_are_said(trained, tmp_path, capsys):

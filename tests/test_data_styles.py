@@ -87,6 +87,9 @@ def test_missing_file_and_missing_column_raise_clear_errors(tmp_path):
     path.write_text("id,gender\n1,Men\n")
     with pytest.raises(StylesFileError, match=r"lacks column\(s\) \['masterCategory'"):
         read_styles(path)
+    path.write_text("id;gender;masterCategory\n1;Men;Apparel\n")   # a spreadsheet's locale separator
+    with pytest.raises(StylesFileError, match="its fields are separated by ';', save it comma-separated"):
+        read_styles(path)
 
 
 def test_reads_the_real_full_styles_file():

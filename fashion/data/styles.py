@@ -70,6 +70,13 @@ def first_line_not_utf8(path: Path, opener: Callable[..., IO[bytes]] = open) -> 
     return None
 
 
+def other_separator(columns: list[str]) -> str:
+    """A header read as one column holding `;`, a tab or `|`: a spreadsheet saved it with its locale's separator
+    (`;` where the comma is the decimal mark). Said, since the column list alone reads as a mystery."""
+    found = [s for s in (";", "\t", "|") if len(columns) == 1 and s in str(columns[0])]
+    return f": its fields are separated by {found[0]!r}, save it comma-separated" if found else ""
+
+
 def read_styles(path: str | Path, attributes: list[str] | tuple[str, ...] = ATTRIBUTES) -> tuple[pd.DataFrame, StylesReport]:
     """Return one row per product with an integer `id` and the requested label columns (NA = missing)."""
     path = Path(path)
@@ -100,7 +107,8 @@ def read_styles(path: str | Path, attributes: list[str] | tuple[str, ...] = ATTR
         frame = frame.iloc[1:]
     missing_columns = [c for c in ("id", *attributes) if c not in frame.columns]
     if missing_columns:
-        raise StylesFileError(f"{path} lacks column(s) {missing_columns}; it has {list(frame.columns)}")
+        raise StylesFileError(f"{path} lacks column(s) {missing_columns}; it has {list(frame.columns)}"
+                              f"{other_separator(list(frame.columns))}")
 
     report.malformed_rows = len(malformed)
     report.malformed_examples = [",".join(f)[:200] for f in malformed[:EXAMPLES_IN_REPORT]]
