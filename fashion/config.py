@@ -120,9 +120,20 @@ def torchrun_start() -> float:
     return process.create_time()
 
 
+def metric_mode(metric: str) -> str:
+    """Which way a monitored metric gets better, in Lightning's words: a loss down, accuracy, F1 and top-5 up.
+    The checkpoint, early stopping, a sweep's best run and Optuna's direction all follow it: with a fixed
+    "max", `optimized_metric=val/loss` kept the checkpoint of the highest loss as the best."""
+    return "min" if str(metric).endswith("/loss") else "max"
+
+
 def register_resolvers() -> None:
     """`${project_root:}` lets configs name repo-relative paths that survive Hydra's output dirs;
-    `${tracking_uri:<mlruns>}` is the MLflow store, defined once here; `${launch_time:}` names output folders."""
+    `${tracking_uri:<mlruns>}` is the MLflow store, defined once here; `${launch_time:}` names output folders;
+    `${metric_mode:<metric>}` is min or max (`${metric_direction:...}`: Optuna's minimize or maximize)."""
+    if not OmegaConf.has_resolver("metric_mode"):
+        OmegaConf.register_new_resolver("metric_mode", metric_mode)
+        OmegaConf.register_new_resolver("metric_direction", lambda metric: f"{metric_mode(metric)}imize")
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
     if not OmegaConf.has_resolver("tracking_uri"):
@@ -161,7 +172,7 @@ def validate_config(cfg: DictConfig | dict) -> None:
             check_fields(get_object(node["_target_"]), fields, where)
         except ValueError as err:
             problems.append(str(err))
-    problems += monitored_metric_problems(container) + missing_file_problems(container)
+    problems += monitored_metric_problems(container) + direction_problems(container) + missing_file_problems(container)
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
 
@@ -193,6 +204,22 @@ def monitored_metric_problems(container: dict) -> list[str]:
         return []
     return [f"optimized_metric: {metric!r} is not logged by this run; it takes val/mean_acc, val/loss or "
             f"val/<attribute>/acc|f1|top5 with <attribute> one of {list(attributes)}"]
+
+
+def direction_problems(container: dict) -> list[str]:
+    """A mode or direction given against the metric's (`callbacks.model_checkpoint.mode=max` with `val/loss`)
+    would keep the worst checkpoint as the best, without a word."""
+    metric = container.get("optimized_metric")
+    if metric is None:
+        return []
+    mode = metric_mode(metric)
+    callbacks, search = container.get("callbacks") or {}, container.get("hparams_search") or {}
+    given = {f"callbacks.{name}.mode": (node.get("mode"), mode) for name, node in callbacks.items()
+             if isinstance(node, dict) and node.get("monitor") == metric and "mode" in node}
+    if isinstance(search, dict) and "direction" in search:
+        given["hparams_search.direction"] = (search["direction"], f"{mode}imize")
+    return [f"{key}={value}: {metric} is better {'lower' if mode == 'min' else 'higher'}, so {expected} "
+            f"(leave it out to follow optimized_metric)" for key, (value, expected) in given.items() if value != expected]
 
 
 def _has_target(value: Any) -> bool:

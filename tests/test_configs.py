@@ -134,6 +134,12 @@ def test_wrong_key_fails_naming_the_key(compose_config):
      "callbacks.calibration.target_precision: Input should be less than or equal to 1 (got 1.5)"),
     ("callbacks.calibration.target_precision_per_attribute={season:2}",
      "callbacks.calibration.target_precision_per_attribute.season: Input should be less than or equal to 1 (got 2)"),
+    # a mode against the metric's kept the worst checkpoint as the best, without a word
+    ("optimized_metric=val/loss callbacks.model_checkpoint.mode=max",
+     "callbacks.model_checkpoint.mode=max: val/loss is better lower, so min (leave it out to follow optimized_metric)"),
+    ("callbacks.early_stopping.mode=min", "callbacks.early_stopping.mode=min: val/mean_acc is better higher, so max"),
+    ("hparams_search=optuna optimized_metric=val/loss hparams_search.direction=maximize",
+     "hparams_search.direction=maximize: val/loss is better lower, so minimize"),
 ])
 def test_wrong_value_fails_before_anything_is_built_naming_the_key(override, message, compose_config, tmp_path):
     """Typed configs: each value is checked against the Literal/type of its class's signature."""
@@ -141,7 +147,7 @@ def test_wrong_value_fails_before_anything_is_built_naming_the_key(override, mes
 
     validate_config(compose_config([f"paths.output_dir={tmp_path}"]))  # the default passes
     with pytest.raises(ConfigError, match=re.escape(message)):
-        validate_config(compose_config([override, f"paths.output_dir={tmp_path}"]))
+        validate_config(compose_config([*override.split(), f"paths.output_dir={tmp_path}"]))
 
 
 def test_a_ckpt_path_that_is_not_a_pytorch_file_is_named_before_the_run(compose_config, tmp_path):
@@ -206,6 +212,13 @@ def test_a_value_torch_or_the_module_refuses_fails_before_the_run(tmp_path, kagg
         with pytest.raises(ConfigError, match=re.escape(message)):
             train(cfg)
     assert not (tmp_path / "mlruns").exists()   # no run was opened
+
+
+def test_the_checkpoint_early_stopping_and_optuna_follow_the_direction_of_the_optimized_metric(compose_config):
+    for metric, mode in (("val/mean_acc", "max"), ("val/gender/f1", "max"), ("val/loss", "min")):
+        cfg = compose_config(["hparams_search=optuna", f"optimized_metric={metric}"])
+        assert (cfg.callbacks.model_checkpoint.mode, cfg.callbacks.early_stopping.mode) == (mode, mode), metric
+        assert cfg.hparams_search.direction == f"{mode}imize", metric
 
 
 def test_every_validation_metric_the_run_logs_can_be_the_optimized_metric():

@@ -346,3 +346,29 @@ def test_torchs_leafspec_deprecation_is_ignored_in_lightnings_code_only():
 
     assert not warned(lambda: _tree_flatten(1.0))
     assert warned(LeafSpec)
+
+
+def test_a_loss_as_the_optimized_metric_keeps_the_lowest_and_a_sweep_names_the_lowest(tmp_path, kaggle_folder,
+                                                                                       compose_config, monkeypatch):
+    """The checkpoint and early stopping were fixed to "max": `optimized_metric=val/loss` kept the checkpoint of
+    the highest validation loss as the best, tested it and exported it; a sweep named its highest-loss job."""
+    from fashion.tracking.run import PARENT_RUN_ENV, end_sweep, start_sweep
+
+    cfg = compose_config(tiny_overrides(tmp_path, kaggle_folder) + ["optimized_metric=val/loss", "trainer.max_epochs=4"])
+    metrics = train(cfg)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    run = runs_of(tmp_path).iloc[0]
+    losses = [m.value for m in sorted(client.get_metric_history(run["run_id"], "val/loss"), key=lambda m: m.step)]
+    assert len(set(losses)) > 1, losses   # the test needs epochs that differ
+    assert metrics["best/val/loss"] == pytest.approx(min(losses))
+    assert run["tags.best_checkpoint"] == f"checkpoints/best-epoch{losses.index(min(losses)):02d}.ckpt"
+
+    monkeypatch.delenv(PARENT_RUN_ENV, raising=False)
+    sweep = start_sweep(cfg, "sweep")
+    for loss in (2.0, 1.0, 3.0):
+        job = client.create_run(client.get_run(sweep).info.experiment_id, tags={"mlflow.parentRunId": sweep}).info.run_id
+        client.log_metric(job, "best/val/loss", loss)
+        client.set_terminated(job)
+    end_sweep(cfg, sweep)
+    best = client.get_run(client.get_run(sweep).data.tags["best_run_id"])
+    assert best.data.metrics["best/val/loss"] == 1.0 and client.get_run(sweep).data.metrics["best/val/loss"] == 1.0

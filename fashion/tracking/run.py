@@ -319,7 +319,7 @@ def end_sweep(cfg: DictConfig, run_id: str, status: str | None = "FINISHED") -> 
     (Ctrl-C), as that job is, else FAILED."""
     os.environ.pop(PARENT_RUN_ENV, None)
     client, monitor = MlflowClient(cfg.logger.tracking_uri), cfg.get("optimized_metric", "val/mean_acc")
-    maximize = (cfg.get("hparams_search") or {}).get("direction", "maximize") == "maximize"
+    maximize = config.metric_mode(monitor) == "max"
     jobs = client.search_runs([client.get_run(run_id).info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")
     if status is None:
         status = "KILLED" if any(job.info.status == "KILLED" for job in jobs) else "FAILED"
