@@ -85,18 +85,35 @@ def experiment_yaml(params: Mapping[str, Any], study: str, value: float) -> str:
     return header + yaml.safe_dump(body, sort_keys=False)
 
 
-def open_study(search: DictConfig) -> optuna.Study:
+def open_study(search: DictConfig, metric: str) -> optuna.Study:
     """The study `search` names, created or continued. A storage that cannot be opened (a folder that does
     not exist, an unknown database scheme) is a config value to fix, named as one, not a stack trace."""
     from sqlalchemy.exc import SQLAlchemyError   # Optuna's storage layer
 
     try:
-        return optuna.create_study(study_name=search.study_name, storage=search.storage, direction=search.direction,
-                                   sampler=instantiate(search.sampler), pruner=instantiate(search.pruner),
-                                   load_if_exists=True)
+        study = optuna.create_study(study_name=search.study_name, storage=search.storage, direction=search.direction,
+                                    sampler=instantiate(search.sampler), pruner=instantiate(search.pruner),
+                                    load_if_exists=True)
     except SQLAlchemyError as err:
         reason = str(err.orig) if getattr(err, "orig", None) else str(err).splitlines()[0]
         raise ConfigError(f"hparams_search.storage={search.storage}: cannot open the study there ({reason})") from err
+    refuse_another_objective(study, search, metric)
+    return study
+
+
+def refuse_another_objective(study: optuna.Study, search: DictConfig, metric: str) -> None:
+    """Optuna continues a stored study with the direction it was created with and whatever values it is given: a
+    study of val/mean_acc continued with `optimized_metric=val/loss` (the study name is the same unless changed)
+    ranked losses as accuracies, and its best trial was the worst. A study records its metric from now on."""
+    recorded = study.user_attrs.get("optimized_metric")
+    direction = study.direction.name.lower()
+    if recorded not in (None, metric) or direction != search.direction:
+        recorded_as = f"optimizes {recorded}" if recorded else f"{direction}s its metric"
+        raise ConfigError(f"hparams_search.study_name={search.study_name}: that study ({search.storage}) {recorded_as}, "
+                          f"not {metric} ({search.direction}): give another hparams_search.study_name"
+                          + (f", or optimized_metric={recorded} to continue it" if recorded else ""))
+    if recorded is None:
+        study.set_user_attr("optimized_metric", metric)
 
 
 def tune(cfg: DictConfig) -> float:
@@ -120,7 +137,7 @@ def tune(cfg: DictConfig) -> float:
     # First, so a tracking server that does not answer stops the launch before the study is stored.
     sweep = start_sweep(cfg, f"optuna {search.study_name}")   # the trials nest under it; the best is marked on it
     try:
-        study = open_study(search)
+        study = open_study(search, monitor)
         # A trial whose loss diverged (a learning rate too high) fails, its run FAILED; the study goes on.
         study.optimize(objective, n_trials=search.n_trials, timeout=search.get("timeout"), catch=(TrainingDiverged,))
     except BaseException as stop:   # Ctrl-C ends the study KILLED, as it ends the trial it interrupted

@@ -160,3 +160,30 @@ def test_a_study_storage_that_cannot_be_opened_is_named_and_ends_the_sweep_run_f
     tune_in_process(tmp_path, kaggle_folder, [f"hparams_search.storage={storage}"], ConfigError,
                     rf"hparams_search.storage={storage}: cannot open the study there \(unable to open database file\)")
     assert sweep_run_status(tmp_path) == "FAILED"
+
+
+def test_a_study_continued_on_another_metric_or_direction_is_refused(tmp_path, compose_config):
+    """Optuna continues a stored study with the direction it was created with: relaunched (same study name) with
+    `optimized_metric=val/loss`, a val/mean_acc study ranked losses as accuracies and named the worst trial best."""
+    import re
+
+    from fashion.tune import open_study
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+
+    def search(metric: str, name: str = "fashion"):
+        return compose_config(["hparams_search=optuna", f"optimized_metric={metric}", f"hparams_search.storage={storage}",
+                               f"hparams_search.study_name={name}", f"paths.output_dir={tmp_path}"]).hparams_search
+
+    assert open_study(search("val/mean_acc"), "val/mean_acc").user_attrs["optimized_metric"] == "val/mean_acc"
+    open_study(search("val/mean_acc"), "val/mean_acc")   # continued on its own metric
+    for metric, direction in (("val/loss", "minimize"), ("val/gender/acc", "maximize")):
+        with pytest.raises(ConfigError, match=re.escape(
+                f"hparams_search.study_name=fashion: that study ({storage}) optimizes val/mean_acc, not {metric} "
+                f"({direction}): give another hparams_search.study_name, or optimized_metric=val/mean_acc to continue it")):
+            open_study(search(metric), metric)
+    assert open_study(search("val/loss", "losses"), "val/loss").direction == optuna.study.StudyDirection.MINIMIZE
+    optuna.create_study(study_name="older", storage=storage, direction="maximize")   # stored without its metric
+    with pytest.raises(ConfigError, match=re.escape("that study (" + storage + ") maximizes its metric, not val/loss (minimize)")):
+        open_study(search("val/loss", "older"), "val/loss")
+    assert open_study(search("val/mean_acc", "older"), "val/mean_acc").user_attrs["optimized_metric"] == "val/mean_acc"
