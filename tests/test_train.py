@@ -362,6 +362,7 @@ def test_a_loss_as_the_optimized_metric_keeps_the_lowest_and_a_sweep_names_the_l
     assert len(set(losses)) > 1, losses   # the test needs epochs that differ
     assert metrics["best/val/loss"] == pytest.approx(min(losses))
     assert run["tags.best_checkpoint"] == f"checkpoints/best-epoch{losses.index(min(losses)):02d}.ckpt"
+    assert "Columns worth adding: `best/val/loss`" in run["tags.mlflow.note.content"]   # the run page names its metric
 
     monkeypatch.delenv(PARENT_RUN_ENV, raising=False)
     sweep = start_sweep(cfg, "sweep")

@@ -85,7 +85,8 @@ def describe_run(logger: MLFlowLogger, metrics: dict[str, float], attributes: li
                      + f" | {'–' if ece is None else f'{ece:.3f}'} | {accepted} |"
                      + "".join(" – |" if v is None else f" {100 * v:.1f} |" for v in (metrics.get(f"eval/{s}/{a}/acc") for s in sets)))
     minutes = metrics.get("time/total_s", float("nan")) / 60
-    note = "\n".join(lines) + (f"\n\nWall time {minutes:.1f} min. Columns worth adding: `best/val/mean_acc`, "
+    best = next((k for k in metrics if k.startswith("best/")), "best/val/mean_acc")   # the run's optimized_metric
+    note = "\n".join(lines) + (f"\n\nWall time {minutes:.1f} min. Columns worth adding: `{best}`, "
                                  "`test/<attribute>/acc`, `time/total_s`.")
     logger.experiment.set_tag(logger.run_id, "mlflow.note.content", note)
 
