@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import zipfile
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -191,35 +192,45 @@ def missing_file_problems(container: dict) -> list[str]:
     return problems
 
 
-def monitored_metric_problems(container: dict) -> list[str]:
-    """`optimized_metric` must be a validation metric the run logs: the checkpoint and early-stopping callbacks
-    find a misspelt one only after the first epoch, minutes or hours in."""
+def monitored_metrics(container: Mapping) -> dict[str, str]:
+    """`optimized_metric`, and a callback's own `monitor` where one was given another metric, by config key."""
     metric = container.get("optimized_metric")
+    found = {"optimized_metric": metric} if metric is not None else {}
+    for name, node in (container.get("callbacks") or {}).items():
+        if isinstance(node, Mapping) and node.get("monitor") not in (None, metric):
+            found[f"callbacks.{name}.monitor"] = node["monitor"]
+    return found
+
+
+def monitored_metric_problems(container: dict) -> list[str]:
+    """`optimized_metric` (and a callback's own `monitor`) must be a validation metric the run logs: the
+    checkpoint and early-stopping callbacks find a misspelt one only after the first epoch, minutes or hours in."""
     labels = container.get("labels")
     attributes = (labels.get("attributes") or []) if isinstance(labels, dict) else []
     # What the training module logs at validation (fashion.metrics.AttributeMetrics, which the config stage may not
     # import): tests/test_configs.py checks that every metric it computes passes.
     known = {"val/loss", "val/mean_acc", "val/mean_f1", *(f"val/{a}/{m}" for a in attributes for m in ("acc", "f1", "top5"))}
-    if metric is None or not attributes or metric in known:
-        return []
-    return [f"optimized_metric: {metric!r} is not logged by this run; it takes val/mean_acc, val/loss or "
-            f"val/<attribute>/acc|f1|top5 with <attribute> one of {list(attributes)}"]
+    return [f"{key}: {metric!r} is not logged by this run; it takes val/mean_acc, val/loss or "
+            f"val/<attribute>/acc|f1|top5 with <attribute> one of {list(attributes)}"
+            for key, metric in monitored_metrics(container).items() if attributes and metric not in known]
 
 
 def direction_problems(container: dict) -> list[str]:
-    """A mode or direction given against the metric's (`callbacks.model_checkpoint.mode=max` with `val/loss`)
+    """A mode or direction given against its metric's (`callbacks.model_checkpoint.mode=max` with `val/loss`)
     would keep the worst checkpoint as the best, without a word."""
-    metric = container.get("optimized_metric")
-    if metric is None:
-        return []
-    mode = metric_mode(metric)
-    callbacks, search = container.get("callbacks") or {}, container.get("hparams_search") or {}
-    given = {f"callbacks.{name}.mode": (node.get("mode"), mode) for name, node in callbacks.items()
-             if isinstance(node, dict) and node.get("monitor") == metric and "mode" in node}
-    if isinstance(search, dict) and "direction" in search:
-        given["hparams_search.direction"] = (search["direction"], f"{mode}imize")
-    return [f"{key}={value}: {metric} is better {'lower' if mode == 'min' else 'higher'}, so {expected} "
-            f"(leave it out to follow optimized_metric)" for key, (value, expected) in given.items() if value != expected]
+    given = [(f"callbacks.{name}.mode", node["mode"], node["monitor"], "")
+             for name, node in (container.get("callbacks") or {}).items()
+             if isinstance(node, dict) and "mode" in node and isinstance(node.get("monitor"), str)]
+    search, metric = container.get("hparams_search"), container.get("optimized_metric")
+    if isinstance(search, dict) and "direction" in search and metric is not None:
+        given.append(("hparams_search.direction", search["direction"], metric, "imize"))
+    problems = []
+    for key, value, monitored, suffix in given:
+        if value != metric_mode(monitored) + suffix:
+            better = "lower" if metric_mode(monitored) == "min" else "higher"
+            problems.append(f"{key}={value}: {monitored} is better {better}, so {metric_mode(monitored)}{suffix} "
+                            "(leave it out: it follows the metric)")
+    return problems
 
 
 def _has_target(value: Any) -> bool:

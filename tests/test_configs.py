@@ -136,7 +136,9 @@ def test_wrong_key_fails_naming_the_key(compose_config):
      "callbacks.calibration.target_precision_per_attribute.season: Input should be less than or equal to 1 (got 2)"),
     # a mode against the metric's kept the worst checkpoint as the best, without a word
     ("optimized_metric=val/loss callbacks.model_checkpoint.mode=max",
-     "callbacks.model_checkpoint.mode=max: val/loss is better lower, so min (leave it out to follow optimized_metric)"),
+     "callbacks.model_checkpoint.mode=max: val/loss is better lower, so min (leave it out: it follows the metric)"),
+    ("callbacks.early_stopping.monitor=val/mean_accc",   # found by the callback after the first epoch
+     "callbacks.early_stopping.monitor: 'val/mean_accc' is not logged by this run"),
     ("callbacks.early_stopping.mode=min", "callbacks.early_stopping.mode=min: val/mean_acc is better higher, so max"),
     ("hparams_search=optuna optimized_metric=val/loss hparams_search.direction=maximize",
      "hparams_search.direction=maximize: val/loss is better lower, so minimize"),
@@ -219,6 +221,8 @@ def test_the_checkpoint_early_stopping_and_optuna_follow_the_direction_of_the_op
         cfg = compose_config(["hparams_search=optuna", f"optimized_metric={metric}"])
         assert (cfg.callbacks.model_checkpoint.mode, cfg.callbacks.early_stopping.mode) == (mode, mode), metric
         assert cfg.hparams_search.direction == f"{mode}imize", metric
+    cfg = compose_config(["callbacks.model_checkpoint.monitor=val/loss"])   # a callback given its own metric
+    assert (cfg.callbacks.model_checkpoint.mode, cfg.callbacks.early_stopping.mode) == ("min", "max")
 
 
 def test_every_validation_metric_the_run_logs_can_be_the_optimized_metric():

@@ -154,10 +154,11 @@ def test_monitoring_a_top5_that_a_small_head_never_logs_is_refused_before_the_ru
     failed on it only after the first epoch. Now the run refuses it once the labels give the sizes."""
     from fashion.config import ConfigError
 
-    cfg = compose_config(tiny_overrides(tmp_path, kaggle_folder) + ["optimized_metric=val/gender/top5"])
-    with pytest.raises(ConfigError, match=r"optimized_metric: 'val/gender/top5' is not logged by this run: gender has \d "
-                                          "classes here, and top5 is logged only for heads of more than 5"):
-        train(cfg)
+    for key in ("optimized_metric", "callbacks.early_stopping.monitor"):   # a callback's own monitor is checked too
+        cfg = compose_config(tiny_overrides(tmp_path, kaggle_folder) + [f"{key}=val/gender/top5"])
+        with pytest.raises(ConfigError, match=f"{key}: 'val/gender/top5' is not logged by this run: gender has \\d "
+                                              "classes here, and top5 is logged only for heads of more than 5"):
+            train(cfg)
     assert not (tmp_path / "mlruns").exists() or runs_of(tmp_path).empty   # no run was opened for it
 
 

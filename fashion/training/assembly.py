@@ -145,7 +145,7 @@ def check_module_keys(cfg: DictConfig) -> None:
         raise ConfigError(f"invalid config: {err}") from None
 
 
-def refuse_unlogged_monitor(metric: str, num_classes: dict[str, int]) -> None:
+def refuse_unlogged_monitor(key: str, metric: str, num_classes: dict[str, int]) -> None:
     """The config check knows the metric names but not the head sizes, which come from the data: top-5 is
     logged only for heads of more than five classes. Refused here, before a feature cache fills, not
     by the checkpoint callback after the first epoch."""
@@ -155,7 +155,7 @@ def refuse_unlogged_monitor(metric: str, num_classes: dict[str, int]) -> None:
     attribute = metric.split("/")[1] if metric.count("/") == 2 else None
     why = (f"{attribute} has {num_classes[attribute]} classes here, and top{TOP_K} is logged only for heads of more "
            f"than {TOP_K}" if attribute in num_classes and num_classes[attribute] <= TOP_K else f"it logs {logged}")
-    raise ConfigError(f"optimized_metric: {metric!r} is not logged by this run: {why}")
+    raise ConfigError(f"{key}: {metric!r} is not logged by this run: {why}")
 
 
 def build_module(cfg: DictConfig, datamodule: FashionDataModule, model: MultiHeadTagger) -> TaggerModule:

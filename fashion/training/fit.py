@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from fashion.config import ConfigError, validate_config
+from fashion.config import ConfigError, monitored_metrics, validate_config
 from fashion.data.datamodule import FashionDataModule
 from fashion.tracking import describe_run, find_resume_point, log_run_inputs, tracked_run
 from fashion.tracking.run import ui_hint
@@ -55,7 +55,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = (),
     datamodule: FashionDataModule = instantiate(cfg.data, preprocessing=backbone.preprocessing, _convert_="object")
     datamodule.prepare_labels()
     model = build_model(cfg, datamodule, backbone)
-    refuse_unlogged_monitor(cfg.get("optimized_metric", "val/mean_acc"), model.heads.num_classes)
+    for key, metric in monitored_metrics(cfg).items():
+        refuse_unlogged_monitor(key, metric, model.heads.num_classes)
     cache = use_feature_cache(cfg, model, datamodule)
     module = build_module(cfg, datamodule, model)
     refuse_weights_that_do_not_fit(start_shapes, module, "ckpt_path")
