@@ -1,5 +1,8 @@
 """The offline ImageNet weights: every key maps, and they recognise a real T-shirt from the sample."""
 
+import logging
+import socket
+
 import pandas as pd
 import pytest
 import torch
@@ -7,7 +10,8 @@ from timm.data import ImageNetInfo
 
 from fashion.data.images import load_rgb
 from fashion.models import Backbone
-from fashion.models.weights import load_state_dict_by_position, load_weights_file, packaged_weights_path
+from fashion.models.weights import (PROXY_VARIABLES, hub_answers, load_state_dict_by_position, load_weights_file,
+                                    packaged_weights_path)
 from tests.conftest import SAMPLE
 
 JERSEY = 610  # ImageNet "jersey, T-shirt, tee shirt"
@@ -58,16 +62,40 @@ def test_lite0_classifies_sample_tshirts_as_jersey():
     assert (top1 == JERSEY).float().mean() >= 0.5
 
 
-def test_hub_weights_that_cannot_be_fetched_name_the_keys_that_work_offline(tmp_path, monkeypatch):
+def test_hub_weights_that_cannot_be_fetched_name_the_keys_that_work_offline(tmp_path, monkeypatch, caplog):
     """Offline, `backbone=resnet18` ended in huggingface_hub's "An error happened while trying to locate the
     file on the Hub...", naming neither the key that asked for the download nor what works without one."""
     import huggingface_hub.constants
 
     from fashion.config import ConfigError
 
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)   # as with no network, without the retries
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", closed_address())   # a hub that does not answer
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))   # and no copy cached here
-    with pytest.raises(ConfigError, match=r"backbone.name='resnet18.tv_in1k': backbone.pretrained=true fetches .*"
-                                          r"Offline: backbone.pretrained=false backbone.checkpoint_path="):
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    with caplog.at_level(logging.WARNING), pytest.raises(
+            ConfigError, match=r"backbone.name='resnet18.tv_in1k': backbone.pretrained=true fetches .*"
+                               r"Offline: backbone.pretrained=false backbone.checkpoint_path="):
         Backbone("resnet18.tv_in1k", pretrained=True)
+    # huggingface_hub's five retries a file (about 45 s) are skipped once the hub's host has not answered
+    assert not [r for r in caplog.records if "Retrying" in r.getMessage()]
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is False   # the offline mode was for that call only
     assert Backbone("resnet18.tv_in1k", pretrained=False).weight_source == "random"   # no download asked, none tried
+
+
+def closed_address() -> str:
+    with socket.socket() as listener:   # bound, then closed: a connection there is refused
+        listener.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+def test_the_hub_probe_answers_for_a_listening_host_a_proxy_and_not_a_closed_port(monkeypatch):
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert not hub_answers(closed_address())
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        assert hub_answers(f"http://127.0.0.1:{listener.getsockname()[1]}")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")   # the proxy's to reach: not probed directly
+    assert hub_answers(closed_address())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from typing import Literal
 
 import torch
@@ -11,7 +12,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from fashion.config import ConfigError
 from fashion.data.transforms import Preprocessing
-from fashion.models.weights import load_state_dict_by_position, load_weights_file, packaged_weights_path
+from fashion.models.weights import (hub_offline_unless_it_answers, load_state_dict_by_position, load_weights_file,
+                                    packaged_weights_path)
 from fashion.validation import ImageSide, JpegQuality, typed
 
 log = logging.getLogger(__name__)
@@ -66,7 +68,8 @@ class Backbone(nn.Module):
         self.name = name
         self.weight_source = sources[0] if sources else "random"
         try:
-            self.model = timm.create_model(name, pretrained=pretrained, **kwargs)
+            with hub_offline_unless_it_answers() if pretrained else nullcontext():
+                self.model = timm.create_model(name, pretrained=pretrained, **kwargs)
         except OSError as err:   # offline, or the hub unreachable: huggingface_hub's words name neither key nor way out
             if not pretrained:
                 raise

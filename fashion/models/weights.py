@@ -9,7 +9,14 @@ every pair is checked.
 from __future__ import annotations
 
 import importlib
+import os
+import socket
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as Timeout
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 from torch import nn
@@ -56,3 +63,43 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
             state = state[key]
             break
     return state
+
+
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_answers(endpoint: str | None = None, timeout: float = 5.0) -> bool:
+    """Whether the Hugging Face hub's host takes a connection within `timeout` seconds (name lookup included,
+    in a thread, as `getaddrinfo` takes no timeout). Behind a proxy the hub is the proxy's to reach: assumed."""
+    from huggingface_hub import constants
+
+    if any(os.environ.get(name) for name in PROXY_VARIABLES):
+        return True
+    url = urlsplit(endpoint or constants.ENDPOINT)
+    address = (url.hostname, url.port or (443 if url.scheme == "https" else 80))
+
+    def connect() -> bool:
+        with socket.create_connection(address, timeout=timeout):
+            return True
+
+    pool = ThreadPoolExecutor(1)
+    try:
+        return pool.submit(connect).result(timeout=timeout)
+    except (OSError, Timeout):
+        return False
+    finally:
+        pool.shutdown(wait=False)
+
+
+@contextmanager
+def hub_offline_unless_it_answers() -> Iterator[None]:
+    """huggingface_hub, offline, retried every file it did not have five times (about 45 s and twenty warnings)
+    before failing. When the hub's host does not answer, its offline mode goes straight to the cache."""
+    from huggingface_hub import constants
+
+    offline = constants.HF_HUB_OFFLINE or not hub_answers()
+    saved, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
