@@ -134,6 +134,7 @@ def register_resolvers() -> None:
     `${metric_mode:<metric>}` is min or max (`${metric_direction:...}`: Optuna's minimize or maximize)."""
     if not OmegaConf.has_resolver("metric_mode"):
         OmegaConf.register_new_resolver("metric_mode", metric_mode)
+    if not OmegaConf.has_resolver("metric_direction"):
         OmegaConf.register_new_resolver("metric_direction", lambda metric: f"{metric_mode(metric)}imize")
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))

@@ -187,3 +187,15 @@ def test_a_study_continued_on_another_metric_or_direction_is_refused(tmp_path, c
     with pytest.raises(ConfigError, match=re.escape("that study (" + storage + ") maximizes its metric, not val/loss (minimize)")):
         open_study(search("val/loss", "older"), "val/loss")
     assert open_study(search("val/mean_acc", "older"), "val/mean_acc").user_attrs["optimized_metric"] == "val/mean_acc"
+
+
+def test_a_study_storage_is_named_without_its_password(tmp_path, compose_config):
+    from fashion.tune import open_study
+
+    storage = "postgresql+psycopg://fashion:s3cret@127.0.0.1:1/studies"   # nothing listens on port 1
+    search = compose_config(["hparams_search=optuna", f"hparams_search.storage={storage}",
+                             f"paths.output_dir={tmp_path}"]).hparams_search
+    with pytest.raises(ConfigError, match=r"hparams_search.storage=postgresql\+psycopg://fashion:\*\*\*@127.0.0.1:1/studies: "
+                                          "cannot open the study there") as refused:
+        open_study(search, "val/mean_acc")
+    assert "s3cret" not in str(refused.value) and "\n" not in str(refused.value)   # and said in one line
