@@ -71,8 +71,12 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
 
 
 def files_in(path: Path) -> list[Path]:
+    """A folder's images, less its hidden files and folders, as a shell's glob leaves them out: a catalogue
+    copied from a Mac holds a `._photo.jpg` beside each photo (and `__MACOSX/._*` in a zip), which are not
+    images; a file named on its own is taken whatever its name."""
     if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        return sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                      and not any(part.startswith(".") for part in p.relative_to(path).parts))
     return [path] if path.is_file() else []
 
 

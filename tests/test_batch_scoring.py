@@ -197,6 +197,13 @@ def test_a_quoted_glob_walks_the_folders_it_matches_as_the_shell_expanded_one_do
     assert expand_inputs([str(tmp_path / "**" / "*.jpg"), str(tmp_path / "none-*")]) == (
         [tmp_path / n for n in ["2023-12/c.jpg", "2024-01/a.jpg", "2024-top.jpg"]], [str(tmp_path / "none-*")])
 
+    # a Mac's copies (._a.jpg beside a.jpg, __MACOSX/._*) and hidden folders are left out of a walk, as by a glob
+    for name in ["2024-01/._a.jpg", "2024-01/__MACOSX/._a.jpg", "2024-01/.thumbnails/a.jpg"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"\x00\x05\x16\x07")   # AppleDouble's magic: not an image
+    assert expand_inputs([str(tmp_path / "2024-01")]) == ([tmp_path / "2024-01/a.jpg"], [])
+    assert expand_inputs([str(tmp_path / "2024-01/._a.jpg")]) == ([tmp_path / "2024-01/._a.jpg"], [])   # named: taken
+
 
 def test_lanes_and_loader_workers_change_nothing_but_speed(trained, tmp_path):
     """One lane, three lanes (batches decoded and scored on concurrent threads, onnxruntime at one
