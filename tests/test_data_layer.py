@@ -240,3 +240,10 @@ def test_a_folder_whose_products_have_no_readable_image_is_named_with_the_counts
             f"no product of {kaggle_folder / 'styles.csv'} has a readable image in {kaggle_folder / 'images'} "
             f"(48 rows read: 47 without an image file, 1 unreadable)")):
         datamodule(kaggle_folder).prepare_labels()
+    photos[-1].unlink()   # a shop's own export in another format: the layout's <id>.jpg is said, with an example
+    for photo in photos[:3]:
+        photo.with_suffix(".png").write_bytes(b"")
+    with pytest.raises(InputError, match=re.escape(f"(48 rows read: 48 without an image file, 0 unreadable); 3 of them "
+                                                   f"are there under another name (such as {photos[0].stem}.png), and "
+                                                   "the layout is images/<id>.jpg: convert them to JPEG")):
+        datamodule(kaggle_folder).prepare_labels()

@@ -23,7 +23,7 @@ from fashion.config import ConfigError, InputError
 from fashion.data.cached import CachedInputs, FeatureDataset
 from fashion.data.dataset import ProductImages
 from fashion.data.eval_sets import EvalSource
-from fashion.data.images import split_usable
+from fashion.data.images import split_usable, under_other_names
 from fashion.data.sampler import EpochRandomSampler, each_product_once, processes
 from fashion.data.split import SPLITS, SplitSpec, assign_splits, load_split
 from fashion.data.styles import EXAMPLES_IN_REPORT, read_styles
@@ -100,11 +100,12 @@ class FashionDataModule(L.LightningDataModule):
         year = ["year"] if self.out_of_time_years else []
         frame, styles_report = read_styles(self.styles_path, list(dict.fromkeys([*attributes, *split_columns, *year])))
         frame["path"] = [str(self.images_path / f"{i}.jpg") for i in frame["id"]]
+        ids = frame["id"].tolist()
         frame, image_report = self._drop_unusable_images(frame)
         if frame.empty:   # before the split, which has nothing to split
             raise InputError(f"no product of {self.styles_path} has a readable image in {self.images_path} "
                              f"({styles_report.rows_read} rows read: {image_report['missing_images']} without an image "
-                             f"file, {image_report['corrupt_images']} unreadable)")
+                             f"file, {image_report['corrupt_images']} unreadable){under_other_names(self.images_path, ids)}")
         frame, out_of_time = self._hold_out_years(frame)
         if frame.empty:
             raise InputError(f"every product of {self.styles_path} is of a held-out year (data.out_of_time_years="

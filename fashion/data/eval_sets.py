@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fashion.data.images import split_usable
+from fashion.data.images import split_usable, under_other_names
 from fashion.data.styles import read_styles
 from fashion.validation import Aspect, typed
 
@@ -58,7 +58,8 @@ class EvalSource:
         if frame.empty:
             raise ValueError(f"no product of {root / self.styles_file} with a readable image is left to score"
                              + (f" (years {list(self.years)})" if self.years else "")
-                             + (" after leaving out the run's own products" if len(exclude_ids) else ""))
+                             + (" after leaving out the run's own products" if len(exclude_ids) else "")
+                             + under_other_names(root / self.images_dir, missing))
         counts = {"rows_without_image": len(missing), "unreadable_images": len(unreadable),
                   "malformed_rows": styles_report.malformed_rows}
         return frame.assign(true_aspect=self.true_aspect), counts
