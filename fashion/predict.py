@@ -197,7 +197,7 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
             resume: bool = False, overwrite: bool = False, top_k: AtLeastOne = 3, batch_size: AtLeastOne = 32, lanes: AtLeastOne | None = None,
             workers: AtLeastZero = 0,
             taxonomy: bool = True,
-            runtime: Runtime = "auto", explain: str | None = None, explain_dir: str = "explanations") -> int:
+            runtime: Runtime = "auto", explain: str | bool | None = None, explain_dir: str = "explanations") -> int:
     """Tags every image of `inputs` and `manifest`; the exit status is 1 when any file failed, 2 when nothing could run."""
     if (resume or overwrite) and not output:   # standard output holds nothing to resume or replace
         print(f"fashion-predict: {'resume' if resume else 'overwrite'}=true needs output=<file or folder>", file=sys.stderr)

@@ -185,6 +185,10 @@ def test_predict_cli_skips_unreadable_files_and_reports_them(trained, tmp_path, 
 
     for attribute in ("articleType", "baseColour"):
         assert Image.open(row["explanations"][attribute]).size == Image.open(REAL_IMAGES[0]).size
+    for every, explained in (("true", 7), ("all", 7), ("false", 0)):   # as the API's ?explain=true (Hydra: a boolean)
+        assert main([str(REAL_IMAGES[0]), f"bundle={trained.bundle}", f"explain={every}", f"explain_dir={tmp_path / 'cam'}",
+                     f"output={tmp_path / every}.jsonl"]) == 0
+        assert len(json.loads((tmp_path / f"{every}.jsonl").read_text()).get("explanations", {})) == explained, every
     twins = [tmp_path / folder / "front.jpg" for folder in ("a", "b")]   # two products' photos with one file name
     for twin, image in zip(twins, REAL_IMAGES[:2]):
         twin.parent.mkdir()

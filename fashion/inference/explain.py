@@ -20,9 +20,11 @@ from PIL import Image
 from fashion.inference.predictor import Predictor
 
 
-def explained_attributes(explain: str | None, attributes: list[str]) -> list[str]:
+def explained_attributes(explain: str | bool | None, attributes: list[str]) -> list[str]:
     """The attributes an `explain` request names: `a,b` (spaces allowed), `all`/`true`, or none (empty,
-    `false`); ValueError naming any the model does not predict. The CLI and the API read it alike."""
+    `false`); ValueError naming any the model does not predict. The CLI and the API read it alike (Hydra
+    reads the CLI's `explain=true` as a boolean)."""
+    explain = str(explain) if isinstance(explain, bool) else explain
     if not explain or explain.lower() in ("false", "0", "no"):
         return []
     if explain.lower() in ("true", "1", "yes", "all"):
