@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fashion.config import CONFIG_DIR, ConfigError, InputError, flatten
-from fashion.validation import check_fields, list_parameters, switches
+from fashion.validation import check_fields, list_parameters, switches, text_parameters
 
 
 class Refused(SystemExit):
@@ -164,6 +164,17 @@ def refuse_unknown_keys(overrides: Sequence[str], target: Callable[..., Any], co
             raise ValueError(f"no key {key!r} in conf/{config_name}.yaml" + (f" (did you mean {close[0]!r}?)" if close else ""))
 
 
+def text_as_typed(overrides: Sequence[str], values: Mapping[str, Any], text_keys: Collection[str]) -> dict[str, str]:
+    """Hydra reads `api_key=0123456` as the number 123456 (its leading zero gone) and `output=2024` as 2024: a key
+    that takes text gets the text as typed on the command line."""
+    typed = {}
+    for override in overrides:
+        key, _, text = override.partition("=")
+        if key in text_keys and isinstance(values.get(key), int | float | bool):
+            typed[key] = text
+    return typed
+
+
 def tool_config(tool: str, config_name: str, argv: Sequence[str], target: Callable[..., Any],
                 positional: str | None = None, renamed: Mapping[str, str] | None = None) -> dict[str, Any]:
     """`target`'s arguments from the composed config, typed by its signature; `--help` prints the config."""
@@ -177,6 +188,7 @@ def tool_config(tool: str, config_name: str, argv: Sequence[str], target: Callab
         refuse_unknown_keys(overrides, target, config_name)
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(config_name=config_name, overrides=overrides)
-        return check_fields(target, OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True), "")
+        values = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        return check_fields(target, values | text_as_typed(overrides, values, text_parameters(target)), "")
     except (HydraException, OmegaConfBaseException, ValueError) as err:
         raise UsageError(tool, str(err).replace("\n", " ")) from None

@@ -133,6 +133,13 @@ def switches(target: Callable) -> set[str]:
     return {name for name, hint in hints.items() if hint is bool}
 
 
+def text_parameters(target: Callable) -> set[str]:
+    """`target`'s parameters that take text and no number or boolean (`str`, optional or not)."""
+    hints = _hints(target.__init__ if isinstance(target, type) else target)
+    return {name for name, hint in hints.items()
+            if hint is str or (str in typing.get_args(hint) and not {int, float, bool} & set(typing.get_args(hint)))}
+
+
 def list_parameters(target: Callable) -> set[str]:
     """`target`'s list parameters (`list[...]`, optional or not): `--name a b c` fills one."""
     hints = _hints(target.__init__ if isinstance(target, type) else target)

@@ -38,6 +38,18 @@ def test_an_old_flag_value_is_one_value_whatever_it_holds():
     assert cfg["inputs"] == ["x].jpg"] and cfg["top_k"] == 2
 
 
+def test_a_text_key_given_digits_keeps_them_as_typed():
+    """Hydra reads `api_key=0123456` as the number 123456: refused as "not a valid string", and its leading zero
+    was gone. A key that takes text now gets the text as typed; a number key still gets its number."""
+    from fashion.predict import predict
+    from fashion.serve import serve
+
+    cfg = tool_config("fashion-serve", "serve", ["bundle=2024", "api_key=0123456", "port=8001", "max_files=4"], serve)
+    assert (cfg["bundle"], cfg["api_key"], cfg["port"], cfg["max_files"]) == ("2024", "0123456", 8001, 4)
+    cfg = tool_config("fashion-predict", "predict", ["bundle=1.0", "output=2024", "top_k=2", "explain=true"], predict)
+    assert (cfg["bundle"], cfg["output"], cfg["top_k"], cfg["explain"]) == ("1.0", "2024", 2, True)
+
+
 def test_predict_takes_overrides_and_bare_paths(trained, tmp_path, capsys):
     output = tmp_path / "tags.csv"
     assert predict_main([f"bundle={trained.bundle}", *map(str, IMAGES), "format=csv", f"output={output}", "top_k=2"]) == 0
