@@ -170,7 +170,7 @@ def text_as_typed(overrides: Sequence[str], values: Mapping[str, Any], text_keys
     typed = {}
     for override in overrides:
         key, _, text = override.partition("=")
-        if key in text_keys and isinstance(values.get(key), int | float | bool):
+        if key in text_keys and isinstance(values.get(key), int | float | bool) and "${" not in text:   # not resolved
             typed[key] = text
     return typed
 
