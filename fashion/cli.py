@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fashion.config import CONFIG_DIR, ConfigError, InputError, flatten
-from fashion.validation import check_fields, list_parameters, switches, text_parameters
+from fashion.validation import check_fields, list_parameters, switches, text_as_typed, text_parameters
 
 
 class Refused(SystemExit):
@@ -162,17 +162,6 @@ def refuse_unknown_keys(overrides: Sequence[str], target: Callable[..., Any], co
         if key not in keys:
             close = difflib.get_close_matches(key, keys, n=1)
             raise ValueError(f"no key {key!r} in conf/{config_name}.yaml" + (f" (did you mean {close[0]!r}?)" if close else ""))
-
-
-def text_as_typed(overrides: Sequence[str], values: Mapping[str, Any], text_keys: Collection[str]) -> dict[str, str]:
-    """Hydra reads `api_key=0123456` as the number 123456 (its leading zero gone) and `output=2024` as 2024: a key
-    that takes text gets the text as typed on the command line."""
-    typed = {}
-    for override in overrides:
-        key, _, text = override.partition("=")
-        if key in text_keys and isinstance(values.get(key), int | float | bool) and "${" not in text:   # not resolved
-            typed[key] = text
-    return typed
 
 
 def tool_config(tool: str, config_name: str, argv: Sequence[str], target: Callable[..., Any],

@@ -163,6 +163,8 @@ def validate_config(cfg: DictConfig | dict) -> None:
 
     from fashion.validation import check_fields
 
+    if isinstance(cfg, DictConfig):
+        keep_text_as_typed(cfg)
     container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     problems, checked = [], []
     for where, node in _target_nodes(container):
@@ -177,6 +179,22 @@ def validate_config(cfg: DictConfig | dict) -> None:
     problems += monitored_metric_problems(container) + direction_problems(container) + missing_file_problems(container)
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
+
+
+def keep_text_as_typed(cfg: DictConfig) -> None:
+    """`data.root=2024` (a folder named by year) was refused as "not a valid string": Hydra reads the number.
+    Where a class takes text, the command line's text is put back in `cfg`, as the tools' keys get it."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import get_object
+
+    from fashion.validation import text_as_typed, text_parameters
+
+    if not HydraConfig.initialized():   # composed in code: no command line
+        return
+    nodes = _target_nodes(OmegaConf.to_container(cfg, resolve=True))
+    keys = {f"{where}.{name}" for where, node in nodes for name in text_parameters(get_object(node["_target_"]))}
+    for key, text in text_as_typed(HydraConfig.get().overrides.task, {k: OmegaConf.select(cfg, k) for k in keys}, keys).items():
+        OmegaConf.update(cfg, key, text)
 
 
 def missing_file_problems(container: dict) -> list[str]:

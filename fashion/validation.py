@@ -14,7 +14,7 @@ import re
 import sys
 import typing
 import warnings
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Annotated, Any
 
 import pydantic
@@ -138,6 +138,18 @@ def text_parameters(target: Callable) -> set[str]:
     hints = _hints(target.__init__ if isinstance(target, type) else target)
     return {name for name, hint in hints.items()
             if hint is str or (str in typing.get_args(hint) and not {int, float, bool} & set(typing.get_args(hint)))}
+
+
+def text_as_typed(overrides: Sequence[str], values: Mapping[str, Any], text_keys: Collection[str]) -> dict[str, str]:
+    """Hydra reads `api_key=0123456` as the number 123456 (its leading zero gone) and `output=2024` as 2024: a key
+    that takes text (`text_keys`, dotted) gets the text as typed on the command line."""
+    kept = {}
+    for override in overrides:
+        key, _, text = override.partition("=")
+        key = key.lstrip("+")   # +key= adds, ++key= adds or sets
+        if key in text_keys and isinstance(values.get(key), int | float | bool) and "${" not in text:   # not resolved
+            kept[key] = text
+    return kept
 
 
 def list_parameters(target: Callable) -> set[str]:

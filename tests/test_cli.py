@@ -115,6 +115,16 @@ def test_wrong_override_fails_fast_naming_the_key(tmp_path):
     assert not (PROJECT_ROOT / "mlruns" / "nonexistent").exists()
 
 
+def test_a_folder_named_by_digits_is_taken_as_a_folder(tmp_path):
+    """Hydra reads `data.root=2024` as a number: refused as "Input should be a valid string (got 2024)". The
+    command line's text is kept for a key that takes text (here the folder is empty, so the data says so)."""
+    (tmp_path / "2024").mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    result = subprocess.run([sys.executable, "-m", "fashion.train", "data.root=2024", f"paths.root={tmp_path}"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "fashion-train: image folder not found: 2024/images" in result.stderr, result.stderr
+
+
 def test_help_and_a_wrong_key_answer_before_the_training_stack_loads(tmp_path):
     """`fashion-train --help` and a misspelt override need only Hydra: Lightning, timm and MLflow
     (10-14 s to import on 2 cores) load once a config has composed."""
