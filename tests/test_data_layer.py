@@ -238,8 +238,9 @@ def test_a_folder_whose_products_have_no_readable_image_is_named_with_the_counts
     photos[-1].write_bytes(b"not a jpeg")
     with pytest.raises(InputError, match=re.escape(
             f"no product of {kaggle_folder / 'styles.csv'} has a readable image in {kaggle_folder / 'images'} "
-            f"(48 rows read: 47 without an image file, 1 unreadable)")):
+            f"(48 rows read: 47 without an image file, 1 unreadable)")) as refused:
         datamodule(kaggle_folder).prepare_labels()
+    assert "another name" not in str(refused.value)   # an unreadable <id>.jpg is not one
     photos[-1].unlink()   # a shop's own export in another format: the layout's <id>.jpg is said, with an example
     for photo in photos[:3]:
         photo.with_suffix(".png").write_bytes(b"")

@@ -120,10 +120,10 @@ def split_usable(frame: pd.DataFrame, check: bool = True) -> tuple[pd.DataFrame,
     return frame[~corrupt].reset_index(drop=True), missing, frame.loc[corrupt, "id"].tolist()
 
 
-def under_other_names(folder: Path, missing_ids: list[int]) -> str:
-    """Said when no product has its `<id>.jpg`: a shop's own export is often PNG or WebP, and "48 without an image
-    file" beside a folder of 48 photos reads as a riddle."""
-    wanted = {str(i) for i in missing_ids}
-    found = sorted(p.name for p in folder.iterdir() if p.stem in wanted) if folder.is_dir() else []
+def under_other_names(folder: Path, ids: list[int]) -> str:
+    """Said when no product has a readable `<id>.jpg`: a shop's own export is often PNG or WebP, and "48 without an
+    image file" beside a folder of 48 photos reads as a riddle."""
+    wanted = {str(i) for i in ids}
+    found = sorted(p.name for p in folder.iterdir() if p.stem in wanted and p.suffix != ".jpg") if folder.is_dir() else []
     return (f"; {len(found)} of them are there under another name (such as {found[0]}), and the layout is "
             "images/<id>.jpg: convert them to JPEG") if found else ""

@@ -11,9 +11,8 @@ from __future__ import annotations
 import importlib
 import os
 import socket
+import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as Timeout
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -78,17 +77,19 @@ def hub_answers(endpoint: str | None = None, timeout: float = 5.0) -> bool:
     url = urlsplit(endpoint or constants.ENDPOINT)
     address = (url.hostname, url.port or (443 if url.scheme == "https" else 80))
 
-    def connect() -> bool:
-        with socket.create_connection(address, timeout=timeout):
-            return True
+    answered = []
 
-    pool = ThreadPoolExecutor(1)
-    try:
-        return pool.submit(connect).result(timeout=timeout)
-    except (OSError, Timeout):
-        return False
-    finally:
-        pool.shutdown(wait=False)
+    def connect() -> None:
+        try:
+            with socket.create_connection(address, timeout=timeout):
+                answered.append(True)
+        except OSError:
+            pass
+
+    probe = threading.Thread(target=connect, daemon=True)   # a lookup that hangs does not hold up the exit
+    probe.start()
+    probe.join(timeout)
+    return bool(answered)
 
 
 @contextmanager
