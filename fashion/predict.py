@@ -42,7 +42,7 @@ import torch
 from fashion.cli import first_few, tool_config
 from fashion.config import progress_bar
 from fashion.data.images import ImageReadError, load_rgb
-from fashion.data.styles import first_line_not_utf8, other_separator
+from fashion.data.styles import first_line_not_utf8, no_column
 from fashion.inference.batch import score_paths
 from fashion.inference.bundle import sha256
 from fashion.inference.explain import explained_attributes, grad_cam
@@ -179,12 +179,6 @@ def read_csv_lines(opener: Callable[..., IO[str]], path: Path, column: str) -> t
         raise ValueError(f"{len(misshapen)} line(s) without the header's {width} fields ({first_few(misshapen)}); "
                          "a path that holds a comma must be quoted")
     return values, empty
-
-
-def no_column(column: str, columns: list[str]) -> ValueError:
-    shown = first_few([repr(str(c)) for c in columns], 8)
-    fix = other_separator(columns) or "; path_column=<name> names the one that holds the image paths"
-    return ValueError(f"no column {column!r} (its columns: {shown or 'none'}){fix}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -255,6 +255,12 @@ def test_spark_scores_the_manifest_like_fashion_predict(trained, tmp_path, capfd
             score_manifest(spark, uri, str(manifest), str(tmp_path / "spark"))
         with pytest.raises(ValueError, match=re.escape(f"without the header's 2 fields ('2,{tmp_path}/red, blue.jpg'); a path that")):
             score_manifest(spark, uri, str(unquoted), str(tmp_path / "spark_csv"))
+        semicolons = tmp_path / "semicolons.csv"   # Spark's refusal was a page of JVM stack trace in its log first
+        semicolons.write_text(f"sku;path\n1;{IMAGES[0]}\n")
+        with pytest.raises(ValueError, match=re.escape("no column 'path' (its columns: 'sku;path'): its fields are "
+                                                       "separated by ';', save it comma-separated")):
+            score_manifest(spark, uri, str(semicolons), str(tmp_path / "spark_csv"))
+        assert "UNRESOLVED_COLUMN" not in capfd.readouterr().err
         latin1 = tmp_path / "latin1.csv"   # fashion-predict refuses it by line; Spark read the path with U+FFFD for é
         latin1.write_bytes(f"sku,path\n1,{tmp_path}/caf\xe9.jpg\n".encode("latin-1"))
         with pytest.raises(ValueError, match=re.escape(f"not UTF-8 text (a path read as '{tmp_path}/caf\ufffd.jpg')")):

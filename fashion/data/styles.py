@@ -77,6 +77,13 @@ def other_separator(columns: list[str]) -> str:
     return f": its fields are separated by {found[0]!r}, save it comma-separated" if found else ""
 
 
+def no_column(column: str, columns: list[str]) -> ValueError:
+    """A manifest without its path column (fashion-predict's and Spark's alike), with the columns it has."""
+    shown = ", ".join(repr(str(c)) for c in columns[:8]) + (", ..." if len(columns) > 8 else "")
+    fix = other_separator(columns) or "; path_column=<name> names the one that holds the image paths"
+    return ValueError(f"no column {column!r} (its columns: {shown or 'none'}){fix}")
+
+
 def read_styles(path: str | Path, attributes: list[str] | tuple[str, ...] = ATTRIBUTES) -> tuple[pd.DataFrame, StylesReport]:
     """Return one row per product with an integer `id` and the requested label columns (NA = missing)."""
     path = Path(path)

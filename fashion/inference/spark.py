@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import mlflow
 
 from fashion.config import progress_bars_for_terminals_only
+from fashion.data.styles import no_column
 from fashion.inference.pyfunc import signature
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ def manifest_rows(spark: SparkSession, manifest: str, path_column: str = "path")
 
     if manifest.endswith(".csv"):
         images = spark.read.option("header", True).option("mode", "FAILFAST").csv(manifest)
+        refuse_a_missing_column(images, manifest, path_column)
         try:   # FAILFAST checks only the columns a query parses: parse them all once, in the JVM
             images.write.format("noop").mode("overwrite").save()
         except Exception as err:   # py4j's, with the JVM's stack trace
@@ -87,7 +89,14 @@ def manifest_rows(spark: SparkSession, manifest: str, path_column: str = "path")
                              "as a spreadsheet's \"CSV UTF-8\" does")
     else:
         images = spark.read.parquet(manifest)
+        refuse_a_missing_column(images, manifest, path_column)
     return images.where(F.col(path_column).isNotNull() & (F.col(path_column) != "")).select(path_column)
+
+
+def refuse_a_missing_column(images: DataFrame, manifest: str, path_column: str) -> None:
+    """Before any query: Spark's own refusal logs a page of JVM stack trace first."""
+    if path_column not in images.columns:
+        raise ValueError(f"{manifest}: {no_column(path_column, images.columns)}")
 
 
 def local_session(cores: int = 2, app: str = "fashion-score") -> SparkSession:
