@@ -21,6 +21,7 @@ from fashion.cli import Refused, UsageError, tool_config
 from fashion.config import progress_bars_for_terminals_only, refuse_a_store_that_is_not_there
 from fashion.inference.bundle import export_bundle, refuse_occupied
 from fashion.inference.checkpoint import TrainedModel, load_checkpoint
+from fashion.tracking.registry import check_names
 
 
 def checkpoint_of_run(client: MlflowClient, run_id: str, workdir: Path) -> Path:
@@ -82,6 +83,11 @@ def export_cli(output: str, run_id: str | None = None, checkpoint: str | None = 
     """Writes the bundle folder and prints where it is, how to serve its pyfunc model, and its registry version."""
     if register and not mlflow:
         raise UsageError("fashion-export", "register= needs mlflow=true (the registry holds the logged pyfunc model)")
+    if register:
+        try:
+            check_names(register, {"alias": alias}, "register")
+        except ValueError as err:
+            raise UsageError("fashion-export", str(err)) from None
     progress_bars_for_terminals_only()   # it downloads the run's checkpoint and, logging the pyfunc, the model
     try:
         bundle, model_uri = export(run_id, checkpoint, Path(output), tracking_uri, onnx, mlflow, overwrite)

@@ -21,7 +21,8 @@ from mlflow.exceptions import MlflowException
 from fashion.cli import tool_config
 from fashion.data.eval_sets import EvalSource
 from fashion.inference.runtime import Runtime, load_predictor
-from fashion.tracking.registry import CHALLENGER, CHAMPION, RegisteredBundle, fetch_bundle, has_alias, set_alias
+from fashion.tracking.registry import (CHALLENGER, CHAMPION, RegisteredBundle, check_names, fetch_bundle, has_alias,
+                                      set_alias)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +59,11 @@ def promote(name: str, sets: dict[str, dict[str, Any]], margin: float = 0.01, ch
     if not sets:
         print("fashion-promote: sets is empty: name at least one evaluation folder, e.g. "
               "+sets.holdout.root=/data/held-out-photos", file=sys.stderr)
+        return 2
+    try:
+        check_names(name, {"champion": champion, "challenger": challenger})
+    except ValueError as err:
+        print(f"fashion-promote: {err}", file=sys.stderr)
         return 2
     step = "sets"
     try:

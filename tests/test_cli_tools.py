@@ -38,6 +38,14 @@ def test_an_old_flag_value_is_one_value_whatever_it_holds():
     assert cfg["inputs"] == ["x].jpg"] and cfg["top_k"] == 2
 
 
+def test_fashion_promote_refuses_a_registry_name_or_alias_mlflow_would_refuse_before_scoring(capsys):
+    """An alias MLflow reserves (`v2`) was found when the gate moved it, after both models were scored."""
+    from fashion.promote import main as promote_main
+
+    assert promote_main(["name=tagger", "champion=v2", "+sets.holdout.root=/no/such/folder"]) == 2
+    assert "fashion-promote: champion=v2: Version alias name 'v2' is reserved" in capsys.readouterr().err
+
+
 def test_a_text_key_given_digits_keeps_them_as_typed():
     """Hydra reads `api_key=0123456` as the number 123456: refused as "not a valid string", and its leading zero
     was gone. A key that takes text now gets the text as typed; a number key still gets its number."""
@@ -84,6 +92,10 @@ def test_predict_takes_overrides_and_bare_paths(trained, tmp_path, capsys):
     (serve_main, ["bundle=b", "top_k=0"], "top_k: Input should be greater than or equal to 1"),
     (serve_main, ["bundle=b", "model_threads=0"], "model_threads: Input should be greater than or equal to 1"),
     (serve_main, ["bundle=b", "review_max_queued=0"], "review_max_queued: Input should be greater than or equal to 1"),
+    # MLflow's rules for registry names, before anything is written (were its traceback once the bundle was logged)
+    (export_main, ["checkpoint=c", "output=o", "register=my/model"],
+     "fashion-export: register=my/model: Invalid model name 'my/model'. Names cannot contain '/' or ':'."),
+    (export_main, ["checkpoint=c", "output=o", "register=tagger", "alias=v2"], "alias=v2: Version alias name 'v2' is reserved"),
 ])
 def test_a_wrong_key_or_value_exits_2_naming_it(main, argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:

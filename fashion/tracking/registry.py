@@ -41,6 +41,26 @@ def is_registry_uri(reference: str | Path) -> bool:
     return str(reference).startswith(PREFIX)
 
 
+def check_names(name: str, aliases: dict[str, str | None], name_key: str = "name") -> None:
+    """MLflow's own rules for a registered model's name and its aliases (`{key: alias}`), checked before a tool
+    writes or scores anything: `register=my/model`, or `alias=v2` (reserved for versions), failed once the bundle
+    and its pyfunc were written, in MLflow's traceback (the version then registered without its alias)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils import validation   # MLflow's checks; it has no public API for them
+
+    try:
+        validation._validate_model_name(name)
+    except MlflowException as err:
+        raise ValueError(f"{name_key}={name}: {err.message}") from None
+    for key, alias in aliases.items():
+        try:
+            if alias is not None:
+                validation._validate_model_alias_name(alias)
+                validation._validate_model_alias_name_reserved(alias)
+        except MlflowException as err:
+            raise ValueError(f"{key}={alias}: {err.message}") from None
+
+
 def register(model_uri: str, name: str, alias: str | None, tracking_uri: str) -> ModelVersion:
     """A new version of `name` from a logged pyfunc model (MLflow links its source run); `alias`
     (e.g. challenger) then points at it."""
