@@ -163,9 +163,9 @@ def validate_config(cfg: DictConfig | dict) -> None:
 
     from fashion.validation import check_fields
 
-    if isinstance(cfg, DictConfig):
-        keep_text_as_typed(cfg)
     container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    if isinstance(cfg, DictConfig) and keep_text_as_typed(cfg, container):
+        container = OmegaConf.to_container(cfg, resolve=True)
     problems, checked = [], []
     for where, node in _target_nodes(container):
         if node in checked:  # data.labels repeats labels
@@ -181,20 +181,34 @@ def validate_config(cfg: DictConfig | dict) -> None:
         raise ConfigError("invalid config: " + "; ".join(problems))
 
 
-def keep_text_as_typed(cfg: DictConfig) -> None:
+def keep_text_as_typed(cfg: DictConfig, container: dict) -> bool:
     """`data.root=2024` (a folder named by year) was refused as "not a valid string": Hydra reads the number.
-    Where a class takes text, the command line's text is put back in `cfg`, as the tools' keys get it."""
+    Where a class takes text, the command line's text is put back in `cfg` (`container`: it resolved), as the
+    tools' keys get it. Returns whether anything was put back."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import get_object
 
     from fashion.validation import text_as_typed, text_parameters
 
     if not HydraConfig.initialized():   # composed in code: no command line
-        return
-    nodes = _target_nodes(OmegaConf.to_container(cfg, resolve=True))
+        return False
+    nodes = _target_nodes(container)
     keys = {f"{where}.{name}" for where, node in nodes for name in text_parameters(get_object(node["_target_"]))}
-    for key, text in text_as_typed(HydraConfig.get().overrides.task, {k: OmegaConf.select(cfg, k) for k in keys}, keys).items():
+    kept = text_as_typed(HydraConfig.get().overrides.task, {k: OmegaConf.select(cfg, k) for k in keys}, keys)
+    for key, text in kept.items():
         OmegaConf.update(cfg, key, text)
+    return bool(kept)
+
+
+def without_password(url: str) -> str:
+    """A database URL as printed (errors, logs): its password `***`; text that is not a URL as it is."""
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
 
 
 def missing_file_problems(container: dict) -> list[str]:

@@ -27,7 +27,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from omegaconf import DictConfig
 
 from fashion.cli import one_line_errors, quote
-from fashion.config import CONFIG_DIR, ConfigError
+from fashion.config import CONFIG_DIR, ConfigError, without_password
 from fashion.tracking.run import end_sweep, start_sweep
 from fashion.training.fit import train
 from fashion.training.module import TrainingDiverged
@@ -96,7 +96,7 @@ def open_study(search: DictConfig, metric: str) -> optuna.Study:
                                     load_if_exists=True)
     except SQLAlchemyError as err:
         reason = (str(err.orig) if getattr(err, "orig", None) else str(err)).strip().splitlines()[0]   # one line
-        raise ConfigError(f"hparams_search.storage={shown(search.storage)}: cannot open the study there ({reason})") from err
+        raise ConfigError(f"hparams_search.storage={without_password(search.storage)}: cannot open the study there ({reason})") from err
     refuse_another_objective(study, search, metric)
     return study
 
@@ -109,22 +109,11 @@ def refuse_another_objective(study: optuna.Study, search: DictConfig, metric: st
     direction = study.direction.name.lower()
     if recorded not in (None, metric) or direction != search.direction:
         recorded_as = f"optimizes {recorded}" if recorded else f"{direction}s its metric"
-        raise ConfigError(f"hparams_search.study_name={search.study_name}: that study ({shown(search.storage)}) {recorded_as}, "
+        raise ConfigError(f"hparams_search.study_name={search.study_name}: that study ({without_password(search.storage)}) {recorded_as}, "
                           f"not {metric} ({search.direction}): give another hparams_search.study_name"
                           + (f", or optimized_metric={recorded} to continue it" if recorded else ""))
     if recorded is None:
         study.set_user_attr("optimized_metric", metric)
-
-
-def shown(storage: str) -> str:
-    """A database URL as printed: without its password."""
-    from sqlalchemy import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(storage).render_as_string(hide_password=True)
-    except ArgumentError:   # not a URL: no password to find in it
-        return storage
 
 
 def tune(cfg: DictConfig) -> float:

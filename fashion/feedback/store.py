@@ -22,11 +22,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sqlalchemy import JSON, DateTime, Engine, ForeignKey, Integer, String, create_engine, func, make_url, select
+from sqlalchemy import JSON, DateTime, Engine, ForeignKey, Integer, String, create_engine, func, select
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from fashion.config import sqlite_file
+from fashion.config import sqlite_file, without_password
 from fashion.validation import AtLeastOne, typed
 
 QUEUED, REVIEWED = "queued", "reviewed"
@@ -116,8 +116,7 @@ class ReviewStore:
                 pass
             create_tables(self.engine)
         except SQLAlchemyError as err:   # named without its password
-            shown = make_url(url).render_as_string(hide_password=True)
-            raise ValueError(f"cannot open the review database {shown}: {type(err).__name__}: "
+            raise ValueError(f"cannot open the review database {without_password(url)}: {type(err).__name__}: "
                              f"{str(err.orig if hasattr(err, 'orig') else err).strip().splitlines()[0]}") from None
         self.images, self.max_queued = Path(images), max_queued
 
