@@ -254,6 +254,7 @@ def test_eval_cli_counts_unseen_labels_and_logs_a_linked_run(trained, tmp_path, 
     mlflow.set_tracking_uri(uri)
     run = mlflow.search_runs(experiment_names=["fashion"]).iloc[0]
     assert run["tags.run_type"] == "evaluation" and run["tags.source_run_id"] == trained.run_id
+    assert run["tags.version.onnxruntime"] and run["tags.version.torch"]   # what its numbers depend on, as a training run says
     assert run["params.runtime"] == "onnx"   # auto: the bundle has a model.onnx
 
     assert main(["--bundle", str(trained.bundle), "--data", str(data), "--output", str(tmp_path / "torch_out"),

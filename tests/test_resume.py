@@ -98,17 +98,24 @@ def test_resume_of_unknown_run_is_a_clear_error(tmp_path, kaggle_folder, compose
         train(cfg)
 
 
-def test_resuming_a_named_run_under_another_config_is_refused_naming_the_keys(tmp_path, kaggle_folder, compose_config):
+def test_resuming_a_named_run_under_another_config_is_refused_naming_the_keys(tmp_path, kaggle_folder, compose_config, caplog):
     """A resumed run keeps the params it logged first: continued under another config (lr 3e-3 instead of
-    1e-3, more epochs) its MLflow run described a model it did not train. Now the keys that differ are named."""
+    1e-3, more epochs) its MLflow run described a model it did not train. Now the keys that differ are named.
+    Continued under other library versions it is not refused (an upgrade between a crash and its resume is a
+    user's call), but said, and the run keeps the versions it started with."""
     from fashion.config import ConfigError
 
     base = tiny_overrides(tmp_path, kaggle_folder) + ["optimizer.lr=1e-3"]
     train(compose_config(base))
-    run_id = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db").search_runs(["1"])[0].info.run_id
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    run_id = client.search_runs(["1"])[0].info.run_id
+    client.set_tag(run_id, "version.timm", "0.9.0")   # as if it started before an upgrade
     changed = compose_config([*base[:-1], "optimizer.lr=3e-3", "trainer.max_epochs=2", f"resume={run_id}"])
     with pytest.raises(ConfigError, match=rf"resume={run_id}: that run was trained with another config "
                                           r"\(optimizer.lr: 0.001 -> 0.003; trainer.max_epochs: 1 -> 2\)"):
         train(changed)
     train(compose_config([*base, f"resume={run_id}"]))   # its own config passes, and continues the same run
-    assert [r.info.run_id for r in MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db").search_runs(["1"])] == [run_id]
+    assert [r.info.run_id for r in client.search_runs(["1"])] == [run_id]
+    import timm
+    assert f"under other library versions than it started with (timm 0.9.0 -> {timm.__version__})" in caplog.text
+    assert client.get_run(run_id).data.tags["version.timm"] == "0.9.0"

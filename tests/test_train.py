@@ -1,5 +1,6 @@
 """A short real run end to end: fit, validate, test, and what lands in MLflow."""
 
+import platform
 from pathlib import Path
 
 import mlflow
@@ -297,6 +298,15 @@ def test_a_run_reads_well_in_the_mlflow_ui(tmp_path, kaggle_folder, compose_conf
     assert "| attribute | test acc | test macro-F1 |" in note
     assert f"| gender | {100 * metrics['test/gender/acc']:.1f} |" in note
     assert any(key.startswith("system/cpu_utilization") for key in run.data.metrics)
+    # What the numbers depend on besides the config: another processor or library version trains differently
+    import cv2
+    import timm
+    tags = run.data.tags
+    assert tags["version.torch"] == torch.__version__ and tags["version.timm"] == timm.__version__, tags
+    assert tags["version.opencv"].startswith(cv2.__version__) and tags["version.python"] == platform.python_version()
+    assert tags["hardware"].startswith("CPU (") and torch.backends.cpu.get_cpu_capability() in tags["hardware"], tags["hardware"]
+    pinned = client.download_artifacts(run.info.run_id, "environment/requirements.txt", str(tmp_path))
+    assert f"timm=={timm.__version__}\n" in Path(pinned).read_text()
 
 
 def test_equal_data_gives_equal_dataset_digests(tmp_path, kaggle_folder, compose_config):

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import torch
 from filelock import FileLock
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback as HydraCallback
@@ -38,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fashion import config
 from fashion.config import PROJECT_ROOT, ConfigError, flatten, refuse_a_silent_server, sqlite_file, tracking_uri
+from fashion.tracking.environment import changed_versions, hardware, requirements, version_tags
 from fashion.tracking.store import follow_move
 
 log = logging.getLogger(__name__)
@@ -218,21 +218,17 @@ def run_name(cfg: DictConfig) -> str:
 
 
 def launch_tags(cfg: DictConfig) -> dict[str, str]:
-    """How the run was launched: its overrides and `-m` sweep (groups sweep jobs in the UI), the hardware."""
-    tags = {**(cfg.get("tags") or {}), "config.hash": config_hash(cfg), "hardware": hardware(cfg)}
+    """How the run was launched: its overrides and `-m` sweep (groups sweep jobs in the UI), the hardware
+    and the library versions its numbers depend on."""
+    trainer = cfg.trainer
+    tags = {**(cfg.get("tags") or {}), "config.hash": config_hash(cfg), **version_tags(),
+            "hardware": hardware(trainer.accelerator, trainer.devices, trainer.num_nodes)}
     if HydraConfig.initialized():
         hydra_cfg = HydraConfig.get()
         tags = {"hydra.overrides": hydra_cfg.job.override_dirname or "(defaults)", **tags}
         if hydra_cfg.mode == RunMode.MULTIRUN:
             tags |= {"sweep": str(hydra_cfg.sweep.dir), "sweep.job": str(hydra_cfg.job.num)}
     return tags
-
-
-def hardware(cfg: DictConfig) -> str:
-    """What the run trained on, in words, for the results table."""
-    if cfg.trainer.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
-        return f"{cfg.trainer.devices}x {torch.cuda.get_device_name(0)} x {cfg.trainer.num_nodes} node(s)"
-    return f"CPU, {torch.get_num_threads()} threads on {os.cpu_count()} cores"
 
 
 def open_run(cfg: DictConfig, resume: ResumePoint | None) -> MLFlowLogger:
@@ -250,8 +246,13 @@ def open_run(cfg: DictConfig, resume: ResumePoint | None) -> MLFlowLogger:
         if resume:
             client.update_run(logger.run_id, status="RUNNING")
             client.set_tag(logger.run_id, "resumed_from", resume.ckpt_path)
+            if changed := changed_versions(client.get_run(logger.run_id).data.tags):
+                log.warning("resuming run %s under other library versions than it started with (%s): its numbers "
+                            "may differ from an uninterrupted run's; its version.* tags stay the start's",
+                            logger.run_id, ", ".join(changed))
         else:
             client.set_tag(logger.run_id, CHECKPOINT_TAG, str(Path(cfg.paths.output_dir) / "checkpoints"))
+            client.log_text(logger.run_id, requirements(), "environment/requirements.txt")
     return logger
 
 
@@ -298,7 +299,7 @@ def tool_run(uri: str, experiment: str, name: str, run_type: str, tags: dict[str
     experiment_id = ensure_experiment(uri, experiment, artifact_location)
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(experiment_id=experiment_id, run_name=name,
-                          tags={"run_type": run_type, **git_commit(), **(tags or {})}) as run:
+                          tags={"run_type": run_type, **git_commit(), **version_tags(), **(tags or {})}) as run:
         yield run
 
 

@@ -1,0 +1,76 @@
+"""What a run's numbers depend on besides its config and data: the processor and the library versions.
+
+The same commit and config gave the default run's test/mean_acc 0.7377 on one 2-core machine and 0.7175 on
+another (each repeatable to the last digit on its own machine): torch picks its CPU kernels by the
+processor's instruction set, and a library upgrade can change the pixels (OpenCV 5's warp differs from
+4.x's in the training augmentation). A run records both, so two runs of one config can be told apart in the
+MLflow UI, and a resumed run says when it continues under other versions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# The libraries whose version changes a run's numbers: the network's arithmetic, the pixels, the metrics.
+# Each is a tag `version.<name>`; a name with alternatives is the first installed (OpenCV has four wheels).
+# Python's and torch's come from the interpreter (torch's with its build: `2.14.1+cu130`, `2.14.1+cpu`).
+SHAPING = {"python": (), "torch": (), "lightning": ("lightning", "pytorch-lightning"), "timm": ("timm",),
+           "torchmetrics": ("torchmetrics",), "albumentations": ("albumentations",),
+           "opencv": ("opencv-python-headless", "opencv-python", "opencv-contrib-python-headless", "opencv-contrib-python"),
+           "pillow": ("pillow",), "numpy": ("numpy",), "onnxruntime": ("onnxruntime", "onnxruntime-gpu")}
+
+
+def installed(*names: str) -> str | None:
+    for name in names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def version_tags() -> dict[str, str]:
+    """`version.<library>` for each of `SHAPING` that is installed."""
+    versions = {name: installed(*names) for name, names in SHAPING.items()} | {"python": platform.python_version(),
+                                                                              "torch": torch.__version__}
+    return {f"version.{name}": value for name, value in versions.items() if value}
+
+
+def requirements() -> str:
+    """Every installed distribution as `name==version` (pip freeze's form), for the run's environment artifact."""
+    found = {(dist.metadata["Name"] or "").lower(): dist.version for dist in metadata.distributions()}
+    return "".join(f"{name}=={version}\n" for name, version in sorted(found.items()) if name)
+
+
+@cache
+def processor() -> str:
+    """The CPU's model name and the instruction set torch's kernels use (AVX2, AVX512, ...)."""
+    name = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        name = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text(errors="replace").splitlines()
+                     if line.startswith("model name")), "")
+    name = name or platform.processor() or platform.machine()
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
+
+
+def hardware(accelerator: str, devices: object, num_nodes: int) -> str:
+    """What the run trained on, in words, for the results table."""
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return f"{devices}x {torch.cuda.get_device_name(0)} x {num_nodes} node(s)"
+    return f"CPU ({processor()}), {torch.get_num_threads()} threads on {os.cpu_count()} cores"
+
+
+def changed_versions(recorded: dict[str, str]) -> list[str]:
+    """The `version.*` tags of a run that this process's differ from: `timm 1.0.30 -> 1.0.31`, ..."""
+    return [f"{key.removeprefix('version.')} {recorded[key]} -> {value}" for key, value in version_tags().items()
+            if recorded.get(key, value) != value]
