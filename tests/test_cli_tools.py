@@ -46,6 +46,21 @@ def test_fashion_promote_refuses_a_registry_name_or_alias_mlflow_would_refuse_be
     assert "fashion-promote: champion=v2: Version alias name 'v2' is reserved" in capsys.readouterr().err
 
 
+def test_registry_names_are_checked_by_the_rules_this_mlflow_has(monkeypatch):
+    """The rules are MLflow's private functions: one renamed in another release skips that check (MLflow applies
+    its rules when registering) instead of failing every export and promotion with an AttributeError."""
+    import mlflow.utils.validation
+
+    from fashion.tracking.registry import check_names
+
+    with pytest.raises(ValueError, match="name=my/model: "):
+        check_names("my/model", {})
+    monkeypatch.delattr(mlflow.utils.validation, "_validate_model_alias_name_reserved")
+    check_names("tagger", {"champion": "v2"})
+    with pytest.raises(ValueError, match="champion=bad/alias: "):   # the rules still there still apply
+        check_names("tagger", {"champion": "bad/alias"})
+
+
 def test_a_text_key_given_digits_keeps_them_as_typed():
     """Hydra reads `api_key=0123456` as the number 123456: refused as "not a valid string", and its leading zero
     was gone. A key that takes text now gets the text as typed; a number key still gets its number."""

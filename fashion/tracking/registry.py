@@ -44,21 +44,25 @@ def is_registry_uri(reference: str | Path) -> bool:
 def check_names(name: str, aliases: dict[str, str | None], name_key: str = "name") -> None:
     """MLflow's own rules for a registered model's name and its aliases (`{key: alias}`), checked before a tool
     writes or scores anything: `register=my/model`, or `alias=v2` (reserved for versions), failed once the bundle
-    and its pyfunc were written, in MLflow's traceback (the version then registered without its alias)."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.utils import validation   # MLflow's checks; it has no public API for them
+    and its pyfunc were written, in MLflow's traceback (the version then registered without its alias).
 
-    try:
-        validation._validate_model_name(name)
-    except MlflowException as err:
-        raise ValueError(f"{name_key}={name}: {err.message}") from None
-    for key, alias in aliases.items():
+    MLflow has no public API for these rules: its private checks are used where this MLflow has them, and a
+    check renamed or gone in another release is skipped (MLflow still applies its rules when registering),
+    rather than failing every export and promotion with an AttributeError."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils import validation
+
+    def check(rule: str, key: str, value: str) -> None:
         try:
-            if alias is not None:
-                validation._validate_model_alias_name(alias)
-                validation._validate_model_alias_name_reserved(alias)
+            getattr(validation, rule, lambda _: None)(value)
         except MlflowException as err:
-            raise ValueError(f"{key}={alias}: {err.message}") from None
+            raise ValueError(f"{key}={value}: {err.message}") from None
+
+    check("_validate_model_name", name_key, name)
+    for key, alias in aliases.items():
+        if alias is not None:
+            check("_validate_model_alias_name", key, alias)
+            check("_validate_model_alias_name_reserved", key, alias)
 
 
 def register(model_uri: str, name: str, alias: str | None, tracking_uri: str) -> ModelVersion:
