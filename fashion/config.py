@@ -13,8 +13,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = PROJECT_ROOT / "conf"
+# A checkout (cloned, or installed editable from one) keeps its configs, data and runs beside the package. An
+# installed wheel (pip install ., a serving image) carries the configs inside the package (pyproject.toml maps
+# conf/ to fashion.conf) and works in the directory it is started from, as MLflow's ./mlruns and Hydra's ./outputs do.
+PACKAGE_DIR = Path(__file__).resolve().parent
+IS_CHECKOUT = (PACKAGE_DIR.parent / "pyproject.toml").is_file() and (PACKAGE_DIR.parent / "conf").is_dir()
+PROJECT_ROOT = PACKAGE_DIR.parent if IS_CHECKOUT else Path.cwd()
+CONFIG_DIR = PROJECT_ROOT / "conf" if IS_CHECKOUT else PACKAGE_DIR / "conf"
 
 
 # The store `make ui` serves: MLFLOW_TRACKING_URI as the shell that started this process set it (read at import:

@@ -1,6 +1,8 @@
 """The layout the README draws is the layout the code has: stages import one way, no cycles."""
 
+import os
 import sys
+from pathlib import Path
 
 from tests.conftest import PROJECT_ROOT
 
@@ -22,3 +24,58 @@ def test_lower_stages_do_not_reach_into_training():
     for stage in ("data", "models", "metrics", "features", "losses", "inference", "serving", "tracking"):
         assert "training" not in graph.get(stage, set()), stage
     assert "models" not in graph["data"] and "features" not in graph["data"]
+
+
+def test_the_package_list_names_every_package_and_config_folder():
+    """pyproject.toml lists the packages (conf/ travels as fashion.conf): a new folder missing from the list
+    would be missing from every wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    def folders(root, prefix):
+        return {prefix + ".".join((p.relative_to(root)).parts) if p != root else prefix.rstrip(".")
+                for p in [root, *root.rglob("*")] if p.is_dir() and p.name != "__pycache__"}
+    assert listed == folders(PROJECT_ROOT / "fashion", "fashion.") | folders(PROJECT_ROOT / "conf", "fashion.conf.")
+
+
+def test_a_wheel_carries_its_configs_and_trains_and_exports_outside_a_checkout(tmp_path, kaggle_folder):
+    """`pip install .` (a serving image, a cluster's environment) gave a package without conf/: every entry point
+    failed with Hydra's "Primary config directory not found", and the exported pyfunc would have copied
+    <cwd>/fashion as its code. Installed from a wheel, the tools read the configs the wheel carries and work in
+    the directory they are started from (./mlruns, ./outputs), as MLflow and Hydra do."""
+    import shutil
+    import subprocess
+    import zipfile
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    source = tmp_path / "source"   # a copy: a build writes build/ and *.egg-info beside the sources
+    for folder in ("fashion", "conf"):
+        shutil.copytree(PROJECT_ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for file in ("pyproject.toml", "README.md"):
+        shutil.copy(PROJECT_ROOT / file, source / file)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "wheel"),
+                    str(source)], check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "wheel").glob("fashion-*.whl")
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")   # what pip install puts in site-packages
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "PYTHONPATH": str(tmp_path / "site")}
+
+    def tool(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *args], cwd=work, env=env, capture_output=True, text=True, timeout=300)
+
+    trained = tool("-m", "fashion.train", f"data.root={kaggle_folder}", "backbone=test_tiny", "labels.min_count=1",
+                   "data.batch_size=8", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "callbacks.progress_bar=null")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert (work / "mlruns" / "mlflow.db").is_file() and list((work / "outputs").iterdir())
+    client = MlflowClient(f"sqlite:///{work}/mlruns/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("fashion").experiment_id])
+    assert run.data.tags["version.fashion"] == "0.1.0" and "mlflow.source.git.commit" not in run.data.tags
+    exported = tool("-m", "fashion.export", f"run_id={run.info.run_id}", f"output={work / 'bundle'}")
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    mlflow.set_tracking_uri(f"sqlite:///{work}/mlruns/mlflow.db")
+    (logged,) = mlflow.search_logged_models([run.info.experiment_id], f"source_run_id = '{run.info.run_id}'", output_format="list")
+    model = Path(mlflow.artifacts.download_artifacts(logged.model_uri, dst_path=str(tmp_path / "model")))
+    assert (model / "code" / "fashion" / "predict.py").is_file() and (model / "code" / "fashion" / "conf" / "train.yaml").is_file()

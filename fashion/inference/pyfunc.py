@@ -117,7 +117,7 @@ def input_example() -> pd.DataFrame:
 def log_pyfunc(bundle_dir: str | Path, run_id: str | None = None, name: str = "tagger") -> str:
     """Log the bundle as a pyfunc model (to `run_id`, or the active run) with its signature and an input
     example; returns the model URI."""
-    from fashion.config import PROJECT_ROOT
+    from fashion.config import PACKAGE_DIR
     from fashion.inference.bundle import read_manifest
 
     context = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(nested=mlflow.active_run() is not None)
@@ -126,7 +126,7 @@ def log_pyfunc(bundle_dir: str | Path, run_id: str | None = None, name: str = "t
             name=name,
             python_model=str(Path(__file__).with_name("pyfunc_model.py")),   # built from code, not unpickled
             artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
-            code_paths=[str(PROJECT_ROOT / "fashion")],
+            code_paths=[str(PACKAGE_DIR)],
             signature=signature(read_manifest(bundle_dir)["attributes"]),
             input_example=input_example(),
         )

@@ -20,10 +20,11 @@ import torch
 
 log = logging.getLogger(__name__)
 
-# The libraries whose version changes a run's numbers: the network's arithmetic, the pixels, the metrics.
+# The libraries whose version changes a run's numbers: the network's arithmetic, the pixels, the metrics (and this
+# package's own, which identifies the code where no git commit does: an installed wheel).
 # Each is a tag `version.<name>`; a name with alternatives is the first installed (OpenCV has four wheels).
 # Python's and torch's come from the interpreter (torch's with its build: `2.14.1+cu130`, `2.14.1+cpu`).
-SHAPING = {"python": (), "torch": (), "lightning": ("lightning", "pytorch-lightning"), "timm": ("timm",),
+SHAPING = {"fashion": ("fashion",), "python": (), "torch": (), "lightning": ("lightning", "pytorch-lightning"), "timm": ("timm",),
            "torchmetrics": ("torchmetrics",), "albumentations": ("albumentations",),
            "opencv": ("opencv-python-headless", "opencv-python", "opencv-contrib-python-headless", "opencv-contrib-python"),
            "pillow": ("pillow",), "numpy": ("numpy",), "onnxruntime": ("onnxruntime", "onnxruntime-gpu")}

@@ -36,7 +36,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from fashion import config
-from fashion.config import PROJECT_ROOT, ConfigError, flatten, refuse_a_silent_server, sqlite_file, tracking_uri
+from fashion.config import ConfigError, flatten, refuse_a_silent_server, sqlite_file, tracking_uri
 from fashion.tracking.environment import changed_versions, hardware, requirements, version_tags
 from fashion.tracking.store import follow_move
 
@@ -113,7 +113,7 @@ def ui_hint(uri: str, experiment: str = "fashion") -> str:
 
 def git_commit() -> dict[str, str]:
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(["git", *args], cwd=config.PACKAGE_DIR, capture_output=True, text=True, check=True).stdout.strip()
 
     try:
         return {"mlflow.source.git.commit": git("rev-parse", "HEAD"), "git.dirty": str(bool(git("status", "--porcelain")))}
