@@ -70,6 +70,7 @@ def test_a_wheel_carries_its_configs_and_trains_and_exports_outside_a_checkout(t
                    "data.batch_size=8", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "callbacks.progress_bar=null")
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert (work / "mlruns" / "mlflow.db").is_file() and list((work / "outputs").iterdir())
+    assert f"mlflow ui --backend-store-uri sqlite:///{work}/mlruns/mlflow.db" in trained.stdout   # no Makefile here
     client = MlflowClient(f"sqlite:///{work}/mlruns/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("fashion").experiment_id])
     assert run.data.tags["version.fashion"] == "0.1.0" and "mlflow.source.git.commit" not in run.data.tags

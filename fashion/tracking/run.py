@@ -107,7 +107,8 @@ def ui_hint(uri: str, experiment: str = "fashion") -> str:
     (MLFLOW_TRACKING_URI, else mlruns/); any other local store needs `mlflow ui` pointed at it."""
     if uri.startswith(("http://", "https://", "databricks")):
         return f"Open the MLflow UI: {ui_url(uri, experiment, host=uri.rstrip('/'))}"
-    command = "make ui" if uri == (config.SHELL_TRACKING_URI or config.local_store()) else f"mlflow ui --backend-store-uri {uri}"
+    ours = config.IS_CHECKOUT and uri == (config.SHELL_TRACKING_URI or config.local_store())   # a wheel has no Makefile
+    command = "make ui" if ours else f"mlflow ui --backend-store-uri {uri}"
     return f"Open the MLflow UI with: {command}   (then {ui_url(uri, experiment)})"
 
 
