@@ -153,8 +153,17 @@ def tune(cfg: DictConfig) -> float:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(experiment_yaml(best.params, search.study_name, best.value))
     print(f"\nbest trial {best.number}: {monitor} = {best.value:.4f} with {best.params}\n"
-          f"written to {target}: rerun with  fashion-train experiment={target.stem}\n")
+          f"written to {target}: rerun with  {rerun_command(target)}\n")
     return float(best.value)
+
+
+def rerun_command(experiment_file: Path) -> str:
+    """How to train the written recipe: `experiment=<name>` finds only conf/experiment/ of the configs in use, so a
+    file elsewhere (`best_experiment_file=`, or ./conf/experiment of an installed wheel) needs its config folder
+    added to Hydra's search path."""
+    if experiment_file.resolve().parent == (CONFIG_DIR / "experiment").resolve():
+        return f"fashion-train experiment={experiment_file.stem}"
+    return f"fashion-train --config-dir {experiment_file.resolve().parent.parent} experiment={experiment_file.stem}"
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")

@@ -35,7 +35,8 @@ def tune_cli(tmp_path: Path, data_root: Path, extra: list[str]) -> subprocess.Co
 
 def test_optuna_study_is_resumable_prunes_and_writes_a_ready_experiment(tmp_path, kaggle_folder):
     first = tune_cli(tmp_path, kaggle_folder, ["hparams_search.n_trials=2"])
-    assert "written to" in first.stdout
+    # outside the configs in use, the recipe needs its folder on Hydra's search path (the compose below does so)
+    assert f"rerun with  fashion-train --config-dir {tmp_path}/conf experiment=tuned_t" in first.stdout
     # a second launch continues the same study; this pruner stops every trial at its first report
     tune_cli(tmp_path, kaggle_folder, ["hparams_search.n_trials=1", "~hparams_search.pruner",
                                        "+hparams_search.pruner={_target_: optuna.pruners.ThresholdPruner, lower: 2.0}"])
@@ -199,3 +200,9 @@ def test_a_study_storage_is_named_without_its_password(tmp_path, compose_config)
                                           "cannot open the study there") as refused:
         open_study(search, "val/mean_acc")
     assert "s3cret" not in str(refused.value) and "\n" not in str(refused.value)   # and said in one line
+
+
+def test_a_recipe_written_among_the_configs_reruns_by_its_name():
+    from fashion.tune import rerun_command
+
+    assert rerun_command(CONFIG_DIR / "experiment" / "tuned_fashion.yaml") == "fashion-train experiment=tuned_fashion"
