@@ -309,6 +309,19 @@ def test_a_run_reads_well_in_the_mlflow_ui(tmp_path, kaggle_folder, compose_conf
     assert f"timm=={timm.__version__}\n" in Path(pinned).read_text()
 
 
+def test_the_hardware_tag_counts_the_gpus_however_devices_names_them(monkeypatch):
+    """trainer=ddp's `devices: auto` was written as it stood: "autox NVIDIA H100 x 1 node(s)"."""
+    from omegaconf import OmegaConf
+
+    from fashion.tracking.environment import hardware
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "GPU-X")
+    named = [hardware("gpu", d, 2) for d in ("auto", -1, 2, "2", "0,1", OmegaConf.create({"d": [0, 2, 3]}).d)]
+    assert named == [f"{n}x GPU-X x 2 node(s)" for n in (4, 4, 2, 2, 2, 3)]
+
+
 def test_equal_data_gives_equal_dataset_digests(tmp_path, kaggle_folder, compose_config):
     for seed in (1, 2):   # another seed trains differently on the same split
         train(compose_config(tiny_overrides(tmp_path, kaggle_folder) + [f"seed={seed}", "logger.system_metrics=false"]))

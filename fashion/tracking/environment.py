@@ -67,8 +67,18 @@ def processor() -> str:
 def hardware(accelerator: str, devices: object, num_nodes: int) -> str:
     """What the run trained on, in words, for the results table."""
     if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
-        return f"{devices}x {torch.cuda.get_device_name(0)} x {num_nodes} node(s)"
+        return f"{gpu_count(devices)}x {torch.cuda.get_device_name(0)} x {num_nodes} node(s)"
     return f"CPU ({processor()}), {torch.get_num_threads()} threads on {os.cpu_count()} cores"
+
+
+def gpu_count(devices: object) -> int:
+    """GPUs per node from `trainer.devices` as Lightning reads it: a count, indices ("0,1", [0, 1]), or "auto" / -1
+    for all of them (trainer=ddp's: the tag read "autox ...")."""
+    if str(devices).strip() in ("auto", "-1"):
+        return torch.cuda.device_count()
+    if isinstance(devices, str):
+        return len([d for d in devices.split(",") if d.strip()]) if "," in devices else int(devices)
+    return int(devices) if isinstance(devices, int) else len(list(devices))
 
 
 def changed_versions(recorded: dict[str, str]) -> list[str]:
