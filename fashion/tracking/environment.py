@@ -16,8 +16,6 @@ from functools import cache
 from importlib import metadata
 from pathlib import Path
 
-import torch
-
 log = logging.getLogger(__name__)
 
 # The libraries whose version changes a run's numbers: the network's arithmetic, the pixels, the metrics (and this
@@ -41,6 +39,8 @@ def installed(*names: str) -> str | None:
 
 def version_tags() -> dict[str, str]:
     """`version.<library>` for each of `SHAPING` that is installed."""
+    import torch   # here, not at the top: the tracking stage loads before every job (its Hydra callback)
+
     versions = {name: installed(*names) for name, names in SHAPING.items()} | {"python": platform.python_version(),
                                                                               "torch": torch.__version__}
     return {f"version.{name}": value for name, value in versions.items() if value}
@@ -55,6 +55,8 @@ def requirements() -> str:
 @cache
 def processor() -> str:
     """The CPU's model name and the instruction set torch's kernels use (AVX2, AVX512, ...)."""
+    import torch
+
     name = ""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
@@ -66,6 +68,8 @@ def processor() -> str:
 
 def hardware(accelerator: str, devices: object, num_nodes: int) -> str:
     """What the run trained on, in words, for the results table."""
+    import torch
+
     if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
         return f"{gpu_count(devices)}x {torch.cuda.get_device_name(0)} x {num_nodes} node(s)"
     return f"CPU ({processor()}), {torch.get_num_threads()} threads on {os.cpu_count()} cores"
@@ -74,6 +78,8 @@ def hardware(accelerator: str, devices: object, num_nodes: int) -> str:
 def gpu_count(devices: object) -> int:
     """GPUs per node from `trainer.devices` as Lightning reads it: a count, indices ("0,1", [0, 1]), or "auto" / -1
     for all of them (trainer=ddp's: the tag read "autox ...")."""
+    import torch
+
     if str(devices).strip() in ("auto", "-1"):
         return torch.cuda.device_count()
     if isinstance(devices, str):

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 from filelock import FileLock
@@ -28,8 +28,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import MLFlowLogger
-from lightning.pytorch.utilities import rank_zero_only
 from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
@@ -39,6 +37,9 @@ from fashion import config
 from fashion.config import ConfigError, flatten, refuse_a_silent_server, sqlite_file, tracking_uri
 from fashion.tracking.environment import changed_versions, hardware, requirements, version_tags
 from fashion.tracking.store import follow_move
+
+if TYPE_CHECKING:   # Lightning loads with the trainer: the Hydra callback below runs before every job, and a
+    from lightning.pytorch.loggers import MLFlowLogger   # command line refused there need not wait for it
 
 log = logging.getLogger(__name__)
 
@@ -283,11 +284,12 @@ def tracked_run(cfg: DictConfig, stopped_by: tuple[type[BaseException], ...] = (
             monitor.finish()
 
 
-@rank_zero_only
 def finish_if_running(logger: MLFlowLogger) -> None:
     """Lightning ends the run when its trainer is done with the logger, but `trainer.fast_dev_run` swaps the
-    logger out: that run stayed RUNNING for good."""
-    if logger.run_id and logger.experiment.get_run(logger.run_id).info.status == "RUNNING":
+    logger out: that run stayed RUNNING for good. On global rank zero only (a resumed run's id is on every rank)."""
+    from lightning.pytorch.utilities import rank_zero_only   # loaded by now: the run has trained
+
+    if rank_zero_only.rank == 0 and logger.run_id and logger.experiment.get_run(logger.run_id).info.status == "RUNNING":
         logger.experiment.set_terminated(logger.run_id, "FINISHED")
 
 
