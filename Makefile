@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	$(PY) -m fashion.train $(ARGS)
 
-## The test suite, on 2 CPU cores in ~9 min: two pytest-xdist workers, each test file kept on one worker
+## The test suite, on 2 CPU cores in 6-12 min (by the processor): two pytest-xdist workers, each test file kept on one worker
 ## (its fixtures, servers and databases stay together). PYTEST_ARGS= runs it serially.
 PYTEST_ARGS ?= -n 2 --dist loadfile
 test: $(STAMP)
