@@ -2,6 +2,7 @@
 
 
 import mlflow
+from mlflow.tracking import MlflowClient
 
 from tests.conftest import load_script, mlflow_store
 
@@ -107,3 +108,24 @@ def test_a_tag_with_table_characters_stays_in_its_cell(tmp_path):
     assert len(tables) > 4
     for rows in tables:
         assert {len(separators.findall(row)) for row in rows} == {len(separators.findall(rows[0]))}, rows
+
+
+def test_compare_runs_names_what_else_differs_between_two_runs(tmp_path, capsys):
+    """The same config gave other numbers on another machine: the comparison says the processor and versions differ."""
+    compare_runs = load_script("compare_runs")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("fashion")
+    common = {"config.hash": "abc", "dataset.fingerprint": "f00", "version.timm": "1.0.31"}
+    runs = [client.create_run(experiment, tags={**common, **tags}).info.run_id for tags in (
+        {"hardware": "CPU (AMD EPYC, AVX2), 2 threads on 2 cores", "version.opencv": "4.14.0.94"},
+        {"hardware": "CPU (AMD EPYC, AVX512), 2 threads on 2 cores", "version.opencv": "5.0.0.93"})]
+    for run, value in zip(runs, (0.7377, 0.7175)):
+        client.log_metric(run, "test/mean_acc", value)
+    assert compare_runs.main([*runs, "--uri-a", uri]) == 1
+    out = capsys.readouterr().out
+    assert "test/mean_acc: 0.7377 -> 0.7175" in out
+    assert ("the runs differ in: hardware: CPU (AMD EPYC, AVX2), 2 threads on 2 cores -> CPU (AMD EPYC, AVX512), 2 threads "
+            "on 2 cores; version.opencv: 4.14.0.94 -> 5.0.0.93\n") in out
+    assert compare_runs.main([runs[0], runs[0], "--uri-a", uri]) == 0
+    assert "the runs differ in: nothing of config.hash" in capsys.readouterr().out
