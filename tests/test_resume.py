@@ -109,7 +109,8 @@ def test_resuming_a_named_run_under_another_config_is_refused_naming_the_keys(tm
     train(compose_config(base))
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     run_id = client.search_runs(["1"])[0].info.run_id
-    client.set_tag(run_id, "version.timm", "0.9.0")   # as if it started before an upgrade
+    client.set_tag(run_id, "version.timm", "0.9.0")   # as if it started before an upgrade, on another machine
+    client.set_tag(run_id, "hardware", "CPU (Other, AVX2), 2 threads on 2 cores")
     changed = compose_config([*base[:-1], "optimizer.lr=3e-3", "trainer.max_epochs=2", f"resume={run_id}"])
     with pytest.raises(ConfigError, match=rf"resume={run_id}: that run was trained with another config "
                                           r"\(optimizer.lr: 0.001 -> 0.003; trainer.max_epochs: 1 -> 2\)"):
@@ -117,5 +118,6 @@ def test_resuming_a_named_run_under_another_config_is_refused_naming_the_keys(tm
     train(compose_config([*base, f"resume={run_id}"]))   # its own config passes, and continues the same run
     assert [r.info.run_id for r in client.search_runs(["1"])] == [run_id]
     import timm
-    assert f"under other library versions than it started with (timm 0.9.0 -> {timm.__version__})" in caplog.text
+    assert f"on other hardware or library versions than it started with (timm 0.9.0 -> {timm.__version__}, " in caplog.text
+    assert "hardware CPU (Other, AVX2), 2 threads on 2 cores -> CPU (" in caplog.text
     assert client.get_run(run_id).data.tags["version.timm"] == "0.9.0"

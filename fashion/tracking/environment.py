@@ -87,7 +87,8 @@ def gpu_count(devices: object) -> int:
     return int(devices) if isinstance(devices, int) else len(list(devices))
 
 
-def changed_versions(recorded: dict[str, str]) -> list[str]:
-    """The `version.*` tags of a run that this process's differ from: `timm 1.0.30 -> 1.0.31`, ..."""
-    return [f"{key.removeprefix('version.')} {recorded[key]} -> {value}" for key, value in version_tags().items()
-            if recorded.get(key, value) != value]
+def changed_environment(recorded: dict[str, str], current: dict[str, str]) -> list[str]:
+    """What a resumed run continues under that it did not start with: `hardware` and `version.*` tags of
+    `current` that differ from the run's `recorded` ones, as `timm 1.0.30 -> 1.0.31`."""
+    keys = [k for k in current if k == "hardware" or k.startswith("version.")]
+    return [f"{k.removeprefix('version.')} {recorded[k]} -> {current[k]}" for k in keys if recorded.get(k, current[k]) != current[k]]

@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fashion import config
 from fashion.config import ConfigError, flatten, refuse_a_silent_server, sqlite_file, tracking_uri
-from fashion.tracking.environment import changed_versions, hardware, requirements, version_tags
+from fashion.tracking.environment import changed_environment, hardware, requirements, version_tags
 from fashion.tracking.store import follow_move
 
 if TYPE_CHECKING:   # Lightning loads with the trainer: the Hydra callback below runs before every job, and a
@@ -248,9 +248,9 @@ def open_run(cfg: DictConfig, resume: ResumePoint | None) -> MLFlowLogger:
         if resume:
             client.update_run(logger.run_id, status="RUNNING")
             client.set_tag(logger.run_id, "resumed_from", resume.ckpt_path)
-            if changed := changed_versions(client.get_run(logger.run_id).data.tags):
-                log.warning("resuming run %s under other library versions than it started with (%s): its numbers "
-                            "may differ from an uninterrupted run's; its version.* tags stay the start's",
+            if changed := changed_environment(client.get_run(logger.run_id).data.tags, tags):
+                log.warning("resuming run %s on other hardware or library versions than it started with (%s): its "
+                            "numbers may differ from an uninterrupted run's; its tags stay the start's",
                             logger.run_id, ", ".join(changed))
         else:
             client.set_tag(logger.run_id, CHECKPOINT_TAG, str(Path(cfg.paths.output_dir) / "checkpoints"))
