@@ -322,6 +322,19 @@ def test_the_hardware_tag_counts_the_gpus_however_devices_names_them(monkeypatch
     assert named == [f"{n}x GPU-X x 2 node(s)" for n in (4, 4, 2, 2, 2, 3)]
 
 
+def test_the_hardware_tag_says_when_onednn_is_capped(monkeypatch):
+    """oneDNN's instruction set changes the numbers as ATen's does (0.7410 against 0.7210 on one machine)."""
+    from fashion.tracking.environment import processor
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    processor.cache_clear()
+    try:
+        assert processor().endswith(f", {torch.backends.cpu.get_cpu_capability()}, oneDNN at most AVX2")
+    finally:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+        processor.cache_clear()
+
+
 def test_equal_data_gives_equal_dataset_digests(tmp_path, kaggle_folder, compose_config):
     for seed in (1, 2):   # another seed trains differently on the same split
         train(compose_config(tiny_overrides(tmp_path, kaggle_folder) + [f"seed={seed}", "logger.system_metrics=false"]))
