@@ -47,9 +47,11 @@ def version_tags() -> dict[str, str]:
 
 
 def requirements() -> str:
-    """Every installed distribution as `name==version` (pip freeze's form), for the run's environment artifact."""
+    """Every installed distribution as `name==version` (pip freeze's form), for the run's environment artifact.
+    This project itself is left out: it is on no index, and the run's commit or `version.fashion` tag says which
+    code ran."""
     found = {(dist.metadata["Name"] or "").lower(): dist.version for dist in metadata.distributions()}
-    return "".join(f"{name}=={version}\n" for name, version in sorted(found.items()) if name)
+    return "".join(f"{name}=={version}\n" for name, version in sorted(found.items()) if name and name != "fashion")
 
 
 @cache
