@@ -209,9 +209,15 @@ def test_every_ddp_process_trains_on_a_batch_when_its_share_of_train_is_smaller_
     monkeypatch.setattr("fashion.data.datamodule.processes", lambda: 1)
     assert dm.train_dataloader().drop_last   # one process keeps dropping a last partial batch (BatchNorm)
 
-def test_missing_data_root_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="data.root does not exist"):
-        datamodule(tmp_path / "nowhere").prepare_labels()
+def test_missing_data_root_is_a_clear_error(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="data.root does not exist") as refused:
+        datamodule(tmp_path / "sample").prepare_labels()
+    assert "bundled sample" not in str(refused.value)   # a checkout: its data/sample was moved or deleted
+    # installed from a wheel, the default data=sample names a folder no install has
+    monkeypatch.setattr("fashion.data.datamodule.IS_CHECKOUT", False)
+    with pytest.raises(FileNotFoundError, match=r"sample; the bundled sample comes with a checkout of the project, not "
+                                                r"with the installed package: give data.root="):
+        datamodule(tmp_path / "sample").prepare_labels()
 
 
 def test_a_split_given_a_share_but_no_product_is_refused_and_one_given_none_is_left_out_of_mlflow(tmp_path, kaggle_folder):

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from fashion.config import ConfigError, InputError
+from fashion.config import IS_CHECKOUT, ConfigError, InputError
 from fashion.data.cached import CachedInputs, FeatureDataset
 from fashion.data.dataset import ProductImages
 from fashion.data.eval_sets import EvalSource
@@ -92,7 +92,7 @@ class FashionDataModule(L.LightningDataModule):
         if self.table is not None:
             return
         if not self.root.is_dir():
-            raise FileNotFoundError(f"data.root does not exist: {self.root}")
+            raise FileNotFoundError(f"data.root does not exist: {self.root}{outside_a_checkout(self.root)}")
         if not self.images_path.is_dir():
             raise FileNotFoundError(f"image folder not found: {self.images_path} (expected <root>/images/<id>.jpg)")
         attributes = self.labels.attributes
@@ -359,3 +359,10 @@ class FashionDataModule(L.LightningDataModule):
             loaders[name] = DataLoader(dataset, batch_size=self.eval_batch_size, sampler=each_product_once(dataset),
                                        num_workers=self.num_workers, pin_memory=self.pin_memory)
         return loaders
+
+
+def outside_a_checkout(root: Path) -> str:
+    """The default `data=sample` names the sample bundled in a checkout (data/sample); a package installed from a
+    wheel has none, and "data.root does not exist: <working directory>/data/sample" reads as a mystery there."""
+    return ("; the bundled sample comes with a checkout of the project, not with the installed package: give "
+            "data.root=<folder with styles.csv and images/>") if not IS_CHECKOUT and root.name == "sample" else ""
