@@ -320,6 +320,11 @@ def test_the_hardware_tag_counts_the_gpus_however_devices_names_them(monkeypatch
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "GPU-X")
     named = [hardware("gpu", d, 2) for d in ("auto", -1, 2, "2", "0,1", OmegaConf.create({"d": [0, 2, 3]}).d)]
     assert named == [f"{n}x GPU-X x 2 node(s)" for n in (4, 4, 2, 2, 2, 3)]
+    # a Mac's GPU, which Lightning picks for accelerator=mps (or auto, or gpu): was called a CPU run
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert hardware("mps", 1, 1).startswith("Apple GPU (MPS) on ") and hardware("auto", 1, 1).startswith("Apple GPU (MPS)")
+    assert hardware("cpu", 1, 1).startswith("CPU (")
 
 
 def test_the_hardware_tag_says_when_onednn_is_capped(monkeypatch):

@@ -77,6 +77,8 @@ def hardware(accelerator: str, devices: object, num_nodes: int) -> str:
 
     if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
         return f"{gpu_count(devices)}x {torch.cuda.get_device_name(0)} x {num_nodes} node(s)"
+    if accelerator in ("gpu", "mps", "auto") and torch.backends.mps.is_available():   # Lightning's choice on a Mac
+        return f"Apple GPU (MPS) on {processor().split(',')[0]}"
     return f"CPU ({processor()}), {torch.get_num_threads()} threads on {os.cpu_count()} cores"
 
 
