@@ -40,6 +40,8 @@ def run_manifest(client: MlflowClient, run_id: str) -> dict:
         "dataset_fingerprint": run.data.tags.get("dataset.fingerprint"),
         "dataset_root": run.data.tags.get("dataset.root"),
         "git_commit": run.data.tags.get("mlflow.source.git.commit"),
+        # what the numbers depended on, carried where the run's store may not go (a serving image)
+        "trained_on": {k: v for k, v in run.data.tags.items() if k == "hardware" or k.startswith("version.")},
         "metrics": metrics,
     }
 

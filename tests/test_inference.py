@@ -33,6 +33,7 @@ def test_bundle_round_trip_reproduces_the_checkpoint_without_pickle(trained, mon
     manifest = read_manifest(trained.bundle)
     assert manifest["source"]["mlflow_run_id"] == trained.run_id
     assert len(manifest["dataset_fingerprint"]) == 64
+    assert manifest["trained_on"]["version.torch"] == torch.__version__ and manifest["trained_on"]["hardware"]
     assert "test/mean_acc" in manifest["metrics"] and manifest["attributes"][0] == "gender"
 
     images = [load_rgb(p) for p in REAL_IMAGES]
