@@ -21,6 +21,7 @@ from fashion.cli import Refused, UsageError, tool_config
 from fashion.config import progress_bars_for_terminals_only, refuse_a_store_that_is_not_there
 from fashion.inference.bundle import export_bundle, refuse_occupied
 from fashion.inference.checkpoint import TrainedModel, load_checkpoint
+from fashion.tracking.environment import environment_tags
 from fashion.tracking.registry import check_names
 
 
@@ -41,7 +42,7 @@ def run_manifest(client: MlflowClient, run_id: str) -> dict:
         "dataset_root": run.data.tags.get("dataset.root"),
         "git_commit": run.data.tags.get("mlflow.source.git.commit"),
         # what the numbers depended on, carried where the run's store may not go (a serving image)
-        "trained_on": {k: v for k, v in run.data.tags.items() if k == "hardware" or k.startswith("version.")},
+        "trained_on": environment_tags(run.data.tags),
         "metrics": metrics,
     }
 

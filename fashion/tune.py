@@ -161,9 +161,9 @@ def rerun_command(experiment_file: Path) -> str:
     """How to train the written recipe: `experiment=<name>` finds only conf/experiment/ of the configs in use, so a
     file elsewhere (`best_experiment_file=`, or ./conf/experiment of an installed wheel) needs its config folder
     added to Hydra's search path."""
-    if experiment_file.resolve().parent == (CONFIG_DIR / "experiment").resolve():
-        return f"fashion-train experiment={experiment_file.stem}"
-    return f"fashion-train --config-dir {experiment_file.resolve().parent.parent} experiment={experiment_file.stem}"
+    folder = experiment_file.resolve().parent
+    search = "" if folder == (CONFIG_DIR / "experiment").resolve() else f"--config-dir {folder.parent} "
+    return f"fashion-train {search}experiment={experiment_file.stem}"
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")

@@ -94,8 +94,13 @@ def gpu_count(devices: object) -> int:
     return int(devices) if isinstance(devices, int) else len(list(devices))
 
 
+def environment_tags(tags: dict[str, str]) -> dict[str, str]:
+    """A run's `hardware` and `version.*` tags: what its numbers depended on besides config and data."""
+    return {k: v for k, v in tags.items() if k == "hardware" or k.startswith("version.")}
+
+
 def changed_environment(recorded: dict[str, str], current: dict[str, str]) -> list[str]:
     """What a resumed run continues under that it did not start with: `hardware` and `version.*` tags of
     `current` that differ from the run's `recorded` ones, as `timm 1.0.30 -> 1.0.31`."""
-    keys = [k for k in current if k == "hardware" or k.startswith("version.")]
-    return [f"{k.removeprefix('version.')} {recorded[k]} -> {current[k]}" for k in keys if recorded.get(k, current[k]) != current[k]]
+    return [f"{k.removeprefix('version.')} {recorded[k]} -> {v}" for k, v in environment_tags(current).items()
+            if recorded.get(k, v) != v]
