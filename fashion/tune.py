@@ -23,32 +23,13 @@ import yaml
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from lightning.pytorch import Callback, LightningModule, Trainer
 from omegaconf import DictConfig
 
 from fashion.cli import one_line_errors, quote
 from fashion.config import CONFIG_DIR, ConfigError, without_password
 from fashion.tracking.run import end_sweep, start_sweep
-from fashion.training.fit import train
-from fashion.training.module import TrainingDiverged
 
 log = logging.getLogger("fashion.tune")
-
-
-class OptunaPruning(Callback):
-    """Report the monitored metric after each validation; stop the trial when Optuna says so."""
-
-    def __init__(self, trial: optuna.Trial, monitor: str) -> None:
-        self.trial, self.monitor = trial, monitor
-
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
-            return
-        self.trial.report(float(trainer.callback_metrics[self.monitor]), step=trainer.current_epoch)
-        if self.trial.should_prune():
-            if trainer.logger is not None and getattr(trainer.logger, "run_id", None):
-                trainer.logger.experiment.set_tag(trainer.logger.run_id, "optuna.state", "pruned")
-            raise optuna.TrialPruned(f"trial {self.trial.number} pruned at epoch {trainer.current_epoch}")
 
 
 def suggest(trial: optuna.Trial, name: str, space: Mapping[str, Any]) -> Any:
@@ -118,6 +99,10 @@ def refuse_another_objective(study: optuna.Study, search: DictConfig, metric: st
 
 def tune(cfg: DictConfig) -> float:
     """Run (or continue) the study declared in `cfg.hparams_search`; return the best value."""
+    from fashion.training.callbacks import OptunaPruning   # Lightning: loaded once a study is asked for
+    from fashion.training.fit import train
+    from fashion.training.module import TrainingDiverged
+
     search = cfg.hparams_search
     monitor = cfg.optimized_metric
     base = [o for o in HydraConfig.get().overrides.task if not o.split("=")[0].lstrip("+~").startswith("hparams_search")]

@@ -115,12 +115,12 @@ def sweep_run_status(tmp_path: Path) -> str:
 @pytest.mark.parametrize("stop,status", [(KeyboardInterrupt, "KILLED"), (RuntimeError, "FAILED")])
 def test_a_study_stopped_by_ctrl_c_ends_killed_and_one_that_crashed_failed(stop, status, tmp_path, kaggle_folder, monkeypatch):
     """The study's parent run ends as the trial it stopped in does: Ctrl-C is KILLED, a crash FAILED."""
-    import fashion.tune
+    import fashion.training.fit
 
     def stopped(*args, **kwargs):
         raise stop("stopped in trial 0")
 
-    monkeypatch.setattr(fashion.tune, "train", stopped)
+    monkeypatch.setattr(fashion.training.fit, "train", stopped)
     tune_in_process(tmp_path, kaggle_folder, [], stop)
     assert sweep_run_status(tmp_path) == status
     assert "FASHION_SWEEP_RUN_ID" not in os.environ   # later runs of this process are not nested under it
@@ -129,7 +129,7 @@ def test_a_study_stopped_by_ctrl_c_ends_killed_and_one_that_crashed_failed(stop,
 def test_a_trial_whose_loss_diverged_fails_and_the_study_goes_on(tmp_path, kaggle_folder, monkeypatch):
     """A learning rate high enough to diverge is a point of the search, not the end of it: optimize() stops at
     the first exception it was not told to catch."""
-    import fashion.tune
+    import fashion.training.fit
     from fashion.training.module import TrainingDiverged
 
     def train(cfg, **kwargs):
@@ -137,7 +137,7 @@ def test_a_trial_whose_loss_diverged_fails_and_the_study_goes_on(tmp_path, kaggl
             raise TrainingDiverged("the training loss diverged in epoch 1 (gender nan)")
         return {"val/mean_acc": 0.5}
 
-    monkeypatch.setattr(fashion.tune, "train", train)
+    monkeypatch.setattr(fashion.training.fit, "train", train)
     tune_in_process(tmp_path, kaggle_folder, ["hparams_search.n_trials=2",
                                               f"hparams_search.best_experiment_file={tmp_path}/tuned_t.yaml"], None)
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path}/optuna.db")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import optuna
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch import Callback
@@ -127,3 +128,19 @@ def log_calibration(trainer: L.Trainer, decision: Decision, report: dict[str, fl
         logger.log_metrics(report)
         if isinstance(logger, MLFlowLogger) and logger.run_id:
             logger.experiment.log_dict(logger.run_id, decision.to_dict(), "calibration/decision.json")
+
+
+class OptunaPruning(Callback):
+    """Report the monitored metric after each validation; stop the trial when Optuna says so."""
+
+    def __init__(self, trial: optuna.Trial, monitor: str) -> None:
+        self.trial, self.monitor = trial, monitor
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        self.trial.report(float(trainer.callback_metrics[self.monitor]), step=trainer.current_epoch)
+        if self.trial.should_prune():
+            if trainer.logger is not None and getattr(trainer.logger, "run_id", None):
+                trainer.logger.experiment.set_tag(trainer.logger.run_id, "optuna.state", "pruned")
+            raise optuna.TrialPruned(f"trial {self.trial.number} pruned at epoch {trainer.current_epoch}")
