@@ -1,5 +1,6 @@
 """The frozen-feature cache: right key, right invalidation, same numbers as the uncached path."""
 
+import logging
 import os
 from dataclasses import replace
 
@@ -67,6 +68,41 @@ def test_cached_inputs_equal_a_fresh_pass_and_are_reused(tmp_path, table):
         assert torch.equal(second[name], first[name].flip(0))
     fresh = compute_cacheable_inputs(model, preprocessing, table["path"].tolist())
     assert torch.allclose(first["backbone"], fresh["backbone"], atol=1e-5)  # the cache fills in onnxruntime
+
+
+def test_an_entry_filled_on_another_machine_is_named_and_warned_of(tmp_path, table, monkeypatch, caplog):
+    """A cache shared by a cluster's nodes or copied with a project is used as it is (features differ ~1e-5 between
+    processors); the run must be able to say so, as its metrics can differ in their last digits from a cold run."""
+    import fashion.features.store as store
+    from fashion.tracking.environment import processor
+
+    model = tiny_model(freeze="frozen").eval()
+    here = store.filler("onnx")
+    assert here.startswith("onnxruntime ") and here.endswith(f" on {processor()}")
+    cache = FeatureCache(str(tmp_path / "cache"))
+    cache.load_or_compute(model, model.backbone.preprocessing, table)
+    assert cache.last_status == "built" and cache.filled_on == {here}
+    with caplog.at_level(logging.WARNING, logger="fashion.features.store"):
+        cache.load_or_compute(model, model.backbone.preprocessing, table)
+    assert cache.last_status == "hit" and cache.filled_on == {here} and "were filled with" not in caplog.text
+
+    monkeypatch.setattr(store, "filler", lambda runtime: "onnxruntime 1.0 on Other CPU, AVX2")   # another node fills
+    other = FeatureCache(str(tmp_path / "shared"))
+    other.load_or_compute(model, model.backbone.preprocessing, table)
+    monkeypatch.undo()
+    with caplog.at_level(logging.WARNING, logger="fashion.features.store"):
+        other.load_or_compute(model, model.backbone.preprocessing, table)
+    assert other.last_status == "hit" and other.filled_on == {"onnxruntime 1.0 on Other CPU, AVX2"}
+    assert f"were filled with onnxruntime 1.0 on Other CPU, AVX2, where this run would fill them with {here}" in caplog.text
+
+    # an entry written before the record: named as such, not warned of on every run
+    from safetensors.torch import load_file, save_file
+    [entry] = (tmp_path / "cache").glob("*.safetensors")
+    save_file(load_file(entry), entry, metadata={"backbone": "old"})
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fashion.features.store"):
+        cache.load_or_compute(model, model.backbone.preprocessing, table)
+    assert cache.last_status == "hit" and cache.filled_on == {store.UNRECORDED} and "were filled with" not in caplog.text
 
 
 
@@ -173,6 +209,8 @@ def test_a_cached_run_matches_the_uncached_run(freeze, tmp_path, kaggle_folder, 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     runs = mlflow.search_runs(experiment_names=["fashion"], order_by=["start_time ASC"])
     assert runs["tags.feature_cache"].tolist() == ["off", "built", "hit"]
+    from fashion.features.store import filler
+    assert runs["tags.feature_cache.filled_on"].fillna("").tolist() == ["", filler("onnx"), filler("onnx")]
 
 
 def test_colour_histogram_sees_the_product_not_the_background():

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import torch
 from filelock import FileLock
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from fashion.data.transforms import Augmentation, Preprocessing
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     import albumentations as A
 
 log = logging.getLogger(__name__)
+UNRECORDED = "unrecorded (an entry older than the record)"
 
 
 @typed
@@ -46,6 +47,11 @@ class FeatureCache:
     augmentation `steps`. `runtime`, `batch_size` and `num_workers` only affect how fast it is
     filled: `onnx` (default) runs the frozen part 2.8-4x faster than eager PyTorch on 2 CPU cores
     (docs/feature_cache.md) and agrees with it to ~1e-5; the runtime is not part of the key.
+
+    Neither is the machine: a cache shared by a cluster's nodes, or copied with a project, is filled once. Each
+    entry records what filled it (`filled_on`: the runtime, its version, the processor); a run says so in its tag
+    `feature_cache.filled_on`, and warns when this run would have filled it otherwise, as features (and so the last
+    digits of its metrics) can differ from a cold-cache run here.
     """
 
     def __init__(self, directory: str, batch_size: int = 64, num_workers: int = 0, runtime: Runtime = "onnx") -> None:
@@ -53,6 +59,7 @@ class FeatureCache:
         self.runtime = runtime
         self.batch_size, self.num_workers = batch_size, num_workers
         self.last_status: str = "off"  # off | hit | built: logged with the run
+        self.filled_on: set[str] = set()   # what filled the entries this cache last served
 
     @staticmethod
     def applies(model: MultiHeadTagger, augmentation: Augmentation) -> bool:
@@ -71,10 +78,16 @@ class FeatureCache:
         ids, paths = table["id"].astype(int).tolist(), table["path"].tolist()
         versions = [None, *views]
         loaded, statuses = [], []
+        self.filled_on = set()
         for view, key in zip(versions, cache_keys(model, preprocessing, ids, paths, versions, true_aspect)):
             loaded.append(self._load_or_fill(key, model, preprocessing, ids, paths, view, true_aspect))
             statuses.append(self.last_status)
         self.last_status = "hit" if set(statuses) == {"hit"} else "built"
+        if elsewhere := sorted(self.filled_on - {filler(self.runtime), UNRECORDED}):
+            log.warning("feature cache entries in %s were filled with %s, where this run would fill them with %s: "
+                        "features then differ by about 1e-5, so this run's metrics can differ in their last digits from "
+                        "one that fills the cache here (delete those entries to fill them here)", self.directory,
+                        " and ".join(elsewhere), filler(self.runtime))
         return loaded[0], loaded[1:]
 
     def _load_or_fill(self, key: str, model: MultiHeadTagger, preprocessing: Preprocessing, ids: list[int],
@@ -102,6 +115,7 @@ class FeatureCache:
         if not all(i in by_id for i in ids):
             return None
         self.last_status = "hit"
+        self.filled_on.add(self._filled_on(path))
         log.info("feature cache hit: %s", path)
         rows = torch.tensor([by_id[i] for i in ids])
         return {name: tensor[rows] for name, tensor in stored.items()}
@@ -113,12 +127,19 @@ class FeatureCache:
                                           view, true_aspect)
         partial = path.with_suffix(f".{os.getpid()}.tmp")
         save_file({"ids": torch.tensor(ids, dtype=torch.long), **inputs}, partial,
-                  metadata={"backbone": model.backbone.name, "preprocessing": repr(preprocessing)})
+                  metadata={"backbone": model.backbone.name, "preprocessing": repr(preprocessing),
+                            "filled_on": filler(self.runtime)})
         partial.replace(path)  # atomic: an interrupted run never leaves a half-written cache behind
         self.last_status = "built"
+        self.filled_on.add(filler(self.runtime))
         log.info("feature cache built: %d images%s in %.1fs (%s) -> %s", len(ids), f" ({view!r})" if view else "",
                  time.perf_counter() - started, self.runtime, path)
         return inputs
+
+    @staticmethod
+    def _filled_on(path: Path) -> str:
+        with safe_open(path, "pt") as entry:
+            return (entry.metadata() or {}).get("filled_on", UNRECORDED)
 
     @staticmethod
     def _read(path: Path) -> dict[str, torch.Tensor] | None:
@@ -130,6 +151,14 @@ class FeatureCache:
         except SafetensorError as err:
             log.warning("feature cache entry %s is unreadable (%s): filling it again", path, err)
             return None
+
+
+def filler(runtime: str) -> str:
+    """What fills an entry here, as recorded in it: the runtime and what its arithmetic depends on."""
+    from fashion.tracking.environment import installed, processor
+
+    arithmetic = f"onnxruntime {installed('onnxruntime', 'onnxruntime-gpu')}" if runtime == "onnx" else f"torch {torch.__version__}"
+    return f"{arithmetic} on {processor()}"
 
 
 def file_version(path: Path) -> tuple[int, int, int] | None:

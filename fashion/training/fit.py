@@ -67,6 +67,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = (),
             log_run_inputs(logger, cfg, datamodule, Path(cfg.paths.output_dir))
             if logger.run_id:
                 logger.experiment.set_tag(logger.run_id, "feature_cache", cache.last_status if cache else "off")
+                if cache and cache.filled_on:
+                    logger.experiment.set_tag(logger.run_id, "feature_cache.filled_on", " and ".join(sorted(cache.filled_on)))
         callbacks = build_callbacks(cfg) + list(extra_callbacks)
         if resumed_from:  # keep writing where the run started, so its best-so-far score carries over
             for callback in callbacks:
