@@ -5,8 +5,9 @@
 
 Compares every test/, val/ and eval/ metric the first run logged; exits 1 when any differs. Then names what
 else the two runs differ in that changes numbers: the config (`config.hash`), the data (`dataset.fingerprint`),
-the code (git commit), the processor (`hardware`) and the library versions (`version.*`): one commit and
-config gave test/mean_acc 0.7377 on one machine and 0.7175 on another.
+the code (git commit), the processor (`hardware`), what filled the feature cache the run read
+(`feature_cache.filled_on`) and the library versions (`version.*`): one commit and config gave test/mean_acc
+0.7377 on one machine and 0.7175 on another.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from fashion.config import tracking_uri
 
 PREFIXES = ("test/", "val/", "eval/")
-CAUSES = ("config.hash", "dataset.fingerprint", "mlflow.source.git.commit", "git.dirty", "hardware")
+CAUSES = ("config.hash", "dataset.fingerprint", "mlflow.source.git.commit", "git.dirty", "hardware", "feature_cache.filled_on")
 
 
 def other_differences(a: dict[str, str], b: dict[str, str]) -> list[str]:

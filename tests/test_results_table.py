@@ -119,13 +119,15 @@ def test_compare_runs_names_what_else_differs_between_two_runs(tmp_path, capsys)
     common = {"config.hash": "abc", "dataset.fingerprint": "f00", "version.timm": "1.0.31"}
     runs = [client.create_run(experiment, tags={**common, **tags}).info.run_id for tags in (
         {"hardware": "CPU (AMD EPYC, AVX2), 2 threads on 2 cores", "version.opencv": "4.14.0.94"},
-        {"hardware": "CPU (AMD EPYC, AVX512), 2 threads on 2 cores", "version.opencv": "5.0.0.93"})]
+        {"hardware": "CPU (AMD EPYC, AVX512), 2 threads on 2 cores", "version.opencv": "5.0.0.93",
+         "feature_cache.filled_on": "onnxruntime 1.32.0 on Intel Xeon, AVX512"})]
     for run, value in zip(runs, (0.7377, 0.7175)):
         client.log_metric(run, "test/mean_acc", value)
     assert compare_runs.main([*runs, "--uri-a", uri]) == 1
     out = capsys.readouterr().out
     assert "test/mean_acc: 0.7377 -> 0.7175" in out
     assert ("the runs differ in: hardware: CPU (AMD EPYC, AVX2), 2 threads on 2 cores -> CPU (AMD EPYC, AVX512), 2 threads "
-            "on 2 cores; version.opencv: 4.14.0.94 -> 5.0.0.93\n") in out
+            "on 2 cores; feature_cache.filled_on: (none) -> onnxruntime 1.32.0 on Intel Xeon, AVX512; "
+            "version.opencv: 4.14.0.94 -> 5.0.0.93\n") in out
     assert compare_runs.main([runs[0], runs[0], "--uri-a", uri]) == 0
     assert "the runs differ in: nothing of config.hash" in capsys.readouterr().out
