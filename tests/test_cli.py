@@ -1,5 +1,6 @@
 """The command line as users run it: multirun sweeps and DDP, each checked in the MLflow store."""
 
+import json
 import os
 import subprocess
 import sys
@@ -34,6 +35,37 @@ def cli_overrides(tmp_path: Path, data_root: Path) -> list[str]:
     # paths.output_dir keeps its ${hydra:...} default on the command line; Hydra's own dirs go to tmp
     overrides = [o for o in tiny_overrides(tmp_path, data_root) if not o.startswith("paths.output_dir")]
     return overrides + [f"hydra.run.dir={tmp_path}/outputs", f"hydra.sweep.dir={tmp_path}/multirun"]
+
+
+# Runs `python -m <module> <args>` for each command in turn, in one process: each command line's exit status and
+# standard error, as the command would give them alone (Hydra is reset between them), without each paying the
+# seconds of Lightning's, timm's and MLflow's imports again.
+ONE_PROCESS = """
+import io, json, runpy, sys, traceback
+from contextlib import redirect_stderr
+from hydra.core.global_hydra import GlobalHydra
+answers = []
+for module, *args in json.loads(sys.stdin.read()):
+    GlobalHydra.instance().clear()
+    sys.argv, stderr, code = [module, *args], io.StringIO(), 0
+    with redirect_stderr(stderr):
+        try:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+        except SystemExit as done:
+            code = done.code
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    answers.append((code, stderr.getvalue()))
+print("ANSWERS", json.dumps(answers))
+"""
+
+
+def commands_in_one_process(commands: list[list[str]], cwd: Path, env: dict[str, str]) -> list[tuple[int, str]]:
+    result = subprocess.run([sys.executable, "-c", ONE_PROCESS], input=json.dumps(commands), cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert "ANSWERS " in result.stdout, result.stderr[-3000:]
+    return [tuple(answer) for answer in json.loads(result.stdout.split("ANSWERS ", 1)[1])]
 
 
 def test_two_job_multirun_gives_two_tagged_mlflow_runs(tmp_path, kaggle_folder):
@@ -180,11 +212,10 @@ def test_a_value_the_classes_refuse_or_a_missing_path_is_one_line_and_exit_2(tmp
              (["fashion.data_report", "report", f"data.root={missing}"], f"fashion-data report: data.root does not exist: {missing}"),
              # refused in a class's __init__, which Hydra's instantiate wraps: the refusal is still the one line
              (["fashion.train", "data.train_only=[feedback]"], "fashion-train: data.train_only holds photos at their true aspect")]
-    for args, first_line in cases:
-        result = subprocess.run([sys.executable, "-m", *args, f"hydra.run.dir={tmp_path}/outputs"], cwd=tmp_path, env=env,
-                                capture_output=True, text=True, timeout=180)
-        assert result.returncode == 2, (args, result.stderr[-2000:])
-        assert first_line in result.stderr and "Traceback" not in result.stderr and "Error executing job" not in result.stderr, result.stderr
+    answers = commands_in_one_process([[*args, f"hydra.run.dir={tmp_path}/outputs"] for args, _ in cases], tmp_path, env)
+    for (args, first_line), (code, stderr) in zip(cases, answers, strict=True):
+        assert code == 2, (args, stderr[-2000:])
+        assert first_line in stderr and "Traceback" not in stderr and "Error executing job" not in stderr, stderr
     full = subprocess.run([sys.executable, "-m", "fashion.train", "backbone.freeze=sometimes", f"hydra.run.dir={tmp_path}/outputs"],
                           cwd=tmp_path, env={**env, "HYDRA_FULL_ERROR": "1"}, capture_output=True, text=True, timeout=180)
     assert full.returncode == 1 and "Traceback" in full.stderr and "ConfigError" in full.stderr
