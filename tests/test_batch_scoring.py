@@ -1,9 +1,11 @@
 """Scoring a catalogue: a manifest in, Parquet/CSV/JSON lines out, bad rows kept as error rows,
 an interrupted job resumed without redoing finished rows, and Spark giving the same rows."""
 
+import bz2
 import glob
 import gzip
 import json
+import lzma
 import os
 import re
 
@@ -266,6 +268,16 @@ def test_spark_scores_the_manifest_like_fashion_predict(trained, tmp_path, capfd
         with pytest.raises(ValueError, match=re.escape(f"not UTF-8 text (a path read as '{tmp_path}/caf\ufffd.jpg')")):
             score_manifest(spark, uri, str(latin1), str(tmp_path / "spark_csv"))
         assert not (tmp_path / "spark_csv").exists()
+        # a compressed CSV, or one with another suffix, is read as fashion-predict reads it (it was read as Parquet)
+        from fashion.inference.spark import manifest_rows
+        from fashion.predict import read_manifest
+        text = f"sku,path\n1,{IMAGES[0]}\n2,\n3,{IMAGES[1]}\n"
+        for name, compress in (("m.csv.gz", gzip.compress), ("m.csv.bz2", bz2.compress), ("m.txt", bytes)):
+            (tmp_path / name).write_bytes(compress(text.encode()))
+            assert [r[0] for r in manifest_rows(spark, str(tmp_path / name)).collect()] == read_manifest(str(tmp_path / name))[0]
+        (tmp_path / "m.csv.xz").write_bytes(lzma.compress(text.encode()))
+        with pytest.raises(ValueError, match=r"m\.csv\.xz: Spark reads a CSV manifest plain, \.gz or \.bz2, not \.xz"):
+            manifest_rows(spark, str(tmp_path / "m.csv.xz"))
     finally:
         spark.stop()
         mlflow.set_tracking_uri(None)

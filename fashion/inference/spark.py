@@ -13,6 +13,7 @@ the same values `fashion-predict` writes for the same images (tested row for row
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mlflow
@@ -70,7 +71,9 @@ def manifest_rows(spark: SparkSession, manifest: str, path_column: str = "path")
     cut the path at the comma; rows without a path are left out."""
     from pyspark.sql import functions as F
 
-    if manifest.endswith(".csv"):
+    if is_csv(manifest):
+        if manifest.endswith(".xz"):   # Hadoop has no xz codec: Spark would read the compressed bytes as text
+            raise ValueError(f"{manifest}: Spark reads a CSV manifest plain, .gz or .bz2, not .xz: recompress it")
         images = spark.read.option("header", True).option("mode", "FAILFAST").csv(manifest)
         refuse_a_missing_column(images, manifest, path_column)
         try:   # FAILFAST checks only the columns a query parses: parse them all once, in the JVM
@@ -91,6 +94,16 @@ def manifest_rows(spark: SparkSession, manifest: str, path_column: str = "path")
         images = spark.read.parquet(manifest)
         refuse_a_missing_column(images, manifest, path_column)
     return images.where(F.col(path_column).isNotNull() & (F.col(path_column) != "")).select(path_column)
+
+
+def is_csv(manifest: str) -> bool:
+    """fashion-predict's rule: a `.parquet` file or a folder is Parquet, any other file CSV, compressed or not
+    (`catalogue.csv.gz` was read as Parquet). A path this machine cannot see (`s3://...`) is taken for a folder
+    when it has no suffix."""
+    path = Path(manifest)
+    if path.exists():
+        return path.is_file() and path.suffix != ".parquet"
+    return path.suffix not in ("", ".parquet")
 
 
 def refuse_a_missing_column(images: DataFrame, manifest: str, path_column: str) -> None:
