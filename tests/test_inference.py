@@ -151,6 +151,38 @@ def test_pyfunc_model_loads_and_predicts_like_the_predictor(trained, tmp_path):
     assert not list(Path(local).rglob("*.pkl"))
 
 
+def test_the_pyfunc_decodes_a_model_batch_at_a_time(trained):
+    """Spark hands each worker 10,000 rows (Arrow's batch): the pyfunc decoded them all before the first prediction,
+    holding every decoded photo in memory in each of an executor's workers."""
+    from fashion.inference.pyfunc import FashionTaggerPyfunc
+    from fashion.inference.runtime import load_predictor
+
+    paths = [str(p) for p in REAL_IMAGES[:5]] + ["missing.jpg"] + [str(p) for p in REAL_IMAGES[5:8]]
+    whole = FashionTaggerPyfunc()
+    whole.predictor = load_predictor(bundle=trained.bundle)
+    expected = whole.predict(None, pd.DataFrame({"path": paths}))
+    model = FashionTaggerPyfunc()
+    model.predictor = load_predictor(bundle=trained.bundle, batch_size=2)
+    decoded, held = [0], []
+    load, predict = model.predictor.load, model.predictor.predict
+
+    def counted_load(path):
+        image = load(path)
+        decoded[0] += 1
+        held.append(decoded[0])
+        return image
+
+    def counted_predict(images):
+        decoded[0] -= len(images)
+        return predict(images)
+
+    model.predictor.load, model.predictor.predict = counted_load, counted_predict
+    got = model.predict(None, pd.DataFrame({"path": paths}))
+    assert max(held) <= 2, held   # was 8: every photo of the frame that decodes
+    pd.testing.assert_frame_equal(got, expected)
+    assert got["error"].notna().tolist() == [False] * 5 + [True] + [False] * 3
+
+
 def test_predict_cli_skips_unreadable_files_and_reports_them(trained, tmp_path, capsys):
     from fashion.predict import main
 

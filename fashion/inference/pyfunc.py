@@ -59,6 +59,18 @@ class FashionTaggerPyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         if "image" not in model_input and "path" not in model_input:
             raise ValueError("input needs an 'image' column (base64) or a 'path' column")
+        # A model batch at a time: Spark hands a worker 10,000 rows at once (Arrow's batch), and decoding them all
+        # first held every decoded photo in memory, in each of an executor's workers.
+        size = self.predictor.batch_size
+        rows = [row for start in range(0, len(model_input), size) for row in self.predict_rows(model_input.iloc[start:start + size])]
+        frame = pd.DataFrame(rows, columns=output_columns(self.predictor.attributes))   # every column, always
+        # Missing text is None, not NaN (pandas' string inference), so Spark's string columns get nulls, not "nan".
+        for column in frame.columns:
+            if not column.endswith("_confidence"):
+                frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
+        return frame
+
+    def predict_rows(self, model_input: pd.DataFrame) -> list[dict]:
         images, errors = [], []
         for _, row in model_input.iterrows():
             try:
@@ -75,12 +87,7 @@ class FashionTaggerPyfunc(mlflow.pyfunc.PythonModel):
                 rows[index][attribute] = p.label
                 rows[index][f"{attribute}_confidence"] = p.confidence
                 rows[index][f"{attribute}_status"] = p.status
-        frame = pd.DataFrame(rows, columns=output_columns(self.predictor.attributes))   # every column, always
-        # Missing text is None, not NaN (pandas' string inference), so Spark's string columns get nulls, not "nan".
-        for column in frame.columns:
-            if not column.endswith("_confidence"):
-                frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
-        return frame
+        return rows
 
     def decode(self, row: pd.Series) -> np.ndarray:
         """A row's base64 `image`, else the file at its `path`; a row with neither (a null in a table that
