@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from filelock import FileLock
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from fashion.data.transforms import Augmentation, Preprocessing
 from fashion.features.fingerprint import cache_keys
@@ -108,14 +108,15 @@ class FeatureCache:
 
     def _hit(self, path: Path, ids: list[int]) -> dict[str, torch.Tensor] | None:
         """The entry's rows for `ids` in that order, or None when it is absent, unreadable or lacks one."""
-        stored = self._read(path)
-        if stored is None:
+        read = self._read(path)
+        if read is None:
             return None
+        stored, filled_on = read
         by_id = {int(i): n for n, i in enumerate(stored.pop("ids").tolist())}
         if not all(i in by_id for i in ids):
             return None
         self.last_status = "hit"
-        self.filled_on.add(self._filled_on(path))
+        self.filled_on.add(filled_on)
         log.info("feature cache hit: %s", path)
         rows = torch.tensor([by_id[i] for i in ids])
         return {name: tensor[rows] for name, tensor in stored.items()}
@@ -137,17 +138,15 @@ class FeatureCache:
         return inputs
 
     @staticmethod
-    def _filled_on(path: Path) -> str:
-        with safe_open(path, "pt") as entry:
-            return (entry.metadata() or {}).get("filled_on", UNRECORDED)
-
-    @staticmethod
-    def _read(path: Path) -> dict[str, torch.Tensor] | None:
-        """The stored entry, or None to fill it: absent, or unreadable (a copy cut short, a disk that filled)."""
+    def _read(path: Path) -> tuple[dict[str, torch.Tensor], str] | None:
+        """The stored entry and what filled it, or None to fill it: absent, or unreadable (a copy cut short, a
+        disk that filled)."""
         if not path.is_file():
             return None
         try:
-            return load_file(path)
+            with safe_open(path, "pt") as entry:
+                tensors = {name: entry.get_tensor(name) for name in entry.keys()}
+                return tensors, (entry.metadata() or {}).get("filled_on", UNRECORDED)
         except SafetensorError as err:
             log.warning("feature cache entry %s is unreadable (%s): filling it again", path, err)
             return None
