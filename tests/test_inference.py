@@ -144,6 +144,13 @@ def test_pyfunc_model_loads_and_predicts_like_the_predictor(trained, tmp_path):
     assert {"articleType", "articleType_confidence", "articleType_status", "error"} <= {c.name for c in info.signature.outputs.inputs}
     assert out["articleType_status"].tolist()[:3] == [e["articleType"].status for e in expected]
     local = mlflow.artifacts.download_artifacts(uri)
+    # the environment MLflow builds for it (mlflow models serve, build-docker) installs the project's dependencies at
+    # the exporting versions: inferred, it asked for fashion==0.1.0 (on no index) and pyspark, and lacked onnxruntime
+    from importlib import metadata
+    requirements = (Path(local) / "requirements.txt").read_text().split()
+    assert {f"onnxruntime=={metadata.version('onnxruntime')}", f"pillow=={metadata.version('pillow')}",
+            f"torch=={metadata.version('torch').split('+')[0]}", "albumentations==2.0.8"} <= set(requirements), requirements
+    assert not [r for r in requirements if r.startswith(("fashion==", "pyspark", "pytest"))], requirements
     example = mlflow.models.Model.load(uri).load_input_example(local)
     assert model.predict(example)["articleType"].iloc[0] in load_bundle(trained.bundle).vocabularies["articleType"].classes
     # built from code (MLflow's recommended form), not unpickled: no pickle in what a registry holds

@@ -121,6 +121,31 @@ def input_example() -> pd.DataFrame:
     return pd.DataFrame({"image": [base64.b64encode(buffer.getvalue()).decode()]})
 
 
+def model_requirements() -> list[str] | None:
+    """What an environment built for the logged model installs: this project's own dependencies (its code travels
+    with the model), at the versions that exported it. MLflow's inference, a subprocess that imports the model
+    (6-12 s an export), listed `fashion==0.1.0` (on no index), pyspark and scipy and left out onnxruntime, torch
+    and pillow, so `mlflow models serve` without `--env-manager local`, or `mlflow models build-docker`, built an
+    environment that could not install or load it. None (MLflow infers) where the project is not installed."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    try:
+        declared = [Requirement(line) for line in metadata.requires("fashion") or []]
+    except metadata.PackageNotFoundError:
+        return None
+    pins = []
+    for requirement in declared:
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            continue   # an extra (spark, dev, ...): not what loading the model needs
+        try:   # a local build label (torch's `+cu130`) is on no public index
+            pins.append(f"{requirement.name}=={metadata.version(requirement.name).split('+')[0]}")
+        except metadata.PackageNotFoundError:
+            pins.append(str(requirement))
+    return pins
+
+
 def log_pyfunc(bundle_dir: str | Path, run_id: str | None = None, name: str = "tagger") -> str:
     """Log the bundle as a pyfunc model (to `run_id`, or the active run) with its signature and an input
     example; returns the model URI."""
@@ -134,6 +159,7 @@ def log_pyfunc(bundle_dir: str | Path, run_id: str | None = None, name: str = "t
             python_model=str(Path(__file__).with_name("pyfunc_model.py")),   # built from code, not unpickled
             artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
             code_paths=[str(PACKAGE_DIR)],
+            pip_requirements=model_requirements(),
             signature=signature(read_manifest(bundle_dir)["attributes"]),
             input_example=input_example(),
         )
