@@ -1,10 +1,11 @@
 """The layout the README draws is the layout the code has: stages import one way, no cycles."""
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, load_script
 
 sys.path.insert(0, str(PROJECT_ROOT / "scripts"))
 import import_graph  # noqa: E402
@@ -24,6 +25,16 @@ def test_lower_stages_do_not_reach_into_training():
     for stage in ("data", "models", "metrics", "features", "losses", "inference", "serving", "tracking"):
         assert "training" not in graph.get(stage, set()), stage
     assert "models" not in graph["data"] and "features" not in graph["data"]
+
+
+def test_every_script_still_imports():
+    """The scripts are not in the package and most run for many minutes, so no other test imports them: a function
+    the package renamed or moved broke one only when somebody next ran it."""
+    for path in sorted((PROJECT_ROOT / "scripts").glob("*.py")):
+        assert callable(getattr(load_script(path.stem), "main", None)), f"{path.name} has no main()"
+    for path in sorted((PROJECT_ROOT / "scripts").glob("*.sh")):   # bash's own syntax check: it runs nothing
+        checked = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stderr
 
 
 def test_the_package_list_names_every_package_and_config_folder():
