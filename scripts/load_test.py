@@ -17,6 +17,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -33,8 +34,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(bundle: Path, port: int, runtime: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "fashion.serve", f"bundle={bundle}", f"port={port}", f"runtime={runtime}", "log_level=warning"]
+def start_server(bundle: Path, port: int, runtime: str, review: Path) -> subprocess.Popen:
+    """The review queue stays on, as a served model has it, but in `review`: in the project's own review/ the
+    benchmark's photo waited in a real queue for a person."""
+    command = [sys.executable, "-m", "fashion.serve", f"bundle={bundle}", f"port={port}", f"runtime={runtime}", "log_level=warning",
+               f"review_url=sqlite:///{review / 'review.db'}", f"review_images={review / 'images'}"]
     process = subprocess.Popen(command, cwd=ROOT)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -114,15 +118,16 @@ def main() -> None:
     payload = args.image.read_bytes()
     references = {runtime: in_process_ms(args.bundle, args.image, runtime) for runtime in ("torch", "onnx")}
     port = free_port()
-    server = start_server(args.bundle.resolve(), port, args.runtime)
-    try:
-        served_by = httpx.get(f"http://127.0.0.1:{port}/health").json()["runtime"]
-        url = f"http://127.0.0.1:{port}/v1/predict"
-        run_level(url, payload, 1, 10)  # warm-up
-        levels = [run_level(url, payload, c, max(args.requests, 4 * c)) for c in args.clients]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with tempfile.TemporaryDirectory(prefix="load_test_review_") as review:
+        server = start_server(args.bundle.resolve(), port, args.runtime, Path(review))
+        try:
+            served_by = httpx.get(f"http://127.0.0.1:{port}/health").json()["runtime"]
+            url = f"http://127.0.0.1:{port}/v1/predict"
+            run_level(url, payload, 1, 10)  # warm-up
+            levels = [run_level(url, payload, c, max(args.requests, 4 * c)) for c in args.clients]
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
     from fashion.inference.bundle import read_manifest
 
     manifest = read_manifest(args.bundle)
