@@ -124,7 +124,8 @@ def spark(bundle: str, manifest: Path, out: Path, tmp: Path) -> tuple[float, int
     from fashion.inference.spark import local_session, score_manifest
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
-    mlflow.set_experiment("benchmark")
+    # the model's artifacts beside the store: by default MLflow puts them under ./mlruns, the project's own store
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment("benchmark", artifact_location=str(tmp / "artifacts")))
     uri = log_pyfunc(bundle)
     session = local_session(2, "fashion-benchmark")
     try:
