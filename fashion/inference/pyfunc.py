@@ -62,7 +62,8 @@ class FashionTaggerPyfunc(mlflow.pyfunc.PythonModel):
         # A model batch at a time: Spark hands a worker 10,000 rows at once (Arrow's batch), and decoding them all
         # first held every decoded photo in memory, in each of an executor's workers.
         size = self.predictor.batch_size
-        rows = [row for start in range(0, len(model_input), size) for row in self.predict_rows(model_input.iloc[start:start + size])]
+        rows = [row for start in range(0, len(model_input), size)
+                for row in self.predict_rows(model_input.iloc[start:start + size])]
         frame = pd.DataFrame(rows, columns=output_columns(self.predictor.attributes))   # every column, always
         # Missing text is None, not NaN (pandas' string inference), so Spark's string columns get nulls, not "nan".
         for column in frame.columns:
@@ -71,6 +72,7 @@ class FashionTaggerPyfunc(mlflow.pyfunc.PythonModel):
         return frame
 
     def predict_rows(self, model_input: pd.DataFrame) -> list[dict]:
+        """One model batch of rows: each row's columns, or its `error` when its image could not be read."""
         images, errors = [], []
         for _, row in model_input.iterrows():
             try:
@@ -124,7 +126,7 @@ def input_example() -> pd.DataFrame:
 def model_requirements() -> list[str] | None:
     """What an environment built for the logged model installs: this project's own dependencies (its code travels
     with the model), at the versions that exported it. MLflow's inference, a subprocess that imports the model
-    (6-12 s an export), listed `fashion==0.1.0` (on no index), pyspark and scipy and left out onnxruntime, torch
+    (4-7 s an export on 2 cores), listed `fashion==0.1.0` (on no index), pyspark and scipy and left out onnxruntime, torch
     and pillow, so `mlflow models serve` without `--env-manager local`, or `mlflow models build-docker`, built an
     environment that could not install or load it. None (MLflow infers) where the project is not installed."""
     from importlib import metadata
