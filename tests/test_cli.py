@@ -170,7 +170,7 @@ def test_help_and_a_wrong_key_answer_before_the_training_stack_loads(tmp_path):
     # An appended key no config has is refused once the job starts, after the Hydra callback has prepared the
     # MLflow store (MLflow loads), but before Lightning and timm (the tracking stage loaded them eagerly: 7 s, not 2.5;
     # fashion-tune and fashion-data imported the stack at the top of their modules: 8 s)
-    store = ["hydra.run.dir=" + str(tmp_path / "outputs"), f"paths.mlruns={tmp_path}/mlruns"]
+    store = [f"hydra.run.dir={tmp_path}/outputs", f"paths.mlruns={tmp_path}/mlruns"]
     cases = ((["fashion.train", "--help"], "Configuration groups", 0, "[]"),
              (["fashion.train", "trainer.max_epoch=3"], "trainer.max_epoch", 1, "[]"),   # Hydra's own refusal and status
              (["fashion.train", "+tags.owner=me", "+max_epochs=3", *store],
