@@ -164,7 +164,7 @@ def test_help_and_a_wrong_key_answer_before_the_training_stack_loads(tmp_path):
              "module = sys.argv.pop(1)\n"
              "try:\n    runpy.run_module(module, run_name='__main__')\n"
              "except SystemExit as done:\n    print('EXIT', done.code)\n"
-             "print('LOADED', sorted({'lightning', 'timm', 'mlflow'} & {m.split('.')[0] for m in sys.modules}))")
+             "print('LOADED', sorted({'torch', 'lightning', 'timm', 'mlflow'} & {m.split('.')[0] for m in sys.modules}))")
     # Hydra's advice for a misspelt key is to append it: a top-level append nothing reads trained as if it were not
     # there (the configured 6 epochs); a group or a key inside one may still be appended.
     # An appended key no config has is refused once the job starts, after the Hydra callback has prepared the
@@ -180,7 +180,9 @@ def test_help_and_a_wrong_key_answer_before_the_training_stack_loads(tmp_path):
               2, "['mlflow']"),
              (["fashion.data_report", "report", "+lables.min_count=100000", *store],
               "fashion-data report: +lables adds a key no config has, so nothing would read it (did you mean labels or "
-              "data.labels?)", 2, "['mlflow']"))
+              "data.labels?)", 2, "['mlflow']"),
+             # the server's keys, before torch: the runtime's type was defined beside the predictor (3 s, not 0.2)
+             (["fashion.serve", "--help"], "usage: fashion-serve [key=value ...]", 0, "[]"))
     for args, expect, code, loaded in cases:
         result = subprocess.run([sys.executable, "-c", probe, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                                 env={k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"})

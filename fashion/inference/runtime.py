@@ -9,10 +9,12 @@ whichever runtime answers the predictions.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from fashion.inference.predictor import Predictor
 from fashion.validation import typed
+
+if TYPE_CHECKING:   # torch loads with it: `fashion-serve --help` and a refused key need only the `Runtime` below
+    from fashion.inference.predictor import Predictor
 
 Runtime = Literal["auto", "onnx", "torch"]
 
@@ -22,6 +24,8 @@ def load_predictor(*, bundle: str | Path | None = None, checkpoint: str | Path |
                    top_k: int = 3, batch_size: int = 32, taxonomy: bool = True, threads: int | None = None) -> Predictor:
     """Exactly one of `bundle` (a fashion-export folder) and `checkpoint` (a fashion-train .ckpt). `threads`:
     onnxruntime's intra-op threads per batch (None: every core); PyTorch keeps its process-wide setting."""
+    from fashion.inference.predictor import Predictor
+
     if (bundle is None) == (checkpoint is None):
         raise ValueError("give exactly one of a bundle and a checkpoint")
     if checkpoint is not None:
