@@ -13,16 +13,16 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
-
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING
 
 from fashion.cli import Refused, UsageError, tool_config
 from fashion.config import progress_bars_for_terminals_only, refuse_a_store_that_is_not_there
-from fashion.inference.bundle import export_bundle, refuse_occupied
-from fashion.inference.checkpoint import TrainedModel, load_checkpoint
 from fashion.tracking.environment import environment_tags
-from fashion.tracking.registry import check_names
+
+if TYPE_CHECKING:   # MLflow and torch load once the command line is read: `--help` and a refused key answer at once
+    from mlflow.tracking import MlflowClient
+
+    from fashion.inference.checkpoint import TrainedModel
 
 
 def checkpoint_of_run(client: MlflowClient, run_id: str, workdir: Path) -> Path:
@@ -50,6 +50,11 @@ def run_manifest(client: MlflowClient, run_id: str) -> dict:
 def export(run_id: str | None, checkpoint: str | None, output: Path, tracking_uri: str, onnx: bool = True,
            log_to_mlflow: bool = True, overwrite: bool = False) -> tuple[Path, str | None]:
     """Returns (bundle folder, pyfunc model URI or None)."""
+    from mlflow.tracking import MlflowClient
+
+    from fashion.inference.bundle import export_bundle, refuse_occupied
+    from fashion.inference.checkpoint import load_checkpoint
+
     if (run_id is None) == (checkpoint is None):
         raise ValueError("give exactly one of --run-id or --checkpoint")
     refuse_occupied(output, overwrite)   # before a checkpoint is downloaded
@@ -84,6 +89,10 @@ def export_cli(output: str, run_id: str | None = None, checkpoint: str | None = 
                mlflow: bool = True, tracking_uri: str | None = None, register: str | None = None,
                alias: str | None = "challenger", overwrite: bool = False) -> None:
     """Writes the bundle folder and prints where it is, how to serve its pyfunc model, and its registry version."""
+    from mlflow.exceptions import MlflowException
+
+    from fashion.tracking.registry import check_names
+
     if register and not mlflow:
         raise UsageError("fashion-export", "register= needs mlflow=true (the registry holds the logged pyfunc model)")
     if register:

@@ -182,7 +182,8 @@ def test_help_and_a_wrong_key_answer_before_the_training_stack_loads(tmp_path):
               "fashion-data report: +lables adds a key no config has, so nothing would read it (did you mean labels or "
               "data.labels?)", 2, "['mlflow']"),
              # the server's keys, before torch: the runtime's type was defined beside the predictor (3 s, not 0.2)
-             (["fashion.serve", "--help"], "usage: fashion-serve [key=value ...]", 0, "[]"))
+             (["fashion.serve", "--help"], "usage: fashion-serve [key=value ...]", 0, "[]"),
+             (["fashion.export", "--help"], "usage: fashion-export [key=value ...]", 0, "[]"))   # imported MLflow and torch: 4 s
     for args, expect, code, loaded in cases:
         result = subprocess.run([sys.executable, "-c", probe, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                                 env={k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"})
