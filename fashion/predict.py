@@ -42,7 +42,7 @@ import torch
 from fashion.cli import first_few, tool_config
 from fashion.config import progress_bar
 from fashion.data.images import ImageReadError, load_rgb
-from fashion.data.styles import first_line_not_utf8, no_column
+from fashion.data.styles import first_line_not_utf8, is_csv_manifest, no_column
 from fashion.inference.batch import score_paths
 from fashion.inference.bundle import sha256
 from fashion.inference.explain import explained_attributes, grad_cam
@@ -130,7 +130,7 @@ def read_manifest(manifest: str, column: str = "path") -> tuple[list[str], list[
     path = Path(manifest)
     if not path.exists():
         raise FileNotFoundError("no such file or folder")
-    if path.suffix != ".parquet" and not path.is_dir():
+    if is_csv_manifest(path):
         return read_csv_column(path, column)
     dataset = pq.ParquetDataset(path)   # opened once: its schema for the check, then the one column
     if column not in dataset.schema.names:

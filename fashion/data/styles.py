@@ -84,6 +84,16 @@ def no_column(column: str, columns: list[str]) -> ValueError:
     return ValueError(f"no column {column!r} (its columns: {shown or 'none'}){fix}")
 
 
+def is_csv_manifest(manifest: str | Path) -> bool:
+    """A manifest's format (fashion-predict's and Spark's alike): a `.parquet` file or a folder is Parquet, any other
+    file CSV, compressed or not. A path this machine cannot see (`s3://...`) is taken for a folder when it has no
+    suffix."""
+    path = Path(manifest)
+    if path.exists():
+        return path.is_file() and path.suffix != ".parquet"
+    return path.suffix not in ("", ".parquet")
+
+
 def read_styles(path: str | Path, attributes: list[str] | tuple[str, ...] = ATTRIBUTES) -> tuple[pd.DataFrame, StylesReport]:
     """Return one row per product with an integer `id` and the requested label columns (NA = missing)."""
     path = Path(path)

@@ -83,11 +83,12 @@ class FeatureCache:
             loaded.append(self._load_or_fill(key, model, preprocessing, ids, paths, view, true_aspect))
             statuses.append(self.last_status)
         self.last_status = "hit" if set(statuses) == {"hit"} else "built"
-        if elsewhere := sorted(self.filled_on - {filler(self.runtime), UNRECORDED}):
+        here = filler(self.runtime)
+        if elsewhere := sorted(self.filled_on - {here, UNRECORDED}):
             log.warning("feature cache entries in %s were filled with %s, where this run would fill them with %s: "
                         "features then differ by about 1e-5, so this run's metrics can differ in their last digits from "
                         "one that fills the cache here (delete those entries to fill them here)", self.directory,
-                        " and ".join(elsewhere), filler(self.runtime))
+                        " and ".join(elsewhere), here)
         return loaded[0], loaded[1:]
 
     def _load_or_fill(self, key: str, model: MultiHeadTagger, preprocessing: Preprocessing, ids: list[int],
@@ -126,13 +127,12 @@ class FeatureCache:
         started = time.perf_counter()
         inputs = compute_cacheable_inputs(model, preprocessing, paths, self.batch_size, self.num_workers, self.runtime,
                                           view, true_aspect)
-        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        partial, here = path.with_suffix(f".{os.getpid()}.tmp"), filler(self.runtime)
         save_file({"ids": torch.tensor(ids, dtype=torch.long), **inputs}, partial,
-                  metadata={"backbone": model.backbone.name, "preprocessing": repr(preprocessing),
-                            "filled_on": filler(self.runtime)})
+                  metadata={"backbone": model.backbone.name, "preprocessing": repr(preprocessing), "filled_on": here})
         partial.replace(path)  # atomic: an interrupted run never leaves a half-written cache behind
         self.last_status = "built"
-        self.filled_on.add(filler(self.runtime))
+        self.filled_on.add(here)
         log.info("feature cache built: %d images%s in %.1fs (%s) -> %s", len(ids), f" ({view!r})" if view else "",
                  time.perf_counter() - started, self.runtime, path)
         return inputs

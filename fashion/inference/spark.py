@@ -13,13 +13,12 @@ the same values `fashion-predict` writes for the same images (tested row for row
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mlflow
 
 from fashion.config import progress_bars_for_terminals_only
-from fashion.data.styles import no_column
+from fashion.data.styles import is_csv_manifest, no_column
 from fashion.inference.pyfunc import signature
 
 if TYPE_CHECKING:
@@ -71,7 +70,7 @@ def manifest_rows(spark: SparkSession, manifest: str, path_column: str = "path")
     cut the path at the comma; rows without a path are left out."""
     from pyspark.sql import functions as F
 
-    if is_csv(manifest):
+    if is_csv_manifest(manifest):   # `catalogue.csv.gz` was read as Parquet
         if manifest.endswith(".xz"):   # Hadoop has no xz codec: Spark would read the compressed bytes as text
             raise ValueError(f"{manifest}: Spark reads a CSV manifest plain, .gz or .bz2, not .xz: recompress it")
         images = spark.read.option("header", True).option("mode", "FAILFAST").csv(manifest)
@@ -94,16 +93,6 @@ def manifest_rows(spark: SparkSession, manifest: str, path_column: str = "path")
         images = spark.read.parquet(manifest)
         refuse_a_missing_column(images, manifest, path_column)
     return images.where(F.col(path_column).isNotNull() & (F.col(path_column) != "")).select(path_column)
-
-
-def is_csv(manifest: str) -> bool:
-    """fashion-predict's rule: a `.parquet` file or a folder is Parquet, any other file CSV, compressed or not
-    (`catalogue.csv.gz` was read as Parquet). A path this machine cannot see (`s3://...`) is taken for a folder
-    when it has no suffix."""
-    path = Path(manifest)
-    if path.exists():
-        return path.is_file() and path.suffix != ".parquet"
-    return path.suffix not in ("", ".parquet")
 
 
 def refuse_a_missing_column(images: DataFrame, manifest: str, path_column: str) -> None:
