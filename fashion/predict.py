@@ -29,27 +29,21 @@ import json
 import lzma
 import os
 import sys
-from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-import cv2
 import pyarrow.parquet as pq
-import torch
 
 from fashion.cli import first_few, tool_config
 from fashion.config import progress_bar
-from fashion.data.images import ImageReadError, load_rgb
 from fashion.data.styles import first_line_not_utf8, is_csv_manifest, no_column
-from fashion.inference.batch import score_paths
-from fashion.inference.bundle import sha256
-from fashion.inference.explain import explained_attributes, grad_cam
-from fashion.inference.outputs import Format, OutputConflict, ScoredBatch, output_format, prepare_output, write_batches
-from fashion.inference.predictor import Predictor
+from fashion.inference.outputs import Format, OutputConflict, output_format, prepare_output, write_batches
 from fashion.inference.runtime import Runtime, load_predictor
 from fashion.validation import AtLeastOne, AtLeastZero
+
+if TYPE_CHECKING:   # torch, OpenCV and the model's code load once the command line is read: `--help` answers at once
+    from fashion.inference.predictor import Predictor
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 PROGRESS_FROM = 64  # files; a progress bar on stderr from here on
@@ -78,50 +72,6 @@ def files_in(path: Path) -> list[Path]:
         return sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
     return [path] if path.is_file() else []
-
-
-def overlay_names(files: list[Path]) -> dict[Path, str]:
-    """A name per input for its overlays: the file's stem, and where two inputs share one (a/front.jpg,
-    b/front.jpg) a hash of the whole path after it, so no overlay is written over another's."""
-    stems = Counter(path.stem for path in files)
-    return {path: path.stem if stems[path.stem] == 1 else f"{path.stem}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
-            for path in files}
-
-
-def save_explanations(predictor: Predictor, image, path: Path, name: str, attributes: list[str], folder: Path) -> dict[str, str]:
-    """Grad-CAM overlays as PNGs `<name>_<attribute>.png` in `folder`, on the photo at its own size (`image`
-    is what the model saw, decoded at its `decode_side`); returns {attribute: file}."""
-    import numpy as np
-
-    folder.mkdir(parents=True, exist_ok=True)
-    written = {}
-    photo = load_rgb(path)
-    for attribute, heat in grad_cam(predictor, image, attributes, size=(photo.shape[1], photo.shape[0])).items():
-        colour = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
-        overlay = (0.55 * photo + 0.45 * colour).astype(np.uint8)
-        target = folder / f"{name}_{attribute}.png"
-        cv2.imwrite(str(target), overlay[:, :, ::-1])
-        written[attribute] = str(target)
-    return written
-
-
-def predict_files(predictor: Predictor, files: list[Path], explain: list[str], explain_dir: Path) -> Iterator[ScoredBatch]:
-    """Batches in input order, with Grad-CAM overlays; decoding happens batch by batch so memory stays flat on big folders."""
-    names = overlay_names(files)
-    for start in range(0, len(files), predictor.batch_size):
-        chunk = files[start:start + predictor.batch_size]
-        images, errors = [], []
-        for path in chunk:
-            try:
-                images.append(predictor.load(path))
-                errors.append(None)
-            except ImageReadError as err:
-                errors.append(str(err))
-        tags = predictor.tags(predictor.probabilities(predictor.to_tensor(images))) if images else None
-        decoded = iter(images)
-        extras = [{} if error else {"explanations": save_explanations(predictor, next(decoded), path, names[path], explain, explain_dir)}
-                  for path, error in zip(chunk, errors)]
-        yield ScoredBatch([str(path) for path in chunk], errors, tags, extras)
 
 
 def read_manifest(manifest: str, column: str = "path") -> tuple[list[str], list[str]]:
@@ -193,6 +143,9 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
             taxonomy: bool = True,
             runtime: Runtime = "auto", explain: str | bool | None = None, explain_dir: str = "explanations") -> int:
     """Tags every image of `inputs` and `manifest`; the exit status is 1 when any file failed, 2 when nothing could run."""
+    from fashion.inference.batch import helpers_on_one_thread, score_paths
+    from fashion.inference.explain import explained_attributes, explained_batches
+
     if (resume or overwrite) and not output:   # standard output holds nothing to resume or replace
         print(f"fashion-predict: {'resume' if resume else 'overwrite'}=true needs output=<file or folder>", file=sys.stderr)
         return 2
@@ -247,7 +200,7 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
             files = [f for f in files if f not in done]
             print(f"fashion-predict: resuming: {len(done)} already in {output}, {len(files)} to score", file=sys.stderr)
     if explained:   # Grad-CAM needs the decoded image beside its prediction: decode here, batch by batch
-        batches = predict_files(predictor, [Path(f) for f in files], explained, Path(explain_dir))
+        batches = explained_batches(predictor, [Path(f) for f in files], explained, Path(explain_dir))
     else:
         lanes = lanes or (cores if predictor.runtime == "onnx" else 1)   # PyTorch already spreads one batch over every core
         batches = score_paths(predictor, files, workers, lanes)
@@ -276,27 +229,12 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
 def model_identity(predictor: Predictor, checkpoint: str | None) -> str:
     """What decides the rows: a checkpoint's bytes, or every file of a bundle (the sha256s of the manifest
     the load verified them against), so a copy of the same bundle elsewhere is the same model."""
+    from fashion.inference.bundle import sha256
+
     if checkpoint:
         return f"checkpoint sha256 {sha256(Path(checkpoint))}"
     files = json.dumps(predictor.trained.manifest["files"], sort_keys=True).encode()
     return f"bundle sha256 {hashlib.sha256(files).hexdigest()}"
-
-
-@contextmanager
-def helpers_on_one_thread(enabled: bool) -> Iterator[None]:
-    """With onnxruntime on every core, the little torch and OpenCV work left (decoding the taxonomy, top-k;
-    resizing and normalising each photo) runs on one thread: their thread pools spin on the cores the
-    lanes' onnxruntime needs. torch's tripled that work's CPU time (0.12 -> 0.39 ms a photo beside a 160px
-    model's 8.5 ms); OpenCV's, about a point of throughput in a paired trial (docs/batch_scoring.md)."""
-    before = torch.get_num_threads(), cv2.getNumThreads()
-    if enabled:
-        torch.set_num_threads(1)
-        cv2.setNumThreads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before[0])
-        cv2.setNumThreads(before[1])
 
 
 def usable_cores() -> int:

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def accuracies(bundle: RegisteredBundle, sets: dict[str, EvalSource], runtime: Runtime) -> dict[str, float]:
     """Per set and attribute, the accuracy of what the API serves: the taxonomy levels decoded together."""
-    from fashion.evaluate import evaluate
+    from fashion.inference.evaluation import evaluate
 
     predictor = load_predictor(bundle=bundle.bundle, runtime=runtime, top_k=1, batch_size=64)
     scores = {}

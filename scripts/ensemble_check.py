@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from fashion.data.images import load_rgb
 from fashion.data.styles import read_styles
-from fashion.evaluate import encode_targets
+from fashion.inference.evaluation import encode_targets
 from fashion.export import checkpoint_of_run
 from fashion.inference.runtime import load_predictor
 from fashion.metrics import AttributeMetrics

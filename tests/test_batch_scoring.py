@@ -42,7 +42,7 @@ def test_a_manifest_becomes_parquet_with_error_rows_for_bad_images(trained, tmp_
 
 @pytest.mark.parametrize("format", ["parquet", "csv", "jsonl"])
 def test_an_interrupted_job_resumes_without_redoing_finished_rows(trained, tmp_path, monkeypatch, format):
-    import fashion.predict as predict_module
+    import fashion.inference.batch as batch_module
 
     manifest, paths = manifest_with_bad_rows(tmp_path)
     out = tmp_path / ("tags" if format == "parquet" else f"tags.{format}")
@@ -55,8 +55,8 @@ def test_an_interrupted_job_resumes_without_redoing_finished_rows(trained, tmp_p
     else:
         (out / ".part-00001.parquet.tmp").write_bytes(b"PAR1 unfinished")
     scored = []
-    original = predict_module.score_paths
-    monkeypatch.setattr(predict_module, "score_paths", lambda p, files, *args: (scored.extend(files), original(p, files, *args))[1])
+    original = batch_module.score_paths
+    monkeypatch.setattr(batch_module, "score_paths", lambda p, files, *args: (scored.extend(files), original(p, files, *args))[1])
     assert main([f"bundle={trained.bundle}", f"manifest={manifest}", f"format={format}", f"output={out}", "resume=true"]) == 1
     assert scored == paths[6:]                                           # only what was not finished
     if format == "parquet":

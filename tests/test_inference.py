@@ -65,7 +65,9 @@ def test_incomplete_bundle_names_the_missing_file(trained, tmp_path):
 
 def test_an_onnx_scoring_job_neither_builds_the_pytorch_network_nor_imports_its_libraries(trained):
     """Start-up is paid by every fashion-predict job and every Spark worker: Lightning and timm took ~10 s of it."""
-    script = ("import sys; import fashion.predict; from fashion.inference.runtime import load_predictor; "
+    # what fashion-predict imports before and once it has read its command line
+    script = ("import sys; import fashion.predict, fashion.inference.batch, fashion.inference.explain; "
+              "from fashion.inference.runtime import load_predictor; "
               f"p = load_predictor(bundle={str(trained.bundle)!r}); "
               "assert p.runtime == 'onnx' and 'model' not in vars(p.trained), 'the PyTorch network was built'; "
               "print(sorted({'lightning', 'timm', 'torchmetrics', 'mlflow'} & {m.split('.')[0] for m in sys.modules}))")
@@ -101,8 +103,9 @@ def test_onnx_matches_eager_pytorch_on_real_images(trained):
 
 def test_eval_refuses_a_bad_split_file_or_output_folder_before_scoring(trained, tmp_path, capsys, monkeypatch):
     from fashion import evaluate as evaluate_module
+    from fashion.inference import evaluation
 
-    monkeypatch.setattr(evaluate_module, "evaluate", lambda *a: pytest.fail("scored despite bad input"))
+    monkeypatch.setattr(evaluation, "evaluate", lambda *a: pytest.fail("scored despite bad input"))
     files = {"columns.csv": "foo,bar\n1,2\n", "names.csv": "id,split\n1,holdout\n", "ids.csv": "id,split\n1.5,train\n"}
     expected = {"columns.csv": "a split file needs columns id,split", "names.csv": "unknown split name(s) ['holdout']",
                 "ids.csv": "ids must be whole numbers (the styles.csv ids), got [1.5]"}

@@ -3,13 +3,18 @@
 The gradient of the predicted class's logit with respect to the backbone's last feature map weighs
 its channels (Selvaraju et al., 2017). It runs the network's own stages (`Backbone.feature_map`,
 `pool_features`, `MultiHeadTagger.classify`), so it explains exactly what the model computes. The heatmap is cropped out of the letterbox
-padding and resized to the image's own size, so it overlays the photo the user sent.
+padding and resized to the image's own size, so it overlays the photo the user sent: the API returns it
+as a PNG, fashion-predict writes it over the photo (`explain=`, `explained_batches`).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -17,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from fashion.data.images import ImageReadError, load_rgb
+from fashion.inference.outputs import ScoredBatch
 from fashion.inference.predictor import Predictor
 
 
@@ -78,3 +85,45 @@ def heatmap_png(heatmap: np.ndarray) -> str:
     buffer = io.BytesIO()
     Image.fromarray(np.concatenate([rgb, alpha], axis=2), "RGBA").save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+def overlay_names(files: list[Path]) -> dict[Path, str]:
+    """A name per input for its overlays: the file's stem, and where two inputs share one (a/front.jpg,
+    b/front.jpg) a hash of the whole path after it, so no overlay is written over another's."""
+    stems = Counter(path.stem for path in files)
+    return {path: path.stem if stems[path.stem] == 1 else f"{path.stem}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+            for path in files}
+
+
+def save_overlays(predictor: Predictor, image, path: Path, name: str, attributes: list[str], folder: Path) -> dict[str, str]:
+    """Grad-CAM overlays as PNGs `<name>_<attribute>.png` in `folder`, on the photo at its own size (`image`
+    is what the model saw, decoded at its `decode_side`); returns {attribute: file}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    photo = load_rgb(path)
+    for attribute, heat in grad_cam(predictor, image, attributes, size=(photo.shape[1], photo.shape[0])).items():
+        colour = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
+        overlay = (0.55 * photo + 0.45 * colour).astype(np.uint8)
+        target = folder / f"{name}_{attribute}.png"
+        cv2.imwrite(str(target), overlay[:, :, ::-1])
+        written[attribute] = str(target)
+    return written
+
+
+def explained_batches(predictor: Predictor, files: list[Path], explain: list[str], explain_dir: Path) -> Iterator[ScoredBatch]:
+    """Batches in input order, with Grad-CAM overlays; decoding happens batch by batch so memory stays flat on big folders."""
+    names = overlay_names(files)
+    for start in range(0, len(files), predictor.batch_size):
+        chunk = files[start:start + predictor.batch_size]
+        images, errors = [], []
+        for path in chunk:
+            try:
+                images.append(predictor.load(path))
+                errors.append(None)
+            except ImageReadError as err:
+                errors.append(str(err))
+        tags = predictor.tags(predictor.probabilities(predictor.to_tensor(images))) if images else None
+        decoded = iter(images)
+        extras = [{} if error else {"explanations": save_overlays(predictor, next(decoded), path, names[path], explain, explain_dir)}
+                  for path, error in zip(chunk, errors)]
+        yield ScoredBatch([str(path) for path in chunk], errors, tags, extras)
