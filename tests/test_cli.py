@@ -184,7 +184,7 @@ def test_help_and_a_wrong_key_answer_before_the_training_stack_loads(tmp_path):
              # the server's keys, before torch: the runtime's type was defined beside the predictor (3 s, not 0.2)
              (["fashion.serve", "--help"], "usage: fashion-serve [key=value ...]", 0, "[]"),
              (["fashion.export", "--help"], "usage: fashion-export [key=value ...]", 0, "[]"),   # imported MLflow and torch: 4 s
-             # the scoring's libraries were imported at the top of the entry modules: 6-7 s and 3 s
+             # the scoring's libraries were imported at the top of the entry modules: 6 s and 2.5 s
              (["fashion.evaluate", "--help"], "usage: fashion-eval [key=value ...]", 0, "[]"),
              (["fashion.evaluate", "bundel=b", "root=r"], "fashion-eval: no key 'bundel' in conf/eval.yaml (did you mean 'bundle'?)",
               2, "[]"),
