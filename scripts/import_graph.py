@@ -6,7 +6,7 @@
 
 Every import counts, inside functions too, except those under `if TYPE_CHECKING:` (annotations only).
 A module directly under `fashion/` is an entry point (`fashion-train`, `fashion-eval`, ...), except the
-config glue (`config`, `validation`), which is a stage every other one may use.
+glue (`config`, `validation`, `machine`), which is a stage every other one may use.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "fashion"
-GLUE = {"config", "validation"}
+GLUE = {"config", "validation", "machine"}
 BEGIN, END = "<!-- import-graph:begin -->", "<!-- import-graph:end -->"
 
 

@@ -74,11 +74,20 @@ def test_an_entry_filled_on_another_machine_is_named_and_warned_of(tmp_path, tab
     """A cache shared by a cluster's nodes or copied with a project is used as it is (features differ ~1e-5 between
     processors); the run must be able to say so, as its metrics can differ in their last digits from a cold run."""
     import fashion.features.store as store
-    from fashion.tracking.environment import processor
+    from fashion.machine import cpu_instruction_set, processor, processor_name
 
     model = tiny_model(freeze="frozen").eval()
     here = store.filler("onnx")
-    assert here.startswith("onnxruntime ") and here.endswith(f" on {processor()}")
+    assert here.startswith("onnxruntime ") and here.endswith(f" on {processor_name()}, {cpu_instruction_set()}")
+    assert store.filler("torch") == f"torch {torch.__version__} on {processor()}"
+    # torch's kernels capped (ATEN_CPU_CAPABILITY=avx2) leave onnxruntime's alone: its fills are the same, no warning
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "CAPPED")
+    processor.cache_clear()
+    try:
+        assert store.filler("onnx") == here and store.filler("torch").endswith(", CAPPED")
+    finally:
+        monkeypatch.undo()
+        processor.cache_clear()
     cache = FeatureCache(str(tmp_path / "cache"))
     cache.load_or_compute(model, model.backbone.preprocessing, table)
     assert cache.last_status == "built" and cache.filled_on == {here}

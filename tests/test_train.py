@@ -327,9 +327,25 @@ def test_the_hardware_tag_counts_the_gpus_however_devices_names_them(monkeypatch
     assert hardware("cpu", 1, 1).startswith("CPU (")
 
 
+def test_onnxruntime_fills_are_described_by_the_processors_own_instruction_set(tmp_path, monkeypatch):
+    """onnxruntime's kernels dispatch on what the CPU offers, whatever torch's are capped to."""
+    import fashion.machine as machine
+
+    flags = {"AVX512": "fpu sse avx fma avx2 avx512f avx512dq avx512bw avx512vl", "AVX2": "fpu sse avx fma avx2 avx512f",
+             "DEFAULT": "fpu sse sse4_2 avx", None: ""}
+    for expected, line in flags.items():
+        cpuinfo = tmp_path / f"cpuinfo-{expected}"
+        cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {line}\n\nprocessor\t: 1\n" if line else
+                           "processor\t: 0\nFeatures\t: fp asimd sve\n")   # an ARM server: no x86 flags
+        monkeypatch.setattr(machine, "CPUINFO", cpuinfo)
+        machine.cpu_instruction_set.cache_clear()
+        assert machine.cpu_instruction_set() == expected, line
+    machine.cpu_instruction_set.cache_clear()
+
+
 def test_the_hardware_tag_says_when_onednn_is_capped(monkeypatch):
     """oneDNN's instruction set changes the numbers as ATen's does (0.7410 against 0.7210 on one machine)."""
-    from fashion.tracking.environment import processor
+    from fashion.machine import processor
 
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     processor.cache_clear()

@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 from fashion.data.transforms import Augmentation, Preprocessing
 from fashion.features.fingerprint import cache_keys
 from fashion.features.runners import Runtime, compute_cacheable_inputs
+from fashion.machine import cpu_instruction_set, installed, processor, processor_name
 from fashion.models.tagger import MultiHeadTagger
 from fashion.validation import typed
 
@@ -153,11 +154,12 @@ class FeatureCache:
 
 
 def filler(runtime: str) -> str:
-    """What fills an entry here, as recorded in it: the runtime and what its arithmetic depends on."""
-    from fashion.tracking.environment import installed, processor
-
-    arithmetic = f"onnxruntime {installed('onnxruntime', 'onnxruntime-gpu')}" if runtime == "onnx" else f"torch {torch.__version__}"
-    return f"{arithmetic} on {processor()}"
+    """What fills an entry here, as recorded in it: the runtime and what its arithmetic depends on (for
+    onnxruntime the CPU's own instruction set, which torch's `ATEN_CPU_CAPABILITY` does not cap)."""
+    if runtime != "onnx":
+        return f"torch {torch.__version__} on {processor()}"
+    vectors = cpu_instruction_set()
+    return f"onnxruntime {installed('onnxruntime', 'onnxruntime-gpu')} on {processor_name()}" + (f", {vectors}" if vectors else "")
 
 
 def file_version(path: Path) -> tuple[int, int, int] | None:

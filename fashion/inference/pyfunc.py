@@ -22,6 +22,7 @@ from mlflow.types import ColSpec, Schema
 from PIL import Image
 
 from fashion.data.images import ImageReadError, draft, to_rgb
+from fashion.machine import installed
 
 BUNDLE_ARTIFACT = "bundle"
 
@@ -141,10 +142,8 @@ def model_requirements() -> list[str] | None:
     for requirement in declared:
         if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
             continue   # an extra (spark, dev, ...): not what loading the model needs
-        try:   # a local build label (torch's `+cu130`) is on no public index
-            pins.append(f"{requirement.name}=={metadata.version(requirement.name).split('+')[0]}")
-        except metadata.PackageNotFoundError:
-            pins.append(str(requirement))
+        version = installed(requirement.name)   # a local build label (torch's `+cu130`) is on no public index
+        pins.append(f"{requirement.name}=={version.split('+')[0]}" if version else str(requirement))
     return pins
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import platform
-from functools import cache
 from importlib import metadata
-from pathlib import Path
+
+from fashion.machine import installed, processor
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +26,6 @@ SHAPING = {"fashion": ("fashion",), "python": (), "torch": (), "lightning": ("li
            "torchmetrics": ("torchmetrics",), "albumentations": ("albumentations",),
            "opencv": ("opencv-python-headless", "opencv-python", "opencv-contrib-python-headless", "opencv-contrib-python"),
            "pillow": ("pillow",), "numpy": ("numpy",), "onnxruntime": ("onnxruntime", "onnxruntime-gpu")}
-
-
-def installed(*names: str) -> str | None:
-    for name in names:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
 
 
 def version_tags() -> dict[str, str]:
@@ -52,23 +43,6 @@ def requirements() -> str:
     code ran."""
     found = {(dist.metadata["Name"] or "").lower(): dist.version for dist in metadata.distributions()}
     return "".join(f"{name}=={version}\n" for name, version in sorted(found.items()) if name and name != "fashion")
-
-
-@cache
-def processor() -> str:
-    """The CPU's model name and the instruction set torch's kernels use (AVX2, AVX512, ...; `ATEN_CPU_CAPABILITY`
-    lowers it), and oneDNN's when `ONEDNN_MAX_CPU_ISA` caps it: on one AVX512 machine the default run's
-    test/mean_acc was 0.7175, 0.7410 with ATen at AVX2, 0.7210 with oneDNN at AVX2 too."""
-    import torch
-
-    name = ""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        name = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text(errors="replace").splitlines()
-                     if line.startswith("model name")), "")
-    name = name or platform.processor() or platform.machine()
-    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
-    return f"{name}, {torch.backends.cpu.get_cpu_capability()}" + (f", oneDNN at most {onednn}" if onednn else "")
 
 
 def hardware(accelerator: str, devices: object, num_nodes: int) -> str:
