@@ -250,8 +250,15 @@ def test_spark_scores_the_manifest_like_fashion_predict(trained, tmp_path, capfd
     spark = local_session(2, "fashion-test")
     monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)   # as a user's job starts; unset after
     capfd.readouterr()
+    managers = []   # the executors' Python: what the caller asked for reaches MLflow (building one needs an index)
+    spark_udf = mlflow.pyfunc.spark_udf
+    monkeypatch.setattr(mlflow.pyfunc, "spark_udf", lambda *args, env_manager, **kwargs: (
+        managers.append(env_manager), spark_udf(*args, env_manager="local", **kwargs))[1])
     try:
         errors = score_manifest(spark, uri, str(manifest), str(tmp_path / "spark"))
+        pd.DataFrame({"path": paths[:2]}).to_parquet(tmp_path / "two.parquet")
+        score_manifest(spark, uri, str(tmp_path / "two.parquet"), str(tmp_path / "spark_venv"), env_manager="virtualenv")
+        assert managers == ["local", "virtualenv"]
         assert "Downloading artifacts" not in capfd.readouterr().err   # spark_udf's model download: no bars in a log
         with pytest.raises(Exception, match="already exists"):   # as fashion-predict, an existing output is kept
             score_manifest(spark, uri, str(manifest), str(tmp_path / "spark"))

@@ -8,12 +8,17 @@ pandas batches. The optional extra: `pip install -e '.[spark]'` (and a Java runt
 Rows are the pyfunc's: `path`, then per attribute the label, `<attribute>_confidence` and
 `<attribute>_status`, and `error` for an image that could not be read (the others are still scored),
 the same values `fashion-predict` writes for the same images (tested row for row), in no particular order.
+
+Executors run the model in their own Python (`env_manager="local"`), which must have this project installed;
+on a cluster whose executors do not, `env_manager="virtualenv"` (or `"uv"`, `"conda"`) has MLflow build the
+logged model's environment on each of them from its pinned requirements (the package's code travels with the
+model), once per executor, from a package index they can reach.
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import mlflow
 
@@ -24,6 +29,8 @@ from fashion.inference.pyfunc import signature
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
+EnvManager = Literal["local", "virtualenv", "uv", "conda"]   # mlflow.pyfunc.spark_udf's
+
 
 def result_type(attributes: list[str]):
     """The pyfunc's output columns as a Spark struct type, in the signature's order."""
@@ -33,7 +40,8 @@ def result_type(attributes: list[str]):
     return StructType([StructField(c.name, kinds[c.type.name]) for c in signature(attributes).outputs.inputs])
 
 
-def score(spark: SparkSession, model_uri: str, images: DataFrame, path_column: str = "path") -> DataFrame:
+def score(spark: SparkSession, model_uri: str, images: DataFrame, path_column: str = "path",
+          env_manager: EnvManager = "local") -> DataFrame:
     """`images` (a `path_column` of image paths every executor can read) -> one scored row per image."""
     from pyspark.sql import functions as F
 
@@ -46,7 +54,7 @@ def score(spark: SparkSession, model_uri: str, images: DataFrame, path_column: s
     if images.rdd.getNumPartitions() < cores:
         images = images.repartition(cores)
     progress_bars_for_terminals_only()   # spark_udf downloads the model: no bars in a job's log
-    udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=struct, env_manager="local")
+    udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=struct, env_manager=env_manager)
     scored = images.withColumn("prediction", udf(F.struct(F.col(path_column).alias("path"))))
     # spark_udf turns every value of a string field into text, a missing one (an error row's label, a good
     # row's error) included, as "None": make those nulls again, as the pyfunc meant them.
@@ -56,10 +64,11 @@ def score(spark: SparkSession, model_uri: str, images: DataFrame, path_column: s
 
 
 def score_manifest(spark: SparkSession, model_uri: str, manifest: str, output: str, path_column: str = "path",
-                   mode: str = "errorifexists") -> int:
+                   mode: str = "errorifexists", env_manager: EnvManager = "local") -> int:
     """A CSV or Parquet manifest in, Parquet out; returns the number of error rows. `mode` is Spark's save
-    mode: by default an existing output is an error, as fashion-predict refuses one ("overwrite" replaces it)."""
-    scored = score(spark, model_uri, manifest_rows(spark, manifest, path_column), path_column)
+    mode: by default an existing output is an error, as fashion-predict refuses one ("overwrite" replaces it);
+    `env_manager`: where the executors' Python comes from (the module's docstring)."""
+    scored = score(spark, model_uri, manifest_rows(spark, manifest, path_column), path_column, env_manager)
     scored.write.mode(mode).parquet(output)
     return spark.read.parquet(output).where("error IS NOT NULL").count()
 
