@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def evaluate_folder(root: str, bundle: str | None = None, checkpoint: str | None = None, styles_file: str = "styles.csv",
                     true_aspect: Aspect | None = None, years: list[int] | None = None, exclude_split: str | None = None,
-                    output: str = "eval_output", batch_size: AtLeastOne = 64, runtime: Runtime = "auto", taxonomy: bool = True,
+                    output: str = "eval_output", batch_size: AtLeastOne = 32, runtime: Runtime = "auto", taxonomy: bool = True,
                     mlflow: bool = True,
                     tracking_uri: str | None = None, experiment: str = "fashion") -> int:
     """Scores the model on the folder, writes reports under `output`, logs an evaluation run; 2 on bad input."""
@@ -49,11 +49,12 @@ def evaluate_folder(root: str, bundle: str | None = None, checkpoint: str | None
 
     from fashion.data.eval_sets import EvalSource
     from fashion.data.split import load_split
+    from fashion.inference.batch import lanes_for
     from fashion.inference.evaluation import evaluate, write_reports
 
     try:
         predictor = load_predictor(bundle=bundle, checkpoint=checkpoint, runtime=runtime, top_k=5, batch_size=batch_size,
-                                   taxonomy=taxonomy)
+                                   taxonomy=taxonomy, threads=1)   # onnxruntime: a thread per lane, a lane per core
     except (ValueError, OSError) as err:  # a refused, tampered or missing bundle/checkpoint: say why, no traceback
         print(f"fashion-eval: cannot load the model: {err}", file=sys.stderr)
         return 2
@@ -76,7 +77,7 @@ def evaluate_folder(root: str, bundle: str | None = None, checkpoint: str | None
     exclude = set(split.index[split.isin(["train", "val"])])
     source = EvalSource(root=root, styles_file=styles_file, true_aspect=true_aspect, years=years)
     try:
-        values, counts, metrics = evaluate(predictor, source, exclude)
+        values, counts, metrics = evaluate(predictor, source, exclude, lanes_for(predictor))
     except (ValueError, FileNotFoundError) as err:
         print(f"fashion-eval: {err}", file=sys.stderr)
         return 2

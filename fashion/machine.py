@@ -65,3 +65,8 @@ def cpuinfo_field(field: str) -> str | None:
         return None
     lines = CPUINFO.read_text(errors="replace").splitlines()
     return next((line.split(":", 1)[1].strip() for line in lines if line.split(":", 1)[0].strip() == field), None)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a container's or a SLURM job's share, not the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -27,7 +27,6 @@ import gzip
 import hashlib
 import json
 import lzma
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +39,7 @@ from fashion.config import progress_bar
 from fashion.data.styles import first_line_not_utf8, is_csv_manifest, no_column
 from fashion.inference.outputs import Format, OutputConflict, output_format, prepare_output, write_batches
 from fashion.inference.runtime import Runtime, load_predictor
+from fashion.machine import usable_cores
 from fashion.validation import AtLeastOne, AtLeastZero
 
 if TYPE_CHECKING:   # torch, OpenCV and the model's code load once the command line is read: `--help` answers at once
@@ -143,7 +143,7 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
             taxonomy: bool = True,
             runtime: Runtime = "auto", explain: str | bool | None = None, explain_dir: str = "explanations") -> int:
     """Tags every image of `inputs` and `manifest`; the exit status is 1 when any file failed, 2 when nothing could run."""
-    from fashion.inference.batch import helpers_on_one_thread, score_paths
+    from fashion.inference.batch import helpers_on_one_thread, lanes_for, score_paths
     from fashion.inference.explain import explained_attributes, explained_batches
 
     if (resume or overwrite) and not output:   # standard output holds nothing to resume or replace
@@ -202,7 +202,7 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
     if explained:   # Grad-CAM needs the decoded image beside its prediction: decode here, batch by batch
         batches = explained_batches(predictor, [Path(f) for f in files], explained, Path(explain_dir))
     else:
-        lanes = lanes or (cores if predictor.runtime == "onnx" else 1)   # PyTorch already spreads one batch over every core
+        lanes = lanes or lanes_for(predictor)
         batches = score_paths(predictor, files, workers, lanes)
     failed = scored = 0
     try:
@@ -235,11 +235,6 @@ def model_identity(predictor: Predictor, checkpoint: str | None) -> str:
         return f"checkpoint sha256 {sha256(Path(checkpoint))}"
     files = json.dumps(predictor.trained.manifest["files"], sort_keys=True).encode()
     return f"bundle sha256 {hashlib.sha256(files).hexdigest()}"
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (a container's or a SLURM job's share, not the machine's)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def cli() -> None:

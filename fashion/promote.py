@@ -32,12 +32,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def accuracies(bundle: RegisteredBundle, sets: dict[str, EvalSource], runtime: Runtime) -> dict[str, float]:
     """Per set and attribute, the accuracy of what the API serves: the taxonomy levels decoded together."""
+    from fashion.inference.batch import lanes_for
     from fashion.inference.evaluation import evaluate
 
-    predictor = load_predictor(bundle=bundle.bundle, runtime=runtime, top_k=1, batch_size=64)
+    predictor = load_predictor(bundle=bundle.bundle, runtime=runtime, top_k=1, batch_size=32, threads=1)   # a thread per lane
     scores = {}
     for name, source in sets.items():
-        values, _, _ = evaluate(predictor, source)
+        values, _, _ = evaluate(predictor, source, lanes=lanes_for(predictor))
         for attribute in predictor.attributes:
             served = next((values[key] for key in (f"eval/{attribute}/acc_taxonomy", f"eval/{attribute}/acc") if key in values), None)
             if served is not None:

@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 from fashion.data.images import load_rgb  # noqa: E402
 from fashion.inference.runtime import load_predictor  # noqa: E402
 from fashion.predict import main as fashion_predict  # noqa: E402
-from fashion.predict import usable_cores
+from fashion.machine import usable_cores
 
 
 def cpu_seconds() -> float:

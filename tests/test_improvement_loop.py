@@ -261,7 +261,7 @@ def test_the_gate_compares_what_is_served_the_taxonomy_decoded_together(trained,
     from fashion.tracking.registry import RegisteredBundle
 
     scores = {"eval/articleType/acc": 0.80, "eval/articleType/acc_taxonomy": 0.83, "eval/gender/acc": 0.90}
-    monkeypatch.setattr(fashion.inference.evaluation, "evaluate", lambda predictor, source: (scores, None, None))
+    monkeypatch.setattr(fashion.inference.evaluation, "evaluate", lambda predictor, source, lanes: (scores, None, None))
     got = accuracies(RegisteredBundle("tagger", "1", trained.bundle, None), {"holdout": None}, "auto")
     assert got["holdout/articleType"] == 0.83 and got["holdout/gender"] == 0.90
 

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from fashion.data.images import ImageReadError
 from fashion.inference.outputs import ScoredBatch
 from fashion.inference.predictor import Predictor
+from fashion.machine import usable_cores
 
 
 class ImageFiles(Dataset):
@@ -61,15 +62,28 @@ def score_paths(predictor: Predictor, paths: Sequence[str], workers: int = 0, la
                 prefetch: int = 2) -> Iterator[ScoredBatch]:
     """Batches of consecutive paths, in order, each with its tags and its unreadable files' reasons."""
     files = ImageFiles(paths, predictor.load, predictor.preprocess)
+    for indices, probabilities, errors in probabilities_in_order(predictor, files, workers, lanes, prefetch):
+        yield ScoredBatch([str(paths[i]) for i in indices], [errors.get(i) for i in indices],
+                          predictor.tags(probabilities) if probabilities is not None else None)
+
+
+def probabilities_in_order(predictor: Predictor, files: ImageFiles, workers: int = 0, lanes: int = 1,
+                           prefetch: int = 2) -> Iterator[tuple[list[int], dict[str, torch.Tensor] | None, dict[int, str]]]:
+    """(indices into `files`, their calibrated probabilities, {index: why it could not be read}) per batch of
+    consecutive files, in order: what catalogue scoring turns into tags and fashion-eval into metrics."""
     if workers:
         loader = DataLoader(files, batch_size=predictor.batch_size, num_workers=workers, prefetch_factor=prefetch,
                             collate_fn=partial(collate, normalise=predictor.normalise), persistent_workers=False)
         batches: Iterator[Callable[[], Batch]] = ((lambda batch=batch: batch) for batch in loader)   # already prepared
     else:
         batches = (partial(prepare, files, start, predictor) for start in range(0, len(files), predictor.batch_size))
-    for indices, probabilities, errors in scored_in_order(predictor, batches, lanes, lanes * prefetch):
-        yield ScoredBatch([str(paths[i]) for i in indices], [errors.get(i) for i in indices],
-                          predictor.tags(probabilities) if probabilities is not None else None)
+    yield from scored_in_order(predictor, batches, lanes, lanes * prefetch)
+
+
+def lanes_for(predictor: Predictor) -> int:
+    """One lane per usable core for onnxruntime (loaded at one intra-op thread a lane, `threads=1`); PyTorch
+    already spreads one batch over every core."""
+    return usable_cores() if predictor.runtime == "onnx" else 1
 
 
 def prepare(files: ImageFiles, start: int, predictor: Predictor) -> Batch:

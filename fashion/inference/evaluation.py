@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import torch
 
@@ -18,8 +20,8 @@ from fashion.calibration import selective_scores
 from fashion.config import progress_bar
 from fashion.data.dataset import restore_aspect
 from fashion.data.eval_sets import EvalSource
-from fashion.data.images import ImageReadError
 from fashion.data.vocab import IGNORE_INDEX
+from fashion.inference.batch import ImageFiles, helpers_on_one_thread, probabilities_in_order
 from fashion.inference.predictor import Predictor
 from fashion.metrics import AttributeMetrics, classification_report, confused_pairs, confusion_figure
 from fashion.metrics.reports import coverage_figure, reliability_figure
@@ -36,9 +38,10 @@ def encode_targets(predictor: Predictor, frame) -> tuple[dict[str, torch.Tensor]
     return targets, unseen
 
 
-def evaluate(predictor: Predictor, source: EvalSource, exclude_ids: set[int] = frozenset(),
+def evaluate(predictor: Predictor, source: EvalSource, exclude_ids: set[int] = frozenset(), lanes: int = 1,
              ) -> tuple[dict[str, float], dict, AttributeMetrics]:
-    """`source`: the folder (and its years, its true aspect); `exclude_ids`: products to leave out (a run's train/val)."""
+    """`source`: the folder (and its years, its true aspect); `exclude_ids`: products to leave out (a run's train/val);
+    `lanes`: batches decoded and scored at once, as fashion-predict's (`lanes_for`: the predictor's runtime decides)."""
     # Images are decoded once, here: an unreadable one is counted and left out, not checked up front first.
     frame, counts = source.table(predictor.attributes, exclude_ids, check_images=False)
     targets, unseen = encode_targets(predictor, frame)
@@ -46,18 +49,15 @@ def evaluate(predictor: Predictor, source: EvalSource, exclude_ids: set[int] = f
                                confusion=True, confidence=True)
     temperatures = predictor.trained.model.temperatures()
     served: dict[str, list[torch.Tensor]] = defaultdict(list)
+    files = ImageFiles(frame["path"].tolist(), partial(load_restored, predictor, source.true_aspect), predictor.preprocess)
     unreadable = 0
-    for start in progress_bar(range(0, len(frame), predictor.batch_size), unit="batch"):
-        images, keep = [], []
-        for row, path in enumerate(frame["path"].iloc[start:start + predictor.batch_size], start):
-            try:
-                images.append(restore_aspect(predictor.load(path), source.true_aspect))
-                keep.append(row)
-            except ImageReadError:
-                unreadable += 1
-        if images:
-            index = torch.tensor(keep)
-            probs = predictor.probabilities(predictor.to_tensor(images))
+    batches = probabilities_in_order(predictor, files, lanes=lanes)
+    with helpers_on_one_thread(predictor.runtime == "onnx" and lanes > 1):
+        for keep, probs, errors in progress_bar(batches, total=-(-len(files) // predictor.batch_size), unit="batch"):
+            unreadable += len(errors)
+            if probs is None:
+                continue
+            index = torch.tensor([row for row in keep if row not in errors])
             batch_targets = {a: t[index] for a, t in targets.items()}
             chosen, confidence = predictor.choose(probs)
             # log-probabilities: softmax gives the calibrated probabilities back, x T the uncalibrated ones
@@ -68,6 +68,11 @@ def evaluate(predictor: Predictor, source: EvalSource, exclude_ids: set[int] = f
     values |= decision_scores(predictor, {k: torch.cat(v) for k, v in served.items()})
     counts = {**counts, "images": len(frame) - unreadable, "unreadable_images": unreadable}
     return values, {**counts, **{f"unseen/{a}": n for a, n in unseen.items()}}, metrics
+
+
+def load_restored(predictor: Predictor, true_aspect: float | None, path: str) -> np.ndarray:
+    """A photo decoded as the model's training decoded it, its true aspect restored where it was stored squashed."""
+    return restore_aspect(predictor.load(path), true_aspect)
 
 
 def collect_decisions(predictor: Predictor, probs: dict[str, torch.Tensor],
