@@ -53,11 +53,11 @@ def evaluate(predictor: Predictor, source: EvalSource, exclude_ids: set[int] = f
     unreadable = 0
     batches = probabilities_in_order(predictor, files, lanes=lanes)
     with helpers_on_one_thread(predictor.runtime == "onnx" and lanes > 1):
-        for keep, probs, errors in progress_bar(batches, total=-(-len(files) // predictor.batch_size), unit="batch"):
+        for rows, probs, errors in progress_bar(batches, total=-(-len(files) // predictor.batch_size), unit="batch"):
             unreadable += len(errors)
             if probs is None:
                 continue
-            index = torch.tensor([row for row in keep if row not in errors])
+            index = torch.tensor([row for row in rows if row not in errors])
             batch_targets = {a: t[index] for a, t in targets.items()}
             chosen, confidence = predictor.choose(probs)
             # log-probabilities: softmax gives the calibrated probabilities back, x T the uncalibrated ones
