@@ -27,7 +27,6 @@ from omegaconf import DictConfig
 
 from fashion.cli import one_line_errors, quote
 from fashion.config import CONFIG_DIR, ConfigError, without_password
-from fashion.tracking.run import end_sweep, start_sweep
 
 log = logging.getLogger("fashion.tune")
 
@@ -99,7 +98,8 @@ def refuse_another_objective(study: optuna.Study, search: DictConfig, metric: st
 
 def tune(cfg: DictConfig) -> float:
     """Run (or continue) the study declared in `cfg.hparams_search`; return the best value."""
-    from fashion.training.callbacks import OptunaPruning   # Lightning: loaded once a study is asked for
+    from fashion.tracking.run import end_sweep, start_sweep   # MLflow and Lightning: loaded once a study is asked for
+    from fashion.training.callbacks import OptunaPruning
     from fashion.training.fit import train
     from fashion.training.module import TrainingDiverged
 

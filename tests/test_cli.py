@@ -178,6 +178,7 @@ def test_help_and_a_wrong_key_answer_before_the_training_stack_loads(tmp_path):
               2, "['mlflow']"),
              (["fashion.tune", *store], "fashion-tune: no search space: give one, e.g. fashion-tune hparams_search=optuna",
               2, "['mlflow']"),
+             (["fashion.tune", "--help"], "Configuration groups", 0, "[]"),   # the sweep's MLflow code was imported at the top
              (["fashion.data_report", "report", "+lables.min_count=100000", *store],
               "fashion-data report: +lables adds a key no config has, so nothing would read it (did you mean labels or "
               "data.labels?)", 2, "['mlflow']"),
