@@ -1,9 +1,10 @@
-"""What this process computes on: the processor, the instruction set each runtime's kernels pick on it, and
-the installed libraries.
+"""What this process computes on: the processor, the instruction set each runtime's kernels pick on it, the
+cores it may use, and the installed libraries.
 
 A run's tags (fashion/tracking/environment.py), a feature-cache entry's record of what filled it
-(fashion/features/store.py) and the logged model's pinned requirements (fashion/inference/pyfunc.py) all
-read it; it sits beside the config glue so that none of those stages imports another for it.
+(fashion/features/store.py), the logged model's pinned requirements (fashion/inference/pyfunc.py) and the
+scoring lanes (fashion/inference/batch.py) all read it; it sits beside the config glue so that none of those
+stages imports another for it.
 """
 
 from __future__ import annotations
