@@ -147,7 +147,7 @@ def test_fashion_eval_scores_the_same_sets(trained, tmp_path, capsys):
     assert "no product" in capsys.readouterr().err
 
 
-def test_fashion_eval_scores_in_lanes_as_in_one(trained, tmp_path):
+def test_fashion_eval_scores_in_lanes_as_in_one(trained, tmp_path, caplog):
     """fashion-eval decodes and scores a batch per core at once, as fashion-predict does (it decoded between the
     model's runs: 10% slower on the subset): the same metrics to the last digit, an unreadable photo counted."""
     import shutil
@@ -157,7 +157,8 @@ def test_fashion_eval_scores_in_lanes_as_in_one(trained, tmp_path):
 
     data = tmp_path / "data"
     shutil.copytree(trained.data, data)
-    next((data / "images").glob("*.jpg")).write_bytes(b"\xff\xd8\xff not a jpeg")
+    broken = next((data / "images").glob("*.jpg"))
+    broken.write_bytes(b"\xff\xd8\xff not a jpeg")
     source = EvalSource(root=str(data), true_aspect=0.75)
     predictor = load_predictor(bundle=trained.bundle, top_k=5, batch_size=7, threads=1)   # batches split unevenly
     assert predictor.runtime == "onnx"
@@ -165,6 +166,7 @@ def test_fashion_eval_scores_in_lanes_as_in_one(trained, tmp_path):
     for lanes in (2, 3):
         assert evaluate(predictor, source, lanes=lanes)[:2] == (alone, counts)
     assert counts["unreadable_images"] == 1 and counts["images"] == len(pd.read_csv(data / "styles.csv")) - 1
+    assert f"left out 1 unreadable image(s): cannot decode image {broken}: " in caplog.text   # named, not only counted
     assert alone["eval/articleType/acc"] >= 0 and len(alone) > 20
 
 
