@@ -210,8 +210,8 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
             for batch in write_batches(batches, predictor.attributes, format, Path(output) if output else None,
                                        append=resume, stdout=sys.stdout, explained=explained):
                 unreadable = batch.failed()
-                for path, error in unreadable:
-                    print(f"fashion-predict: skipped {path}: {error}", file=sys.stderr)
+                for path, error in unreadable:   # on a line of its own: a print landed on the bar's line
+                    bar.write(f"fashion-predict: skipped {path}: {error}", file=sys.stderr)
                 failed += len(unreadable)
                 scored += len(batch)
                 bar.update(len(batch))

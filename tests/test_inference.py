@@ -2,6 +2,7 @@
 
 import base64
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -193,8 +194,11 @@ def test_the_pyfunc_decodes_a_model_batch_at_a_time(trained):
     assert got["error"].notna().tolist() == [False] * 5 + [True] + [False] * 3
 
 
-def test_predict_cli_skips_unreadable_files_and_reports_them(trained, tmp_path, capsys):
+def test_predict_cli_skips_unreadable_files_and_reports_them(trained, tmp_path, capsys, monkeypatch):
+    import fashion.predict
     from fashion.predict import main
+
+    monkeypatch.setattr(fashion.predict, "PROGRESS_FROM", 1)   # the bar of a catalogue-sized job, on these 5 photos
 
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -210,7 +214,8 @@ def test_predict_cli_skips_unreadable_files_and_reports_them(trained, tmp_path, 
     assert len(broken) == 1 and "cannot decode" in broken[0]["error"]
     good = [r for r in rows if "error" not in r]
     assert len(good) == 4 and len(good[0]["predictions"]["articleType"]["top_k"]) == 2
-    assert "skipped" in capsys.readouterr().err
+    lines = re.split(r"[\r\n]", capsys.readouterr().err)   # a skipped file on a line of its own, not after the bar's
+    assert any(line.startswith(f"fashion-predict: skipped {folder / 'broken.jpg'}: cannot decode") for line in lines), lines
 
     csv_out = tmp_path / "p.csv"
     assert main([str(p) for p in REAL_IMAGES[:2]] + ["--checkpoint", str(trained.checkpoint), "--format", "csv",
