@@ -16,8 +16,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mlflow.exceptions import MlflowException
-
 from fashion.cli import tool_config
 from fashion.data.eval_sets import EvalSource
 from fashion.inference.runtime import Runtime, load_predictor
@@ -57,6 +55,7 @@ def promote(name: str, sets: dict[str, dict[str, Any]], margin: float = 0.01, ch
             challenger: str = CHALLENGER, dry_run: bool = False, runtime: Runtime = "auto",
             tracking_uri: str | None = None, model_cache: str = "model_cache", mlflow: bool = True) -> int:
     """Scores both versions on `sets`, moves `champion` to the challenger when the gate passes."""
+    from mlflow.exceptions import MlflowException   # here: `--help` and a refused key answer without MLflow
     if not sets:
         print("fashion-promote: sets is empty: name at least one evaluation folder, e.g. "
               "+sets.holdout.root=/data/held-out-photos", file=sys.stderr)

@@ -189,7 +189,8 @@ def test_help_and_a_wrong_key_answer_before_the_training_stack_loads(tmp_path):
              (["fashion.evaluate", "--help"], "usage: fashion-eval [key=value ...]", 0, "[]"),
              (["fashion.evaluate", "bundel=b", "root=r"], "fashion-eval: no key 'bundel' in conf/eval.yaml (did you mean 'bundle'?)",
               2, "[]"),
-             (["fashion.predict", "--help"], "usage: fashion-predict [key=value ...]", 0, "[]"))
+             (["fashion.predict", "--help"], "usage: fashion-predict [key=value ...]", 0, "[]"),
+             (["fashion.promote", "--help"], "usage: fashion-promote [key=value ...]", 0, "[]"))   # the registry imported MLflow
     for args, expect, code, loaded in cases:
         result = subprocess.run([sys.executable, "-c", probe, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                                 env={k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"})

@@ -13,11 +13,12 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-
-from mlflow.entities.model_registry import ModelVersion
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING
 
 from fashion.config import progress_bars_for_terminals_only, refuse_a_store_that_is_not_there
+
+if TYPE_CHECKING:   # MLflow loads on first use: fashion-promote's `--help` and a refused key answer without it
+    from mlflow.entities.model_registry import ModelVersion
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 PREFIX = "models:/"
@@ -73,7 +74,7 @@ def register(model_uri: str, name: str, alias: str | None, tracking_uri: str) ->
     mlflow.set_tracking_uri(tracking_uri)
     version = mlflow.register_model(model_uri, name)
     if alias:
-        MlflowClient(tracking_uri).set_registered_model_alias(name, alias, version.version)
+        registry_client(tracking_uri).set_registered_model_alias(name, alias, version.version)
     return version
 
 
@@ -94,14 +95,14 @@ def resolve(reference: str, tracking_uri: str) -> ModelVersion:
     """The version a registry reference names now (an alias moves; a number does not)."""
     name, alias, number = parse(reference)
     refuse_a_store_that_is_not_there(tracking_uri)
-    client = MlflowClient(tracking_uri)
+    client = registry_client(tracking_uri)
     return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
 
 
 def has_alias(name: str, alias: str, tracking_uri: str) -> bool:
     """Whether `alias` names a version of `name` yet: asked of the registered model, because a failed
     lookup's error code differs between stores and does not tell "no such alias" from "cannot fetch"."""
-    return alias in MlflowClient(tracking_uri).get_registered_model(name).aliases
+    return alias in registry_client(tracking_uri).get_registered_model(name).aliases
 
 
 def fetch_bundle(reference: str, tracking_uri: str, cache: Path) -> RegisteredBundle:
@@ -155,4 +156,10 @@ def _download(version: ModelVersion, tracking_uri: str, into: Path) -> str:
 
 
 def set_alias(name: str, alias: str, version: str, tracking_uri: str) -> None:
-    MlflowClient(tracking_uri).set_registered_model_alias(name, alias, version)
+    registry_client(tracking_uri).set_registered_model_alias(name, alias, version)
+
+
+def registry_client(tracking_uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri)
