@@ -81,9 +81,13 @@ def probabilities_in_order(predictor: Predictor, files: ImageFiles, workers: int
 
 
 def lanes_for(predictor: Predictor) -> int:
-    """One lane per usable core for onnxruntime (loaded at one intra-op thread a lane, `threads=1`); PyTorch
-    already spreads one batch over every core."""
-    return usable_cores() if predictor.runtime == "onnx" else 1
+    """As many lanes as onnxruntime's threads per batch fit in the usable cores (a lane per core when it was
+    loaded with `threads=1`, one when it spreads a batch over every core); PyTorch already spreads one batch
+    over every core."""
+    if predictor.runtime != "onnx":
+        return 1
+    cores = usable_cores()
+    return max(1, cores // (getattr(predictor, "threads", None) or cores))
 
 
 def prepare(files: ImageFiles, start: int, predictor: Predictor) -> Batch:

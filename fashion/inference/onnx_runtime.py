@@ -22,6 +22,7 @@ class OnnxPredictor(Predictor):
         import onnxruntime as ort
 
         super().__init__(trained, top_k, batch_size, taxonomy)
+        self.threads = threads   # intra-op threads per batch; None: every core
         files = bundle if isinstance(bundle, BundleFiles) else BundleFiles(bundle)
         if not files.has("model.onnx"):
             raise FileNotFoundError(f"no ONNX model in {files.path} (was it exported with --no-onnx?)")

@@ -19,6 +19,7 @@ from fashion.config import progress_bars_for_terminals_only, refuse_a_store_that
 
 if TYPE_CHECKING:   # MLflow loads on first use: fashion-promote's `--help` and a refused key answer without it
     from mlflow.entities.model_registry import ModelVersion
+    from mlflow.tracking import MlflowClient
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 PREFIX = "models:/"
@@ -159,7 +160,7 @@ def set_alias(name: str, alias: str, version: str, tracking_uri: str) -> None:
     registry_client(tracking_uri).set_registered_model_alias(name, alias, version)
 
 
-def registry_client(tracking_uri: str):
+def registry_client(tracking_uri: str) -> MlflowClient:
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri)
