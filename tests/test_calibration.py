@@ -203,8 +203,42 @@ def test_a_bundle_without_calibration_loads_with_temperature_one_and_reviews_eve
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     loaded = load_bundle(bundle)
     assert set(loaded.model.temperatures().values()) == {1.0}
+    assert set(load_bundle(bundle, build_now=False).temperatures().values()) == {1.0}   # read without building
     prediction = Predictor(loaded).predict([load_rgb(REAL_IMAGES[0])])[0]
     assert {p.status for p in prediction.values()} == {"needs_review"}
+
+
+@pytest.mark.parametrize("bad", ["zero", "negative", "nan", "one_short"])
+def test_a_bundle_whose_temperatures_would_serve_garbage_is_refused_by_name(trained, tmp_path, bad):
+    """Temperatures divide the logits: a consistent forgery with a zero, negative or NaN one, or one too few, is
+    refused whether the network is built (PyTorch) or only its temperatures are read (fashion-eval on onnxruntime)."""
+    from safetensors.torch import load_file, save_file
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained.bundle, bundle)
+    state = load_file(bundle / "model.safetensors")
+    temperature = state["temperature"].clone()
+    if bad == "one_short":
+        temperature = temperature[:-1]
+    else:
+        temperature[1] = {"zero": 0.0, "negative": -1.5, "nan": float("nan")}[bad]
+    state["temperature"] = temperature
+    save_file(state, bundle / "model.safetensors")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["model.safetensors"] = sha256(bundle / "model.safetensors")
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    message = "must hold a positive number" if bad != "one_short" else "does not fit the architecture"
+    with pytest.raises(BundleError, match=message) as built:
+        load_bundle(bundle)
+    with pytest.raises(BundleError, match="must hold a positive number") as read:
+        load_bundle(bundle, build_now=False).temperatures()
+    assert all(str(bundle / "model.safetensors") in str(err.value) for err in (built, read))
+    if bad != "one_short":   # the same temperatures in a checkpoint from elsewhere
+        checkpoint = torch.load(trained.checkpoint, map_location="cpu", weights_only=True)
+        checkpoint["state_dict"]["model.temperature"] = temperature
+        torch.save(checkpoint, tmp_path / "forged.ckpt")
+        with pytest.raises(ValueError, match=f"{tmp_path / 'forged.ckpt'}: 'temperature' must hold a positive number"):
+            load_checkpoint(tmp_path / "forged.ckpt")
 
 
 def test_a_training_run_calibrates_logs_and_saves_its_decision(trained):

@@ -15,6 +15,7 @@ from PIL import Image
 from fashion.config import InputError
 from fashion.data import EvalSource, Preprocessing
 from fashion.data.dataset import ProductImages, restore_aspect
+from fashion.inference.bundle import load_bundle
 from tests.conftest import tiny_overrides, write_kaggle_folder
 
 PREP = Preprocessing(32, (0.5,) * 3, (0.5,) * 3)
@@ -168,6 +169,9 @@ def test_fashion_eval_scores_in_lanes_as_in_one(trained, tmp_path, caplog):
     assert counts["unreadable_images"] == 1 and counts["images"] == len(pd.read_csv(data / "styles.csv")) - 1
     assert f"left out 1 unreadable image(s): cannot decode image {broken}: " in caplog.text   # named, not only counted
     assert alone["eval/articleType/acc"] >= 0 and len(alone) > 20
+    # the uncalibrated ECE needs the temperatures, read from the weights: the PyTorch network is never built (1.7 s)
+    assert "model" not in predictor.trained.__dict__
+    assert predictor.trained.temperatures() == load_bundle(trained.bundle).model.temperatures() != {a: 1.0 for a in predictor.attributes}
 
 
 def test_resolution_normalisation_makes_a_sharp_photo_and_its_thumbnail_alike():

@@ -44,7 +44,7 @@ from fashion.calibration import Decision
 from fashion.data.taxonomy import Taxonomy
 from fashion.data.transforms import Preprocessing
 from fashion.data.vocab import LabelVocabulary
-from fashion.inference.checkpoint import TrainedModel
+from fashion.inference.checkpoint import TrainedModel, check_temperatures
 from fashion.models.architecture import ArchitectureError, build_model, validate_architecture
 from fashion.models.onnx_graph import ONNX_OPSET, export_graph
 from fashion.validation import ImageSide, JpegQuality, describe
@@ -229,7 +229,7 @@ def load_bundle(path: str | Path | BundleFiles, build_now: bool = True) -> Train
         raise BundleError(str(err)) from None
     weights = files.read_bytes("model.safetensors")   # verified now, whether or not the network is ever built
     trained = TrainedModel(partial(build_network, files.path, config, vocabularies, weights), vocabularies, preprocessing, config,
-                           taxonomy, decision, files.manifest)
+                           taxonomy, decision, files.manifest, partial(saved_temperatures, files.path, weights, list(vocabularies)))
     if build_now:
         trained.model
     return trained
@@ -244,7 +244,25 @@ def build_network(folder: Path, config: Any, vocabularies: Mapping[str, LabelVoc
         model.load_weights(load_safetensors(weights))
     except (SafetensorError, RuntimeError) as err:
         raise BundleError(f"{folder / 'model.safetensors'}: does not fit the architecture in config.json: {err}") from None
+    refuse_bad_temperatures(folder, model.temperature, len(vocabularies))
     return model
+
+
+def saved_temperatures(folder: Path, weights: bytes, attributes: list[str]) -> dict[str, float]:
+    """The temperatures in a bundle's weights, without building the network (weights from before calibration: 1)."""
+    try:
+        temperature = load_safetensors(weights).get("temperature", torch.ones(len(attributes)))
+    except SafetensorError as err:
+        raise BundleError(f"{folder / 'model.safetensors'}: not a safetensors file: {err}") from None
+    refuse_bad_temperatures(folder, temperature, len(attributes))
+    return dict(zip(attributes, temperature.tolist()))
+
+
+def refuse_bad_temperatures(folder: Path, temperature: torch.Tensor, attributes: int) -> None:
+    try:
+        check_temperatures(temperature, attributes)
+    except ValueError as err:
+        raise BundleError(f"{folder / 'model.safetensors'}: {err}") from None
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:

@@ -42,6 +42,7 @@ class TrainedModel:
     taxonomy: Taxonomy | None = None
     decision: Decision | None = None
     manifest: dict[str, Any] = field(default_factory=dict)   # a bundle's: the one its files were verified against
+    saved_temperatures: Callable[[], dict[str, float]] | None = None   # a bundle's, read from its weights file
 
     def __post_init__(self) -> None:
         if self.decision is None:
@@ -54,6 +55,20 @@ class TrainedModel:
     @cached_property
     def model(self) -> MultiHeadTagger:
         return self.build().eval()
+
+    def temperatures(self) -> dict[str, float]:
+        """What divides each head's logits. A bundle reads them from its weights: fashion-eval and the promotion
+        gate score the uncalibrated model too, and on onnxruntime they need these seven numbers, not the network."""
+        if self.saved_temperatures is None or "model" in self.__dict__:
+            return self.model.temperatures()
+        return self.saved_temperatures()
+
+
+def check_temperatures(temperature: torch.Tensor, attributes: int) -> None:
+    """A temperature divides logits: a zero, negative or NaN one serves NaN confidences with no error."""
+    if temperature.shape != (attributes,) or not torch.isfinite(temperature).all() or (temperature <= 0).any():
+        raise ValueError(f"'temperature' must hold a positive number for each of the {attributes} attributes, "
+                         f"not {temperature.tolist()}")
 
 
 def read_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
@@ -87,6 +102,10 @@ def load_checkpoint(path: str | Path) -> TrainedModel:
     model = build_model(hparams["run_config"], {a: len(v) for a, v in vocabularies.items()}, source=f"{path}: run_config")
     state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     model.load_weights(state)
+    try:
+        check_temperatures(model.temperature, len(vocabularies))
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
     attributes = list(vocabularies)
     decision = Decision.from_dict(checkpoint["decision"], attributes, f"{path}: decision") if checkpoint.get("decision") else None
     return TrainedModel(lambda: model, vocabularies, model.backbone.preprocessing, dict(hparams["run_config"]),

@@ -50,7 +50,7 @@ def evaluate(predictor: Predictor, source: EvalSource, exclude_ids: set[int] = f
     targets, unseen = encode_targets(predictor, frame)
     metrics = AttributeMetrics({a: len(v) for a, v in predictor.trained.vocabularies.items()}, "eval",
                                confusion=True, confidence=True)
-    temperatures = predictor.trained.model.temperatures()
+    temperatures = predictor.trained.temperatures()
     served: dict[str, list[torch.Tensor]] = defaultdict(list)
     files = ImageFiles(frame["path"].tolist(), partial(load_restored, predictor, source.true_aspect), predictor.preprocess)
     unreadable: list[str] = []   # why each was left out (the reason names the file)
