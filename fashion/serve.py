@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from typing import Literal
 
@@ -30,37 +31,41 @@ def serve(bundle: str, host: str = "127.0.0.1", port: Port = 8000, max_bytes: At
     from fashion.serving.app import create_app
     from fashion.serving.uploads import UploadLimits
 
-    refuse_a_taken_address(host, port)   # before the model's load, which takes seconds to minutes
-    try:
-        app = create_app(bundle, UploadLimits(max_bytes, max_pixels, max_files), model_threads, top_k, runtime,
-                         tracking_uri, model_cache, api_key, None, drift_window, open_predictions, review_for)
-    except (ValueError, OSError, MlflowException) as err:  # a refused, tampered or missing model: say why, no traceback
-        raise Refused("fashion-serve", f"cannot load the model: {err}") from None
-    try:   # after the model: a mistyped bundle must not leave an empty queue (review/review.db) behind
-        app.state.review = ReviewStore(review_url, review_images, review_max_queued) if review_queue else None
-    except (ValueError, OSError) as err:
-        raise Refused("fashion-serve", f"cannot open the review queue: {err}") from None
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    with listening_socket(host, port) as listener:   # held from before the model's load until the server ends
+        try:
+            app = create_app(bundle, UploadLimits(max_bytes, max_pixels, max_files), model_threads, top_k, runtime,
+                             tracking_uri, model_cache, api_key, None, drift_window, open_predictions, review_for)
+        except (ValueError, OSError, MlflowException) as err:  # a refused, tampered or missing model: say why, no traceback
+            raise Refused("fashion-serve", f"cannot load the model: {err}") from None
+        try:   # after the model: a mistyped bundle must not leave an empty queue (review/review.db) behind
+            app.state.review = ReviewStore(review_url, review_images, review_max_queued) if review_queue else None
+        except (ValueError, OSError) as err:
+            raise Refused("fashion-serve", f"cannot open the review queue: {err}") from None
+        bound = listener.getsockname()[1]   # port=0: the one the system chose
+        print(f"fashion-serve: serving on http://{f'[{host}]' if ':' in host else host}:{bound} (Ctrl+C stops)",
+              file=sys.stderr, flush=True)
+        uvicorn.Server(uvicorn.Config(app, host=host, port=bound, log_level=log_level)).run(sockets=[listener])
 
 
-def refuse_a_taken_address(host: str, port: int) -> None:
-    """uvicorn binds only once the app has started: a port another server holds was found after the model had
-    loaded, and ended in uvicorn's log line and exit status 3. Bound and released here first, with the
-    SO_REUSEADDR uvicorn sets, so a port in TIME_WAIT is not refused."""
-    import socket
-
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, listening before the model loads (seconds, or minutes from a registry). uvicorn binds
+    only once the app has started: a taken port was found after the load, and a port checked free before it could
+    be taken during it by a second server, so the first failed after loading. Connections made during the load
+    wait in the backlog. SO_REUSEADDR, as uvicorn sets it: a port in TIME_WAIT is not refused."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as err:
         raise Refused("fashion-serve", f"host={host}: {err.strerror}") from None
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(address)
-        except OSError as err:
-            raise Refused("fashion-serve", f"cannot listen on {host}:{port}: {err.strerror} (another server there? "
-                                           "give another port=)") from None
-
+    listener = socket.socket(family, kind, proto)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(address)
+        listener.listen()
+    except OSError as err:
+        listener.close()
+        raise Refused("fashion-serve", f"cannot listen on {host}:{port}: {err.strerror} (another server there? "
+                                       "give another port=)") from None
+    return listener
 
 if __name__ == "__main__":
     main()

@@ -4,6 +4,7 @@ import http.server
 import json
 import socket
 import threading
+import time
 
 import pytest
 
@@ -241,7 +242,7 @@ def test_serve_opens_the_review_queue_only_once_the_model_has_loaded(trained, tm
     assert list(tmp_path.iterdir()) == []
 
     served = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **_: served.append(app))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda server, sockets: served.append(server.config.app))
     serve_main([f"bundle={trained.bundle}"])
     assert isinstance(served[0].state.review, ReviewStore) and (tmp_path / "review" / "review.db").is_file()
     with TestClient(served[0]) as client:
@@ -268,6 +269,53 @@ def test_a_progress_bar_in_a_log_updates_every_30_s_not_ten_times_a_second(train
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     with progress_bar(total=1) as bar:
         assert bar.mininterval < 1 < LOG_PROGRESS_EVERY_S
+
+
+def test_the_port_is_held_while_the_model_loads_and_served_on(trained, capsys, monkeypatch):
+    """The port was checked free, then let go: a second server started during the first's model load (seconds,
+    or minutes from a registry) passed the same check, and one of them failed after loading (uvicorn's exit 3)."""
+    import httpx
+    import uvicorn
+
+    import fashion.serving.app
+
+    load, servers, second = fashion.serving.app.create_app, [], []
+
+    def load_while_a_second_server_starts(*args, **kwargs):
+        if second:
+            pytest.fail("a second server on the same port got as far as loading its model")
+        with pytest.raises(SystemExit) as refused:
+            second.append("started")
+            serve_main([f"bundle={trained.bundle}", f"port={port}", "review_queue=false"])
+        second.append(refused.value.code)
+        return load(*args, **kwargs)
+
+    def run(server: uvicorn.Server, sockets) -> None:
+        servers.append(server)
+        original_run(server, sockets=sockets)
+
+    original_run = uvicorn.Server.run
+    monkeypatch.setattr(fashion.serving.app, "create_app", load_while_a_second_server_starts)
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    with socket.socket() as probe:   # a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    serving = threading.Thread(target=serve_main, args=([f"bundle={trained.bundle}", f"port={port}", "review_queue=false",
+                                                         "log_level=warning"],))
+    serving.start()
+    try:
+        while not (servers and servers[0].started) and serving.is_alive():
+            time.sleep(0.05)
+        assert second == ["started", 2]
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()["status"] == "ok"
+    finally:
+        if servers:
+            servers[0].should_exit = True
+        serving.join(timeout=30)
+    assert not serving.is_alive()
+    err = capsys.readouterr().err
+    assert f"fashion-serve: cannot listen on 127.0.0.1:{port}: Address already in use" in err
+    assert f"fashion-serve: serving on http://127.0.0.1:{port} (Ctrl+C stops)" in err
 
 
 def test_a_port_another_server_holds_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
