@@ -248,6 +248,19 @@ def test_malformed_vocabularies_are_refused(trained, tmp_path, edit, field):
         load_bundle(bundle)
 
 
+@pytest.mark.parametrize("field,values", [("std", [0.5, 0.0, 0.5]), ("std", [-0.5, 0.5, 0.5]),
+                                          ("std", [0.5, float("nan"), 0.5]), ("mean", [float("inf"), 0.5, 0.5])])
+def test_a_normalisation_that_would_serve_nan_is_refused(trained, tmp_path, field, values):
+    """Pixels are divided by `std`: a zero, negative or NaN spread (or a NaN or infinite mean) served every tag with NaN
+    confidence, on both runtimes, with numpy's divide warning the only sign."""
+    bundle = copy_bundle(trained, tmp_path)
+    preprocessing = json.loads((bundle / "preprocessing.json").read_text())
+    (bundle / "preprocessing.json").write_text(json.dumps({**preprocessing, field: values}))
+    rehash(bundle)
+    with pytest.raises(BundleError, match=rf"preprocessing.json.*{field}\.[0-2]"):
+        load_bundle(bundle, build_now=False)
+
+
 def test_weights_that_do_not_fit_the_architecture_are_a_clear_error(trained, tmp_path):
     bundle = copy_bundle(trained, tmp_path)
 

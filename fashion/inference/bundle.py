@@ -31,7 +31,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pydantic
 import torch
@@ -186,11 +186,17 @@ class BundleFiles:
             raise BundleError(f"{self.path / name}: not valid JSON ({err})") from None
 
 
+# Each channel has the mean subtracted, then is divided by the spread: a NaN, or a spread of 0 or less, served
+# every tag with NaN confidence (numpy's divide warning the only sign).
+Finite = Annotated[float, pydantic.Field(allow_inf_nan=False)]
+Spread = Annotated[float, pydantic.Field(gt=0, allow_inf_nan=False)]
+
+
 class SavedPreprocessing(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", strict=True)
     image_size: ImageSide
-    mean: list[float] = pydantic.Field(min_length=3, max_length=3)
-    std: list[float] = pydantic.Field(min_length=3, max_length=3)
+    mean: list[Finite] = pydantic.Field(min_length=3, max_length=3)
+    std: list[Spread] = pydantic.Field(min_length=3, max_length=3)
     pad_fill: int = pydantic.Field(255, ge=0, le=255)
     source_max_side: ImageSide | None = None
     source_jpeg_quality: JpegQuality | None = None
