@@ -24,6 +24,7 @@ from fashion.training.assembly import (build_model, build_module, check_module_k
                                        check_start_checkpoint, check_trainer, refuse_unlogged_monitor,
                                        refuse_weights_that_do_not_fit, use_feature_cache)
 from fashion.training.console import QuietConsole, expect_frozen_norms_in_eval, log_lightning_once
+from fashion.training.distributed import EndProcessGroupAtExit
 from fashion.training.module import evaluate_sets
 
 log = logging.getLogger("fashion.train")
@@ -94,10 +95,10 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = (),
 
 
 def build_callbacks(cfg: DictConfig) -> list[Callback]:
-    """Every `callbacks` entry and the console's filters, less the progress bar where
+    """Every `callbacks` entry, the console's filters and the end of DDP's process group, less the progress bar where
     `trainer.enable_progress_bar=false`: Lightning refuses the pair, and would say so only after the data,
     the model and the feature cache were built."""
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None] + [QuietConsole()]
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None] + [QuietConsole(), EndProcessGroupAtExit()]
     if cfg.trainer.get("enable_progress_bar", True):
         return callbacks
     return [c for c in callbacks if not isinstance(c, ProgressBar)]
