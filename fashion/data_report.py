@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from fashion.cli import first_few, one_line_errors, tool_config
+from fashion.cli import first_few, one_line_errors, refuse_what_no_config_has, tool_config
 from fashion.config import CONFIG_DIR, validate_config
 from fashion.validation import AtLeastOne
 
@@ -76,6 +76,7 @@ def main() -> None:
     if command == "export-feedback":
         cfg = tool_config("fashion-data export-feedback", "export_feedback", sys.argv[1:], export_feedback_cli)
         sys.exit(export_feedback_cli(**cfg))
+    refuse_what_no_config_has("fashion-data report", "data_report", sys.argv[1:])   # one line, before Hydra's refusal
     report_main()
 
 

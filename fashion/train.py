@@ -8,11 +8,13 @@
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from fashion import lazy_exports
-from fashion.cli import one_line_errors
+from fashion.cli import one_line_errors, refuse_what_no_config_has
 from fashion.config import CONFIG_DIR
 
 # Lightning, timm and MLflow load only once a config has composed: `fashion-train --help` and a
@@ -21,9 +23,14 @@ __getattr__, _lazy = lazy_exports(__name__, {"fashion.training.fit": ["train"]})
 __all__ = ["main", *_lazy]
 
 
+def main() -> None:
+    refuse_what_no_config_has("fashion-train", "train", sys.argv[1:])   # one line, before Hydra's own refusal
+    run()
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 @one_line_errors("fashion-train")
-def main(cfg: DictConfig) -> float:
+def run(cfg: DictConfig) -> float:
     if cfg.get("hparams_search"):
         from fashion.tune import tune
 

@@ -13,6 +13,7 @@ are written out as an experiment config: `fashion-train experiment=<name>` rerun
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from fashion.cli import one_line_errors, quote
+from fashion.cli import one_line_errors, quote, refuse_what_no_config_has
 from fashion.config import CONFIG_DIR, ConfigError, without_password
 
 log = logging.getLogger("fashion.tune")
@@ -151,9 +152,14 @@ def rerun_command(experiment_file: Path) -> str:
     return f"fashion-train {search}experiment={experiment_file.stem}"
 
 
+def main() -> None:
+    refuse_what_no_config_has("fashion-tune", "train", sys.argv[1:])   # one line, before Hydra's own refusal
+    run()
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 @one_line_errors("fashion-tune")
-def main(cfg: DictConfig) -> float:
+def run(cfg: DictConfig) -> float:
     if not cfg.get("hparams_search"):
         raise ConfigError("no search space: give one, e.g. fashion-tune hparams_search=optuna")
     return tune(cfg)

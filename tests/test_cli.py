@@ -172,7 +172,18 @@ def test_help_and_a_wrong_key_answer_before_the_training_stack_loads(tmp_path):
     # fashion-tune and fashion-data imported the stack at the top of their modules: 8 s)
     store = [f"hydra.run.dir={tmp_path}/outputs", f"paths.mlruns={tmp_path}/mlruns"]
     cases = ((["fashion.train", "--help"], "Configuration groups", 0, "[]"),
-             (["fashion.train", "trainer.max_epoch=3"], "trainer.max_epoch", 1, "[]"),   # Hydra's own refusal and status
+             # Hydra's refusal of a key, exit 1, advised appending it (+trainer.max_epoch=3), refused once the run began
+             (["fashion.train", "trainer.max_epoch=3"],
+              "fashion-train: no key trainer.max_epoch in the config (did you mean trainer.max_epochs?)", 2, "[]"),
+             (["fashion.train", "experiment=best_cpu", "module.lr=0.1"],   # a key of the same name elsewhere
+              "fashion-train: no key module.lr in the config (did you mean optimizer.lr?)", 2, "[]"),
+             (["fashion.train", "-m", "loss_weighting=fixed,uncertanty"],   # any value of a sweep, not only its first
+              "fashion-train: loss_weighting=uncertanty: no such option (did you mean uncertainty?); the options: dwa, "
+              "fixed, uncertainty", 2, "[]"),
+             (["fashion.tune", "hparams_search=optuna", "trainer.max_epoch=3"],
+              "fashion-tune: no key trainer.max_epoch in the config (did you mean trainer.max_epochs?)", 2, "[]"),
+             (["fashion.data_report", "report", "data.rot=x"],
+              "fashion-data report: no key data.rot in the config (did you mean data.root?)", 2, "[]"),
              (["fashion.train", "+tags.owner=me", "+max_epochs=3", *store],
               "fashion-train: +max_epochs adds a key no config has, so nothing would read it (did you mean trainer.max_epochs?)",
               2, "['mlflow']"),
