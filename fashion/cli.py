@@ -108,51 +108,55 @@ def refuse_what_no_config_has(tool: str, config_name: str, argv: Sequence[str]) 
     """Before `@hydra.main` composes: an option a group lacks (`backbone=resnet19`, in a sweep too) or a key no
     config has (`trainer.max_epoch=3`), in one line with the closest real one, exit 2, as the other tools refuse
     theirs. Hydra's refusal (exit 1) advises appending the key (`+trainer.max_epoch=3`), refused in turn only once
-    the run has begun. Keys are checked by Hydra's compose API with the same overrides (a sweep by its first
-    value), so only what Hydra would refuse is refused; what cannot be reduced so is left to Hydra."""
+    the run has begun. Hydra itself answers both, through its compose API, search path and options (a sweep's keys
+    by its first value), so nothing Hydra accepts is refused; what cannot be reduced so is left to Hydra."""
     if any(arg.startswith("-") and arg not in ("-m", "--multirun") for arg in argv):
         return   # --help, --cfg, --config-dir ...: Hydra's own
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import ConfigCompositionException
 
     try:
-        parsed = [o for o in OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
-                  if not o.key_or_group.startswith("hydra")]
+        parsed = OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
         values = {o.input_line: list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()] for o in parsed}
     except Exception:   # a syntax error, a sweep of another kind (interval): Hydra says it, as before
         return
-    for override in parsed:
-        group = CONFIG_DIR / override.key_or_group
-        for option in values[override.input_line] if group.is_dir() and not override.is_delete() else ():
-            if isinstance(option, str) and not (group / f"{option}.yaml").is_file():
-                raise UsageError(tool, missing_option(override.key_or_group, option))
+    if any("searchpath" in o.key_or_group for o in parsed):
+        return
+    parsed = [o for o in parsed if not o.key_or_group.startswith("hydra")]
     overrides = [f"{o.get_key_element()}={values[o.input_line][0]}" if o.is_sweep_override() else o.input_line for o in parsed]
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        for override in parsed:
+            parent, _, name = override.key_or_group.rpartition("/")
+            if override.is_delete() or name not in loader.list_groups(parent):
+                continue
+            options = loader.get_group_options(override.key_or_group)
+            for option in values[override.input_line]:
+                if isinstance(option, str) and option not in options:
+                    raise UsageError(tool, missing_option(override.key_or_group, option, options))
+        try:
             compose(config_name=config_name, overrides=overrides)
-        return
-    except ConfigCompositionException as err:
-        key = str(err).startswith("Could not override '") and str(err).split("'")[1]
-    except Exception:   # anything else Hydra refuses, it says itself
-        return
-    if key:
-        raise UsageError(tool, missing_key(key, config_name, overrides))
+            return
+        except ConfigCompositionException as err:
+            key = str(err).startswith("Could not override '") and str(err).split("'")[1]
+        except Exception:   # anything else Hydra refuses, it says itself
+            return
+        if key:
+            raise UsageError(tool, missing_key(key, config_name, overrides, loader.list_groups("")))
 
 
-def missing_option(group: str, option: str) -> str:
-    options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+def missing_option(group: str, option: str, options: Sequence[str]) -> str:
     close = difflib.get_close_matches(option, options, n=1)
     return (f"{group}={option}: no such option" + (f" (did you mean {close[0]}?)" if close else "")
             + f"; the options: {', '.join(options)}")
 
 
-def missing_key(key: str, config_name: str, overrides: Sequence[str]) -> str:
+def missing_key(key: str, config_name: str, overrides: Sequence[str], groups: Sequence[str]) -> str:
     """Named with the closest key of the config composed without it, or one of the same last name (module.lr:
     optimizer.lr), or a group (lossweighting: loss_weighting)."""
     others = [o for o in overrides if o.partition("=")[0].lstrip("+~") != key]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        keys = list(flatten(OmegaConf.to_container(compose(config_name=config_name, overrides=others), resolve=False)))
-    keys += [folder.name for folder in CONFIG_DIR.iterdir() if folder.is_dir()]
+    keys = [*flatten(OmegaConf.to_container(compose(config_name=config_name, overrides=others), resolve=False)), *groups]
     close = difflib.get_close_matches(key, keys, n=1, cutoff=0.8) or [
         k for k in keys if k.rpartition(".")[2] == key.rpartition(".")[2]][:2]
     return f"no key {key} in the config" + (f" (did you mean {' or '.join(close)}?)" if close else "")

@@ -306,3 +306,21 @@ def test_output_folders_are_per_run_but_shared_by_the_processes_of_one_distribut
                                     capture_output=True, text=True, check=True).stdout)
         time.sleep(1.1)
     assert ranks[0] == ranks[1] and re.fullmatch(r"\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d-\d{6}\n", ranks[0])
+
+
+def test_what_hydra_would_take_is_not_refused_before_it_composes(capsys):
+    """The check before `@hydra.main` asks Hydra (its options, its compose): a search path the command line adds,
+    an appended key, a sweep of groups and a range Hydra cannot reduce go on to Hydra; a value of a group's sweep
+    that is no option is named."""
+    from fashion.cli import refuse_what_no_config_has
+
+    for argv in (["hydra.searchpath=[file:///elsewhere/conf]", "experiment=mine"], ["+max_epochs=3", "+tags.owner=me"],
+                 ["-m", "backbone=test_tiny,resnet18", "head=linear,mlp"], ["optimizer.lr=interval(0.001,0.1)"],
+                 ["hparams_search=optuna", "~callbacks.progress_bar", "hydra/launcher=joblib"], ["--cfg", "job", "trainer.max_epoch=3"]):
+        refuse_what_no_config_has("fashion-train", "train", argv)
+    with pytest.raises(SystemExit) as refused:
+        refuse_what_no_config_has("fashion-train", "train", ["experiment=mine"])
+    assert refused.value.code == 2 and "fashion-train: experiment=mine: no such option; the options: best_cpu" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        refuse_what_no_config_has("fashion-train", "train", ["-m", "head=linear,mpl"])
+    assert "head=mpl: no such option (did you mean mlp?)" in capsys.readouterr().err
