@@ -67,5 +67,6 @@ def listening_socket(host: str, port: int) -> socket.socket:
                                        "give another port=)") from None
     return listener
 
+
 if __name__ == "__main__":
     main()

@@ -237,6 +237,9 @@ def test_only_listed_files_are_used(trained, tmp_path):
     (lambda v: v["articleType"].update(classes="Tshirts"), "classes"),
     (lambda v: v["articleType"].update(other_index=99), "other_index"),
     (lambda v: v["articleType"].update(evil=1), "evil"),
+    (lambda v: v["gender"].update(classes=[v["gender"]["classes"][0]] * len(v["gender"]["classes"])), "more than once"),
+    (lambda v: v["articleType"].update(counts=v["articleType"]["counts"][:-1]), "counts"),   # drift's expected mix
+    (lambda v: v["articleType"].update(counts=[-1] * len(v["articleType"]["counts"])), "counts"),
 ])
 def test_malformed_vocabularies_are_refused(trained, tmp_path, edit, field):
     bundle = copy_bundle(trained, tmp_path)

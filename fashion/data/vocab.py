@@ -131,9 +131,16 @@ class SavedVocabulary(pydantic.BaseModel):
     counts: list[int] = []
 
     @pydantic.model_validator(mode="after")
-    def _other_index_in_range(self) -> SavedVocabulary:
+    def _consistent(self) -> SavedVocabulary:
+        """A class named twice would split its probability over two outputs; counts that do not pair one to
+        one with the classes would give serving's drift monitor a wrong expected distribution, silently."""
         if self.other_index is not None and not 0 <= self.other_index < len(self.classes):
             raise ValueError(f"other_index {self.other_index} is outside classes[0..{len(self.classes) - 1}]")
+        twice = sorted({c for c in self.classes if self.classes.count(c) > 1})
+        if twice:
+            raise ValueError(f"classes name {twice} more than once")
+        if self.counts and (len(self.counts) != len(self.classes) or min(self.counts) < 0):
+            raise ValueError(f"counts must be one count >= 0 per class ({len(self.classes)}), not {self.counts}")
         return self
 
 
