@@ -95,3 +95,15 @@ def test_confused_pairs_lists_every_mix_up_once_most_frequent_first():
     missed = (report["support"] * (1 - report["recall"])).loc[classes].round().astype(int)
     assert pairs.groupby("true")["count"].sum().reindex(classes, fill_value=0).tolist() == missed.tolist()
     assert confused_pairs(torch.eye(3, dtype=torch.long) * 4, classes).empty   # no mistakes, no rows
+
+
+def test_the_model_summary_counts_the_flops_of_one_photo():
+    """Lightning's summary printed `0 Total Flops` for every run: it needs an input to run the network on."""
+    from lightning.pytorch.utilities.model_summary import ModelSummary
+
+    tagger = module()
+    side = tagger.model.backbone.preprocessing.image_size
+    assert tuple(tagger.example_input_array.shape) == (1, 3, side, side)
+    summary = ModelSummary(tagger, max_depth=1)
+    assert summary.total_flops > 0 and summary.in_sizes[0] == [1, 3, side, side]
+    assert tagger.training   # the summary's forward leaves the module as it found it

@@ -84,6 +84,9 @@ class TaggerModule(L.LightningModule):
         # per step) and reduced over DDP processes by torchmetrics ("disable": no NaN check, which would sync).
         self.epoch_losses = nn.ModuleDict({a: MeanMetric(nan_strategy="disable") for a in self.attributes})
         self.epoch_loss = MeanMetric(nan_strategy="disable")
+        # One photo's shape: the model summary runs it once for the FLOPs and the in/out sizes (without it: 0 FLOPs)
+        side = model.backbone.preprocessing.image_size
+        self.example_input_array = torch.zeros(1, 3, side, side)
 
     def setup(self, stage: str) -> None:
         """Every process starts its metrics from zero, in memory of its own. ddp_spawn on CPU hands the
