@@ -26,6 +26,7 @@ def serve(bundle: str, host: str = "127.0.0.1", port: Port = 8000, max_bytes: At
     """The REST API and upload page for one bundle or registry alias, until interrupted."""
     import uvicorn
     from mlflow.exceptions import MlflowException
+    from uvicorn.config import STARTUP_FAILURE
 
     from fashion.feedback.store import ReviewStore
     from fashion.serving.app import create_app
@@ -44,7 +45,13 @@ def serve(bundle: str, host: str = "127.0.0.1", port: Port = 8000, max_bytes: At
         bound = listener.getsockname()[1]   # port=0: the one the system chose
         print(f"fashion-serve: serving on http://{f'[{host}]' if ':' in host else host}:{bound} (Ctrl+C stops)",
               file=sys.stderr, flush=True)
-        uvicorn.Server(uvicorn.Config(app, host=host, port=bound, log_level=log_level)).run(sockets=[listener])
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=bound, log_level=log_level))
+        try:   # as uvicorn.run() ends: Ctrl+C (raised again once uvicorn has shut down) quiet, a start that failed 3
+            server.run(sockets=[listener])
+        except KeyboardInterrupt:
+            pass
+        if not server.started:
+            raise SystemExit(STARTUP_FAILURE)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:

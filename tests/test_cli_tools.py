@@ -242,7 +242,10 @@ def test_serve_opens_the_review_queue_only_once_the_model_has_loaded(trained, tm
     assert list(tmp_path.iterdir()) == []
 
     served = []
-    monkeypatch.setattr(uvicorn.Server, "run", lambda server, sockets: served.append(server.config.app))
+    def run(server: uvicorn.Server, sockets) -> None:   # started, served nothing
+        served.append(server.config.app)
+        server.started = True
+    monkeypatch.setattr(uvicorn.Server, "run", run)
     serve_main([f"bundle={trained.bundle}"])
     assert isinstance(served[0].state.review, ReviewStore) and (tmp_path / "review" / "review.db").is_file()
     with TestClient(served[0]) as client:
@@ -316,6 +319,27 @@ def test_the_port_is_held_while_the_model_loads_and_served_on(trained, capsys, m
     err = capsys.readouterr().err
     assert f"fashion-serve: cannot listen on 127.0.0.1:{port}: Address already in use" in err
     assert f"fashion-serve: serving on http://127.0.0.1:{port} (Ctrl+C stops)" in err
+
+
+def test_ctrl_c_stops_the_server_quietly(trained, tmp_path):
+    """uvicorn raises the interrupt again once it has shut down; `uvicorn.run` kept it quiet, a server run on
+    our own socket printed a KeyboardInterrupt traceback at every Ctrl+C."""
+    import signal
+    import subprocess
+    import sys
+
+    server = subprocess.Popen([sys.executable, "-m", "fashion.serve", f"bundle={trained.bundle}", "port=0", "review_queue=false"],
+                              cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        while not lines or "Application startup complete" not in lines[-1]:
+            lines.append(server.stderr.readline())
+            assert lines[-1], "".join(lines)   # the server ended before it started
+        server.send_signal(signal.SIGINT)
+        _, rest = server.communicate(timeout=60)
+    finally:
+        server.kill()
+    assert server.returncode == 0 and "Traceback" not in rest and "Finished server process" in rest, rest
 
 
 def test_a_port_another_server_holds_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
