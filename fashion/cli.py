@@ -25,7 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fashion.config import CONFIG_DIR, ConfigError, InputError, flatten
+from fashion.config import CONFIG_DIR, InputError, flatten
 from fashion.validation import check_fields, list_parameters, switches, text_as_typed, text_parameters
 
 
@@ -59,7 +59,6 @@ def one_line_errors(tool: str) -> Callable[[Callable[..., Result]], Callable[...
         @functools.wraps(task)
         def run(cfg: DictConfig, *args: Any, **kwargs: Any) -> Result:
             try:
-                refuse_unread_appends(cfg)
                 return task(cfg, *args, **kwargs)
             except Exception as err:
                 # Hydra's instantiate wraps what a class's __init__ refuses: the refusal is the message.
@@ -80,36 +79,13 @@ def said_in_one_line(err: BaseException | None) -> bool:
         lightning is not None and isinstance(err, lightning.MisconfigurationException))
 
 
-def refuse_unread_appends(cfg: DictConfig) -> None:
-    """A top-level key the command line appended (`+max_epochs=3`, `+lables.min_count=5`) that no config
-    has: nothing reads it, so the run would go on as if it were not there. Hydra's answer to a misspelt key
-    ("To append to your config use +max_epochs=3") leads straight to it. Named with the closest real keys.
-    Appending a group (`+experiment=...`) or inside a key a config has (`+tags.owner=me`) is untouched."""
-    if not HydraConfig.initialized():
-        return
-    appended = [o[1:].partition("=")[0] for o in HydraConfig.get().overrides.task if o.startswith("+") and not o.startswith("++")]
-    flat = flatten(OmegaConf.to_container(cfg, resolve=False))
-    known = set(OmegaConf.load(CONFIG_DIR / f"{HydraConfig.get().job.config_name}.yaml")) \
-        | {folder.name for folder in CONFIG_DIR.iterdir() if folder.is_dir()} \
-        | {path.split(".")[0] for path in flat if not any(path == a or path.startswith(f"{a}.") for a in appended)}
-    unread = [top for top in (key.split(".")[0] for key in appended) if top not in known]
-    if not unread:
-        return
-    leaves = {key: [key] for key in sorted(known)}
-    for path in flat:   # a key inside a group by its own name: +max_epochs is trainer.max_epochs
-        if "." in path and path.split(".")[0] in known:
-            leaves.setdefault(path.rpartition(".")[2], []).append(path)
-    close = difflib.get_close_matches(unread[0], list(leaves), n=1)
-    raise ConfigError(f"+{unread[0]} adds a key no config has, so nothing would read it"
-                      + (f" (did you mean {' or '.join(leaves[close[0]])}?)" if close else ""))
-
-
 def refuse_what_no_config_has(tool: str, config_name: str, argv: Sequence[str]) -> None:
-    """Before `@hydra.main` composes: an option a group lacks (`backbone=resnet19`, in a sweep too) or a key no
-    config has (`trainer.max_epoch=3`), in one line with the closest real one, exit 2, as the other tools refuse
-    theirs. Hydra's refusal (exit 1) advises appending the key (`+trainer.max_epoch=3`), refused in turn only once
-    the run has begun. Hydra itself answers both, through its compose API, search path and options (a sweep's keys
-    by its first value), so nothing Hydra accepts is refused; what cannot be reduced so is left to Hydra."""
+    """Before `@hydra.main` composes: an option a group lacks (`backbone=resnet19`, in a sweep too), a key no
+    config has (`trainer.max_epoch=3`) or a top-level key appended that nothing would read (`+max_epochs=3`), in one
+    line with the closest real one, exit 2, as the other tools refuse theirs. Hydra's refusal of a key (exit 1)
+    advises appending it, and an appended key is composed and never read: the run goes on as if it were not there.
+    Hydra itself answers, through its compose API, search path and options (a sweep's keys by its first value), so
+    nothing Hydra accepts is refused but such an append; what cannot be reduced so is left to Hydra."""
     if any(arg.startswith("-") and arg not in ("-m", "--multirun") for arg in argv):
         return   # --help, --cfg, --config-dir ...: Hydra's own
     from hydra.core.global_hydra import GlobalHydra
@@ -137,13 +113,17 @@ def refuse_what_no_config_has(tool: str, config_name: str, argv: Sequence[str]) 
                     raise UsageError(tool, missing_option(override.key_or_group, option, options))
         try:
             compose(config_name=config_name, overrides=overrides)
+            unread = unread_append(parsed, loader, config_name, overrides)
+            if unread:
+                raise UsageError(tool, f"+{unread} adds a key no config has, so nothing would read it"
+                                       + closest_keys(unread, config_name, overrides, loader.list_groups("")))
             return
         except ConfigCompositionException as err:
             key = str(err).startswith("Could not override '") and str(err).split("'")[1]
         except Exception:   # anything else Hydra refuses, it says itself
             return
         if key:
-            raise UsageError(tool, missing_key(key, config_name, overrides, loader.list_groups("")))
+            raise UsageError(tool, f"no key {key} in the config" + closest_keys(key, config_name, overrides, loader.list_groups("")))
 
 
 def missing_option(group: str, option: str, options: Sequence[str]) -> str:
@@ -152,14 +132,31 @@ def missing_option(group: str, option: str, options: Sequence[str]) -> str:
             + f"; the options: {', '.join(options)}")
 
 
-def missing_key(key: str, config_name: str, overrides: Sequence[str], groups: Sequence[str]) -> str:
-    """Named with the closest key of the config composed without it, or one of the same last name (module.lr:
-    optimizer.lr), or a group (lossweighting: loss_weighting)."""
-    others = [o for o in overrides if o.partition("=")[0].lstrip("+~") != key]
-    keys = [*flatten(OmegaConf.to_container(compose(config_name=config_name, overrides=others), resolve=False)), *groups]
+def unread_append(parsed: Sequence[Any], loader: Any, config_name: str, overrides: Sequence[str]) -> str | None:
+    """The top-level name of the first key appended with `+` (not a group, not `++`) that the config composed
+    without the appends lacks. Appending a group (`+experiment=...`) or inside a key a config has
+    (`+tags.owner=me`) is Hydra's to take."""
+    groups = loader.list_groups("")
+    appended = [o.is_add() and "/" not in o.key_or_group and o.key_or_group not in groups for o in parsed]
+    if not any(appended):
+        return None
+    others = [text for text, added in zip(overrides, appended) if not added]
+    known = {*compose(config_name=config_name, overrides=others), *groups}
+    tops = [o.key_or_group.split(".")[0] for o, added in zip(parsed, appended) if added]
+    return next((top for top in tops if top not in known), None)
+
+
+def closest_keys(key: str, config_name: str, overrides: Sequence[str], groups: Sequence[str]) -> str:
+    """" (did you mean ...?)" with the closest key of the config composed without `key` (a top-level one for a
+    top-level name), or one of the same last name (module.lr: optimizer.lr, +max_epochs: trainer.max_epochs), or a
+    group (lossweighting: loss_weighting); "" when none is close."""
+    others = [o for o in overrides if not (o.partition("=")[0].lstrip("+~") + ".").startswith(f"{key}.")]
+    flat = flatten(OmegaConf.to_container(compose(config_name=config_name, overrides=others), resolve=False))
+    tops = [path.split(".")[0] for path in flat] if "." not in key else []   # +lables: labels
+    keys = list(dict.fromkeys([*tops, *flat, *groups]))
     close = difflib.get_close_matches(key, keys, n=1, cutoff=0.8) or [
         k for k in keys if k.rpartition(".")[2] == key.rpartition(".")[2]][:2]
-    return f"no key {key} in the config" + (f" (did you mean {' or '.join(close)}?)" if close else "")
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
 
 
 def first_few(items: Sequence[str], n: int = 5, sep: str = ", ") -> str:

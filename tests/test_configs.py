@@ -310,11 +310,13 @@ def test_output_folders_are_per_run_but_shared_by_the_processes_of_one_distribut
 
 def test_what_hydra_would_take_is_not_refused_before_it_composes(capsys):
     """The check before `@hydra.main` asks Hydra (its options, its compose): a search path the command line adds,
-    an appended key, a sweep of groups and a range Hydra cannot reduce go on to Hydra; a value of a group's sweep
-    that is no option is named."""
+    a key appended inside one a config has, a group appended, a forced append, a sweep of groups and a range Hydra
+    cannot reduce go on to Hydra; a value of a group's sweep that is no option, or a top-level key appended that no
+    config has (in a sweep too), is named."""
     from fashion.cli import refuse_what_no_config_has
 
-    for argv in (["hydra.searchpath=[file:///elsewhere/conf]", "experiment=mine"], ["+max_epochs=3", "+tags.owner=me"],
+    for argv in (["hydra.searchpath=[file:///elsewhere/conf]", "experiment=mine"], ["+tags.owner=me", "++anything=1"],
+                 ["+experiment=linear_probe", "+extra_features.colour={_target_:fashion.models.ColourHistogram,bins:8}"],
                  ["-m", "backbone=test_tiny,resnet18", "head=linear,mlp"], ["optimizer.lr=interval(0.001,0.1)"],
                  ["hparams_search=optuna", "~callbacks.progress_bar", "hydra/launcher=joblib"], ["--cfg", "job", "trainer.max_epoch=3"]):
         refuse_what_no_config_has("fashion-train", "train", argv)
@@ -324,3 +326,7 @@ def test_what_hydra_would_take_is_not_refused_before_it_composes(capsys):
     with pytest.raises(SystemExit):
         refuse_what_no_config_has("fashion-train", "train", ["-m", "head=linear,mpl"])
     assert "head=mpl: no such option (did you mean mlp?)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        refuse_what_no_config_has("fashion-train", "train", ["-m", "+tags.owner=me", "+max_epochs=1,2"])
+    assert "+max_epochs adds a key no config has, so nothing would read it (did you mean trainer.max_epochs?)" \
+        in capsys.readouterr().err
