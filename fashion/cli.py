@@ -15,7 +15,9 @@ import functools
 import inspect
 import os
 import sys
+import warnings
 from collections.abc import Callable, Collection, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from hydra import compose, initialize_config_dir
@@ -85,9 +87,11 @@ def refuse_what_no_config_has(tool: str, config_name: str, argv: Sequence[str]) 
     line with the closest real one, exit 2, as the other tools refuse theirs. Hydra's refusal of a key (exit 1)
     advises appending it, and an appended key is composed and never read: the run goes on as if it were not there.
     Hydra itself answers, through its compose API, search path and options (a sweep's keys by its first value), so
-    nothing Hydra accepts is refused but such an append; what cannot be reduced so is left to Hydra."""
+    nothing Hydra accepts is refused but such an append; what cannot be reduced so is left to Hydra. A config folder
+    the command line adds (`--config-dir`, `hydra.searchpath=`) is searched for keys; its options are Hydra's to list."""
+    argv = with_config_dir_as_searchpath(argv)
     if any(arg.startswith("-") and arg not in ("-m", "--multirun") for arg in argv):
-        return   # --help, --cfg, --config-dir ...: Hydra's own
+        return   # --help, --cfg, --info ...: Hydra's own
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import ConfigCompositionException
@@ -97,15 +101,17 @@ def refuse_what_no_config_has(tool: str, config_name: str, argv: Sequence[str]) 
         values = {o.input_line: list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()] for o in parsed}
     except Exception:   # a syntax error, a sweep of another kind (interval): Hydra says it, as before
         return
-    if any("searchpath" in o.key_or_group for o in parsed):
+    searched = [o for o in parsed if o.key_or_group == "hydra.searchpath"]
+    if len(searched) > 1:
         return
-    parsed = [o for o in parsed if not o.key_or_group.startswith("hydra")]
+    parsed = [o for o in parsed if not o.key_or_group.startswith("hydra") or o in searched]
     overrides = [f"{o.get_key_element()}={values[o.input_line][0]}" if o.is_sweep_override() else o.input_line for o in parsed]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # a search path not there ...: Hydra's own compose says it next
         loader = GlobalHydra.instance().config_loader()
         for override in parsed:
             parent, _, name = override.key_or_group.rpartition("/")
-            if override.is_delete() or name not in loader.list_groups(parent):
+            if override.is_delete() or name not in loader.list_groups(parent) or searched:
                 continue
             options = loader.get_group_options(override.key_or_group)
             for option in values[override.input_line]:
@@ -124,6 +130,18 @@ def refuse_what_no_config_has(tool: str, config_name: str, argv: Sequence[str]) 
             return
         if key:
             raise UsageError(tool, f"no key {key} in the config" + closest_keys(key, config_name, overrides, loader.list_groups("")))
+
+
+def with_config_dir_as_searchpath(argv: Sequence[str]) -> list[str]:
+    """`--config-dir X` (`-cd X`, `--config-dir=X`) as the `hydra.searchpath` override the compose API takes."""
+    argv = list(argv)
+    for at, arg in enumerate(argv):
+        flag, equals, folder = arg.partition("=")
+        if flag in ("--config-dir", "-cd") and (equals or at + 1 < len(argv)):
+            folder = folder if equals else argv[at + 1]
+            argv[at:at + (1 if equals else 2)] = [f"hydra.searchpath=[{quote('file://' + str(Path(folder).resolve()))}]"]
+            break
+    return argv
 
 
 def missing_option(group: str, option: str, options: Sequence[str]) -> str:

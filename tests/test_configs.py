@@ -308,7 +308,7 @@ def test_output_folders_are_per_run_but_shared_by_the_processes_of_one_distribut
     assert ranks[0] == ranks[1] and re.fullmatch(r"\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d-\d{6}\n", ranks[0])
 
 
-def test_what_hydra_would_take_is_not_refused_before_it_composes(capsys):
+def test_what_hydra_would_take_is_not_refused_before_it_composes(capsys, tmp_path):
     """The check before `@hydra.main` asks Hydra (its options, its compose): a search path the command line adds,
     a key appended inside one a config has, a group appended, a forced append, a sweep of groups and a range Hydra
     cannot reduce go on to Hydra; a value of a group's sweep that is no option, or a top-level key appended that no
@@ -330,3 +330,12 @@ def test_what_hydra_would_take_is_not_refused_before_it_composes(capsys):
         refuse_what_no_config_has("fashion-train", "train", ["-m", "+tags.owner=me", "+max_epochs=1,2"])
     assert "+max_epochs adds a key no config has, so nothing would read it (did you mean trainer.max_epochs?)" \
         in capsys.readouterr().err
+    # a folder of recipes the command line adds, as fashion-tune's "rerun with" names one: its keys are searched
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "tuned_study.yaml").write_text("# @package _global_\ntrainer:\n  max_epochs: 2\n")
+    for flags in (["--config-dir", str(tmp_path)], [f"--config-dir={tmp_path}"], ["-cd", str(tmp_path)]):
+        refuse_what_no_config_has("fashion-train", "train", [*flags, "experiment=tuned_study", "+tags.owner=me"])
+        for wrong, said in (("+max_epochs=3", "+max_epochs adds a key no config has"), ("trainer.max_epoch=3", "no key trainer.max_epoch")):
+            with pytest.raises(SystemExit):
+                refuse_what_no_config_has("fashion-train", "train", [*flags, "experiment=tuned_study", wrong])
+            assert said in capsys.readouterr().err
