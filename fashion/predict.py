@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from fashion.cli import first_few, tool_config
 from fashion.config import progress_bar
 from fashion.data.styles import first_line_not_utf8, is_csv_manifest, no_column
-from fashion.inference.outputs import Format, OutputConflict, output_format, prepare_output, write_batches
+from fashion.inference.outputs import Format, OutputConflict, as_text, output_format, prepare_output, write_batches
 from fashion.inference.runtime import Runtime, load_predictor
 from fashion.machine import usable_cores
 from fashion.validation import AtLeastOne, AtLeastZero
@@ -164,6 +164,10 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
         print(f"fashion-predict: cannot read the manifest {manifest}: {err}", file=sys.stderr)
         return 2
     files += listed
+    escaped = [as_text(f) for f in files if as_text(f) != f]
+    if escaped:   # the path column cannot hold them as they are (outputs.as_text)
+        print(f"fashion-predict: {len(escaped)} file name(s) are not UTF-8 text; their rows name them with \\x escapes: "
+              f"{first_few(escaped)}", file=sys.stderr)
     if no_path:
         print(f"fashion-predict: skipped {len(no_path)} manifest row(s) with no {path_column!r}: {first_few(no_path)}",
               file=sys.stderr)
@@ -197,7 +201,7 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
                   f"({type(err).__name__}: {err})" if resume else f"fashion-predict: cannot write {output}: {err}", file=sys.stderr)
             return 2
         if resume:
-            files = [f for f in files if f not in done]
+            files = [f for f in files if as_text(f) not in done]
             print(f"fashion-predict: resuming: {len(done)} already in {output}, {len(files)} to score", file=sys.stderr)
     if explained:   # Grad-CAM needs the decoded image beside its prediction: decode here, batch by batch
         batches = explained_batches(predictor, [Path(f) for f in files], explained, Path(explain_dir))

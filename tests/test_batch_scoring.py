@@ -336,3 +336,29 @@ def test_fashion_predict_runs_torch_on_one_thread_and_gives_the_setting_back(tra
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_file_name_that_is_not_utf8_is_scored_and_named_with_escapes(trained, tmp_path, capsys):
+    """A Latin-1 name from an old archive (Python holds it with surrogate escapes): CSV and Parquet could not encode
+    it, which stopped the job at its batch, and at that batch again on every resume. Now it is scored and its row
+    names it with \\x escapes, as do its Grad-CAM overlays; a resume finds it done."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    latin = os.fsdecode(bytes(folder) + b"/caf\xe9.jpg")
+    for name in (latin, str(folder / "plain.jpg")):
+        (folder / name).write_bytes(IMAGES[0].read_bytes())
+    shown = f"{folder}/caf\\xe9.jpg"
+    for format in ("csv", "parquet", "jsonl"):
+        out = tmp_path / ("tags" if format == "parquet" else f"tags.{format}")
+        assert main([f"bundle={trained.bundle}", str(folder), f"output={out}", f"format={format}"]) == 0
+        assert f"1 file name(s) are not UTF-8 text; their rows name them with \\x escapes: {shown}" in capsys.readouterr().err
+        rows = pd.read_parquet(out) if format == "parquet" else pd.read_csv(out) if format == "csv" else \
+            pd.DataFrame([json.loads(line) for line in out.read_text().splitlines()])
+        assert sorted(rows["path"]) == sorted([shown, str(folder / "plain.jpg")])
+        assert main([f"bundle={trained.bundle}", str(folder), f"output={out}", f"format={format}", "resume=true"]) == 0
+        assert "resuming: 2 already in" in capsys.readouterr().err
+    explained = tmp_path / "explained.csv"
+    assert main([f"bundle={trained.bundle}", str(folder), f"output={explained}", "explain=gender",
+                 f"explain_dir={tmp_path / 'overlays'}"]) == 0
+    overlays = pd.read_csv(explained).set_index("path")["gender_explanation"]
+    assert overlays[shown] == str(tmp_path / "overlays" / "caf\\xe9_gender.png") and os.path.isfile(overlays[shown])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fashion.data.images import ImageReadError, load_rgb
-from fashion.inference.outputs import ScoredBatch
+from fashion.inference.outputs import ScoredBatch, as_text
 from fashion.inference.predictor import Predictor
 
 
@@ -88,11 +89,12 @@ def heatmap_png(heatmap: np.ndarray) -> str:
 
 
 def overlay_names(files: list[Path]) -> dict[Path, str]:
-    """A name per input for its overlays: the file's stem, and where two inputs share one (a/front.jpg,
-    b/front.jpg) a hash of the whole path after it, so no overlay is written over another's."""
+    """A name per input for its overlays: the file's stem as text (`as_text`: the output names it), and where two
+    inputs share one (a/front.jpg, b/front.jpg) a hash of the whole path after it, so no overlay is written over
+    another's."""
     stems = Counter(path.stem for path in files)
-    return {path: path.stem if stems[path.stem] == 1 else f"{path.stem}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
-            for path in files}
+    return {path: as_text(path.stem) if stems[path.stem] == 1 else
+            f"{as_text(path.stem)}-{hashlib.sha1(os.fsencode(path)).hexdigest()[:8]}" for path in files}
 
 
 def save_overlays(predictor: Predictor, image, path: Path, name: str, attributes: list[str], folder: Path) -> dict[str, str]:

@@ -56,15 +56,25 @@ def flat_columns(attributes: list[str], explained: Sequence[str] = ()) -> list[s
             *[f"{a}_explanation" for a in explained], "error"]
 
 
+def as_text(path: str) -> str:
+    """A path as the UTF-8 text every output format holds. A file name that is not UTF-8 (a Latin-1 name from an
+    old archive, which Python holds with surrogate escapes) gets `\\x` escapes (`caf\\xe9.jpg`): CSV and Parquet
+    cannot encode it as it is, which stopped the job at its batch, and again at every resume."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 @dataclass
 class ScoredBatch:
-    """Consecutive input rows: their paths, per row why it could not be read (None where it was), the
-    tags of the readable ones in order, and per row anything else to write in JSON lines (Grad-CAM files)."""
+    """Consecutive input rows: their paths (as text: `as_text`), per row why it could not be read (None where it
+    was), the tags of the readable ones in order, and per row anything else to write in JSON lines (Grad-CAM files)."""
 
     paths: list[str]
     errors: list[str | None]
     tags: Tags | None
     extras: list[dict] | None = None
+
+    def __post_init__(self) -> None:
+        self.paths = [as_text(path) for path in self.paths]
 
     def __len__(self) -> int:
         return len(self.paths)
