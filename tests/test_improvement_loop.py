@@ -214,6 +214,21 @@ def test_a_correction_whose_photo_is_gone_or_damaged_is_left_out_by_name_and_the
     assert sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == [f"{ID_BASE + items['good']}.jpg"]
 
 
+def test_a_correction_whose_labels_are_not_text_is_left_out_by_name_and_the_rest_exported(tmp_path):
+    """A label with an unpaired surrogate, which the API took from JSON before it refused one: the export stopped at
+    it with a UnicodeEncodeError and wrote nothing, at every try."""
+    store = ReviewStore(f"sqlite:///{tmp_path / 'review.db'}", tmp_path / "images")
+    photos = {"good": jpeg((200, 30, 30)), "odd": jpeg((30, 200, 30))}
+    items = {name: store.enqueue(data, "jpg", PREDICTIONS, "tagger/1", f"{name}.jpg") for name, data in photos.items()}
+    store.record(store.save_image(photos["good"], "jpg")[0], {"articleType": "Shirts"})
+    store.record(store.save_image(photos["odd"], "jpg")[0], {"articleType": "Caf\udce9", "gender": "Men"})
+    table, left_out = export_feedback(store, tmp_path / "out")
+    assert left_out == [f"queue item {items['odd']}: the labels {{'articleType': 'Caf\\udce9'}} hold characters that are "
+                        "not printable text (a control character, a space other than ' ', an unpaired surrogate)"]
+    assert table["id"].tolist() == [ID_BASE + items["good"]]
+    assert pd.read_csv(tmp_path / "out" / "styles.csv")["articleType"].tolist() == ["Shirts"]
+
+
 def test_drift_score_moves_when_the_label_mix_shifts():
     vocabulary = LabelVocabulary("articleType", ["Jeans", "Shoes", "Tshirts"], counts=[300, 300, 400])
     monitor = Monitor({"articleType": vocabulary}, window=100)
@@ -312,6 +327,11 @@ def test_the_improvement_loop_end_to_end(trained, tmp_path, capsys, monkeypatch)
         assert image.content == (trained.data / "images" / item["filename"]).read_bytes()
         bad = client.post("/v1/feedback", headers=auth, json={"image_sha256": item["image_sha256"], "labels": {"colour": "Red"}})
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_labels"
+        for odd in ('"Jeans\\u0000"', '"\\udce9"', '"Navy\\u00a0Blue"'):   # JSON carries them; styles.csv cannot (a lone surrogate)
+            body = f'{{"image_sha256": "{item["image_sha256"]}", "labels": {{"articleType": {odd}}}, "new_labels": true}}'
+            bad = client.post("/v1/feedback", headers={**auth, "content-type": "application/json"}, content=body)
+            assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_labels", bad.text
+            assert "hold characters that are not printable text" in bad.json()["error"]["message"]
         typo = client.post("/v1/feedback", headers=auth, json={"image_sha256": item["image_sha256"], "labels": {"articleType": "Jeens"}})
         assert typo.status_code == 400 and typo.json()["error"]["code"] == "new_label"   # not stored as a class of its own
         assert "articleType='Jeens' (closest: Jeans" in typo.json()["error"]["message"] and review.queued() == len(photos)

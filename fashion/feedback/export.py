@@ -21,7 +21,7 @@ from PIL import Image
 
 from fashion.data.images import ImageReadError, load_rgb
 from fashion.data.styles import ATTRIBUTES
-from fashion.feedback.store import ReviewStore
+from fashion.feedback.store import ReviewStore, unprintable
 
 ID_BASE = 1_000_000_000   # Kaggle ids are below 100,000
 
@@ -38,7 +38,8 @@ def export_feedback(store: ReviewStore, output: Path, queue: int = 1) -> tuple[p
     same queue. A styles.csv with other ids is refused before anything is written: below `ID_BASE` it is a
     catalogue's (`output=` naming the catalogue by mistake); in another queue's range, that queue's export,
     whose rows this one would replace. A photo gone from the queue's folder, or one that no longer decodes,
-    leaves its correction out (it stays in the queue) rather than stopping every other one."""
+    leaves its correction out (it stays in the queue) rather than stopping every other one; so do labels that are
+    not printable text (`unprintable`)."""
     first = queue * ID_BASE
     refuse_another_folder(output / "styles.csv", queue)
     images = output / "images"
@@ -46,6 +47,9 @@ def export_feedback(store: ReviewStore, output: Path, queue: int = 1) -> tuple[p
     rows, left_out = [], []
     for item_id, path, labels, _, filename in store.corrections():
         product = first + item_id
+        if unprintable(labels):   # stored before the API refused them: styles.csv cannot hold them as class names
+            left_out.append(f"queue item {item_id}: {unprintable(labels)}")
+            continue
         try:
             write_photo(path, images / f"{product}.jpg")
         except (FileNotFoundError, ImageReadError) as err:   # the photo's own fault: the output is fine

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -71,6 +71,15 @@ class CorrectedPhoto(NamedTuple):
     labels: dict[str, str]     # the latest a person gave
     predictions: dict[str, Any]   # the model's, when it was queued
     filename: str | None       # as uploaded: what the shop called it
+
+
+def unprintable(labels: Mapping[str, str]) -> str | None:
+    """Why labels cannot be class names, or None: characters that are not printable text, such as a control character
+    (a NUL, a line break), a space other than " " (which makes a class of its own) or an unpaired surrogate (a
+    client's broken encoding, which JSON carries and styles.csv cannot: the export stopped at it)."""
+    odd = {attribute: label for attribute, label in labels.items() if not label.isprintable()}
+    return f"the labels {ascii(odd)} hold characters that are not printable text (a control character, a space " \
+           "other than ' ', an unpaired surrogate)" if odd else None
 
 
 class UnknownImage(KeyError):

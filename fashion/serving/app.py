@@ -47,7 +47,7 @@ from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, Field
 
 from fashion.data.vocab import LabelVocabulary
-from fashion.feedback.store import NAME_LENGTH, ReviewStore, UnknownImage
+from fashion.feedback.store import NAME_LENGTH, ReviewStore, UnknownImage, unprintable
 from fashion.inference.explain import explained_attributes, grad_cam, heatmap_png
 from fashion.inference.predictor import Predictor
 from fashion.inference.runtime import load_predictor
@@ -254,6 +254,8 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
         if unknown or blank:
             raise UploadRejected(400, "bad_labels", f"labels name attributes the model does not tag {unknown} or are blank "
                                  f"{blank}; attributes are {attributes}")
+        if unprintable(body.labels):
+            raise UploadRejected(400, "bad_labels", unprintable(body.labels))
         if not body.new_labels:
             new = new_label_message(body.labels, slot.current.predictor.trained.vocabularies)
             if new:
