@@ -135,6 +135,7 @@ def test_pyfunc_model_loads_and_predicts_like_the_predictor(trained, tmp_path):
     uri = log_pyfunc(trained.bundle)
     model = mlflow.pyfunc.load_model(uri)
     encoded = [base64.b64encode(p.read_bytes()).decode() for p in REAL_IMAGES[:3]] + ["bm90IGFuIGltYWdl"]
+    encoded[1] = f"data:image/jpeg;base64,{encoded[1]}"   # a browser's data URL, as the API takes it
     out = model.predict(pd.DataFrame({"image": encoded}))
     expected = Predictor(load_bundle(trained.bundle)).predict([load_rgb(p) for p in REAL_IMAGES[:3]])
     assert out["articleType"].tolist()[:3] == [e["articleType"].label for e in expected]

@@ -75,6 +75,13 @@ def test_batch_and_base64_agree_with_single_predict(client):
     encoded = base64.b64encode(JPEG.read_bytes()).decode()
     from_b64 = client.post("/v1/predict/base64", json={"image": encoded, "filename": "a.jpg"}).json()
     assert from_b64["predictions"] == single["predictions"]
+    # as clients send it: a browser's data URL, the `base64` tool's 76-character lines (were 400 bad_base64)
+    lines = [encoded[i:i + 76] for i in range(0, len(encoded), 76)]
+    for sent in (f"data:image/jpeg;base64,{encoded}", "\n".join(lines) + "\n", "\r\n".join(lines)):
+        answer = client.post("/v1/predict/base64", json={"image": sent})
+        assert answer.status_code == 200 and answer.json()["predictions"] == single["predictions"], answer.text
+    for sent in (base64.urlsafe_b64encode(JPEG.read_bytes()).decode(), f"data:image/jpeg,{encoded}", f"{encoded[:8]}!{encoded[8:]}"):
+        assert client.post("/v1/predict/base64", json={"image": sent}).json()["error"]["code"] == "bad_base64"
 
 
 def test_explain_returns_a_heatmap_per_requested_attribute(client):

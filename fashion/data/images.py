@@ -12,8 +12,10 @@ applies it, and a transparent background becomes the white studio background the
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,6 +31,18 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 class ImageReadError(OSError):
     """An image file exists but cannot be decoded."""
+
+
+DATA_URL = re.compile(r"data:[\w.+-]+/[\w.+-]+(;[\w.+-]+=[\w.+-]+)*;base64,", re.ASCII)
+
+
+def base64_bytes(text: str) -> bytes:
+    """An image file's bytes from base64 text as clients send it (the API's and the pyfunc's `image`): bare, as a data
+    URL (`data:image/jpeg;base64,...`, what a browser's FileReader gives) or in lines (the `base64` tool writes 76
+    characters a line). Any other character outside the standard alphabet is refused (binascii.Error)."""
+    text = text.strip()
+    prefix = DATA_URL.match(text)
+    return base64.b64decode("".join(text[prefix.end() if prefix else 0:].split()), validate=True)
 
 
 EXIF_ORIENTATION = 0x0112

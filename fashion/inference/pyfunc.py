@@ -21,7 +21,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 from PIL import Image
 
-from fashion.data.images import ImageReadError, draft, to_rgb
+from fashion.data.images import ImageReadError, base64_bytes, draft, to_rgb
 from fashion.machine import installed
 
 BUNDLE_ARTIFACT = "bundle"
@@ -30,7 +30,7 @@ BUNDLE_ARTIFACT = "bundle"
 def decode_base64_image(text: str, min_side: int | None = None) -> np.ndarray:
     """`min_side`: as `load_rgb`'s (the model's `decode_side`)."""
     try:
-        raw = base64.b64decode(text, validate=True)
+        raw = base64_bytes(text)
         with Image.open(io.BytesIO(raw)) as image:
             draft(image, min_side)
             return to_rgb(image)

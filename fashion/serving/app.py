@@ -28,7 +28,6 @@ The model runs in a worker thread behind a limiter, so `/health` answers while r
 
 from __future__ import annotations
 
-import base64
 import binascii
 import difflib
 import logging
@@ -46,6 +45,7 @@ from fastapi.responses import FileResponse
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, Field
 
+from fashion.data.images import base64_bytes
 from fashion.data.vocab import LabelVocabulary
 from fashion.feedback.store import NAME_LENGTH, ReviewStore, UnknownImage, unprintable
 from fashion.inference.explain import explained_attributes, grad_cam, heatmap_png
@@ -68,7 +68,8 @@ def package_version() -> str:
 
 
 class Base64Request(BaseModel):
-    image: str = Field(description="the image file's bytes, base64-encoded")
+    image: str = Field(description="the image file's bytes, base64-encoded (standard alphabet; line breaks and a "
+                                   "data URL's `data:image/...;base64,` prefix are accepted)")
     filename: str | None = None
 
 
@@ -303,12 +304,13 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
     async def predict_base64(body: Base64Request, explain: Annotated[str | None, Query()] = None) -> dict:
         loaded = slot.current
         attributes = explain_list(explain, loaded)
-        if len(body.image) > limits.max_bytes * 4 // 3 + 4:
+        if len(body.image) > limits.max_bytes * 3 // 2 + 256:   # 4/3 for base64, its line breaks, a data URL's prefix
             raise UploadRejected(413, "file_too_large", f"the encoded image exceeds the {limits.max_bytes}-byte limit")
         try:
-            data = base64.b64decode(body.image, validate=True)
+            data = base64_bytes(body.image)
         except (binascii.Error, ValueError):
-            raise UploadRejected(400, "bad_base64", "the 'image' field is not valid base64") from None
+            raise UploadRejected(400, "bad_base64", "the 'image' field is not valid base64 (the standard alphabet, A-Z a-z "
+                                 "0-9 + /; line breaks and a data:image/...;base64, prefix are fine)") from None
         image = decode(data, body.filename, loaded)
         return (await predict_images(loaded, [image], [body.filename], attributes))[0]
 
