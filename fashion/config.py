@@ -40,8 +40,7 @@ def refuse_a_silent_server(uri: str | None, timeout: float = 10.0) -> None:
     if not uri or not uri.startswith(("http://", "https://")):   # a local store, or MLflow's default
         return
     import requests   # MLflow's own dependency; loaded only for a server
-    parts = urlsplit(uri)
-    shown = urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""))) if parts.hostname else uri
+    shown = server_shown(uri)
     try:
         requests.get(uri.rstrip("/") + "/health", timeout=timeout)
     except requests.exceptions.SSLError:   # it answered; its certificate is MLflow's to check (MLFLOW_TRACKING_INSECURE_TLS, ...)
@@ -49,6 +48,27 @@ def refuse_a_silent_server(uri: str | None, timeout: float = 10.0) -> None:
     except requests.RequestException as err:
         raise ConfigError(f"the MLflow tracking server {shown} does not answer ({type(err).__name__}): check "
                           "MLFLOW_TRACKING_URI, or unset it to log to the project's mlruns/") from None
+
+
+def server_shown(uri: str) -> str:
+    """A server's URL without the credentials it may hold (`https://user:secret@host`); any other store as it is."""
+    parts = urlsplit(uri or "")
+    return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""))) if parts.hostname else str(uri)
+
+
+def refused_credentials(uri: str, err: Exception) -> ConfigError | None:
+    """A tracking server's 401 or 403 (MLflow's basic-auth app, a proxy) in one line, naming where MLflow reads
+    credentials: MLflow's own error came as a traceback, once the data and the model were built. None for another error."""
+    status = err.get_http_status_code() if hasattr(err, "get_http_status_code") else None
+    if status == 401:
+        return ConfigError(f"the MLflow tracking server {server_shown(uri)} asks for credentials (401): MLflow sends "
+                           "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN; or unset "
+                           "MLFLOW_TRACKING_URI to log to the project's mlruns/")
+    if status == 403:
+        return ConfigError(f"the MLflow tracking server {server_shown(uri)} refused the request (403): the credentials "
+                           "MLflow sent (MLFLOW_TRACKING_USERNAME, or MLFLOW_TRACKING_TOKEN) lack the permission for the "
+                           "experiment; ask the server's admin, or name another one")
+    return None
 
 
 def sqlite_file(uri: str) -> Path | None:

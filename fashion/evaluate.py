@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fashion.cli import tool_config
-from fashion.config import refuse_a_silent_server
 from fashion.inference.runtime import Runtime, load_predictor
 from fashion.validation import Aspect, AtLeastOne
 
@@ -69,8 +68,10 @@ def evaluate_folder(root: str, bundle: str | None = None, checkpoint: str | None
     except (ValueError, OSError) as err:
         print(f"fashion-eval: cannot read exclude_split: {err}", file=sys.stderr)
         return 2
-    try:   # the run is logged after the scoring: a server that does not answer is known now
-        refuse_a_silent_server(tracking_uri if mlflow else None)
+    try:   # the run is logged after the scoring: a server that does not answer, or refuses the request, is known now
+        if mlflow:
+            from fashion.tracking.run import ensure_experiment
+            ensure_experiment(tracking_uri, experiment)
     except ValueError as err:
         print(f"fashion-eval: {err} (or mlflow=false)", file=sys.stderr)
         return 2

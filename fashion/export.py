@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fashion.cli import Refused, UsageError, tool_config
-from fashion.config import progress_bars_for_terminals_only, refuse_a_store_that_is_not_there
+from fashion.config import progress_bars_for_terminals_only, refuse_a_store_that_is_not_there, refused_credentials, server_shown
 from fashion.tracking.environment import environment_tags
 
 if TYPE_CHECKING:   # MLflow and torch load once the command line is read: `--help` and a refused key answer at once
@@ -105,8 +105,9 @@ def export_cli(output: str, run_id: str | None = None, checkpoint: str | None = 
         bundle, model_uri = export(run_id, checkpoint, Path(output), tracking_uri, onnx, mlflow, overwrite)
     except (ValueError, OSError) as err:  # no or two sources, a refused checkpoint, a run without one
         raise Refused("fashion-export", str(err)) from None
-    except MlflowException as err:   # an unknown run id, a store that cannot be read
-        raise Refused("fashion-export", f"{err.message} (tracking store {tracking_uri})") from None
+    except MlflowException as err:   # an unknown run id, a store that cannot be read, credentials it refuses
+        said = refused_credentials(tracking_uri, err) or f"{err.message} (tracking store {server_shown(tracking_uri)})"
+        raise Refused("fashion-export", str(said)) from None
     print(f"bundle: {bundle}")
     if model_uri:
         print(f"pyfunc model: {model_uri}\n  serve with: mlflow models serve -m {model_uri} --env-manager local")

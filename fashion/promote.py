@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fashion.cli import tool_config
+from fashion.config import refused_credentials
 from fashion.data.eval_sets import EvalSource
 from fashion.inference.runtime import Runtime, load_predictor
 from fashion.tracking.registry import (CHALLENGER, CHAMPION, RegisteredBundle, check_names, fetch_bundle, has_alias,
@@ -77,7 +78,7 @@ def promote(name: str, sets: dict[str, dict[str, Any]], margin: float = 0.01, ch
         incumbent = fetch_bundle(f"models:/{name}@{champion}", tracking_uri, Path(model_cache)) \
             if has_alias(name, champion, tracking_uri) else None   # one that cannot be fetched stops the gate
     except (MlflowException, TypeError, ValueError, OSError) as err:
-        print(f"fashion-promote: {step}: {err}", file=sys.stderr)
+        print(f"fashion-promote: {step}: {refused_credentials(tracking_uri, err) or err}", file=sys.stderr)
         return 2
     new = accuracies(contender, sources, runtime)
     old = accuracies(incumbent, sources, runtime) if incumbent else {}

@@ -7,6 +7,7 @@ import sys
 from typing import Literal
 
 from fashion.cli import Refused, tool_config
+from fashion.config import refused_credentials
 from fashion.inference.runtime import Runtime
 from fashion.validation import AtLeastOne, Port
 
@@ -37,7 +38,7 @@ def serve(bundle: str, host: str = "127.0.0.1", port: Port = 8000, max_bytes: At
             app = create_app(bundle, UploadLimits(max_bytes, max_pixels, max_files), model_threads, top_k, runtime,
                              tracking_uri, model_cache, api_key, None, drift_window, open_predictions, review_for)
         except (ValueError, OSError, MlflowException) as err:  # a refused, tampered or missing model: say why, no traceback
-            raise Refused("fashion-serve", f"cannot load the model: {err}") from None
+            raise Refused("fashion-serve", f"cannot load the model: {refused_credentials(tracking_uri, err) or err}") from None
         try:   # after the model: a mistyped bundle must not leave an empty queue (review/review.db) behind
             app.state.review = ReviewStore(review_url, review_images, review_max_queued) if review_queue else None
         except (ValueError, OSError) as err:

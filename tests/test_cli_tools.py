@@ -2,6 +2,7 @@
 
 import http.server
 import json
+import re
 import socket
 import threading
 import time
@@ -190,18 +191,7 @@ def test_a_tracking_server_that_does_not_answer_is_one_line_at_once(trained, tmp
     mistyped MLFLOW_TRACKING_URI, and fashion-eval scored the whole folder first. (The retries are off here, so
     the old code fails fast too, with MLflow's own error.)"""
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    silent = f"http://ana:s3cret@127.0.0.1:{closed_port()}"
-    shown = silent.replace("ana:s3cret@", "")
-    with pytest.raises(ConfigError, match=f"the MLflow tracking server {shown} does not answer"):
-        ensure_experiment(silent, "fashion")
-    assert eval_main([f"bundle={trained.bundle}", f"root={trained.data}", f"output={tmp_path / 'e'}", f"tracking_uri={silent}"]) == 2
-    assert f"fashion-eval: the MLflow tracking server {shown} does not answer" in capsys.readouterr().err
-    assert not list((tmp_path / "e").iterdir())   # refused before scoring: no report written
-    with pytest.raises(SystemExit) as exit_:
-        export_main(["run_id=0123abcd", f"output={tmp_path / 'b'}", f"tracking_uri={silent}"])
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2 and f"fashion-export: the MLflow tracking server {shown} does not answer" in err
-    assert "s3cret" not in err
+    assert_refused_before_the_work(trained, tmp_path, capsys, f"http://ana:s3cret@127.0.0.1:{closed_port()}", "does not answer")
 
     class NotFound(http.server.BaseHTTPRequestHandler):   # a server that answers, if only 404: it is there
         def do_GET(self):
@@ -216,6 +206,44 @@ def test_a_tracking_server_that_does_not_answer_is_one_line_at_once(trained, tmp
         # TLS it cannot check (here: no TLS at all) is an answer too: certificates are MLflow's to check
         refuse_a_silent_server(f"https://127.0.0.1:{answering.server_address[1]}")
         answering.shutdown()
+
+
+def test_a_tracking_server_that_wants_credentials_is_one_line_before_the_work(trained, tmp_path, capsys, monkeypatch):
+    """MLflow's basic-auth app (or a proxy) answers 401 without credentials, 403 for a user without the right:
+    fashion-train built the data and the model, then printed MLflow's traceback (after a Hydra callback's warning);
+    fashion-eval scored the whole folder first. Now one line naming where MLflow reads credentials."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    for status, said in ((401, "asks for credentials (401): MLflow sends MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"),
+                         (403, "refused the request (403): the credentials MLflow sent")):
+        class Refusing(http.server.BaseHTTPRequestHandler):
+            def answer(self):
+                self.send_response(200 if self.path == "/health" else status)   # MLflow's auth app leaves /health open
+                self.end_headers()
+                self.wfile.write(b"OK" if self.path == "/health" else b"You are not authenticated.")
+            do_GET = do_POST = answer
+
+            def log_message(self, *args):
+                pass
+
+        with http.server.HTTPServer(("127.0.0.1", 0), Refusing) as server:
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            assert_refused_before_the_work(trained, tmp_path, capsys, f"http://ana:s3cret@127.0.0.1:{server.server_address[1]}", said)
+            server.shutdown()
+
+
+def assert_refused_before_the_work(trained, tmp_path, capsys, uri: str, said: str) -> None:
+    """At the store's first use, fashion-eval before it scores, fashion-export: one line, without the URL's password."""
+    shown = uri.replace("ana:s3cret@", "")
+    with pytest.raises(ConfigError, match=re.escape(f"the MLflow tracking server {shown} {said}")):
+        ensure_experiment(uri, "fashion")
+    assert eval_main([f"bundle={trained.bundle}", f"root={trained.data}", f"output={tmp_path / 'e'}", f"tracking_uri={uri}"]) == 2
+    assert f"fashion-eval: the MLflow tracking server {shown} {said}" in capsys.readouterr().err
+    assert not list((tmp_path / "e").iterdir())   # refused before scoring: no report written
+    with pytest.raises(SystemExit) as exit_:
+        export_main(["run_id=0123abcd", f"output={tmp_path / 'b'}", f"tracking_uri={uri}"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"fashion-export: the MLflow tracking server {shown} {said}" in err
+    assert "s3cret" not in err
 
 
 def test_predict_with_nothing_to_score_says_why(tmp_path, capsys):

@@ -34,7 +34,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from fashion import config
-from fashion.config import ConfigError, flatten, refuse_a_silent_server, sqlite_file, tracking_uri
+from fashion.config import ConfigError, flatten, refuse_a_silent_server, refused_credentials, sqlite_file, tracking_uri
 from fashion.tracking.environment import changed_environment, hardware, requirements, version_tags
 from fashion.tracking.store import follow_move
 
@@ -82,7 +82,13 @@ def ensure_experiment(uri: str, name: str, artifact_location: str | None = None)
 
 def _ensure_experiment(uri: str, name: str, artifact_location: str | None) -> str:
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(name)
+    try:
+        experiment = client.get_experiment_by_name(name)
+    except mlflow.exceptions.MlflowException as err:
+        refusal = refused_credentials(uri, err)
+        if refusal is None:
+            raise
+        raise refusal from None
     if experiment is None:
         try:
             return client.create_experiment(name, artifact_location=artifact_location, tags={EXPERIMENT_KIND: TRAINING})
