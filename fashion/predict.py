@@ -28,9 +28,10 @@ import hashlib
 import json
 import lzma
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, NamedTuple
 
 import pyarrow.parquet as pq
 
@@ -49,29 +50,37 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 PROGRESS_FROM = 64  # files; a progress bar on stderr from here on
 
 
-def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
-    """(image files, inputs that matched nothing), in the order given; folders are walked recursively.
-    A quoted glob is expanded as the shell would, each match then taken as if given by name, so
-    'catalogue/2024-*' walks the folders it matches whether the shell or fashion-predict expands it."""
+class Inputs(NamedTuple):
+    files: list[Path]            # the images, in the order given
+    unmatched: list[str]         # inputs that matched nothing
+    passed_over: Counter[str]    # suffix -> files of a walked folder left out by their name (.heic, .txt)
+
+
+def expand_inputs(inputs: list[str]) -> Inputs:
+    """Folders are walked recursively. A quoted glob is expanded as the shell would, each match then taken as if
+    given by name, so 'catalogue/2024-*' walks the folders it matches whether the shell or fashion-predict expands it."""
     files: list[Path] = []
     unmatched: list[str] = []
+    passed_over: Counter[str] = Counter()
     for item in inputs:
         matches = [item] if Path(item).exists() else sorted(glob.glob(item, recursive=True))
-        found = [file for match in matches for file in files_in(Path(match))]
+        found = [file for match in matches for file in files_in(Path(match), passed_over)]
         if not found:
             unmatched.append(item)
         files += found
-    return list(dict.fromkeys(files)), unmatched
+    return Inputs(list(dict.fromkeys(files)), unmatched, passed_over)
 
 
-def files_in(path: Path) -> list[Path]:
+def files_in(path: Path, passed_over: Counter[str]) -> list[Path]:
     """A folder's images, less its hidden files and folders, as a shell's glob leaves them out: a catalogue
     copied from a Mac holds a `._photo.jpg` beside each photo (and `__MACOSX/._*` in a zip), which are not
-    images; a file named on its own is taken whatever its name."""
-    if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                      and not any(part.startswith(".") for part in p.relative_to(path).parts))
-    return [path] if path.is_file() else []
+    images; a file named on its own is taken whatever its name. The folder's other files are counted by suffix
+    in `passed_over`, so photos in a format not read here (an iPhone's .heic) are said, not silently left out."""
+    if not path.is_dir():
+        return [path] if path.is_file() else []
+    visible = [p for p in path.rglob("*") if not any(part.startswith(".") for part in p.relative_to(path).parts)]
+    passed_over.update(p.suffix.lower() or "no suffix" for p in visible if p.suffix.lower() not in IMAGE_SUFFIXES and p.is_file())
+    return sorted(p for p in visible if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def read_manifest(manifest: str, column: str = "path") -> tuple[list[str], list[str]]:
@@ -154,10 +163,14 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
     except ValueError as err:
         print(f"fashion-predict: {err}", file=sys.stderr)
         return 2
-    files, unmatched = expand_inputs(list(inputs or []))
-    files = [str(f) for f in files]
+    found, unmatched, passed_over = expand_inputs(list(inputs or []))
+    files = [str(f) for f in found]
     for item in unmatched:
         print(f"fashion-predict: no image files match {item!r}", file=sys.stderr)
+    if passed_over:
+        print(f"fashion-predict: left out {sum(passed_over.values())} file(s) of the folders that are not images by their "
+              f"name ({first_few([f'{suffix}: {n}' for suffix, n in passed_over.most_common()])}); images are "
+              f"{', '.join(sorted(IMAGE_SUFFIXES))}", file=sys.stderr)
     try:
         listed, no_path = read_manifest(manifest, path_column) if manifest else ([], [])
     except (OSError, ValueError, KeyError) as err:

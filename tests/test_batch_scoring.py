@@ -195,16 +195,28 @@ def test_a_quoted_glob_walks_the_folders_it_matches_as_the_shell_expanded_one_do
     pattern = str(tmp_path / "2024-*")
     shell = sorted(glob.glob(pattern))
     expected = [tmp_path / n for n in ["2024-01/a.jpg", "2024-02/sub/b.png", "2024-top.jpg"]]
-    assert expand_inputs([pattern]) == expand_inputs(shell) == (expected, [])
-    assert expand_inputs([str(tmp_path / "**" / "*.jpg"), str(tmp_path / "none-*")]) == (
+    assert expand_inputs([pattern]) == expand_inputs(shell) == (expected, [], {".txt": 1})
+    assert expand_inputs([str(tmp_path / "**" / "*.jpg"), str(tmp_path / "none-*")])[:2] == (
         [tmp_path / n for n in ["2023-12/c.jpg", "2024-01/a.jpg", "2024-top.jpg"]], [str(tmp_path / "none-*")])
 
     # a Mac's copies (._a.jpg beside a.jpg, __MACOSX/._*) and hidden folders are left out of a walk, as by a glob
     for name in ["2024-01/._a.jpg", "2024-01/__MACOSX/._a.jpg", "2024-01/.thumbnails/a.jpg"]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"\x00\x05\x16\x07")   # AppleDouble's magic: not an image
-    assert expand_inputs([str(tmp_path / "2024-01")]) == ([tmp_path / "2024-01/a.jpg"], [])
-    assert expand_inputs([str(tmp_path / "2024-01/._a.jpg")]) == ([tmp_path / "2024-01/._a.jpg"], [])   # named: taken
+    assert expand_inputs([str(tmp_path / "2024-01")]) == ([tmp_path / "2024-01/a.jpg"], [], {})
+    assert expand_inputs([str(tmp_path / "2024-01/._a.jpg")])[:2] == ([tmp_path / "2024-01/._a.jpg"], [])   # named: taken
+
+
+def test_files_a_walk_leaves_out_by_their_name_are_said(trained, tmp_path, capsys):
+    """An iPhone's .heic photos in a catalogue folder were left out of the walk without a word: products missing
+    from the tags, and the job exit 0."""
+    for name in ("a.jpg", "sub/b.heic", "sub/c.HEIC", "styles.csv", "README", ".DS_Store"):
+        (tmp_path / "photos" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "photos" / name).write_bytes(IMAGES[0].read_bytes())
+    (tmp_path / "photos" / "images.d").mkdir()   # a folder is no file left out
+    assert main([f"bundle={trained.bundle}", str(tmp_path / "photos")]) == 0
+    assert ("fashion-predict: left out 4 file(s) of the folders that are not images by their name (.heic: 2, .csv: 1, "
+            "no suffix: 1); images are .bmp, .gif, .jpeg, .jpg, .png, .tif, .tiff, .webp") in capsys.readouterr().err
 
 
 def test_lanes_and_loader_workers_change_nothing_but_speed(trained, tmp_path):
