@@ -115,6 +115,20 @@ def test_rare_classes_ignored_or_folded_into_other(kaggle_folder):
     assert len(vocab) == len(ignored.vocabularies["baseColour"]) + 1
 
 
+def test_a_label_named_like_the_fold_is_a_class_unless_rare_classes_fold(kaggle_folder):
+    """colour_families maps unnamed colours to Other (`unmapped`) and drops rare classes: Other, its eleventh
+    family, was dropped with them, its products' colours masked."""
+    spec = dict(attributes=["baseColour"], mappings={"baseColour": {"Black": "Dark", "Blue": "Dark"}},
+                unmapped={"baseColour": "Other"})
+    dropped = datamodule(kaggle_folder, **spec)
+    dropped.prepare_labels()
+    assert dropped.vocabularies["baseColour"].classes == ["Dark", "Other"]
+    assert (dropped.table["y_baseColour"] != IGNORE_INDEX).all()
+    folded = datamodule(kaggle_folder, rare_classes="other", **spec)
+    folded.prepare_labels()
+    assert folded.vocabularies["baseColour"].classes == ["Dark", "Other"] and folded.vocabularies["baseColour"].other_index == 1
+
+
 def test_head_sizes_come_from_the_training_vocabulary(kaggle_folder):
     dm = datamodule(kaggle_folder, attributes=["gender", "articleType", "baseColour"])
     assert dm.num_classes == {"gender": 2, "articleType": 3, "baseColour": 4}

@@ -111,11 +111,15 @@ class LabelVocabulary:
 
     @classmethod
     def build(cls, attribute: str, values: Iterable[object], min_count: int, rare_classes: str, other_label: str) -> LabelVocabulary:
-        """Classes sorted by name (stable across runs); rare ones dropped or folded into `other_label`."""
+        """Classes sorted by name (stable across runs); rare ones dropped or folded into `other_label`. A label
+        that is `other_label` already (a mapping's `unmapped` bucket, colour_families' Other) joins the fold when
+        folding, and is a class as any other when rare classes are dropped: it was dropped with them, so
+        colour_families learnt 10 of its 11 families and masked the colours of the eleventh."""
         counts = Counter(v for v in values if isinstance(v, str))
-        kept = sorted(c for c, n in counts.items() if n >= min_count and c != other_label)
-        rare = sum(n for c, n in counts.items() if n < min_count or c == other_label)
-        if rare_classes == "other" and rare:
+        folds = rare_classes == "other"
+        kept = sorted(c for c, n in counts.items() if n >= min_count and not (folds and c == other_label))
+        rare = sum(n for c, n in counts.items() if n < min_count or (folds and c == other_label))
+        if folds and rare:
             classes = [*kept, other_label]
             return cls(attribute, classes, len(kept), [counts[c] for c in kept] + [rare])
         return cls(attribute, kept, None, [counts[c] for c in kept])
