@@ -16,32 +16,77 @@ import logging
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import hydra
 import optuna
+import pydantic
 import yaml
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from fashion.cli import one_line_errors, quote, refuse_what_no_config_has
-from fashion.config import CONFIG_DIR, ConfigError, without_password
+from fashion.config import CONFIG_DIR, ConfigError, validate_config, without_password
+from fashion.validation import AtLeastZero, describe
 
 log = logging.getLogger("fashion.tune")
 
 
-def suggest(trial: optuna.Trial, name: str, space: Mapping[str, Any]) -> Any:
-    """One value from a search-space entry: {type: float|int|categorical, low, high, log, step, choices}."""
-    kind = space.get("type")
-    if kind == "float":
-        return trial.suggest_float(name, space["low"], space["high"], log=space.get("log", False), step=space.get("step"))
-    if kind == "int":
-        return trial.suggest_int(name, space["low"], space["high"], log=space.get("log", False), step=space.get("step", 1))
-    if kind == "categorical":
-        return trial.suggest_categorical(name, list(space["choices"]))
-    raise ValueError(f"hparams_search.params.{name}: type must be float, int or categorical, got {kind!r}")
+class SearchedKey(pydantic.BaseModel):
+    """An entry of `hparams_search.params`: how Optuna samples that key."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+    type: Literal["float", "int", "categorical"]
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = False
+    step: int | float | None = None
+    choices: list[Any] | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _complete(self) -> SearchedKey:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical key needs choices: [a, b, ...]")
+        elif self.low is None or self.high is None or self.low > self.high:
+            raise ValueError(f"a {self.type} key needs low <= high")
+        elif self.log and self.low <= 0:
+            raise ValueError("log: true needs low > 0")
+        return self
+
+
+class Study(pydantic.BaseModel):
+    """`hparams_search`, checked before the study is opened: Optuna ran a study of `n_trials=-1` or `timeout=-5`
+    as one of no trial (exit 0, "no completed trial") and refused `direction=up` with a traceback."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+    study_name: str
+    storage: str
+    direction: Literal["maximize", "minimize"]
+    n_trials: AtLeastZero | None = None   # None: until `timeout`, or Ctrl-C
+    timeout: Annotated[float, pydantic.Field(gt=0)] | None = None
+    sampler: dict[str, Any]
+    pruner: dict[str, Any] | None = None
+    best_experiment_file: str
+    params: dict[str, SearchedKey] = pydantic.Field(min_length=1)
+
+
+def checked_study(search: DictConfig) -> Study:
+    try:
+        return Study.model_validate(OmegaConf.to_container(search, resolve=True))
+    except pydantic.ValidationError as err:
+        raise ConfigError(describe(err, "hparams_search")) from None
+
+
+def suggest(trial: optuna.Trial, name: str, space: SearchedKey) -> Any:
+    """One value of a searched key."""
+    if space.type == "float":
+        return trial.suggest_float(name, space.low, space.high, log=space.log, step=space.step)
+    if space.type == "int":
+        return trial.suggest_int(name, int(space.low), int(space.high), log=space.log, step=int(space.step or 1))
+    return trial.suggest_categorical(name, space.choices)
 
 
 def is_group(key: str) -> bool:
@@ -104,13 +149,14 @@ def tune(cfg: DictConfig) -> float:
     from fashion.training.fit import train
     from fashion.training.module import TrainingDiverged
 
-    search = cfg.hparams_search
+    validate_config(cfg)   # the command line's config, before the study is stored (each trial's is checked again)
+    search, space = cfg.hparams_search, checked_study(cfg.hparams_search).params
     monitor = cfg.optimized_metric
     base = [o for o in HydraConfig.get().overrides.task if not o.split("=")[0].lstrip("+~").startswith("hparams_search")]
     trials_dir = Path(cfg.paths.output_dir)
 
     def objective(trial: optuna.Trial) -> float:
-        params = {name: suggest(trial, name, space) for name, space in search.params.items()}
+        params = {name: suggest(trial, name, key) for name, key in space.items()}
         overrides = [*base, *(f"{k}={v}" for k, v in params.items()), f"paths.output_dir={trials_dir / f'trial_{trial.number}'}",
                      f"+tags.sweep={search.study_name}", f"+tags.optuna_trial={trial.number}",
                      "logger.run_name=" + quote(f"trial {trial.number} · " + ",".join(f"{k}={v}" for k, v in params.items())),

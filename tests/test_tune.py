@@ -90,12 +90,15 @@ def tune_in_process(tmp_path: Path, data_root: Path, extra: list[str], refused: 
     (None: it must not raise)."""
     import fashion.tune
     from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
 
     overrides = tiny_overrides(tmp_path, data_root) + ["hparams_search=optuna", "hparams_search.study_name=t",
                                                       f"hparams_search.storage=sqlite:///{tmp_path}/optuna.db", *extra]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
         HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):   # as Hydra gives a job its config: without the `hydra` node
+            del cfg["hydra"]
         try:
             if refused is None:
                 fashion.tune.tune(cfg)
@@ -153,6 +156,22 @@ def test_a_tracking_server_that_does_not_answer_stops_the_launch_before_the_stud
         silent = f"http://127.0.0.1:{listener.getsockname()[1]}"
     tune_in_process(tmp_path, kaggle_folder, [f"logger.tracking_uri={silent}"], ConfigError, "does not answer")
     assert not (tmp_path / "optuna.db").exists()
+
+
+def test_a_search_optuna_would_run_as_nothing_or_refuse_in_a_traceback_is_named_before_the_study(tmp_path, kaggle_folder):
+    """`n_trials=-1` and `timeout=-5` ran no trial and exit 0 ("no completed trial"); `direction=up` and a
+    categorical key without choices were Optuna's tracebacks, a malformed key's only in its trial."""
+    for extra, match in ((["hparams_search.n_trials=-1"], r"hparams_search.n_trials: Input should be greater than or equal to 0"),
+                         (["hparams_search.timeout=-5"], r"hparams_search.timeout: Input should be greater than 0"),
+                         (["hparams_search.direction=up"], r"hparams_search.direction=up: val/mean_acc is better higher, so maximize"),
+                         (["~hparams_search.params.head", "+hparams_search.params.head={type: categorical}"],
+                          r"hparams_search.params.head: Value error, a categorical key needs choices"),
+                         (["hparams_search.params.augmentation.type=floaty"],
+                          r"hparams_search.params.augmentation.type: Input should be 'float', 'int' or 'categorical'"),
+                         (["+hparams_search.params.seed={type: int, low: 9, high: 1}"],
+                          r"hparams_search.params.seed: Value error, a int key needs low <= high")):
+        tune_in_process(tmp_path, kaggle_folder, extra, ConfigError, match)
+        assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlruns").exists()
 
 
 def test_a_study_storage_that_cannot_be_opened_is_named_and_ends_the_sweep_run_failed(tmp_path, kaggle_folder):
