@@ -129,7 +129,13 @@ def refuse_what_no_config_has(tool: str, config_name: str, argv: Sequence[str]) 
         except Exception:   # anything else Hydra refuses, it says itself
             return
         if key:
-            raise UsageError(tool, f"no key {key} in the config" + closest_keys(key, config_name, overrides, loader.list_groups("")))
+            close = closest_keys(key, config_name, overrides, loader.list_groups(""))
+            given = next((o for o in overrides if o.partition("=")[0] == key), None)
+            parent = key.rpartition(".")[0]
+            others = [o for o in overrides if o != given]
+            if not close and given and parent and isinstance(OmegaConf.select(compose(config_name=config_name, overrides=others), parent), DictConfig):
+                close = f"; to add a key {parent}'s config does not list, append it: +{given}"   # optimizer.betas: AdamW takes it
+            raise UsageError(tool, f"no key {key} in the config{close}")
 
 
 def with_config_dir_as_searchpath(argv: Sequence[str]) -> list[str]:

@@ -179,6 +179,9 @@ def test_help_and_a_wrong_key_answer_before_the_training_stack_loads(tmp_path):
               "fashion-train: no key trainer.max_epoch in the config (did you mean trainer.max_epochs?)", 2, "[]"),
              (["fashion.train", "experiment=best_cpu", "module.lr=0.1"],   # a key of the same name elsewhere
               "fashion-train: no key module.lr in the config (did you mean optimizer.lr?)", 2, "[]"),
+             # a parameter of the class that the config does not list (AdamW's betas): appending it is the way
+             (["fashion.train", "optimizer.betas=[0.9,0.99]"], "fashion-train: no key optimizer.betas in the config; to add "
+              "a key optimizer's config does not list, append it: +optimizer.betas=[0.9,0.99]", 2, "[]"),
              (["fashion.train", "-m", "loss_weighting=fixed,uncertanty"],   # any value of a sweep, not only its first
               "fashion-train: loss_weighting=uncertanty: no such option (did you mean uncertainty?); the options: dwa, "
               "fixed, uncertainty", 2, "[]"),
