@@ -461,3 +461,31 @@ def test_batch_normalisation_is_bit_for_bit_the_training_eval_transform(mean, st
     assert torch.equal(got, expected)
     with pytest.raises(ValueError, match="padded 224x224x3 uint8"):
         prep.normalise([images[0]])
+
+
+def test_a_folder_is_scored_with_the_label_mapping_its_training_used(trained, tmp_path):
+    """colour_families trains on families of the raw colours (Navy Blue is Blue): fashion-eval and the promotion gate
+    counted each raw colour that is no family's own name as unseen (186 of the sample's 1,000) and scored the rest. The
+    mapping now travels in the bundle (labels.json) and the checkpoint, and a scored folder is mapped with it."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from fashion.data.vocab import IGNORE_INDEX, LabelSpec
+    from fashion.inference.bundle import export_bundle
+    from fashion.inference.evaluation import encode_targets
+
+    plain = load_bundle(trained.bundle)
+    assert plain.label_mapping is None and not (trained.bundle / "labels.json").exists()   # nothing mapped, nothing written
+    classes = plain.vocabularies["baseColour"].classes
+    mapping = LabelSpec(attributes=plain.attributes, mappings={"baseColour": {"Shade": classes[0], classes[1]: classes[1]}})
+    bundle = export_bundle(dataclasses.replace(plain, label_mapping=mapping), tmp_path / "mapped", onnx=False)
+    mapped = load_bundle(bundle)
+    assert mapped.label_mapping.mappings == mapping.mappings
+    frame = pd.DataFrame({"baseColour": ["Shade", classes[1], "Unknown", None]})
+    targets, unseen = encode_targets(SimpleNamespace(trained=mapped), frame)
+    assert targets["baseColour"].tolist() == [0, 1, IGNORE_INDEX, IGNORE_INDEX] and unseen["baseColour"] == 1
+    assert encode_targets(SimpleNamespace(trained=plain), frame)[1]["baseColour"] == 2   # without it: Shade unseen too
+    checkpoint = torch.load(trained.checkpoint, weights_only=True)   # a checkpoint carries it in its run config
+    checkpoint["hyper_parameters"]["run_config"]["labels"]["mappings"] = mapping.mappings
+    torch.save(checkpoint, tmp_path / "mapped.ckpt")
+    assert load_checkpoint(tmp_path / "mapped.ckpt").label_mapping.mappings == mapping.mappings

@@ -251,6 +251,20 @@ def test_malformed_vocabularies_are_refused(trained, tmp_path, edit, field):
         load_bundle(bundle)
 
 
+@pytest.mark.parametrize("labels,field", [({"mappings": {"baseColour": {"Navy Blue": 1}}}, "mappings.baseColour.Navy Blue"),
+                                          ({"mappings": {"colour": {"Navy Blue": "Blue"}}}, "colour"),
+                                          ({"mappings": {}, "evil": {"_target_": "os.system"}}, "evil")])
+def test_a_malformed_label_mapping_is_refused(trained, tmp_path, labels, field):
+    bundle = copy_bundle(trained, tmp_path)
+    (bundle / "labels.json").write_text(json.dumps(labels))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["labels.json"] = "0" * 64
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    rehash(bundle)
+    with pytest.raises(BundleError, match=rf"labels.json: .*{re.escape(field)}"):
+        load_bundle(bundle, build_now=False)
+
+
 @pytest.mark.parametrize("field,values", [("std", [0.5, 0.0, 0.5]), ("std", [-0.5, 0.5, 0.5]),
                                           ("std", [0.5, float("nan"), 0.5]), ("mean", [float("inf"), 0.5, 0.5])])
 def test_a_normalisation_that_would_serve_nan_is_refused(trained, tmp_path, field, values):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 import pydantic
@@ -146,6 +146,27 @@ class SavedVocabulary(pydantic.BaseModel):
         if self.counts and (len(self.counts) != len(self.classes) or min(self.counts) < 0):
             raise ValueError(f"counts must be one count >= 0 per class ({len(self.classes)}), not {self.counts}")
         return self
+
+
+class SavedLabelMapping(pydantic.BaseModel):
+    """How a run mapped its data's labels before building the vocabularies (`labels.mappings`, `labels.unmapped`),
+    as a bundle or checkpoint carries it: a folder scored later (fashion-eval, the promotion gate) is mapped the same
+    way, where its raw labels (Navy Blue for colour_families' Blue) were counted as unseen."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+    mappings: dict[str, dict[str, str]] = {}
+    unmapped: dict[str, str | None] = {}
+
+
+def saved_label_mapping(data: Any, attributes: list[str]) -> LabelSpec | None:
+    """The mapping as a LabelSpec (its `map_values`), None when it maps nothing; ValueError naming what is wrong."""
+    try:
+        saved = SavedLabelMapping.model_validate(data)
+    except pydantic.ValidationError as err:
+        raise ValueError(describe(err)) from None
+    if not saved.mappings and not any(saved.unmapped.values()):
+        return None
+    return LabelSpec(attributes=attributes, mappings=saved.mappings, unmapped=saved.unmapped)
 
 
 def build_vocabularies(train: pd.DataFrame, spec: LabelSpec) -> dict[str, LabelVocabulary]:

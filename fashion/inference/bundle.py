@@ -7,6 +7,7 @@
     preprocessing.json   image size, mean, std, pad fill, resolution normalisation (source max side, JPEG quality)
     taxonomy.json        articleType / subCategory / masterCategory combinations of the training split
     decision.json        per attribute the confidence threshold for accepting a tag (calibration)
+    labels.json          how the training data's labels were mapped (labels.mappings), when they were
     manifest.json        format version, sha256 of every file above, backbone, attributes, dataset
                          fingerprint, metrics, source run, versions
 
@@ -43,7 +44,7 @@ from torch import nn
 from fashion.calibration import Decision
 from fashion.data.taxonomy import Taxonomy
 from fashion.data.transforms import Preprocessing
-from fashion.data.vocab import LabelVocabulary
+from fashion.data.vocab import LabelVocabulary, saved_label_mapping
 from fashion.inference.checkpoint import TrainedModel, check_temperatures
 from fashion.models.architecture import ArchitectureError, build_model, validate_architecture
 from fashion.models.onnx_graph import ONNX_OPSET, export_graph
@@ -51,7 +52,7 @@ from fashion.validation import ImageSide, JpegQuality, describe
 
 FORMAT = "fashion-bundle/2"          # 2: manifest["files"] maps each file to its sha256
 REQUIRED_FILES = ("model.safetensors", "config.json", "vocabularies.json", "preprocessing.json")
-OPTIONAL_FILES = ("taxonomy.json", "decision.json", "model.onnx")
+OPTIONAL_FILES = ("taxonomy.json", "decision.json", "model.onnx", "labels.json")
 BUNDLE_FILES = (*REQUIRED_FILES, "manifest.json")
 MANIFEST = "manifest.json"
 
@@ -139,6 +140,9 @@ def write_bundle(trained: TrainedModel, output: Path, manifest: dict[str, Any] |
         files.append("taxonomy.json")
     write_json(output / "decision.json", trained.decision.to_dict())
     files.append("decision.json")
+    if trained.label_mapping:
+        write_json(output / "labels.json", {"mappings": trained.label_mapping.mappings, "unmapped": trained.label_mapping.unmapped})
+        files.append("labels.json")
     if onnx:
         export_onnx(trained, output / "model.onnx")
         files.append("model.onnx")
@@ -228,6 +232,10 @@ def load_bundle(path: str | Path | BundleFiles, build_now: bool = True) -> Train
             if files.has("decision.json") else None
     except ValueError as err:
         raise BundleError(str(err)) from None
+    try:
+        mapping = saved_label_mapping(files.json("labels.json"), list(vocabularies)) if files.has("labels.json") else None
+    except ValueError as err:
+        raise BundleError(f"{files.path / 'labels.json'}: {err}") from None
     config = files.json("config.json")
     try:
         validate_architecture(config, source=str(files.path / "config.json"))   # refused now, even if never built
@@ -235,7 +243,8 @@ def load_bundle(path: str | Path | BundleFiles, build_now: bool = True) -> Train
         raise BundleError(str(err)) from None
     weights = files.read_bytes("model.safetensors")   # verified now, whether or not the network is ever built
     trained = TrainedModel(partial(build_network, files.path, config, vocabularies, weights), vocabularies, preprocessing, config,
-                           taxonomy, decision, files.manifest, partial(saved_temperatures, files.path, weights, list(vocabularies)))
+                           taxonomy, decision, files.manifest, partial(saved_temperatures, files.path, weights, list(vocabularies)),
+                           mapping)
     if build_now:
         trained.model
     return trained

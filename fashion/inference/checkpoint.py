@@ -21,7 +21,7 @@ import torch
 from fashion.calibration import Decision
 from fashion.data.taxonomy import Taxonomy
 from fashion.data.transforms import Preprocessing
-from fashion.data.vocab import LabelVocabulary
+from fashion.data.vocab import LabelSpec, LabelVocabulary, saved_label_mapping
 
 if TYPE_CHECKING:
     from fashion.models.tagger import MultiHeadTagger
@@ -43,6 +43,7 @@ class TrainedModel:
     decision: Decision | None = None
     manifest: dict[str, Any] = field(default_factory=dict)   # a bundle's: the one its files were verified against
     saved_temperatures: Callable[[], dict[str, float]] | None = None   # a bundle's, read from its weights file
+    label_mapping: LabelSpec | None = None   # how the training data's labels were mapped (labels.mappings), if at all
 
     def __post_init__(self) -> None:
         if self.decision is None:
@@ -108,5 +109,10 @@ def load_checkpoint(path: str | Path) -> TrainedModel:
         raise ValueError(f"{path}: {err}") from None
     attributes = list(vocabularies)
     decision = Decision.from_dict(checkpoint["decision"], attributes, f"{path}: decision") if checkpoint.get("decision") else None
+    labels = hparams["run_config"].get("labels") or {}
+    try:
+        mapping = saved_label_mapping({key: labels.get(key) or {} for key in ("mappings", "unmapped")}, attributes)
+    except ValueError as err:
+        raise ValueError(f"{path}: run_config.labels: {err}") from None
     return TrainedModel(lambda: model, vocabularies, model.backbone.preprocessing, dict(hparams["run_config"]),
-                        Taxonomy.from_dict(hparams.get("taxonomy"), f"{path}: taxonomy"), decision)
+                        Taxonomy.from_dict(hparams.get("taxonomy"), f"{path}: taxonomy"), decision, label_mapping=mapping)

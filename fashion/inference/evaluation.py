@@ -31,10 +31,14 @@ log = logging.getLogger(__name__)
 
 
 def encode_targets(predictor: Predictor, frame) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
-    """Targets in the training vocabularies; labels outside them are IGNORE_INDEX and counted."""
+    """Targets in the training vocabularies, the labels mapped first as training mapped them (colour_families: Navy
+    Blue is Blue); labels outside them are IGNORE_INDEX and counted."""
     targets, unseen = {}, {}
+    mapping = predictor.trained.label_mapping
     for attribute, vocab in predictor.trained.vocabularies.items():
         values = frame[attribute] if attribute in frame else [None] * len(frame)
+        if mapping and attribute in frame:
+            values = mapping.map_values(attribute, values)
         codes = [vocab.encode(v) for v in values]
         unseen[attribute] = sum(1 for v, c in zip(values, codes) if isinstance(v, str) and c == IGNORE_INDEX)
         targets[attribute] = torch.tensor(codes, dtype=torch.long)
