@@ -332,6 +332,11 @@ def test_the_improvement_loop_end_to_end(trained, tmp_path, capsys, monkeypatch)
             bad = client.post("/v1/feedback", headers={**auth, "content-type": "application/json"}, content=body)
             assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_labels", bad.text
             assert "hold characters that are not printable text" in bad.json()["error"]["message"]
+        # a new articleType without its parents would be in no combination the retrained model decodes among
+        alone = client.post("/v1/feedback", headers=auth, json={"image_sha256": item["image_sha256"], "new_labels": True,
+                                                                "labels": {"articleType": "Jumpsuit", "subCategory": "Topwear"}})
+        assert alone.status_code == 400 and "a new class articleType='Jumpsuit' needs the labels of ['masterCategory'] too" \
+            in alone.json()["error"]["message"] and review.queued() == len(photos)
         typo = client.post("/v1/feedback", headers=auth, json={"image_sha256": item["image_sha256"], "labels": {"articleType": "Jeens"}})
         assert typo.status_code == 400 and typo.json()["error"]["code"] == "new_label"   # not stored as a class of its own
         assert "articleType='Jeens' (closest: Jeans" in typo.json()["error"]["message"] and review.queued() == len(photos)

@@ -48,6 +48,7 @@ from pydantic import BaseModel, Field
 from fashion.data.images import base64_bytes
 from fashion.data.vocab import LabelVocabulary
 from fashion.feedback.store import NAME_LENGTH, ReviewStore, UnknownImage, unprintable
+from fashion.inference.checkpoint import TrainedModel
 from fashion.inference.explain import explained_attributes, grad_cam, heatmap_png
 from fashion.inference.predictor import Predictor
 from fashion.inference.runtime import load_predictor
@@ -82,6 +83,20 @@ def new_label_message(labels: Mapping[str, str], vocabularies: Mapping[str, Labe
     named = "; ".join(f"{a}={label!r} (closest: {', '.join(difflib.get_close_matches(label, vocabularies[a].classes, 3, 0.5)) or 'none'})"
                       for a, label in new.items())
     return f"the model has no class {named}: correct it, or send new_labels: true to add it as a new class"
+
+
+def unplaced_in_taxonomy(labels: Mapping[str, str], trained: TrainedModel) -> str | None:
+    """A new class of a taxonomy level (a new articleType) sent without the other levels: the retrained model's
+    answers are decoded among the level combinations its training saw, and a correction lacking one is in none, so
+    the new class would never be served. None when there is no such class or its levels are all given."""
+    levels = trained.taxonomy.attributes
+    new = [a for a in levels if a in labels and labels[a] not in trained.vocabularies[a].classes]
+    missing = [a for a in levels if a not in labels]
+    if not new or not missing:
+        return None
+    return (f"a new class {', '.join(f'{a}={labels[a]!r}' for a in new)} needs the labels of {missing} too: the model's "
+            "answers are decoded among the combinations of " + ", ".join(levels) + " its training saw, and without them "
+            "the new class would be in none, so never served")
 
 
 class FeedbackRequest(BaseModel):
@@ -257,10 +272,13 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
                                  f"{blank}; attributes are {attributes}")
         if unprintable(body.labels):
             raise UploadRejected(400, "bad_labels", unprintable(body.labels))
+        trained = slot.current.predictor.trained
         if not body.new_labels:
-            new = new_label_message(body.labels, slot.current.predictor.trained.vocabularies)
+            new = new_label_message(body.labels, trained.vocabularies)
             if new:
                 raise UploadRejected(400, "new_label", new)
+        elif trained.taxonomy and unplaced_in_taxonomy(body.labels, trained):
+            raise UploadRejected(400, "bad_labels", unplaced_in_taxonomy(body.labels, trained))
         store = queue_store()
         try:
             correction = await anyio.to_thread.run_sync(store.record, body.image_sha256, body.labels, body.reviewer)
