@@ -118,7 +118,9 @@ def refuse_what_no_config_has(tool: str, config_name: str, argv: Sequence[str]) 
                 if isinstance(option, str) and option not in options:
                     raise UsageError(tool, missing_option(override.key_or_group, option, options))
         try:
-            compose(config_name=config_name, overrides=overrides)
+            composed = compose(config_name=config_name, overrides=overrides)
+            if isinstance(composed.get("experiment"), DictConfig):
+                raise UsageError(tool, misplaced_recipe(composed.experiment, parsed, values))
             unread = unread_append(parsed, loader, config_name, overrides)
             if unread:
                 raise UsageError(tool, f"+{unread} adds a key no config has, so nothing would read it"
@@ -136,6 +138,14 @@ def refuse_what_no_config_has(tool: str, config_name: str, argv: Sequence[str]) 
             if not close and given and parent and isinstance(OmegaConf.select(compose(config_name=config_name, overrides=others), parent), DictConfig):
                 close = f"; to add a key {parent}'s config does not list, append it: +{given}"   # optimizer.betas: AdamW takes it
             raise UsageError(tool, f"no key {key} in the config{close}")
+
+
+def misplaced_recipe(keys: DictConfig, parsed: Sequence[Any], values: Mapping[str, list]) -> str:
+    """An experiment file without `# @package _global_` (its first line in every conf/experiment file): Hydra puts its
+    keys under `experiment.`, where nothing reads them, and the run goes on with the defaults it meant to change."""
+    name = next((values[o.input_line][0] for o in parsed if o.key_or_group == "experiment"), "?")
+    return (f"experiment={name}: its file lacks the first line `# @package _global_`, so its keys ({', '.join(map(str, keys))}) "
+            "land under experiment.* and nothing reads them")
 
 
 def with_config_dir_as_searchpath(argv: Sequence[str]) -> list[str]:

@@ -339,3 +339,9 @@ def test_what_hydra_would_take_is_not_refused_before_it_composes(capsys, tmp_pat
             with pytest.raises(SystemExit):
                 refuse_what_no_config_has("fashion-train", "train", [*flags, "experiment=tuned_study", wrong])
             assert said in capsys.readouterr().err
+    # a recipe without its `# @package _global_` line: its keys would sit under experiment.*, read by nothing
+    (tmp_path / "experiment" / "headless.yaml").write_text("trainer:\n  max_epochs: 2\n")
+    with pytest.raises(SystemExit):
+        refuse_what_no_config_has("fashion-train", "train", ["--config-dir", str(tmp_path), "experiment=headless"])
+    assert ("experiment=headless: its file lacks the first line `# @package _global_`, so its keys (trainer) land under "
+            "experiment.* and nothing reads them") in capsys.readouterr().err
