@@ -268,8 +268,10 @@ def monitored_metric_problems(container: dict) -> list[str]:
     # What the training module logs at validation (fashion.metrics.AttributeMetrics, which the config stage may not
     # import): tests/test_configs.py checks that every metric it computes passes.
     known = {"val/loss", "val/mean_acc", "val/mean_f1", *(f"val/{a}/{m}" for a in attributes for m in ("acc", "f1", "top5"))}
-    return [f"{key}: {metric!r} is not logged by this run; it takes val/mean_acc, val/loss or "
-            f"val/<attribute>/acc|f1|top5 with <attribute> one of {list(attributes)}"
+    # A training metric is logged at the end of the training epoch, after the validation at which the callbacks look.
+    return [f"{key}: {metric!r} is " + ("logged after the validation at which the callbacks look" if str(metric).startswith(
+            "train/") else "not logged by this run") + "; it takes val/mean_acc, val/loss or val/<attribute>/acc|f1|top5 "
+            f"with <attribute> one of {list(attributes)}"
             for key, metric in monitored_metrics(container).items() if attributes and metric not in known]
 
 

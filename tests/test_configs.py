@@ -140,6 +140,9 @@ def test_wrong_key_fails_naming_the_key(compose_config):
     ("callbacks.early_stopping.monitor=val/mean_accc",   # found by the callback after the first epoch
      "callbacks.early_stopping.monitor: 'val/mean_accc' is not logged by this run"),
     ("callbacks.early_stopping.mode=min", "callbacks.early_stopping.mode=min: val/mean_acc is better higher, so max"),
+    # logged, but after the validation at which the callbacks look: the checkpoint chose on the epoch before's value
+    ("callbacks.model_checkpoint.monitor=train/loss_epoch callbacks.model_checkpoint.mode=min",
+     "callbacks.model_checkpoint.monitor: 'train/loss_epoch' is logged after the validation at which the callbacks look"),
     ("hparams_search=optuna optimized_metric=val/loss hparams_search.direction=maximize",
      "hparams_search.direction=maximize: val/loss is better lower, so minimize"),
 ])
