@@ -27,12 +27,14 @@ import gzip
 import hashlib
 import json
 import lzma
+import os
 import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, NamedTuple
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fashion.cli import first_few, tool_config
@@ -94,8 +96,12 @@ def read_manifest(manifest: str, column: str = "path") -> tuple[list[str], list[
     dataset = pq.ParquetDataset(path)   # opened once: its schema for the check, then the one column
     if column not in dataset.schema.names:
         raise no_column(column, dataset.schema.names)
-    values = dataset.read(columns=[column]).column(column).to_pylist()
-    return [str(v) for v in values if v not in (None, "")], [f"row {i}" for i, v in enumerate(values, 1) if v in (None, "")]
+    kind = dataset.schema.field(column).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
+        # ids or lists: each row would be an error naming "10012" or "['a.jpg']" as a file
+        raise ValueError(f"column {column!r} holds {kind}, not text: a manifest's paths are strings")
+    values = [os.fsdecode(v) if isinstance(v, bytes) else v for v in dataset.read(columns=[column]).column(column).to_pylist()]
+    return [v for v in values if v not in (None, "")], [f"row {i}" for i, v in enumerate(values, 1) if v in (None, "")]
 
 
 COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}

@@ -374,3 +374,18 @@ def test_a_file_name_that_is_not_utf8_is_scored_and_named_with_escapes(trained, 
                  f"explain_dir={tmp_path / 'overlays'}"]) == 0
     overlays = pd.read_csv(explained).set_index("path")["gender_explanation"]
     assert overlays[shown] == str(tmp_path / "overlays" / "caf\\xe9_gender.png") and os.path.isfile(overlays[shown])
+
+
+def test_a_parquet_manifest_of_paths_as_bytes_is_read_and_one_of_numbers_refused(trained, tmp_path, capsys):
+    """A Parquet path column of bytes (BYTE_ARRAY without its UTF-8 annotation) made every row an error naming
+    "b'photos/a.jpg'" as the file; one of ids or lists made as many error rows as the catalogue had products."""
+    as_bytes = tmp_path / "bytes.parquet"
+    pd.DataFrame({"path": [str(IMAGES[0]).encode(), None]}).to_parquet(as_bytes)
+    out = tmp_path / "tags.csv"
+    assert main([f"bundle={trained.bundle}", f"manifest={as_bytes}", f"output={out}"]) == 0
+    assert pd.read_csv(out)["path"].tolist() == [str(IMAGES[0])]
+    for values, kind in (([10002, 10012], "int64"), ([["a.jpg"], ["b.jpg"]], "list<element: string>")):
+        manifest = tmp_path / f"{kind[:4]}.parquet"
+        pd.DataFrame({"path": values}).to_parquet(manifest)
+        assert main([f"bundle={trained.bundle}", f"manifest={manifest}"]) == 2
+        assert f"column 'path' holds {kind}, not text: a manifest's paths are strings" in capsys.readouterr().err
