@@ -297,6 +297,12 @@ def test_spark_scores_the_manifest_like_fashion_predict(trained, tmp_path, capfd
         (tmp_path / "m.csv.xz").write_bytes(lzma.compress(text.encode()))
         with pytest.raises(ValueError, match=r"m\.csv\.xz: Spark reads a CSV manifest plain, \.gz or \.bz2, not \.xz"):
             manifest_rows(spark, str(tmp_path / "m.csv.xz"))
+        # a Parquet path column of bytes is read as text, one of numbers refused, as fashion-predict does
+        pd.DataFrame({"path": [str(IMAGES[0]).encode(), None]}).to_parquet(tmp_path / "bytes.parquet")
+        assert [r[0] for r in manifest_rows(spark, str(tmp_path / "bytes.parquet")).collect()] == [str(IMAGES[0])]
+        pd.DataFrame({"path": [10002, 10012]}).to_parquet(tmp_path / "ids.parquet")
+        with pytest.raises(ValueError, match="ids.parquet: column 'path' holds bigint, not text: a manifest's paths are strings"):
+            manifest_rows(spark, str(tmp_path / "ids.parquet"))
     finally:
         spark.stop()
         mlflow.set_tracking_uri(None)

@@ -101,6 +101,12 @@ def manifest_rows(spark: SparkSession, manifest: str, path_column: str = "path")
     else:
         images = spark.read.parquet(manifest)
         refuse_a_missing_column(images, manifest, path_column)
+        kind = images.schema[path_column].dataType
+        if kind.typeName() == "binary":   # BYTE_ARRAY without its UTF-8 annotation: file names all the same
+            images = images.withColumn(path_column, F.col(path_column).cast("string"))
+        elif kind.typeName() != "string":
+            raise ValueError(f"{manifest}: column {path_column!r} holds {kind.simpleString()}, not text: a manifest's "
+                             "paths are strings")
     return images.where(F.col(path_column).isNotNull() & (F.col(path_column) != "")).select(path_column)
 
 
