@@ -82,6 +82,8 @@ def test_batch_and_base64_agree_with_single_predict(client):
         assert answer.status_code == 200 and answer.json()["predictions"] == single["predictions"], answer.text
     for sent in (base64.urlsafe_b64encode(JPEG.read_bytes()).decode(), f"data:image/jpeg,{encoded}", f"{encoded[:8]}!{encoded[8:]}"):
         assert client.post("/v1/predict/base64", json={"image": sent}).json()["error"]["code"] == "bad_base64"
+    from fashion.data.images import base64_bytes   # the pyfunc's decoder too, whose DataFrame may hold bytes
+    assert base64_bytes(encoded.encode()) == base64_bytes(f"data:image/jpeg;base64,{encoded}") == JPEG.read_bytes()
 
 
 def test_explain_returns_a_heatmap_per_requested_attribute(client):

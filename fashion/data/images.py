@@ -36,11 +36,12 @@ class ImageReadError(OSError):
 DATA_URL = re.compile(r"data:[\w.+-]+/[\w.+-]+(;[\w.+-]+=[\w.+-]+)*;base64,", re.ASCII)
 
 
-def base64_bytes(text: str) -> bytes:
-    """An image file's bytes from base64 text as clients send it (the API's and the pyfunc's `image`): bare, as a data
-    URL (`data:image/jpeg;base64,...`, what a browser's FileReader gives) or in lines (the `base64` tool writes 76
-    characters a line). Any other character outside the standard alphabet is refused (binascii.Error)."""
-    text = text.strip()
+def base64_bytes(text: str | bytes) -> bytes:
+    """An image file's bytes from base64 text as clients send it (the API's and the pyfunc's `image`, which a DataFrame
+    may hold as bytes): bare, as a data URL (`data:image/jpeg;base64,...`, what a browser's FileReader gives) or in
+    lines (the `base64` tool writes 76 characters a line). Any other character outside the standard alphabet is
+    refused (binascii.Error; UnicodeDecodeError for bytes that are no text, a file's own bytes)."""
+    text = (text.decode("ascii") if isinstance(text, bytes) else text).strip()
     prefix = DATA_URL.match(text)
     return base64.b64decode("".join(text[prefix.end() if prefix else 0:].split()), validate=True)
 
