@@ -77,7 +77,7 @@ def unprintable(labels: Mapping[str, str]) -> str | None:
     """Why labels cannot be class names, or None: characters that are not printable text, such as a control character
     (a NUL, a line break), a space other than " " (which makes a class of its own) or an unpaired surrogate (a
     client's broken encoding, which JSON carries and styles.csv cannot: the export stopped at it)."""
-    odd = {attribute: label for attribute, label in labels.items() if not label.isprintable()}
+    odd = {attribute: label for attribute, label in labels.items() if not (isinstance(label, str) and label.isprintable())}
     return f"the labels {ascii(odd)} hold characters that are not printable text (a control character, a space " \
            "other than ' ', an unpaired surrogate)" if odd else None
 
