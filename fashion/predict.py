@@ -104,6 +104,20 @@ def read_manifest(manifest: str, column: str = "path") -> tuple[list[str], list[
     return [v for v in values if v not in (None, "")], [f"row {i}" for i, v in enumerate(values, 1) if v in (None, "")]
 
 
+def relative_to_the_manifest(manifest: str, paths: list[str], sample: int = 20) -> str | None:
+    """Why a manifest's relative paths would all miss: they name files beside the manifest, and the job runs elsewhere
+    (paths are taken from where it runs, as Spark takes them). Each row would be an error, a catalogue's worth of them;
+    judged on the first `sample` relative paths, none found from here and all beside the manifest. None otherwise."""
+    relative = [path for path in paths[:sample] if not os.path.isabs(path)]
+    beside = Path(manifest).parent
+    if not relative or beside.resolve() == Path.cwd().resolve() or any(os.path.exists(path) for path in relative) \
+            or not all((beside / path).exists() for path in relative):
+        return None
+    return (f"the manifest's paths are relative to where the job runs ({Path.cwd()}), and none of its first "
+            f"{len(relative)} is there, but each is beside the manifest ({beside / relative[0]}): run from "
+            f"{beside.resolve()}, or write absolute paths")
+
+
 COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 
 
@@ -181,6 +195,9 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
         listed, no_path = read_manifest(manifest, path_column) if manifest else ([], [])
     except (OSError, ValueError, KeyError) as err:
         print(f"fashion-predict: cannot read the manifest {manifest}: {err}", file=sys.stderr)
+        return 2
+    if manifest and relative_to_the_manifest(manifest, listed):
+        print(f"fashion-predict: {relative_to_the_manifest(manifest, listed)}", file=sys.stderr)
         return 2
     files += listed
     escaped = [as_text(f) for f in files if as_text(f) != f]

@@ -395,3 +395,20 @@ def test_a_parquet_manifest_of_paths_as_bytes_is_read_and_one_of_numbers_refused
         pd.DataFrame({"path": values}).to_parquet(manifest)
         assert main([f"bundle={trained.bundle}", f"manifest={manifest}"]) == 2
         assert f"column 'path' holds {kind}, not text: a manifest's paths are strings" in capsys.readouterr().err
+
+
+def test_a_manifest_of_paths_beside_it_scored_from_elsewhere_is_refused_saying_where_they_are(trained, tmp_path, capsys,
+                                                                                               monkeypatch):
+    """Paths are taken from where the job runs (as Spark takes them): a manifest listing images/<id>.jpg beside it, scored
+    from another folder, made an error row per product, each printed."""
+    catalogue = tmp_path / "catalogue"
+    (catalogue / "images").mkdir(parents=True)
+    for image in IMAGES[:2]:
+        (catalogue / "images" / image.name).write_bytes(image.read_bytes())
+    pd.DataFrame({"path": [f"images/{image.name}" for image in IMAGES[:2]]}).to_csv(catalogue / "manifest.csv", index=False)
+    monkeypatch.chdir(tmp_path)
+    assert main([f"bundle={trained.bundle}", "manifest=catalogue/manifest.csv"]) == 2
+    assert (f"the manifest's paths are relative to where the job runs ({tmp_path}), and none of its first 2 is there, but "
+            f"each is beside the manifest (catalogue/images/{IMAGES[0].name}): run from {catalogue}") in capsys.readouterr().err
+    monkeypatch.chdir(catalogue)
+    assert main([f"bundle={trained.bundle}", "manifest=manifest.csv"]) == 0
