@@ -504,7 +504,7 @@ def test_a_full_review_queue_takes_no_new_photo_and_stores_none_of_its_pixels(tm
         ReviewStore(f"sqlite:///{tmp_path / 'other.db'}", tmp_path / "other", max_queued=0)
 
 
-def test_the_server_queues_only_for_the_attributes_named_and_counts_what_a_full_queue_turns_away(trained, tmp_path):
+def test_the_server_queues_only_for_the_attributes_named_and_counts_what_a_full_queue_turns_away(trained, tmp_path, capsys):
     post = lambda client, colour: client.post("/v1/predict", files={"file": ("p.jpg", jpeg(colour), "image/jpeg")})  # noqa: E731
     colours = [(200, 30, 30), (30, 40, 190), (20, 180, 40)]
 
@@ -526,6 +526,10 @@ def test_the_server_queues_only_for_the_attributes_named_and_counts_what_a_full_
     assert 'fashion_review_not_queued_total{reason="queue_full"} 2.0' in metrics
     with pytest.raises(ValueError, match=r"review_for names \['sleeve'\]"):
         create_app(trained.bundle, review_for=["sleeve"])
+    from fashion.serve import main as serve_main   # a key, not the model: said as one (was "cannot load the model: ...")
+    with pytest.raises(SystemExit) as refused:
+        serve_main([f"bundle={trained.bundle}", "review_for=[sleeve]", "port=0", "review_queue=false"])
+    assert refused.value.code == 2 and capsys.readouterr().err.startswith("fashion-serve: review_for names ['sleeve']")
 
 
 def test_a_review_queue_that_fails_costs_the_review_not_the_prediction(trained, tmp_path, caplog):

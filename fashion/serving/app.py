@@ -45,6 +45,7 @@ from fastapi.responses import FileResponse
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, Field
 
+from fashion.config import ConfigError
 from fashion.data.images import base64_bytes
 from fashion.data.vocab import LabelVocabulary
 from fashion.feedback.store import NAME_LENGTH, ReviewStore, UnknownImage, unprintable
@@ -122,7 +123,7 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
     slot = ModelSlot(bundle, load, tracking_uri, model_cache)
     unknown = sorted(set(review_for or []) - set(slot.current.predictor.attributes))
     if unknown:
-        raise ValueError(f"review_for names {unknown}; the model tags {slot.current.predictor.attributes}")
+        raise ConfigError(f"review_for names {unknown}; the model tags {slot.current.predictor.attributes}")
     monitor = Monitor(slot.current.predictor.trained.vocabularies, drift_window)
     limiter = anyio.CapacityLimiter(model_threads)
     app = FastAPI(title="fashion tagger", version=package_version(),
