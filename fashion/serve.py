@@ -7,7 +7,7 @@ import sys
 from typing import Literal
 
 from fashion.cli import Refused, tool_config
-from fashion.config import ConfigError, refused_credentials
+from fashion.config import refused_credentials
 from fashion.inference.runtime import Runtime
 from fashion.validation import AtLeastOne, Port
 
@@ -30,14 +30,14 @@ def serve(bundle: str, host: str = "127.0.0.1", port: Port = 8000, max_bytes: At
     from uvicorn.config import STARTUP_FAILURE
 
     from fashion.feedback.store import ReviewStore
-    from fashion.serving.app import create_app
+    from fashion.serving.app import SettingRefused, create_app
     from fashion.serving.uploads import UploadLimits
 
     with listening_socket(host, port) as listener:   # held from before the model's load until the server ends
         try:
             app = create_app(bundle, UploadLimits(max_bytes, max_pixels, max_files), model_threads, top_k, runtime,
                              tracking_uri, model_cache, api_key, None, drift_window, open_predictions, review_for)
-        except ConfigError as err:   # a key that does not fit the model (review_for naming an attribute it does not tag)
+        except SettingRefused as err:   # a key that does not fit the model (review_for naming an attribute it does not tag)
             raise Refused("fashion-serve", str(err)) from None
         except (ValueError, OSError, MlflowException) as err:  # a refused, tampered or missing model: say why, no traceback
             raise Refused("fashion-serve", f"cannot load the model: {refused_credentials(tracking_uri, err) or err}") from None

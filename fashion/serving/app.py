@@ -86,6 +86,11 @@ def new_label_message(labels: Mapping[str, str], vocabularies: Mapping[str, Labe
     return f"the model has no class {named}: correct it, or send new_labels: true to add it as a new class"
 
 
+class SettingRefused(ConfigError):
+    """A setting that does not fit the model the server loaded (review_for naming an attribute it does not tag):
+    fashion-serve names the key, where a model it cannot load is "cannot load the model"."""
+
+
 def unplaced_in_taxonomy(labels: Mapping[str, str], trained: TrainedModel) -> str | None:
     """A new class of a taxonomy level (a new articleType) sent without the other levels: the retrained model's
     answers are decoded among the level combinations its training saw, and a correction lacking one is in none, so
@@ -123,7 +128,7 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
     slot = ModelSlot(bundle, load, tracking_uri, model_cache)
     unknown = sorted(set(review_for or []) - set(slot.current.predictor.attributes))
     if unknown:
-        raise ConfigError(f"review_for names {unknown}; the model tags {slot.current.predictor.attributes}")
+        raise SettingRefused(f"review_for names {unknown}; the model tags {slot.current.predictor.attributes}")
     monitor = Monitor(slot.current.predictor.trained.vocabularies, drift_window)
     limiter = anyio.CapacityLimiter(model_threads)
     app = FastAPI(title="fashion tagger", version=package_version(),
