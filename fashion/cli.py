@@ -121,7 +121,7 @@ def refuse_what_no_config_has(tool: str, config_name: str, argv: Sequence[str]) 
             composed = compose(config_name=config_name, overrides=overrides)
             if isinstance(composed.get("experiment"), DictConfig):
                 raise UsageError(tool, misplaced_recipe(composed.experiment, parsed, values))
-            unread = unread_append(parsed, loader, config_name, overrides)
+            unread = unread_append(parsed, config_name, overrides)
             if unread:
                 raise UsageError(tool, f"+{unread} adds a key no config has, so nothing would read it"
                                        + closest_keys(unread, config_name, overrides, loader.list_groups("")))
@@ -166,14 +166,14 @@ def missing_option(group: str, option: str, options: Sequence[str]) -> str:
             + f"; the options: {', '.join(options)}")
 
 
-def unread_append(parsed: Sequence[Any], loader: Any, config_name: str, overrides: Sequence[str]) -> str | None:
+def unread_append(parsed: Sequence[Any], config_name: str, overrides: Sequence[str]) -> str | None:
     """The top-level name of the first key appended with `+` (not a group, not `++`) that the config composed
-    without the appends lacks. Appending a group (`+experiment=...`) or inside a key a config has
-    (`+tags.owner=me`) is Hydra's to take."""
-    groups = loader.list_groups("")
-    appended = [o.is_add() and "/" not in o.key_or_group and o.key_or_group not in groups for o in parsed]
-    if not any(appended):
+    without the appends lacks. Appending a group (`+experiment=...`, one of a folder the command line adds too: Hydra's
+    own record of the groups it chose says which) or inside a key a config has (`+tags.owner=me`) is Hydra's to take."""
+    if not any(o.is_add() and "/" not in o.key_or_group for o in parsed):
         return None
+    groups = compose(config_name=config_name, overrides=overrides, return_hydra_config=True).hydra.runtime.choices
+    appended = [o.is_add() and "/" not in o.key_or_group and o.key_or_group not in groups for o in parsed]
     others = [text for text, added in zip(overrides, appended) if not added]
     known = {*compose(config_name=config_name, overrides=others), *groups}
     tops = [o.key_or_group.split(".")[0] for o, added in zip(parsed, appended) if added]

@@ -342,6 +342,10 @@ def test_what_hydra_would_take_is_not_refused_before_it_composes(capsys, tmp_pat
             with pytest.raises(SystemExit):
                 refuse_what_no_config_has("fashion-train", "train", [*flags, "experiment=tuned_study", wrong])
             assert said in capsys.readouterr().err
+    # a group only that folder has is appended as a group, not refused as a key nothing reads
+    (tmp_path / "mygroup").mkdir()
+    (tmp_path / "mygroup" / "mine.yaml").write_text("depth: 1\n")
+    refuse_what_no_config_has("fashion-train", "train", ["--config-dir", str(tmp_path), "+mygroup=mine"])
     # a recipe without its `# @package _global_` line: its keys would sit under experiment.*, read by nothing
     (tmp_path / "experiment" / "headless.yaml").write_text("trainer:\n  max_epochs: 2\n")
     with pytest.raises(SystemExit):
