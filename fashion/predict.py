@@ -196,11 +196,11 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
     except (OSError, ValueError, KeyError) as err:
         print(f"fashion-predict: cannot read the manifest {manifest}: {err}", file=sys.stderr)
         return 2
-    if manifest and relative_to_the_manifest(manifest, listed):
-        print(f"fashion-predict: {relative_to_the_manifest(manifest, listed)}", file=sys.stderr)
+    if manifest and (misplaced := relative_to_the_manifest(manifest, listed)):
+        print(f"fashion-predict: {misplaced}", file=sys.stderr)
         return 2
     files += listed
-    escaped = [as_text(f) for f in files if as_text(f) != f]
+    escaped = [text for f in files if (text := as_text(f)) != f]
     if escaped:   # the path column cannot hold them as they are (outputs.as_text)
         print(f"fashion-predict: {len(escaped)} file name(s) are not UTF-8 text; their rows name them with \\x escapes: "
               f"{first_few(escaped)}", file=sys.stderr)

@@ -47,8 +47,8 @@ def export_feedback(store: ReviewStore, output: Path, queue: int = 1) -> tuple[p
     rows, left_out = [], []
     for item_id, path, labels, _, filename in store.corrections():
         product = first + item_id
-        if unprintable(labels):   # stored before the API refused them: styles.csv cannot hold them as class names
-            left_out.append(f"queue item {item_id}: {unprintable(labels)}")
+        if odd := unprintable(labels):   # stored before the API refused them: styles.csv cannot hold them as class names
+            left_out.append(f"queue item {item_id}: {odd}")
             continue
         try:
             write_photo(path, images / f"{product}.jpg")

@@ -59,7 +59,10 @@ def flat_columns(attributes: list[str], explained: Sequence[str] = ()) -> list[s
 def as_text(path: str) -> str:
     """A path as the UTF-8 text every output format holds. A file name that is not UTF-8 (a Latin-1 name from an
     old archive, which Python holds with surrogate escapes) gets `\\x` escapes (`caf\\xe9.jpg`): CSV and Parquet
-    cannot encode it as it is, which stopped the job at its batch, and again at every resume."""
+    cannot encode it as it is, which stopped the job at its batch, and again at every resume. Called for every path
+    of a catalogue (at its start, per scored batch, at a resume): an ASCII name, the common one, is returned as it is."""
+    if path.isascii():
+        return path
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 

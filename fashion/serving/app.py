@@ -276,15 +276,15 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
         if unknown or blank:
             raise UploadRejected(400, "bad_labels", f"labels name attributes the model does not tag {unknown} or are blank "
                                  f"{blank}; attributes are {attributes}")
-        if unprintable(body.labels):
-            raise UploadRejected(400, "bad_labels", unprintable(body.labels))
+        if odd := unprintable(body.labels):
+            raise UploadRejected(400, "bad_labels", odd)
         trained = slot.current.predictor.trained
         if not body.new_labels:
             new = new_label_message(body.labels, trained.vocabularies)
             if new:
                 raise UploadRejected(400, "new_label", new)
-        elif trained.taxonomy and unplaced_in_taxonomy(body.labels, trained):
-            raise UploadRejected(400, "bad_labels", unplaced_in_taxonomy(body.labels, trained))
+        elif trained.taxonomy and (unplaced := unplaced_in_taxonomy(body.labels, trained)):
+            raise UploadRejected(400, "bad_labels", unplaced)
         store = queue_store()
         try:
             correction = await anyio.to_thread.run_sync(store.record, body.image_sha256, body.labels, body.reviewer)
