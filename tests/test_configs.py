@@ -143,6 +143,11 @@ def test_wrong_key_fails_naming_the_key(compose_config):
     # logged, but after the validation at which the callbacks look: the checkpoint chose on the epoch before's value
     ("callbacks.model_checkpoint.monitor=train/loss_epoch callbacks.model_checkpoint.mode=min",
      "callbacks.model_checkpoint.monitor: 'train/loss_epoch' is logged after the validation at which the callbacks look"),
+    # EMAWeights took **kwargs on to torch's AveragedModel: a misspelt key passed, and failed once the run had opened
+    ("callbacks.ema={_target_:fashion.training.callbacks.EMAWeights,decay:0.99,update_every:5}",
+     "callbacks.ema.update_every: Extra inputs are not permitted"),
+    ("callbacks.ema={_target_:fashion.training.callbacks.EMAWeights,decay:1.5}",
+     "callbacks.ema.decay: Input should be less than or equal to 1 (got 1.5)"),
     ("hparams_search=optuna optimized_metric=val/loss hparams_search.direction=maximize",
      "hparams_search.direction=maximize: val/loss is better lower, so minimize"),
 ])

@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.loggers import MLFlowLogger
 
 from fashion.calibration import Decision, calibrate
-from fashion.validation import Probability
+from fashion.validation import AtLeastOne, AtLeastZero, Probability
 
 
 class EpochSeed(Callback):
@@ -42,6 +42,16 @@ class EMAWeights(EMAWeightAveraging):
     Dropping the copy when training ends makes test, like inference, load the averaged `state_dict`.
     Enable with `callbacks.ema='{_target_: fashion.training.callbacks.EMAWeights, decay: 0.998}'`.
     """
+
+    def __init__(self, decay: Probability = 0.999, update_every_n_steps: AtLeastOne = 1,
+                 update_starting_at_step: AtLeastZero | None = None,
+                 update_starting_at_epoch: AtLeastZero | None = None,
+                 device: torch.device | str | int | None = None, use_buffers: bool = True) -> None:
+        # Named, not the stock **kwargs (handed on to torch's AveragedModel): the config check then refuses a
+        # misspelt key before the run opens, instead of a TypeError once it has.
+        super().__init__(device=device, use_buffers=use_buffers, decay=decay, update_every_n_steps=update_every_n_steps,
+                         update_starting_at_step=update_starting_at_step,
+                         update_starting_at_epoch=update_starting_at_epoch)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
