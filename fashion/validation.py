@@ -94,22 +94,37 @@ def _hints(func: Callable) -> dict[str, Any]:
 _SCHEMAS: dict[tuple, type[pydantic.BaseModel]] = {}
 
 
+def _parameters(target: Callable) -> tuple[dict[str, tuple[inspect.Parameter, Any]], bool]:
+    """`target`'s keyword parameters with their types, and whether it takes any other keyword. A class whose
+    __init__ hands `**kwargs` to its base's (Lightning's MLFlowLogger under ours) takes the base's too, and no
+    other: checked there, a misspelt key is named before the run rather than a TypeError once it has opened."""
+    params: dict[str, tuple[inspect.Parameter, Any]] = {}
+    for func in [c.__init__ for c in target.__mro__ if "__init__" in vars(c)] if isinstance(target, type) else [target]:
+        if func is object.__init__:   # a class without an __init__ of its own takes nothing
+            return params, False
+        hints, signature = _hints(func), inspect.signature(func).parameters
+        for name, param in signature.items():
+            if name != "self" and name not in params and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                params[name] = (param, hints.get(name, Any))
+        if not any(p.kind == p.VAR_KEYWORD for p in signature.values()):
+            return params, False
+    return params, True   # a function taking **kwargs
+
+
 def signature_schema(target: Callable, *, strict: bool, skip: Collection[str] = (),
                      all_optional: bool = False) -> type[pydantic.BaseModel]:
     """A pydantic model of `target`'s (a class: its __init__'s) parameters, minus `skip` (the ones its
     caller passes itself). Unknown keys fail unless the signature takes **kwargs."""
     key = (target, strict, tuple(sorted(skip)), all_optional)
     if key not in _SCHEMAS:
-        func = target.__init__ if isinstance(target, type) else target
-        hints = _hints(func)
-        params = inspect.signature(func).parameters
+        params, takes_any = _parameters(target)
         fields = {}
-        for name, param in params.items():
-            if name == "self" or name in skip or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+        for name, (param, hint) in params.items():
+            if name in skip:
                 continue
             empty = param.default is inspect.Parameter.empty
-            fields[name] = (hints.get(name, Any), None if all_optional and empty else ... if empty else param.default)
-        extra = "allow" if any(p.kind == p.VAR_KEYWORD for p in params.values()) else "forbid"
+            fields[name] = (hint, None if all_optional and empty else ... if empty else param.default)
+        extra = "allow" if takes_any else "forbid"
         config = pydantic.ConfigDict(extra=extra, strict=strict, arbitrary_types_allowed=not strict)
         with warnings.catch_warnings():   # a parameter may share a name with a BaseModel attribute (`register`):
             warnings.filterwarnings("ignore", "Field name .* shadows an attribute", UserWarning)   # fields win

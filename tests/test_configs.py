@@ -148,6 +148,9 @@ def test_wrong_key_fails_naming_the_key(compose_config):
      "callbacks.ema.update_every: Extra inputs are not permitted"),
     ("callbacks.ema={_target_:fashion.training.callbacks.EMAWeights,decay:1.5}",
      "callbacks.ema.decay: Input should be less than or equal to 1 (got 1.5)"),
+    # a class handing **kwargs to its base's takes the base's keys, and no other
+    ("+logger.tracking_urii=x", "logger.tracking_urii: Extra inputs are not permitted"),
+    ("+class_weights.power=2", "class_weights.power: Extra inputs are not permitted"),   # class_weights=none takes none
     ("hparams_search=optuna optimized_metric=val/loss hparams_search.direction=maximize",
      "hparams_search.direction=maximize: val/loss is better lower, so minimize"),
 ])
