@@ -201,7 +201,8 @@ def validate_config(cfg: DictConfig | dict) -> None:
             check_fields(get_object(node["_target_"]), fields, where)
         except ValueError as err:
             problems.append(str(err))
-    problems += monitored_metric_problems(container) + direction_problems(container) + missing_file_problems(container)
+    problems += monitored_metric_problems(container) + direction_problems(container) + missing_file_problems(container) \
+        + set_by_the_run_problems(container)
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
 
@@ -248,6 +249,14 @@ def missing_file_problems(container: dict) -> list[str]:
         # torch.save writes a zip archive: text, a cut file or another format is named here, not at fit
         problems.append(f"ckpt_path: {named['ckpt_path']} is not a PyTorch checkpoint (not a zip archive; cut short?)")
     return problems
+
+
+def set_by_the_run_problems(container: dict) -> list[str]:
+    """Logger keys that opening the run sets itself (`tracking.run.open_run`): given, they were dropped without a word."""
+    logger = container.get("logger")
+    ways = {"run_id": "resume=<run id> continues an MLflow run", "tags": "tags.<key>=<value> adds a run tag"}
+    return [f"logger.{key}: set by the run itself; {way}" for key, way in ways.items()
+            if isinstance(logger, dict) and logger.get(key) is not None]
 
 
 def monitored_metrics(container: Mapping) -> dict[str, str]:

@@ -151,6 +151,9 @@ def test_wrong_key_fails_naming_the_key(compose_config):
     # a class handing **kwargs to its base's takes the base's keys, and no other
     ("+logger.tracking_urii=x", "logger.tracking_urii: Extra inputs are not permitted"),
     ("+class_weights.power=2", "class_weights.power: Extra inputs are not permitted"),   # class_weights=none takes none
+    # the logger's keys that opening the run sets: a new run was opened in place of the one named, without a word
+    ("+logger.run_id=0a1b2c", "logger.run_id: set by the run itself; resume=<run id> continues an MLflow run"),
+    ("+logger.tags={owner:me}", "logger.tags: set by the run itself; tags.<key>=<value> adds a run tag"),
     ("hparams_search=optuna optimized_metric=val/loss hparams_search.direction=maximize",
      "hparams_search.direction=maximize: val/loss is better lower, so minimize"),
 ])
