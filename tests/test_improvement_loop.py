@@ -340,7 +340,8 @@ def test_the_improvement_loop_end_to_end(trained, tmp_path, capsys, monkeypatch)
         typo = client.post("/v1/feedback", headers=auth, json={"image_sha256": item["image_sha256"], "labels": {"articleType": "Jeens"}})
         assert typo.status_code == 400 and typo.json()["error"]["code"] == "new_label"   # not stored as a class of its own
         assert "articleType='Jeens' (closest: Jeans" in typo.json()["error"]["message"] and review.queued() == len(photos)
-        labels = {"articleType": "Jeans", "subCategory": "Bottomwear", "masterCategory": "Apparel", "gender": "Women"}
+        # spaces around a label (typed, pasted) are dropped: not a new class " Jeans "
+        labels = {"articleType": " Jeans ", "subCategory": "Bottomwear", "masterCategory": "Apparel", "gender": "Women\t"}
         done = client.post("/v1/feedback", headers=auth, json={"image_sha256": item["image_sha256"], "labels": labels,
                                                                "reviewer": "ana"})
         assert done.status_code == 200 and done.json()["queued"] == len(photos) - 1
@@ -348,6 +349,7 @@ def test_the_improvement_loop_end_to_end(trained, tmp_path, capsys, monkeypatch)
         feedback = tmp_path / "feedback"
         table, left_out = export_feedback(review, feedback)
         assert left_out == [] and table["id"].tolist() == [ID_BASE + item["id"]] and table["articleType"].tolist() == ["Jeans"]
+        assert table["gender"].tolist() == ["Women"]
         assert pd.isna(table["season"].iloc[0]) and (feedback / "images" / f"{ID_BASE + item['id']}.jpg").is_file()
 
         retrained = tmp_path / "retrain"

@@ -107,7 +107,8 @@ def unplaced_in_taxonomy(labels: Mapping[str, str], trained: TrainedModel) -> st
 
 class FeedbackRequest(BaseModel):
     image_sha256: str = Field(min_length=64, max_length=64, description="the queued photo, as /v1/review/next names it")
-    labels: dict[str, str] = Field(min_length=1, description="attribute -> the label a person confirmed or corrected")
+    labels: dict[str, str] = Field(min_length=1, description="attribute -> the label a person confirmed or corrected "
+                                                             "(spaces around it are dropped)")
     reviewer: str | None = Field(None, max_length=NAME_LENGTH, description="who reviewed it, as the team names people")
     new_labels: bool = Field(False, description="allow labels the model has no class for (a new class, on purpose); "
                                                 "without it such a label is refused as a likely typo (`new_label`)")
@@ -271,23 +272,26 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
     async def feedback(body: FeedbackRequest) -> dict:
         """A person's labels for a queued photo; it leaves the queue, and fashion-data export-feedback exports it."""
         attributes = slot.current.predictor.attributes
-        unknown = sorted(set(body.labels) - set(attributes))
-        blank = sorted(a for a, label in body.labels.items() if not label.strip())
+        # Spaces around a label (" Jeans" typed or pasted) made a class of their own: "not a class, did you mean
+        # Jeans?", then a new class once confirmed.
+        labels = {attribute: label.strip() for attribute, label in body.labels.items()}
+        unknown = sorted(set(labels) - set(attributes))
+        blank = sorted(a for a, label in labels.items() if not label)
         if unknown or blank:
             raise UploadRejected(400, "bad_labels", f"labels name attributes the model does not tag {unknown} or are blank "
                                  f"{blank}; attributes are {attributes}")
-        if odd := unprintable(body.labels):
+        if odd := unprintable(labels):
             raise UploadRejected(400, "bad_labels", odd)
         trained = slot.current.predictor.trained
         if not body.new_labels:
-            new = new_label_message(body.labels, trained.vocabularies)
+            new = new_label_message(labels, trained.vocabularies)
             if new:
                 raise UploadRejected(400, "new_label", new)
-        elif trained.taxonomy and (unplaced := unplaced_in_taxonomy(body.labels, trained)):
+        elif trained.taxonomy and (unplaced := unplaced_in_taxonomy(labels, trained)):
             raise UploadRejected(400, "bad_labels", unplaced)
         store = queue_store()
         try:
-            correction = await anyio.to_thread.run_sync(store.record, body.image_sha256, body.labels, body.reviewer)
+            correction = await anyio.to_thread.run_sync(store.record, body.image_sha256, labels, body.reviewer)
         except UnknownImage:
             raise UploadRejected(404, "unknown_image", f"no queued photo has sha256 {body.image_sha256}") from None
         return {"correction_id": correction, "queued": await anyio.to_thread.run_sync(store.queued)}
