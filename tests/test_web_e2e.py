@@ -4,11 +4,13 @@ Needs Debian's chromium (.ci/run installs it and sets FASHION_REQUIRE_BROWSER=1,
 missing browser into a failure instead of a skip).
 """
 
+import contextlib
 import os
 import re
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -23,23 +25,36 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-@pytest.fixture
-def server(trained):
-    server = uvicorn.Server(uvicorn.Config(create_app(trained.bundle), host="127.0.0.1", port=0, log_level="warning"))
+@contextlib.contextmanager
+def serving(app) -> Iterator[str]:
+    """`app` on a free local port, in a thread; yields its base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=5)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=5)
 
 
-def test_upload_a_photo_and_see_its_article_type(server, tmp_path):
+@pytest.fixture
+def server(trained):
+    with serving(create_app(trained.bundle)) as base:
+        yield base
+
+
+def need_a_browser() -> None:
     if not Path(CHROMIUM).exists():
         if os.environ.get("FASHION_REQUIRE_BROWSER"):
             pytest.fail(f"chromium not found at {CHROMIUM} (apt-get install chromium)")
         pytest.skip("Debian chromium is not installed (.ci/run installs it)")
+
+
+def test_upload_a_photo_and_see_its_article_type(server, tmp_path):
+    need_a_browser()
     from playwright.sync_api import expect, sync_playwright
 
     photo = sorted((SAMPLE / "images").glob("*.jpg"))[0]
@@ -71,23 +86,13 @@ def test_upload_a_photo_and_see_its_article_type(server, tmp_path):
 def test_review_page_shows_the_queued_photo_and_records_a_correction(trained, tmp_path):
     """The review view: key in, the next queued photo with the model's tags (review-needed ones marked),
     one tag corrected, Confirm: the correction is stored and the queue moves on."""
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("FASHION_REQUIRE_BROWSER"):
-            pytest.fail(f"chromium not found at {CHROMIUM} (apt-get install chromium)")
-        pytest.skip("Debian chromium is not installed (.ci/run installs it)")
+    need_a_browser()
     from playwright.sync_api import expect, sync_playwright
 
     from fashion.feedback.store import ReviewStore
 
     store = ReviewStore(f"sqlite:///{tmp_path / 'review.db'}", tmp_path / "images")
-    app = create_app(trained.bundle, api_key="k3y", review=store)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    try:
+    with serving(create_app(trained.bundle, api_key="k3y", review=store)) as base:
         photos = sorted((trained.data / "images").glob("*.jpg"))[:2]
         hostile = '<img src=x id=pwned onerror="document.body.dataset.pwned=1">.jpg'   # an upload's name is not markup
         for photo, name in zip(photos, [hostile, photos[1].name]):   # the tiny model is uncalibrated: both are queued
@@ -121,9 +126,41 @@ def test_review_page_shows_the_queued_photo_and_records_a_correction(trained, tm
         first, second = sorted(store.corrections(), key=lambda c: c[1].read_bytes() != photos[0].read_bytes())
         assert first[2]["articleType"] == "Jeans" and first[1].read_bytes() == photos[0].read_bytes()
         assert second[2]["articleType"] == "Cargo Jorts" and set(first[2]) == set(trained_attributes(base))
-    finally:
-        server.should_exit = True
-        thread.join(timeout=5)
+
+
+def test_a_photo_queued_by_a_model_of_other_attributes_is_reviewed_for_the_served_ones(trained, tmp_path):
+    """A reload can serve a model that tags other attributes than the one that queued a photo. The page built its
+    form from the queued tags: Confirm sent `colour`, which the served model refuses, and the photo stayed at the
+    head of the queue for good. Now the served model's fields; one the queueing model did not tag starts empty, and
+    an empty field is no label."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from fashion.feedback.store import ReviewStore
+
+    need_a_browser()
+    store = ReviewStore(f"sqlite:///{tmp_path / 'review.db'}", tmp_path / "images")
+    photo = sorted((trained.data / "images").glob("*.jpg"))[0]
+    with serving(create_app(trained.bundle, api_key="k3y", review=store)) as base:
+        served = httpx.post(f"{base}/v1/predict", files={"file": (photo.name, photo.read_bytes())}).json()["predictions"]
+        store.record(store.next_item()["image_sha256"], {"gender": "Men"})   # queued by the served model: reviewed
+        queued = {a: p for a, p in served.items() if a != "season"} | {"colour": {"label": "Red", "confidence": 0.4,
+                                                                                   "status": "review"}}
+        store.enqueue(photo.read_bytes() + b"\0", "jpg", queued, "old/1", "old.jpg")   # bytes of its own: not reviewed yet
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS,
+                                                 ignore_default_args=["--headless=new"])
+            page = browser.new_page()
+            page.goto(base + "/review")
+            page.fill("#apikey", "k3y")
+            page.click("#start")
+            expect(page.locator("#count")).to_have_text("1 waiting", timeout=30_000)
+            expect(page.locator("#f-season")).to_have_value("")
+            assert page.locator("#f-colour").count() == 0
+            page.click("#tags button[type=submit]")
+            expect(page.locator("#tags p")).to_have_text("The queue is empty.", timeout=30_000)
+            browser.close()
+    labels = [c[2] for c in store.corrections()][-1]
+    assert set(labels) == set(served) - {"season"} and labels["articleType"] == served["articleType"]["label"]
 
 
 def trained_attributes(base: str) -> list[str]:
