@@ -99,12 +99,7 @@ def test_review_page_shows_the_queued_photo_and_records_a_correction(trained, tm
             assert httpx.post(f"{base}/v1/predict", files={"file": (name, photo.read_bytes())}).status_code == 200
         assert store.queued() == 2
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS,
-                                                 ignore_default_args=["--headless=new"])
-            page = browser.new_page()
-            page.goto(base + "/review")
-            page.fill("#apikey", "k3y")
-            page.click("#start")
+            browser, page = open_review_page(playwright, base, "k3y")
             expect(page.locator("#photo img")).to_be_visible(timeout=30_000)
             expect(page.locator("#count")).to_have_text("2 waiting")
             expect(page.locator(".row.review").first).to_be_visible()
@@ -147,12 +142,7 @@ def test_a_photo_queued_by_a_model_of_other_attributes_is_reviewed_for_the_serve
                                                                                    "status": "review"}}
         store.enqueue(photo.read_bytes() + b"\0", "jpg", queued, "old/1", "old.jpg")   # bytes of its own: not reviewed yet
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS,
-                                                 ignore_default_args=["--headless=new"])
-            page = browser.new_page()
-            page.goto(base + "/review")
-            page.fill("#apikey", "k3y")
-            page.click("#start")
+            browser, page = open_review_page(playwright, base, "k3y")
             expect(page.locator("#count")).to_have_text("1 waiting", timeout=30_000)
             expect(page.locator("#f-season")).to_have_value("")
             assert page.locator("#f-colour").count() == 0
@@ -161,6 +151,16 @@ def test_a_photo_queued_by_a_model_of_other_attributes_is_reviewed_for_the_serve
             browser.close()
     labels = [c[2] for c in store.corrections()][-1]
     assert set(labels) == set(served) - {"season"} and labels["articleType"] == served["articleType"]["label"]
+
+
+def open_review_page(playwright, base: str, key: str):
+    """Chromium on the review page, the key given and the first queued photo asked for."""
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, ignore_default_args=["--headless=new"])
+    page = browser.new_page()
+    page.goto(base + "/review")
+    page.fill("#apikey", key)
+    page.click("#start")
+    return browser, page
 
 
 def trained_attributes(base: str) -> list[str]:
