@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import zipfile
@@ -196,10 +197,14 @@ def validate_config(cfg: DictConfig | dict) -> None:
         if node in checked:  # data.labels repeats labels
             continue
         checked.append(node)
-        fields = {k: v for k, v in node.items() if not (k.startswith("_") and k.endswith("_")) and not _has_target(v)}
+        given = {k: v for k, v in node.items() if not (k.startswith("_") and k.endswith("_"))}
+        fields = {k: v for k, v in given.items() if not _has_target(v)}
+        target = get_object(node["_target_"])
         try:
-            check_fields(get_object(node["_target_"]), fields, where)
-        except ValueError as err:
+            checked_fields = check_fields(target, fields, where)
+            if dataclasses.is_dataclass(target) and fields == given:   # nothing nested left out
+                target(**checked_fields)   # a plain record: cheap, and its own checks (__post_init__) run now
+        except ValueError as err:   # the dataclasses' checks name their key
             problems.append(str(err))
     problems += monitored_metric_problems(container) + direction_problems(container) + missing_file_problems(container) \
         + set_by_the_run_problems(container)

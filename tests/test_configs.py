@@ -151,6 +151,9 @@ def test_wrong_key_fails_naming_the_key(compose_config):
     # a class handing **kwargs to its base's takes the base's keys, and no other
     ("+logger.tracking_urii=x", "logger.tracking_urii: Extra inputs are not permitted"),
     ("+class_weights.power=2", "class_weights.power: Extra inputs are not permitted"),   # class_weights=none takes none
+    # a record's own checks (dataclass __post_init__) ran only when the data was built: Hydra's "Error in call to target"
+    ("split.fractions={train:0.7,val:0.1,test:0.1}", "split.fractions must add up to 1, they add up to 0.9"),
+    ("labels.attributes=[gender,colour]", "labels.attributes: unknown ['colour']"),
     # the logger's keys that opening the run sets: a new run was opened in place of the one named, without a word
     ("+logger.run_id=0a1b2c", "logger.run_id: set by the run itself; resume=<run id> continues an MLflow run"),
     ("+logger.tags={owner:me}", "logger.tags: set by the run itself; tags.<key>=<value> adds a run tag"),

@@ -34,7 +34,7 @@ class SplitSpec:
             raise ValueError(f"split.fractions needs non-negative train, val and test shares, got {self.fractions}")
         total = sum(self.fractions.values())
         if not np.isclose(total, 1.0):
-            raise ValueError(f"split.fractions must add up to 1, they add up to {total}")
+            raise ValueError(f"split.fractions must add up to 1, they add up to {total:.6g}")
 
 
 def near_duplicate_groups(frame: pd.DataFrame, keys: list[str], max_id_gap: int) -> pd.Series:
