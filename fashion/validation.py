@@ -23,11 +23,14 @@ import pydantic
 # at the key, by name, instead of surfacing later as a traceback from range() or torch.topk.
 AtLeastOne = Annotated[int, pydantic.Field(ge=1)]
 AtLeastZero = Annotated[int, pydantic.Field(ge=0)]
+AtLeastTwo = Annotated[int, pydantic.Field(ge=2)]
 Port = Annotated[int, pydantic.Field(ge=0, le=65535)]
 # A width/height ratio (`true_aspect`): 0 or less would squash every photo to a 1-pixel column, silently.
 Aspect = Annotated[float, pydantic.Field(gt=0)]
 # A rate (dropout, label smoothing): torch refuses others only once training has started.
 Probability = Annotated[float, pydantic.Field(ge=0, le=1)]
+# A share strictly between 0 and 1 (class_weights.beta: at 1 every class would weigh 0/0).
+OpenUnitInterval = Annotated[float, pydantic.Field(gt=0, lt=1)]
 # A scale (the backbone's share of the learning rate): below 0 the backbone would climb its loss, silently.
 NonNegative = Annotated[float, pydantic.Field(ge=0)]
 # An image side in pixels, the range a bundle's preprocessing.json accepts (0 meant "the backbone's default").

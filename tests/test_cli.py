@@ -239,7 +239,11 @@ def test_a_value_the_classes_refuse_or_a_missing_path_is_one_line_and_exit_2(tmp
              (["fashion.train", f"data.root={latin}"], f"fashion-train: {latin / 'styles.csv'} is not UTF-8 text (line 3)"),
              (["fashion.data_report", "report", f"data.root={missing}"], f"fashion-data report: data.root does not exist: {missing}"),
              # refused in a class's __init__, which Hydra's instantiate wraps: the refusal is still the one line
-             (["fashion.train", "data.train_only=[feedback]"], "fashion-train: data.train_only holds photos at their true aspect")]
+             (["fashion.train", "data.train_only=[feedback]"], "fashion-train: data.train_only holds photos at their true aspect"),
+             # ValueErrors of the network and loss pieces were Hydra's "Error in call to target" and full_key lines
+             (["fashion.train", "backbone.name=resnet999"], "fashion-train: backbone.name='resnet999' is not a timm model"),
+             (["fashion.train", "loss_weighting.weights={colour:2}"],
+              "fashion-train: loss_weighting.weights names ['colour'], which are not trained attributes")]
     answers = commands_in_one_process([[*args, f"hydra.run.dir={tmp_path}/outputs"] for args, _ in cases], tmp_path, env)
     for (args, first_line), (code, stderr) in zip(cases, answers, strict=True):
         assert code == 2, (args, stderr[-2000:])

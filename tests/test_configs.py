@@ -154,6 +154,9 @@ def test_wrong_key_fails_naming_the_key(compose_config):
     # a record's own checks (dataclass __post_init__) ran only when the data was built: Hydra's "Error in call to target"
     ("split.fractions={train:0.7,val:0.1,test:0.1}", "split.fractions must add up to 1, they add up to 0.9"),
     ("labels.attributes=[gender,colour]", "labels.attributes: unknown ['colour']"),
+    ("class_weights=effective_number class_weights.beta=1", "class_weights.beta: Input should be less than 1 (got 1)"),
+    ("+extra_features.colour={_target_:fashion.models.ColourHistogram,bins:1}",
+     "extra_features.colour.bins: Input should be greater than or equal to 2 (got 1)"),
     # the logger's keys that opening the run sets: a new run was opened in place of the one named, without a word
     ("+logger.run_id=0a1b2c", "logger.run_id: set by the run itself; resume=<run id> continues an MLflow run"),
     ("+logger.tags={owner:me}", "logger.tags: set by the run itself; tags.<key>=<value> adds a run tag"),

@@ -136,7 +136,7 @@ class Augmentation:
         self.steps, self.views = list(steps), list(views)
         for view in self.views:
             if getattr(view, "p", 1.0) != 1.0:
-                raise ValueError(f"augmentation view {type(view).__name__} has p={view.p}: a view is always applied "
+                raise ConfigError(f"augmentation view {type(view).__name__} has p={view.p}: a view is always applied "
                                  "once drawn (set p: 1.0); the draw among the views is uniform")
 
     @property

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import torch
 
+from fashion.validation import OpenUnitInterval
+
 
 def _normalised(weights: torch.Tensor) -> torch.Tensor:
     return weights * (len(weights) / weights.sum())
@@ -34,9 +36,7 @@ class InverseFrequency:
 class EffectiveNumber:
     """Cui et al. 2019: w_c = (1 - beta) / (1 - beta^n_c), which saturates for frequent classes."""
 
-    def __init__(self, beta: float = 0.999) -> None:
-        if not 0.0 < beta < 1.0:
-            raise ValueError(f"class_weights.beta must be in (0, 1), got {beta}")
+    def __init__(self, beta: OpenUnitInterval = 0.999) -> None:
         self.beta = beta
 
     def __call__(self, counts: Sequence[int]) -> torch.Tensor:

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from fashion.config import ConfigError
+
 
 class LossWeighting(nn.Module):
     def __init__(self, attributes: Sequence[str]) -> None:
@@ -37,7 +39,7 @@ class FixedWeighting(LossWeighting):
         given = dict(weights or {})
         stray = sorted(set(given) - set(self.attributes))
         if stray:
-            raise ValueError(f"loss_weighting.weights names {stray}, which are not trained attributes {self.attributes}")
+            raise ConfigError(f"loss_weighting.weights names {stray}, which are not trained attributes {self.attributes}")
         self._weights = {a: float(given.get(a, default)) for a in self.attributes}
 
     def weights(self) -> dict[str, float]:

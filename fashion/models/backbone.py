@@ -61,9 +61,9 @@ class Backbone(nn.Module):
         super().__init__()
         sources = [s for s, on in (("pretrained", pretrained), ("checkpoint_path", checkpoint_path), ("packaged_weights", packaged_weights)) if on]
         if len(sources) > 1:
-            raise ValueError(f"backbone: set only one weight source, got {sources}")
+            raise ConfigError(f"backbone: set only one weight source, got {sources}")
         if not timm.is_model(split_model_name_tag(name)[0]):
-            raise ValueError(f"backbone.name={name!r} is not a timm model (see timm.list_models())")
+            raise ConfigError(f"backbone.name={name!r} is not a timm model (see timm.list_models())")
         kwargs = {} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}
         self.name = name
         self.weight_source = sources[0] if sources else "random"
@@ -162,7 +162,7 @@ class Backbone(nn.Module):
 
         groups = list(group_parameters(self.model, self.model.group_matcher(coarse=True)).values())
         if freeze == "partial" and not 0 < trainable_stages < len(groups):
-            raise ValueError(f"backbone.trainable_stages={trainable_stages} must be in 1..{len(groups) - 1} for {self.name}")
+            raise ConfigError(f"backbone.trainable_stages={trainable_stages} must be in 1..{len(groups) - 1} for {self.name}")
         keep = 0 if freeze == "frozen" else trainable_stages
         frozen = {name for group in groups[: len(groups) - keep] for name in group}
         for name, param in self.model.named_parameters():

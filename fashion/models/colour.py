@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fashion.data.transforms import Preprocessing
+from fashion.validation import AtLeastTwo, ImageSide
 
 MIN_FOREGROUND = 0.02  # below this share of non-background pixels, histogram the whole image
 
@@ -27,11 +28,9 @@ class ColourHistogram(nn.Module):
     initialisation do not mute it.
     """
 
-    def __init__(self, preprocessing: Preprocessing, bins: int = 8, size: int = 64, background: float = 0.92,
+    def __init__(self, preprocessing: Preprocessing, bins: AtLeastTwo = 8, size: ImageSide = 64, background: float = 0.92,
                  scale: float | None = None) -> None:
         super().__init__()
-        if bins < 2 or size < 4:
-            raise ValueError(f"ColourHistogram: bins={bins} must be >= 2 and size={size} >= 4")
         self.bins, self.size, self.background = bins, size, background
         self.num_features = bins**3
         self.scale = float(scale) if scale is not None else float(self.num_features) ** 0.5

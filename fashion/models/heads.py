@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from fashion.config import ConfigError
 from fashion.validation import Probability
 
 
@@ -56,7 +57,7 @@ class MLPHeads(nn.Module):
         overrides = dict(hidden_per_attribute or {})
         stray = sorted(set(overrides) - set(num_classes))
         if stray:
-            raise ValueError(f"head.hidden_per_attribute names {stray}, which are not trained attributes {list(num_classes)}")
+            raise ConfigError(f"head.hidden_per_attribute names {stray}, which are not trained attributes {list(num_classes)}")
         self.trunk, trunk_out = _mlp(in_features, trunk, dropout)
         heads = {}
         for attribute, n in num_classes.items():
