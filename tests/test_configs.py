@@ -8,10 +8,12 @@ import sys
 import time
 from pathlib import Path
 
+import hydra.errors
 import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from fashion.config import CONFIG_DIR
 from fashion.models import Backbone
@@ -369,3 +371,46 @@ def test_what_hydra_would_take_is_not_refused_before_it_composes(capsys, tmp_pat
         refuse_what_no_config_has("fashion-train", "train", ["--config-dir", str(tmp_path), "experiment=headless"])
     assert ("experiment=headless: its file lacks the first line `# @package _global_`, so its keys (trainer) land under "
             "experiment.* and nothing reads them") in capsys.readouterr().err
+
+
+# Commands the docs show failing, on purpose: each must still be refused.
+SHOWN_REFUSED = {"+max_epochs=3", "backbone.freeze=sometimes", "trainer.max_epoch=3", "loss_weighting=fixed,uncertanty"}
+
+
+def documented_training_commands() -> list[tuple[str, list[str]]]:
+    """Every `fashion-train key=value ...` of the README, docs/ and the configs' comments, as (file, overrides), less
+    launcher choices (plugins) and placeholders (`<study>`, `...`)."""
+    root, found = CONFIG_DIR.parent, []
+    for path in [root / "README.md", *sorted((root / "docs").glob("*.md")), *sorted(CONFIG_DIR.rglob("*.yaml"))]:
+        for match in re.finditer(r"fashion-train ((?:[^`|#\n\\]|\\\n)*)", path.read_text()):
+            try:
+                words = shlex.split(match.group(1).replace("\\\n", " "))
+            except ValueError:   # prose that quotes the command
+                continue
+            overrides = [w for w in words if "=" in w and "<" not in w and "..." not in w and "tuned_" not in w
+                         and not w.startswith(("hydra/launcher", "hydra.", "["))]
+            if overrides and "experiment=mine" not in overrides:
+                found.append((path.name, overrides))
+    return found
+
+
+def test_every_training_command_the_docs_show_composes_and_passes_the_config_check(compose_config, tmp_path, capsys):
+    """A reader copies these to reproduce a result or to learn a key: one a rename left behind would fail for them."""
+    from fashion.cli import UsageError, refuse_what_no_config_has
+    from fashion.config import ConfigError, validate_config
+
+    commands = documented_training_commands()
+    assert len(commands) > 30 and any(o == ["experiment=best_cpu"] for _, o in commands)
+    refused = []
+    for where, overrides in commands:
+        try:   # as fashion-train checks a command line: before Hydra, then the composed config
+            refuse_what_no_config_has("fashion-train", "train", overrides)
+            first = [o if "{" in o or "[" in o else o.split(",")[0] for o in overrides]   # a sweep's first job
+            validate_config(compose_config([*first, f"paths.output_dir={tmp_path}"]))
+        except (UsageError, ConfigError, hydra.errors.HydraException, OmegaConfBaseException) as err:
+            said = capsys.readouterr().err if isinstance(err, UsageError) else str(err)   # the refusal prints its line
+            if not SHOWN_REFUSED & set(overrides):
+                refused.append(f"{where}: {' '.join(overrides)}: {said.strip().splitlines()[0]}")
+            continue
+        assert not SHOWN_REFUSED & set(overrides), f"{where} shows {overrides} refused, and it is not"
+    assert not refused, "\n".join(refused)
