@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from fashion.cli import first_few, tool_config
 from fashion.config import progress_bar
-from fashion.data.styles import first_line_not_utf8, is_csv_manifest, no_column
+from fashion.data.styles import first_line_not_utf8, is_csv_manifest, no_column, relative_to_the_manifest
 from fashion.inference.outputs import Format, OutputConflict, as_text, output_format, prepare_output, write_batches
 from fashion.inference.runtime import Runtime, load_predictor
 from fashion.machine import usable_cores
@@ -102,20 +102,6 @@ def read_manifest(manifest: str, column: str = "path") -> tuple[list[str], list[
         raise ValueError(f"column {column!r} holds {kind}, not text: a manifest's paths are strings")
     values = [os.fsdecode(v) if isinstance(v, bytes) else v for v in dataset.read(columns=[column]).column(column).to_pylist()]
     return [v for v in values if v not in (None, "")], [f"row {i}" for i, v in enumerate(values, 1) if v in (None, "")]
-
-
-def relative_to_the_manifest(manifest: str, paths: list[str], sample: int = 20) -> str | None:
-    """Why a manifest's relative paths would all miss: they name files beside the manifest, and the job runs elsewhere
-    (paths are taken from where it runs, as Spark takes them). Each row would be an error, a catalogue's worth of them;
-    judged on the first `sample` relative paths, none found from here and all beside the manifest. None otherwise."""
-    relative = [path for path in paths[:sample] if not os.path.isabs(path)]
-    beside = Path(manifest).parent
-    if not relative or beside.resolve() == Path.cwd().resolve() or any(os.path.exists(path) for path in relative) \
-            or not all((beside / path).exists() for path in relative):
-        return None
-    return (f"the manifest's paths are relative to where the job runs ({Path.cwd()}), and none of its first "
-            f"{len(relative)} is there, but each is beside the manifest ({beside / relative[0]}): run from "
-            f"{beside.resolve()}, or write absolute paths")
 
 
 COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
@@ -240,7 +226,7 @@ def predict(inputs: list[str] | None = None, bundle: str | None = None, checkpoi
             files = [f for f in files if as_text(f) not in done]
             print(f"fashion-predict: resuming: {len(done)} already in {output}, {len(files)} to score", file=sys.stderr)
     if explained:   # Grad-CAM needs the decoded image beside its prediction: decode here, batch by batch
-        batches = explained_batches(predictor, [Path(f) for f in files], explained, Path(explain_dir))
+        batches = explained_batches(predictor, files, explained, Path(explain_dir))   # a URI stays one
     else:
         lanes = lanes or lanes_for(predictor)
         batches = score_paths(predictor, files, workers, lanes)

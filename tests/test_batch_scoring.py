@@ -287,6 +287,12 @@ def test_spark_scores_the_manifest_like_fashion_predict(trained, tmp_path, capfd
         with pytest.raises(ValueError, match=re.escape(f"not UTF-8 text (a path read as '{tmp_path}/caf\ufffd.jpg')")):
             score_manifest(spark, uri, str(latin1), str(tmp_path / "spark_csv"))
         assert not (tmp_path / "spark_csv").exists()
+        beside = tmp_path / "catalogue"   # relative paths beside the manifest, from elsewhere: an error row per product
+        (beside / "images").mkdir(parents=True)
+        (beside / "images" / IMAGES[0].name).write_bytes(IMAGES[0].read_bytes())
+        (beside / "manifest.csv").write_text(f"path\nimages/{IMAGES[0].name}\n")
+        with pytest.raises(ValueError, match="the manifest's paths are relative to where the job runs"):
+            score_manifest(spark, uri, str(beside / "manifest.csv"), str(tmp_path / "spark_csv"))
         # a compressed CSV, or one with another suffix, is read as fashion-predict reads it (it was read as Parquet)
         from fashion.inference.spark import manifest_rows
         from fashion.predict import read_manifest
@@ -412,3 +418,41 @@ def test_a_manifest_of_paths_beside_it_scored_from_elsewhere_is_refused_saying_w
             f"each is beside the manifest (catalogue/images/{IMAGES[0].name}): run from {catalogue}") in capsys.readouterr().err
     monkeypatch.chdir(catalogue)
     assert main([f"bundle={trained.bundle}", "manifest=manifest.csv"]) == 0
+
+
+def test_a_manifest_of_uris_is_read_through_fsspec_and_a_missing_protocol_package_is_the_row_error(trained, tmp_path):
+    """A catalogue in an object store: `s3://...` was read as the local path 's3:/...' (No such file), every row an
+    error. URIs are read through fsspec (its in-memory filesystem stands in for a bucket here); a protocol whose
+    package is not installed, or that no package gives, is that row's error, named."""
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    memory.pipe("/bucket/photo.jpg", IMAGES[0].read_bytes())
+    uris = ["memory://bucket/photo.jpg", IMAGES[1].as_uri(), "memory://bucket/gone.jpg", "nosuchstore://bucket/a.jpg"]
+    manifest, out = tmp_path / "manifest.csv", tmp_path / "tags.csv"
+    pd.DataFrame({"path": [*uris, str(IMAGES[0])]}).to_csv(manifest, index=False)
+    try:
+        assert main([f"bundle={trained.bundle}", f"manifest={manifest}", f"output={out}"]) == 1
+    finally:
+        memory.rm("/bucket", recursive=True)
+    table = pd.read_csv(out).set_index("path")
+    assert table.loc[uris[:2], "error"].isna().all()
+    assert table.loc[uris[0], "articleType"] == table.loc[str(IMAGES[0]), "articleType"]   # the same photo, the same tags
+    assert f"No such file or directory: '{uris[2]}'" in table.loc[uris[2], "error"]
+    assert "nosuchstore" in table.loc[uris[3], "error"]
+    explained = tmp_path / "explained.csv"   # Grad-CAM's own decoding took each path as a local Path: file:/... (gone)
+    pd.DataFrame({"path": [uris[1]]}).to_csv(explained, index=False)
+    assert main([f"bundle={trained.bundle}", f"manifest={explained}", f"output={tmp_path / 'e.jsonl'}", "explain=articleType",
+                 f"explain_dir={tmp_path / 'overlays'}"]) == 0
+    assert (tmp_path / "overlays" / f"{IMAGES[1].stem}_articleType.png").is_file()
+
+
+def test_relative_paths_are_refused_for_a_cluster_whose_executors_take_them_from_their_own_folders():
+    """On a cluster each executor reads a relative path from its container's working directory: every row an error."""
+    from fashion.inference.spark import unreadable_from_executors
+
+    paths = ["images/1.jpg", "s3://bucket/2.jpg"]
+    assert "relative paths ('images/1.jpg', ...) are read from each executor's working directory on the cluster " \
+           "(yarn)" in unreadable_from_executors("yarn", "hdfs:///catalogue.csv", paths)
+    assert unreadable_from_executors("spark://head:7077", "m.csv", ["/mnt/catalogue/1.jpg", "s3://bucket/2.jpg"]) is None
+    assert unreadable_from_executors("local[2]", "m.csv", paths) is None   # as fashion-predict judges them

@@ -94,15 +94,37 @@ def draft(image: Image.Image, min_side: int | None) -> None:
         image.draft("RGB", (min_side, min_side))
 
 
+def read_bytes(path: str | Path) -> bytes:
+    """A file's bytes, in one read (not one per 4 KiB block). A URI (`s3://bucket/1.jpg`, `gs://`, `https://`,
+    `file://`) is read through fsspec, so a catalogue kept in an object store is scored where it is (on Spark, by
+    each executor): the protocol's package (s3fs, gcsfs, ...) must be installed, and fsspec says which."""
+    if isinstance(path, str) and URI.match(path):
+        import fsspec
+
+        try:
+            with fsspec.open(path, "rb") as file:
+                return file.read()
+        except FileNotFoundError:   # fsspec's message is the bare path: say it as for a local file
+            raise FileNotFoundError(2, "No such file or directory", path) from None
+        except ImportError as err:   # "Install s3fs to access S3": the fix, for this row's error
+            raise ImageReadError(f"cannot read {path}: {err}") from None
+    return Path(path).read_bytes()
+
+
+URI = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]+://")   # two letters at least: C:\ is a Windows path
+
+
 def load_rgb(path: str | Path, min_side: int | None = None) -> np.ndarray:
     """Decode to an upright HxWx3 uint8 array; `min_side` lets JPEG decoding downscale while keeping >= min_side."""
     try:
-        data = io.BytesIO(Path(path).read_bytes())   # one read, not one per 4 KiB block
+        data = io.BytesIO(read_bytes(path))
         with Image.open(data) as image:
             draft(image, min_side)
             return to_rgb(image)
     except UnidentifiedImageError:   # Pillow's own message names the in-memory buffer, not the file
         raise ImageReadError(f"cannot decode image {path}: cannot identify image file") from None
+    except ImageReadError:   # said already (a URI's missing package)
+        raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise ImageReadError(f"cannot decode image {path}: {err}") from err
 

@@ -8,6 +8,7 @@ such as "NA" or "2012" is never turned into a float behind the user's back.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import IO
 import pandas as pd
 
 from fashion.config import InputError
+from fashion.data.images import URI
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,25 @@ def no_column(column: str, columns: list[str]) -> ValueError:
     shown = ", ".join(repr(str(c)) for c in columns[:8]) + (", ..." if len(columns) > 8 else "")
     fix = other_separator(columns) or "; path_column=<name> names the one that holds the image paths"
     return ValueError(f"no column {column!r} (its columns: {shown or 'none'}){fix}")
+
+
+def relative_paths(paths: list[str]) -> list[str]:
+    """The paths taken from where the job runs: neither absolute nor a URI (`s3://...`, read through fsspec)."""
+    return [path for path in paths if not os.path.isabs(path) and not URI.match(path)]
+
+
+def relative_to_the_manifest(manifest: str, paths: list[str], sample: int = 20) -> str | None:
+    """Why a manifest's relative paths would all miss: they name files beside the manifest, and the job runs elsewhere
+    (paths are taken from where it runs, as Spark takes them). Each row would be an error, a catalogue's worth of them;
+    judged on the first `sample` relative paths, none found from here and all beside the manifest. None otherwise."""
+    relative = relative_paths(paths[:sample])
+    beside = Path(manifest).parent
+    if not relative or beside.resolve() == Path.cwd().resolve() or any(os.path.exists(path) for path in relative) \
+            or not all((beside / path).exists() for path in relative):
+        return None
+    return (f"the manifest's paths are relative to where the job runs ({Path.cwd()}), and none of its first "
+            f"{len(relative)} is there, but each is beside the manifest ({beside / relative[0]}): run from "
+            f"{beside.resolve()}, or write absolute paths")
 
 
 def is_csv_manifest(manifest: str | Path) -> bool:

@@ -15,7 +15,7 @@ import io
 import os
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import cv2
 import numpy as np
@@ -88,16 +88,17 @@ def heatmap_png(heatmap: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def overlay_names(files: list[Path]) -> dict[Path, str]:
+def overlay_names(files: list[str | Path]) -> dict[str | Path, str]:
     """A name per input for its overlays: the file's stem as text (`as_text`: the output names it), and where two
     inputs share one (a/front.jpg, b/front.jpg) a hash of the whole path after it, so no overlay is written over
     another's."""
-    stems = Counter(path.stem for path in files)
-    return {path: as_text(path.stem) if stems[path.stem] == 1 else
-            f"{as_text(path.stem)}-{hashlib.sha1(os.fsencode(path)).hexdigest()[:8]}" for path in files}
+    stem = {path: PurePath(path).stem for path in files}   # a URI's too (s3://bucket/front.jpg: front)
+    stems = Counter(stem.values())
+    return {path: as_text(stem[path]) if stems[stem[path]] == 1 else
+            f"{as_text(stem[path])}-{hashlib.sha1(os.fsencode(path)).hexdigest()[:8]}" for path in files}
 
 
-def save_overlays(predictor: Predictor, image, path: Path, name: str, attributes: list[str], folder: Path) -> dict[str, str]:
+def save_overlays(predictor: Predictor, image, path: str | Path, name: str, attributes: list[str], folder: Path) -> dict[str, str]:
     """Grad-CAM overlays as PNGs `<name>_<attribute>.png` in `folder`, on the photo at its own size (`image`
     is what the model saw, decoded at its `decode_side`); returns {attribute: file}."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -112,7 +113,8 @@ def save_overlays(predictor: Predictor, image, path: Path, name: str, attributes
     return written
 
 
-def explained_batches(predictor: Predictor, files: list[Path], explain: list[str], explain_dir: Path) -> Iterator[ScoredBatch]:
+def explained_batches(predictor: Predictor, files: list[str | Path], explain: list[str], explain_dir: Path,
+                      ) -> Iterator[ScoredBatch]:
     """Batches in input order, with Grad-CAM overlays; decoding happens batch by batch so memory stays flat on big folders."""
     names = overlay_names(files)
     for start in range(0, len(files), predictor.batch_size):

@@ -9,6 +9,10 @@ Rows are the pyfunc's: `path`, then per attribute the label, `<attribute>_confid
 `<attribute>_status`, and `error` for an image that could not be read (the others are still scored),
 the same values `fashion-predict` writes for the same images (tested row for row), in no particular order.
 
+Paths are read by the executors: absolute paths of storage each of them mounts, or URIs (`s3://bucket/1.jpg`, read
+through fsspec, whose protocol package, s3fs for S3, the executors' Python needs). Relative paths are refused on a
+cluster, where they would be taken from each executor's working directory.
+
 Executors run the model in their own Python (`env_manager="local"`), which must have this project installed;
 on a cluster whose executors do not, `env_manager="virtualenv"` (or `"uv"`, `"conda"`) has MLflow build the
 logged model's environment on each of them from its pinned requirements (the package's code travels with the
@@ -23,7 +27,7 @@ from typing import TYPE_CHECKING, Literal
 import mlflow
 
 from fashion.config import progress_bars_for_terminals_only
-from fashion.data.styles import is_csv_manifest, no_column
+from fashion.data.styles import is_csv_manifest, no_column, relative_paths, relative_to_the_manifest
 from fashion.inference.pyfunc import signature
 
 if TYPE_CHECKING:
@@ -68,9 +72,25 @@ def score_manifest(spark: SparkSession, model_uri: str, manifest: str, output: s
     """A CSV or Parquet manifest in, Parquet out; returns the number of error rows. `mode` is Spark's save
     mode: by default an existing output is an error, as fashion-predict refuses one ("overwrite" replaces it);
     `env_manager`: where the executors' Python comes from (the module's docstring)."""
-    scored = score(spark, model_uri, manifest_rows(spark, manifest, path_column), path_column, env_manager)
+    images = manifest_rows(spark, manifest, path_column)
+    first = [row[0] for row in images.limit(20).collect()]
+    if unreadable := unreadable_from_executors(spark.sparkContext.master, manifest, first):
+        raise ValueError(f"{manifest}: {unreadable}")
+    scored = score(spark, model_uri, images, path_column, env_manager)
     scored.write.mode(mode).parquet(output)
     return spark.read.parquet(output).where("error IS NOT NULL").count()
+
+
+def unreadable_from_executors(master: str, manifest: str, paths: list[str]) -> str | None:
+    """Why the executors would miss every one of a manifest's first `paths`, or None. Relative paths are taken from
+    each executor's working directory: in local mode, this process's (the job run from another folder than the
+    manifest's, as fashion-predict refuses it); on a cluster, a container's, where no catalogue is."""
+    if master.startswith("local"):
+        return relative_to_the_manifest(manifest, paths)
+    relative = relative_paths(paths)
+    return (f"relative paths ({relative[0]!r}, ...) are read from each executor's working directory on the cluster "
+            f"({master}), not from here: list absolute paths of storage every executor mounts, or URIs (s3://...)"
+            ) if relative else None
 
 
 def manifest_rows(spark: SparkSession, manifest: str, path_column: str = "path") -> DataFrame:
