@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 
 from fashion.cli import first_few, tool_config
 from fashion.config import progress_bar
+from fashion.data.images import URI
 from fashion.data.styles import first_line_not_utf8, is_csv_manifest, no_column, relative_to_the_manifest
 from fashion.inference.outputs import Format, OutputConflict, as_text, output_format, prepare_output, write_batches
 from fashion.inference.runtime import Runtime, load_predictor
@@ -53,7 +54,7 @@ PROGRESS_FROM = 64  # files; a progress bar on stderr from here on
 
 
 class Inputs(NamedTuple):
-    files: list[Path]            # the images, in the order given
+    files: list[Path | str]      # the images, in the order given (a URI as a string)
     unmatched: list[str]         # inputs that matched nothing
     passed_over: Counter[str]    # suffix -> files of a walked folder left out by their name (.heic, .txt)
 
@@ -61,10 +62,13 @@ class Inputs(NamedTuple):
 def expand_inputs(inputs: list[str]) -> Inputs:
     """Folders are walked recursively. A quoted glob is expanded as the shell would, each match then taken as if
     given by name, so 'catalogue/2024-*' walks the folders it matches whether the shell or fashion-predict expands it."""
-    files: list[Path] = []
+    files: list[Path | str] = []
     unmatched: list[str] = []
     passed_over: Counter[str] = Counter()
     for item in inputs:
+        if URI.match(item):   # one file of an object store, read through fsspec (a folder there: list it in a manifest)
+            files.append(item)
+            continue
         matches = [item] if Path(item).exists() else sorted(glob.glob(item, recursive=True))
         found = [file for match in matches for file in files_in(Path(match), passed_over)]
         if not found:

@@ -433,6 +433,8 @@ def test_a_manifest_of_uris_is_read_through_fsspec_and_a_missing_protocol_packag
     pd.DataFrame({"path": [*uris, str(IMAGES[0])]}).to_csv(manifest, index=False)
     try:
         assert main([f"bundle={trained.bundle}", f"manifest={manifest}", f"output={out}"]) == 1
+        assert main([f"bundle={trained.bundle}", uris[0], f"output={tmp_path / 'one.csv'}"]) == 0   # named on its own
+        assert pd.read_csv(tmp_path / "one.csv")["path"].tolist() == [uris[0]]
     finally:
         memory.rm("/bucket", recursive=True)
     table = pd.read_csv(out).set_index("path")
