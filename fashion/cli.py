@@ -119,8 +119,8 @@ def refuse_what_no_config_has(tool: str, config_name: str, argv: Sequence[str]) 
                     raise UsageError(tool, missing_option(override.key_or_group, option, options))
         try:
             composed = compose(config_name=config_name, overrides=overrides)
-            if isinstance(composed.get("experiment"), DictConfig):
-                raise UsageError(tool, misplaced_recipe(composed.experiment, parsed, values))
+            if headless := headless_recipe(composed, parsed, values, config_name, overrides):
+                raise UsageError(tool, misplaced_recipe(*headless))
             unread = unread_append(parsed, config_name, overrides)
             if unread:
                 raise UsageError(tool, f"+{unread} adds a key no config has, so nothing would read it"
@@ -140,10 +140,24 @@ def refuse_what_no_config_has(tool: str, config_name: str, argv: Sequence[str]) 
             raise UsageError(tool, f"no key {key} in the config{close}")
 
 
-def misplaced_recipe(keys: DictConfig, parsed: Sequence[Any], values: Mapping[str, list]) -> str:
+def headless_recipe(composed: DictConfig, parsed: Sequence[Any], values: Mapping[str, list], config_name: str,
+                    overrides: Sequence[str]) -> tuple[str, DictConfig] | None:
+    """The name and keys of an experiment the command line picks, each one of a sweep (`-m experiment=a,b`), whose file
+    lacks `# @package _global_`; `composed` is the config of the first."""
+    at = next((i for i, o in enumerate(parsed) if o.key_or_group == "experiment"), None)
+    if at is None:
+        return None
+    for k, name in enumerate(values[parsed[at].input_line]):
+        config = composed if k == 0 else compose(config_name=config_name, overrides=[
+            *overrides[:at], f"{parsed[at].get_key_element()}={name}", *overrides[at + 1:]])
+        if isinstance(config.get("experiment"), DictConfig):
+            return str(name), config.experiment
+    return None
+
+
+def misplaced_recipe(name: str, keys: DictConfig) -> str:
     """An experiment file without `# @package _global_` (its first line in every conf/experiment file): Hydra puts its
     keys under `experiment.`, where nothing reads them, and the run goes on with the defaults it meant to change."""
-    name = next((values[o.input_line][0] for o in parsed if o.key_or_group == "experiment"), "?")
     return (f"experiment={name}: its file lacks the first line `# @package _global_`, so its keys ({', '.join(map(str, keys))}) "
             "land under experiment.* and nothing reads them")
 

@@ -371,6 +371,9 @@ def test_what_hydra_would_take_is_not_refused_before_it_composes(capsys, tmp_pat
         refuse_what_no_config_has("fashion-train", "train", ["--config-dir", str(tmp_path), "experiment=headless"])
     assert ("experiment=headless: its file lacks the first line `# @package _global_`, so its keys (trainer) land under "
             "experiment.* and nothing reads them") in capsys.readouterr().err
+    with pytest.raises(SystemExit):   # a sweep's other recipes too, not only its first
+        refuse_what_no_config_has("fashion-train", "train", ["-m", "--config-dir", str(tmp_path), "experiment=tuned_study,headless"])
+    assert "experiment=headless: its file lacks the first line" in capsys.readouterr().err
 
 
 # Commands the docs show failing, on purpose: each must still be refused.
