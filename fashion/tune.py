@@ -6,8 +6,8 @@
 Each trial composes the command-line config plus its sampled overrides, trains (pruned early by
 Optuna when it lags), and is an MLflow run tagged `sweep=<study>` and `optuna_trial=<n>`, nested under the
 launch's parent run `optuna <study>`, which names the best trial (`best_run_id`). The study
-lives in SQLite beside the MLflow store, so a second launch continues it. The best trial's choices
-are written out as an experiment config: `fashion-train experiment=<name>` reruns it.
+lives in SQLite beside the MLflow store, so a second launch continues it. The best trial (the launch's command line
+and its choices) is written out as an experiment config: `fashion-train experiment=<name>` reruns it.
 """
 
 from __future__ import annotations
@@ -70,6 +70,13 @@ class Study(pydantic.BaseModel):
     sampler: dict[str, Any]
     pruner: dict[str, Any] | None = None
     best_experiment_file: str
+
+    @pydantic.field_validator("best_experiment_file")
+    @classmethod
+    def _a_recipe(cls, path: str) -> str:   # found after the whole study: "rerun with" named a file Hydra cannot find
+        if Path(path).parent.name != "experiment" or Path(path).suffix != ".yaml":
+            raise ValueError(f"{path!r} is no recipe `experiment=<name>` can find: write it as <folder>/experiment/<name>.yaml")
+        return path
     params: dict[str, SearchedKey] = pydantic.Field(min_length=1)
 
 
@@ -89,26 +96,38 @@ def suggest(trial: optuna.Trial, name: str, space: SearchedKey) -> Any:
     return trial.suggest_categorical(name, space.choices)
 
 
-def is_group(key: str) -> bool:
-    return (CONFIG_DIR / key).is_dir()
+def experiment_yaml(overrides: list[str], study: str, value: float) -> str:
+    """A `conf/experiment` file that trains as the best trial did: the launch's own command line and the trial's
+    choices, so `experiment=<name>` alone reruns what the study measured (it wrote the searched keys only, and a
+    study tuned on `data=subset` or another recipe was rerun on the defaults)."""
+    header = (f"# @package _global_\n# Best trial of Optuna study '{study}' (objective {value:.4f}), written by fashion-tune:"
+              f"\n#   {' '.join(overrides)}\n")
+    return header + yaml.safe_dump(recipe(overrides), sort_keys=False)
 
 
-def experiment_yaml(params: Mapping[str, Any], study: str, value: float) -> str:
-    """A `conf/experiment` file: group choices as defaults overrides, the rest as nested keys."""
-    body: dict[str, Any] = {}
-    defaults = [{f"override /{k}": v} for k, v in params.items() if is_group(k)]
-    if defaults:
-        body["defaults"] = defaults
-    for key, value_ in params.items():
-        if is_group(key):
-            continue
-        node = body
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[leaf] = value_
-    header = f"# @package _global_\n# Best trial of Optuna study '{study}' (objective {value:.4f}), written by fashion-tune.\n"
-    return header + yaml.safe_dump(body, sort_keys=False)
+def recipe(overrides: list[str]) -> dict[str, Any]:
+    """An experiment file's body that composes as `overrides` do: their group choices as `override /<group>` entries,
+    then each key whose value those choices alone do not give. Where runs are written (`paths`) is left out."""
+    chosen = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    default = compose(config_name="train", return_hydra_config=True).hydra.runtime.choices
+    groups = {group: choice for group, choice in chosen.hydra.runtime.choices.items()
+              if group in default and "/" not in group and group not in ("experiment", "paths") and choice != default[group]}
+    plain = compose(config_name="train", overrides=[f"{group}={choice}" for group, choice in groups.items()])
+    wanted = {k: v for k, v in OmegaConf.to_container(chosen, resolve=False).items() if k not in ("hydra", "paths")}
+    body: dict[str, Any] = {"defaults": [{f"override /{g}": c} for g, c in groups.items()]} if groups else {}
+    return body | differences(wanted, OmegaConf.to_container(plain, resolve=False))
+
+
+def differences(wanted: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of `wanted` (nested) whose value `given` lacks or holds otherwise."""
+    found = {}
+    for key, value in wanted.items():
+        if isinstance(value, Mapping) and isinstance(given.get(key), Mapping):
+            if inner := differences(value, given[key]):
+                found[key] = inner
+        elif key not in given or given[key] != value:
+            found[key] = value
+    return found
 
 
 def open_study(search: DictConfig, metric: str) -> optuna.Study:
@@ -183,7 +202,7 @@ def tune(cfg: DictConfig) -> float:
     best = study.best_trial
     target = Path(search.best_experiment_file)
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(experiment_yaml(best.params, search.study_name, best.value))
+    target.write_text(experiment_yaml([*base, *(f"{k}={v}" for k, v in best.params.items())], search.study_name, best.value))
     print(f"\nbest trial {best.number}: {monitor} = {best.value:.4f} with {best.params}\n"
           f"written to {target}: rerun with  {rerun_command(target)}\n")
     return float(best.value)

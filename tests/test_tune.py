@@ -11,6 +11,7 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from fashion.config import CONFIG_DIR, ConfigError
 from tests.conftest import tiny_overrides
@@ -73,6 +74,16 @@ def test_optuna_study_is_resumable_prunes_and_writes_a_ready_experiment(tmp_path
         cfg = compose("train", overrides=["experiment=tuned_t", f"hydra.searchpath=[file://{tmp_path}/conf]"])
     assert cfg.optimizer.lr == pytest.approx(study.best_trial.params["optimizer.lr"])
     assert cfg.head._target_.endswith("LinearHeads" if study.best_trial.params["head"] == "linear" else "MLPHeads")
+    # the recipe alone trains as the best trial did: the launch's command line too (it held the searched keys only,
+    # and was rerun on the default data, backbone and epochs)
+    launched = [o for o in tiny_overrides(tmp_path, kaggle_folder) if not o.startswith("paths.")] + ["trainer.max_epochs=2"]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        trial = compose("train", overrides=[*launched, *(f"{k}={v}" for k, v in study.best_trial.params.items())])
+    assert without_paths(cfg) == without_paths(trial) and cfg.data.root == str(kaggle_folder)
+
+
+def without_paths(cfg) -> dict:
+    return {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "paths"}
 
 
 @pytest.mark.parametrize("launcher,target", [("slurm", "SlurmLauncher"), ("local_parallel", "JoblibLauncher")])
@@ -169,7 +180,10 @@ def test_a_search_optuna_would_run_as_nothing_or_refuse_in_a_traceback_is_named_
                          (["hparams_search.params.augmentation.type=floaty"],
                           r"hparams_search.params.augmentation.type: Input should be 'float', 'int' or 'categorical'"),
                          (["+hparams_search.params.seed={type: int, low: 9, high: 1}"],
-                          r"hparams_search.params.seed: Value error, a int key needs low <= high")):
+                          r"hparams_search.params.seed: Value error, a int key needs low <= high"),
+                         # written after the whole study, with a "rerun with" that named a file Hydra cannot find
+                         ([f"hparams_search.best_experiment_file={tmp_path}/tuned.yaml"],
+                          r"hparams_search.best_experiment_file: Value error, .* is no recipe `experiment=<name>` can find")):
         tune_in_process(tmp_path, kaggle_folder, extra, ConfigError, match)
         assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlruns").exists()
 
