@@ -109,18 +109,20 @@ def recipe(overrides: list[str]) -> dict[str, Any]:
     """An experiment file's body that composes as `overrides` do: their group choices as `override /<group>` entries,
     then each key whose value those choices alone do not give. Where runs are written (`paths`) is left out."""
     chosen = compose(config_name="train", overrides=overrides, return_hydra_config=True)
-    default = compose(config_name="train", return_hydra_config=True).hydra.runtime.choices
-    groups = {group: choice for group, choice in chosen.hydra.runtime.choices.items()
-              if group in default and "/" not in group and group not in ("experiment", "paths") and choice != default[group]}
-    plain = compose(config_name="train", overrides=[f"{group}={choice}" for group, choice in groups.items()])
-    wanted = {k: v for k, v in OmegaConf.to_container(chosen, resolve=False).items() if k not in ("hydra", "paths")}
+    choices, default = chosen.hydra.runtime.choices, compose(config_name="train", return_hydra_config=True).hydra.runtime.choices
+    groups = {group: choices.get(group) for group in default   # a group removed (~scheduler) is chosen as null
+              if "/" not in group and group not in ("experiment", "paths") and choices.get(group) != default[group]}
+    plain = compose(config_name="train", overrides=[f"{g}={c}" if c is not None else f"~{g}" for g, c in groups.items()])
+    wanted, given = ({k: v for k, v in OmegaConf.to_container(c, resolve=False).items() if k not in ("hydra", "paths")}
+                     for c in (chosen, plain))
     body: dict[str, Any] = {"defaults": [{f"override /{g}": c} for g, c in groups.items()]} if groups else {}
-    return body | differences(wanted, OmegaConf.to_container(plain, resolve=False))
+    return body | differences(wanted, given)
 
 
 def differences(wanted: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
-    """The keys of `wanted` (nested) whose value `given` lacks or holds otherwise."""
-    found = {}
+    """The keys of `wanted` (nested) whose value `given` lacks or holds otherwise; one `wanted` lacks (`~key`) is null,
+    as a recipe sets it (`callbacks.early_stopping: null` leaves the callback out)."""
+    found: dict[str, Any] = {key: None for key in given if key not in wanted}
     for key, value in wanted.items():
         if isinstance(value, Mapping) and isinstance(given.get(key), Mapping):
             if inner := differences(value, given[key]):

@@ -239,3 +239,18 @@ def test_a_recipe_written_among_the_configs_reruns_by_its_name():
     from fashion.tune import rerun_command
 
     assert rerun_command(CONFIG_DIR / "experiment" / "tuned_fashion.yaml") == "fashion-train experiment=tuned_fashion"
+
+
+@pytest.mark.parametrize("overrides", [
+    ["~scheduler", "head=linear", "optimizer.lr=0.003"],                  # a group removed, one chosen, a key
+    ["callbacks.early_stopping=null", "+tags.owner=me", "trainer=gpu", "data=subset"],
+    ["experiment=linear_probe", "data=catalogue", "labels.min_count=3",   # a recipe, and a key it did not have
+     "+extra_features.colour={_target_:fashion.models.ColourHistogram,bins:8,size:64}"]])
+def test_a_written_recipe_composes_as_its_command_line_did(overrides, tmp_path):
+    from fashion.tune import experiment_yaml
+
+    (tmp_path / "experiment").mkdir()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        (tmp_path / "experiment" / "tuned.yaml").write_text(experiment_yaml(overrides, "s", 0.5))
+        rerun = compose("train", overrides=["experiment=tuned", f"hydra.searchpath=[file://{tmp_path}]"])
+        assert without_paths(rerun) == without_paths(compose("train", overrides=overrides))
