@@ -11,6 +11,7 @@ from fashion.config import ConfigError, InputError
 from fashion.data import Augmentation, FashionDataModule, LabelSpec, Preprocessing, SplitSpec
 from fashion.data.images import ImageReadError, find_unreadable, load_rgb
 from fashion.data.split import assign_splits, near_duplicate_groups
+from fashion.data.taxonomy import Taxonomy
 from fashion.data.vocab import IGNORE_INDEX, LabelVocabulary
 from tests.conftest import SAMPLE, write_kaggle_folder
 
@@ -113,6 +114,19 @@ def test_rare_classes_ignored_or_folded_into_other(kaggle_folder):
     assert vocab.classes[-1] == "Other" and vocab.other_index == len(vocab) - 1
     assert (folded.table.loc[folded.table["id"].isin([1000, 1003]), "y_baseColour"] == vocab.other_index).all()
     assert len(vocab) == len(ignored.vocabularies["baseColour"]) + 1
+
+
+def test_a_folded_class_and_the_levels_above_rare_article_types_are_in_the_taxonomy(caplog):
+    """The taxonomy held the raw labels, so with rare_classes=other no combination had Other (the heads learnt it,
+    decoding together never answered it), nor a subCategory whose article types were all rare (the sample's
+    Bottomwear). Folded, they are; masked (rare_classes=ignore), the classes decoding cannot reach are said."""
+    for policy, unreachable in (("other", {}), ("ignore", {"subCategory": ["Bottomwear", "Innerwear", "Sandal"]})):
+        data = datamodule(SAMPLE, min_count=20, rare_classes=policy)
+        taxonomy = Taxonomy.from_dict(data.taxonomy, "here")
+        assert taxonomy.unreachable({a: v.classes for a, v in data.vocabularies.items()}) == unreachable, policy
+        if policy == "other":
+            assert any(c[:2] == ("Other", "Bottomwear") for c in taxonomy.combinations)
+    assert "subCategory ['Bottomwear', 'Innerwear', 'Sandal'] with every other level learnt" in caplog.text
 
 
 def test_a_label_named_like_the_fold_is_a_class_unless_rare_classes_fold(kaggle_folder):

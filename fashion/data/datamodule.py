@@ -270,10 +270,23 @@ class FashionDataModule(L.LightningDataModule):
     @property
     def taxonomy(self) -> dict[str, Any] | None:
         """The articleType / subCategory / masterCategory combinations of the training split, so inference
-        can decode the levels together (`fashion.data.taxonomy`); a plain dict, for checkpoint hparams."""
+        can decode the levels together (`fashion.data.taxonomy`); a plain dict, for checkpoint hparams.
+
+        Combinations of the classes the heads learn: a rare label folded into `Other` (`rare_classes=other`) is
+        `Other` there too. Built from the raw labels, no combination held `Other`, so decoding never answered it,
+        nor a subCategory whose every article type was rare."""
         self.prepare_labels()
-        taxonomy = Taxonomy.from_table(self.table[self.table["split"] == "train"], self.attributes)
-        return taxonomy.to_dict() if taxonomy else None
+        train = self.table[self.table["split"] == "train"]
+        learnt = pd.DataFrame({a: [v.classes[i] if i != IGNORE_INDEX else None for i in train[f"y_{a}"]]
+                               for a, v in self.vocabularies.items()})
+        taxonomy = Taxonomy.from_table(learnt, self.attributes)
+        if taxonomy is None:
+            return None
+        for attribute, classes in taxonomy.unreachable({a: v.classes for a, v in self.vocabularies.items()}).items():
+            log.warning("taxonomy: no training product gives %s %s with every other level learnt, so answers decoded "
+                        "together (as served) never say it; a lower labels.min_count, or labels.rare_classes=other, "
+                        "keeps its products' article types", attribute, classes)
+        return taxonomy.to_dict()
 
     @property
     def fingerprint(self) -> str:

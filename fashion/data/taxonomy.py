@@ -71,6 +71,13 @@ class Taxonomy:
             self._tables[key] = torch.tensor([[index[a][label] for a, label in zip(self.attributes, c)] for c in known]) if known else None
         return self._tables[key]
 
+    def unreachable(self, classes: Mapping[str, list[str]]) -> dict[str, list[str]]:
+        """Per level, the classes in no combination the model can predict: decoding together never answers them."""
+        table = self.index_table(classes)
+        found = {a: sorted(set(classes[a]) - ({classes[a][i] for i in table[:, j].tolist()} if table is not None else set()))
+                 for j, a in enumerate(self.attributes)}
+        return {a: missing for a, missing in found.items() if missing}
+
     def to_dict(self) -> dict[str, Any]:
         return {"attributes": self.attributes, "combinations": [list(c) for c in self.combinations]}
 
