@@ -100,6 +100,9 @@ def print_table(attributes: list[str], values: dict[str, float], counts: dict) -
                ("coverage", "coverage"), ("accepted_precision", "prec@acc")]
     print(f"{'attribute':<15}" + "".join(f" {title:>9}" for _, title in columns) + f" {'unseen':>7}")
     for attribute in attributes:
+        if f"eval/{attribute}/acc" not in values:   # a folder that labels some attributes only
+            print(f"{attribute:<15} (no product of the folder is labelled with it)")
+            continue
         cells = [values.get(f"eval/{attribute}/{key}") for key, _ in columns]
         print(f"{attribute:<15}" + "".join(f" {'':>9}" if v is None else f" {v:9.4f}" for v in cells)
               + f" {counts[f'unseen/{attribute}']:7d}")

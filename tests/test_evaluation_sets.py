@@ -148,6 +148,34 @@ def test_fashion_eval_scores_the_same_sets(trained, tmp_path, capsys):
     assert "no product" in capsys.readouterr().err
 
 
+def test_a_folder_labelling_some_attributes_is_scored_on_those_and_the_others_are_no_zeros(trained, tmp_path, capsys):
+    """A shop's hand-checked sample labels articleType and season only. Its other columns missing, fashion-eval refused
+    the folder; present but empty, each unlabelled attribute scored an accuracy of 0, and the mean with them."""
+    import json
+
+    from fashion.evaluate import main
+
+    folder = tmp_path / "checked"
+    folder.mkdir()
+    (folder / "images").symlink_to(trained.data / "images")
+    styles = pd.read_csv(trained.data / "styles.csv")
+    metrics = {}
+    for name, table in (("absent", styles[["id", "articleType", "season"]]),
+                        ("empty", styles.assign(gender=None, usage=None)[["id", "articleType", "season", "gender", "usage"]])):
+        table.to_csv(folder / f"{name}.csv", index=False)
+        assert main([f"bundle={trained.bundle}", f"root={folder}", f"styles_file={name}.csv", "mlflow=false",
+                     f"output={tmp_path / name}"]) == 0, capsys.readouterr().err
+        metrics[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+        assert "gender          (no product of the folder is labelled with it)" in capsys.readouterr().out
+    labelled = [metrics["absent"][f"eval/{a}/acc"] for a in ("articleType", "season")]
+    assert metrics["absent"] == metrics["empty"] and "eval/gender/acc" not in metrics["absent"]
+    assert metrics["absent"]["eval/mean_acc"] == pytest.approx(sum(labelled) / 2)
+    (folder / "none.csv").write_text("id,colour\n1000,Red\n")   # no attribute of the model's at all: refused
+    assert main([f"bundle={trained.bundle}", f"root={folder}", "styles_file=none.csv", "mlflow=false",
+                 f"output={tmp_path / 'none'}"]) == 2
+    assert "lacks column(s)" in capsys.readouterr().err
+
+
 def test_fashion_eval_scores_in_lanes_as_in_one(trained, tmp_path, caplog):
     """fashion-eval decodes and scores a batch per core at once, as fashion-predict does (it decoded between the
     model's runs: 10% slower on the subset): the same metrics to the last digit, an unreadable photo counted."""

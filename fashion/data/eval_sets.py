@@ -49,7 +49,9 @@ class EvalSource:
         root = Path(self.root)
         if not (root / self.styles_file).is_file():
             raise FileNotFoundError(f"{root / self.styles_file} not found (expected the Kaggle layout: styles.csv + images/)")
-        frame, styles_report = read_styles(root / self.styles_file, [*attributes, *(["year"] if self.years else [])])
+        # a folder labelling some of the attributes only is scored on those (AttributeMetrics leaves the others out)
+        frame, styles_report = read_styles(root / self.styles_file, [*attributes, *(["year"] if self.years else [])],
+                                           optional=attributes)
         if self.years:
             frame = frame[pd.to_numeric(frame["year"], errors="coerce").isin(list(self.years))]
         frame = frame[~frame["id"].isin(set(exclude_ids))]

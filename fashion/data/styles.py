@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -115,8 +115,10 @@ def is_csv_manifest(manifest: str | Path) -> bool:
     return path.suffix not in ("", ".parquet")
 
 
-def read_styles(path: str | Path, attributes: list[str] | tuple[str, ...] = ATTRIBUTES) -> tuple[pd.DataFrame, StylesReport]:
-    """Return one row per product with an integer `id` and the requested label columns (NA = missing)."""
+def read_styles(path: str | Path, attributes: list[str] | tuple[str, ...] = ATTRIBUTES, optional: Sequence[str] = (),
+                ) -> tuple[pd.DataFrame, StylesReport]:
+    """Return one row per product with an integer `id` and the requested label columns (NA = missing). Columns of
+    `optional` the file lacks are all NA (a folder to score that labels some attributes only), as long as it has one."""
     path = Path(path)
     if not path.is_file():
         raise StylesFileError(f"styles file not found: {path}")
@@ -144,12 +146,14 @@ def read_styles(path: str | Path, attributes: list[str] | tuple[str, ...] = ATTR
         malformed.insert(0, first)
         frame = frame.iloc[1:]
     missing_columns = [c for c in ("id", *attributes) if c not in frame.columns]
-    if missing_columns:
+    absent = [c for c in missing_columns if c in optional]
+    if len(absent) < len(missing_columns) or (optional and set(optional) <= set(absent)):
         raise StylesFileError(f"{path} lacks column(s) {missing_columns}; it has {list(frame.columns)}"
                               f"{other_separator(list(frame.columns))}")
 
     report.malformed_rows = len(malformed)
     report.malformed_examples = [",".join(f)[:200] for f in malformed[:EXAMPLES_IN_REPORT]]
+    frame = frame.assign(**{column: pd.Series(pd.NA, index=frame.index, dtype="string") for column in absent})
     frame = frame[["id", *attributes]].copy()
     ids = pd.to_numeric(frame["id"], errors="coerce")
     valid = ids.notna() & (ids == ids.round())

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import torch
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
 from fashion.data.vocab import IGNORE_INDEX
@@ -48,6 +48,7 @@ class AttributeMetrics(nn.Module):
             if confusion else None
         )
         self.records = nn.ModuleDict({a: ConfidenceRecord() for a in num_classes}) if confidence else None
+        self.labelled = nn.ModuleDict({a: SumMetric() for a in num_classes})   # an attribute a folder does not label
 
     def update(self, logits: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
                temperatures: Mapping[str, float | torch.Tensor] | None = None,
@@ -56,6 +57,7 @@ class AttributeMetrics(nn.Module):
         `served`: (confidence, class) where what is served is not the head's own top label (the taxonomy)."""
         for attribute, collection in self.metrics.items():
             collection.update(logits[attribute].float(), targets[attribute])
+            self.labelled[attribute].update((targets[attribute] != IGNORE_INDEX).sum())
             if self.confusion is not None:
                 self.confusion[attribute].update(logits[attribute].float(), targets[attribute])
             if self.records is not None:
@@ -63,17 +65,21 @@ class AttributeMetrics(nn.Module):
                                                (served or {}).get(attribute))
 
     def compute(self, thresholds: Mapping[str, float | None] | None = None) -> dict[str, torch.Tensor]:
-        """`thresholds`: the model's acceptance thresholds, for coverage and accepted precision."""
+        """`thresholds`: the model's acceptance thresholds, for coverage and accepted precision. An attribute without
+        a single label (a folder labelling some attributes only) has no scores, and the means leave it out: torchmetrics
+        gives it an accuracy of 0, which read as a model that gets every one wrong, and pulled the means down."""
         values = {}
-        for attribute, collection in self.metrics.items():
-            for name, value in collection.compute().items():
+        labelled = [a for a in self.metrics if self.labelled[a].compute() > 0]
+        for attribute in labelled:
+            for name, value in self.metrics[attribute].compute().items():
                 values[f"{self.stage}/{attribute}/{name}"] = value
             if self.records is not None:
                 scores = confidence_scores(self.records[attribute].rows(), (thresholds or {}).get(attribute))
                 values |= {f"{self.stage}/{attribute}/{k}": torch.tensor(v) for k, v in scores.items()}
         for name in ("acc", "f1"):
-            per_attribute = [values[f"{self.stage}/{a}/{name}"] for a in self.metrics]
-            values[f"{self.stage}/mean_{name}"] = torch.stack(per_attribute).mean()
+            per_attribute = [values[f"{self.stage}/{a}/{name}"] for a in labelled]
+            if per_attribute:
+                values[f"{self.stage}/mean_{name}"] = torch.stack(per_attribute).mean()
         return values
 
     def confusion_matrices(self) -> dict[str, torch.Tensor]:
@@ -94,3 +100,5 @@ class AttributeMetrics(nn.Module):
         if self.records is not None:
             for record in self.records.values():
                 record.reset()
+        for count in self.labelled.values():
+            count.reset()
