@@ -234,6 +234,38 @@ def test_a_reload_that_cannot_load_says_why_and_the_served_model_stays(trained, 
         assert client.post("/v1/predict", files=photo).json()["predictions"] == before   # still the first model
 
 
+def test_a_reload_to_a_model_that_does_not_tag_a_review_for_attribute_is_refused_and_the_served_model_stays(
+        trained, tmp_path, monkeypatch):
+    """`review_for` was checked against the model the server started with only: a reload to one that no longer tags
+    season went through, and from then on no photo was queued for season, without a word."""
+    import json
+    import shutil
+
+    import fashion.serving.app as serving
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained.bundle, bundle)
+    loads = []
+
+    def load_predictor(**kwargs):   # the re-export's model tags every attribute but season
+        predictor = real(**kwargs)
+        loads.append(predictor)
+        if len(loads) > 1:
+            predictor.model   # built whole, then its season head unnamed: a model that does not tag season
+            del predictor.trained.vocabularies["season"]
+        return predictor
+
+    real = serving.load_predictor
+    monkeypatch.setattr(serving, "load_predictor", load_predictor)
+    with TestClient(create_app(bundle, api_key="k", review=None, review_for=["articleType", "season"])) as client:
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        (bundle / "manifest.json").write_text(json.dumps({**manifest, "created": "2030-01-01T00:00:00+00:00"}))
+        response = client.post("/v1/admin/reload", headers={"X-API-Key": "k"})
+        assert response.status_code == 502 and len(loads) == 2, response.text
+        assert "review_for names ['season']" in response.json()["error"]["message"]
+        assert "season" in client.app.state.model_slot.current.predictor.attributes   # still the first model
+
+
 @pytest.mark.parametrize("route", ["/v1/predict", "/v1/predict/batch", "/v1/predict/base64"])
 def test_a_request_is_answered_by_the_model_it_was_decoded_for_when_a_reload_lands_midway(trained, monkeypatch, route):
     """model_slot.py promises that a request reads the slot once: a reload landing between decoding an

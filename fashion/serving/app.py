@@ -123,13 +123,13 @@ def create_app(bundle: str | Path, limits: UploadLimits = UploadLimits(), model_
     the predict endpoints need the API key too. `review_for`: the attributes whose review flag queues a photo."""
     def load(folder: Path) -> Predictor:
         predictor = load_predictor(bundle=folder, runtime=runtime, top_k=top_k, taxonomy=True)
+        # At start and at each reload, before the swap: a model without one of them would queue nothing for it, silently
+        if unknown := sorted(set(review_for or []) - set(predictor.attributes)):
+            raise SettingRefused(f"review_for names {unknown}; the model tags {predictor.attributes}")
         predictor.model   # Grad-CAM's network, built now (and on a reload, before the swap), not on the first ?explain
         return predictor
 
     slot = ModelSlot(bundle, load, tracking_uri, model_cache)
-    unknown = sorted(set(review_for or []) - set(slot.current.predictor.attributes))
-    if unknown:
-        raise SettingRefused(f"review_for names {unknown}; the model tags {slot.current.predictor.attributes}")
     monitor = Monitor(slot.current.predictor.trained.vocabularies, drift_window)
     limiter = anyio.CapacityLimiter(model_threads)
     app = FastAPI(title="fashion tagger", version=package_version(),
