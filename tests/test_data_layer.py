@@ -33,7 +33,8 @@ def test_rows_without_image_are_dropped_and_counted(kaggle_folder):
     assert len(dm.table) == 48 - 3
 
 
-def test_train_only_folders_add_training_rows_and_refuse_an_id_taken_by_the_data_or_each_other(kaggle_folder, tmp_path):
+def test_train_only_folders_add_training_rows_and_refuse_an_id_taken_by_the_data_or_each_other(kaggle_folder, tmp_path,
+                                                                                                caplog):
     """Two exports of the review queue (last week's and this week's, which holds last week's too) used to
     be added side by side: the corrections in both trained twice, under one id."""
     feedback = [tmp_path / "week1", tmp_path / "week2", tmp_path / "clash"]
@@ -50,8 +51,16 @@ def test_train_only_folders_add_training_rows_and_refuse_an_id_taken_by_the_data
         dm.prepare_labels()
         return dm.table
 
+    styles = pd.read_csv(feedback[0] / "styles.csv")   # a class a person added in review, in one correction
+    styles.loc[0, "articleType"] = "Cargo Jorts"
+    styles.to_csv(feedback[0] / "styles.csv", index=False)
     table = labelled(feedback[:1])
     added = table[table["id"] >= 1_000_000_000]
+    assert "this run does not learn as classes" not in caplog.text   # min_count=1: learnt
+    dm = datamodule(kaggle_folder, min_count=2)
+    dm.train_only = feedback[:1]
+    dm.prepare_labels()
+    assert "'articleType': {'Cargo Jorts': 1}" in caplog.text
     assert len(table) == 48 + 4 and added["split"].eq("train").all() and added["path"].str.startswith(str(feedback[0])).all()
     with pytest.raises(ConfigError, match=f"data.train_only: {feedback[1]} reuses ids of {feedback[0]} \\(\\[1000000001, "):
         labelled(feedback[:2])

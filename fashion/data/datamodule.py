@@ -81,6 +81,7 @@ class FashionDataModule(L.LightningDataModule):
             raise ConfigError("data.train_only holds photos at their true aspect; it cannot be mixed with a squashed "
                              f"folder (data.true_aspect={true_aspect}): train on the catalogue instead")
         self.table: pd.DataFrame | None = None
+        self.train_only_rows = 0
         self.eval_tables: dict[str, pd.DataFrame] = {}
         self.vocabularies: dict[str, LabelVocabulary] = {}
         self.report: dict = {}
@@ -118,6 +119,7 @@ class FashionDataModule(L.LightningDataModule):
         if frame.empty:
             raise InputError(f"no usable rows in {self.styles_path}: every row was malformed, unlabelled or had no image")
         self.vocabularies = build_vocabularies(frame[frame["split"] == "train"], self.labels)
+        self._say_corrections_left_out(frame)
         self.table = self._encode(frame)
         self.eval_tables = self._eval_tables(out_of_time)
         self.report = {**styles_report.__dict__, **image_report, **self._label_report(self.table),
@@ -144,7 +146,18 @@ class FashionDataModule(L.LightningDataModule):
         for folder in self.train_only:
             parts.append(self._train_only_rows(folder, taken, attributes))
             taken[folder] = set(parts[-1]["id"])
+        self.train_only_rows = sum(len(part) for part in parts[1:])
         return pd.concat(parts, ignore_index=True)
+
+    def _say_corrections_left_out(self, frame: pd.DataFrame) -> None:
+        """A class a person added in review (a new articleType, on purpose) is learnt only from `labels.min_count`
+        training products on: until then the retrained model still cannot answer it, and the person corrects on."""
+        corrections = frame.iloc[len(frame) - self.train_only_rows:]   # _with_train_only adds them last
+        left = {a: counts for a in self.attributes if len(counts := corrections.loc[
+            ~corrections[a].isin(self.vocabularies[a].classes), a].dropna().value_counts().to_dict())}
+        if left:
+            log.warning("data.train_only: labels the corrections give that this run does not learn as classes, having "
+                        "fewer training products than labels.min_count (photos each): %s", left)
 
     def _train_only_rows(self, folder: Path, taken: dict[Path, set[int]], attributes: list[str]) -> pd.DataFrame:
         if not (folder / "styles.csv").is_file():
