@@ -428,7 +428,9 @@ def test_a_manifest_of_uris_is_read_through_fsspec_and_a_missing_protocol_packag
 
     memory = fsspec.filesystem("memory")
     memory.pipe("/bucket/photo.jpg", IMAGES[0].read_bytes())
-    uris = ["memory://bucket/photo.jpg", IMAGES[1].as_uri(), "memory://bucket/gone.jpg", "nosuchstore://bucket/a.jpg"]
+    # a web address is not fetched (the pyfunc takes paths from its clients), nor one chained on with `::`
+    uris = ["memory://bucket/photo.jpg", IMAGES[1].as_uri(), "memory://bucket/gone.jpg", "nosuchstore://bucket/a.jpg",
+            "http://127.0.0.1:9/photo.jpg", f"{IMAGES[1].as_uri()}::http://127.0.0.1:9/photo.jpg"]
     manifest, out = tmp_path / "manifest.csv", tmp_path / "tags.csv"
     pd.DataFrame({"path": [*uris, str(IMAGES[0])]}).to_csv(manifest, index=False)
     try:
@@ -441,7 +443,9 @@ def test_a_manifest_of_uris_is_read_through_fsspec_and_a_missing_protocol_packag
     assert table.loc[uris[:2], "error"].isna().all()
     assert table.loc[uris[0], "articleType"] == table.loc[str(IMAGES[0]), "articleType"]   # the same photo, the same tags
     assert f"No such file or directory: '{uris[2]}'" in table.loc[uris[2], "error"]
-    assert "nosuchstore" in table.loc[uris[3], "error"]
+    for uri in uris[3:]:
+        assert table.loc[uri, "error"] == f"cannot read {uri}: only storage is read (abfs, abfss, adl, az, file, gcs, gs, " \
+                                          "hdfs, memory, s3, s3a), not a web address or another scheme: download the images first"
     explained = tmp_path / "explained.csv"   # Grad-CAM's own decoding took each path as a local Path: file:/... (gone)
     pd.DataFrame({"path": [uris[1]]}).to_csv(explained, index=False)
     assert main([f"bundle={trained.bundle}", f"manifest={explained}", f"output={tmp_path / 'e.jsonl'}", "explain=articleType",

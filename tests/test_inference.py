@@ -1,6 +1,7 @@
 """Bundle round trip, ONNX parity, pyfunc, fashion-predict, fashion-eval and Grad-CAM."""
 
 import base64
+import contextlib
 import json
 import re
 import subprocess
@@ -128,6 +129,32 @@ def test_a_predictor_built_from_code_refuses_counts_the_clis_refuse(trained):
             Predictor(loaded, **bad)
 
 
+@contextlib.contextmanager
+def listening():
+    """A web server on a free local port that records the paths asked of it: (its URL, those paths)."""
+    import http.server
+    import threading
+
+    asked: list[str] = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            asked.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(REAL_IMAGES[0].read_bytes())
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", asked
+    finally:
+        server.shutdown()
+
+
 def test_pyfunc_model_loads_and_predicts_like_the_predictor(trained, tmp_path):
     from fashion.inference.pyfunc import log_pyfunc
 
@@ -143,6 +170,10 @@ def test_pyfunc_model_loads_and_predicts_like_the_predictor(trained, tmp_path):
     by_path = model.predict(pd.DataFrame({"path": [str(REAL_IMAGES[0]), None, ""]}))   # the other input column
     assert by_path["articleType"].iloc[0] == expected[0]["articleType"].label
     assert by_path["error"].tolist()[1:] == ["the row has no image: neither an 'image' (base64) nor a 'path'"] * 2
+    # a served pyfunc takes paths from its clients: it reads storage URIs, and requests no web address a client names
+    with listening() as (url, requests):
+        hostile = model.predict(pd.DataFrame({"path": [f"{url}/photo.jpg", f"{REAL_IMAGES[0].as_uri()}::{url}/photo.jpg"]}))
+    assert requests == [] and hostile["error"].str.contains("only storage is read").all()
     # What the MLflow UI and `mlflow models serve` show: a signature with both inputs, and an example.
     info = mlflow.models.get_model_info(uri)
     assert {c.name for c in info.signature.inputs.inputs} == {"image", "path"}

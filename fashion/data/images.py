@@ -95,11 +95,17 @@ def draft(image: Image.Image, min_side: int | None) -> None:
 
 
 def read_bytes(path: str | Path) -> bytes:
-    """A file's bytes, in one read (not one per 4 KiB block). A URI (`s3://bucket/1.jpg`, `gs://`, `https://`,
-    `file://`) is read through fsspec, so a catalogue kept in an object store is scored where it is (on Spark, by
-    each executor): the protocol's package (s3fs, gcsfs, ...) must be installed, and fsspec says which."""
+    """A file's bytes, in one read (not one per 4 KiB block). A storage URI (`s3://bucket/1.jpg`, `gs://`, `az://`,
+    `hdfs://`, `file://`) is read through fsspec, so a catalogue kept in an object store is scored where it is (on
+    Spark, by each executor): the protocol's package (s3fs, gcsfs, adlfs, ...) must be installed, and fsspec says
+    which. A web address is not fetched: the pyfunc takes paths from its clients, and a model server that requests
+    whatever address a client names reaches the services behind it."""
     if isinstance(path, str) and URI.match(path):
         import fsspec
+
+        if path.split("://", 1)[0].lower() not in STORAGE or "::" in path:   # `::` chains another fsspec URL on
+            raise ImageReadError(f"cannot read {path}: only storage is read ({', '.join(sorted(STORAGE))}), not a web "
+                                 "address or another scheme: download the images first")
 
         try:
             with fsspec.open(path, "rb") as file:
@@ -112,6 +118,7 @@ def read_bytes(path: str | Path) -> bytes:
 
 
 URI = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]+://")   # two letters at least: C:\ is a Windows path
+STORAGE = {"file", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "hdfs", "memory"}   # fsspec's names
 
 
 def load_rgb(path: str | Path, min_side: int | None = None) -> np.ndarray:
