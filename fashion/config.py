@@ -257,11 +257,14 @@ def missing_file_problems(container: dict) -> list[str]:
 
 
 def set_by_the_run_problems(container: dict) -> list[str]:
-    """Logger keys that opening the run sets itself (`tracking.run.open_run`): given, they were dropped without a word."""
-    logger = container.get("logger")
-    ways = {"run_id": "resume=<run id> continues an MLflow run", "tags": "tags.<key>=<value> adds a run tag"}
-    return [f"logger.{key}: set by the run itself; {way}" for key, way in ways.items()
-            if isinstance(logger, dict) and logger.get(key) is not None]
+    """Keys the run sets itself when it builds the logger (`tracking.run.open_run`) and the Trainer (`training.fit`):
+    given, they were dropped without a word."""
+    ways = {"logger.run_id": "resume=<run id> continues an MLflow run", "logger.tags": "tags.<key>=<value> adds a run tag",
+            "trainer.logger": "the logger group sets the MLflow logger", "trainer.callbacks": "callbacks.<name>={_target_: "
+            "...} adds a callback, callbacks.<name>=null leaves one out"}
+    given = [key for key in ways if isinstance(node := container.get(key.split(".")[0]), dict)
+             and node.get(key.split(".")[1]) is not None]
+    return [f"{key}: set by the run itself; {ways[key]}" for key in given]
 
 
 def monitored_metrics(container: Mapping) -> dict[str, str]:

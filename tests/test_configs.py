@@ -162,6 +162,8 @@ def test_wrong_key_fails_naming_the_key(compose_config):
     # the logger's keys that opening the run sets: a new run was opened in place of the one named, without a word
     ("+logger.run_id=0a1b2c", "logger.run_id: set by the run itself; resume=<run id> continues an MLflow run"),
     ("+logger.tags={owner:me}", "logger.tags: set by the run itself; tags.<key>=<value> adds a run tag"),
+    ("+trainer.logger=false", "trainer.logger: set by the run itself; the logger group sets the MLflow logger"),
+    ("+trainer.callbacks=[]", "trainer.callbacks: set by the run itself; callbacks.<name>={_target_: ...} adds a callback"),
     ("hparams_search=optuna optimized_metric=val/loss hparams_search.direction=maximize",
      "hparams_search.direction=maximize: val/loss is better lower, so minimize"),
 ])
