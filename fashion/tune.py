@@ -70,6 +70,7 @@ class Study(pydantic.BaseModel):
     sampler: dict[str, Any]
     pruner: dict[str, Any] | None = None
     best_experiment_file: str
+    params: dict[str, SearchedKey] = pydantic.Field(min_length=1)
 
     @pydantic.field_validator("best_experiment_file")
     @classmethod
@@ -77,7 +78,6 @@ class Study(pydantic.BaseModel):
         if Path(path).parent.name != "experiment" or Path(path).suffix != ".yaml":
             raise ValueError(f"{path!r} is no recipe `experiment=<name>` can find: write it as <folder>/experiment/<name>.yaml")
         return path
-    params: dict[str, SearchedKey] = pydantic.Field(min_length=1)
 
 
 def checked_study(search: DictConfig) -> Study:
