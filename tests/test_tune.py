@@ -153,7 +153,7 @@ def test_a_trial_whose_loss_diverged_fails_and_the_study_goes_on(tmp_path, kaggl
 
     monkeypatch.setattr(fashion.training.fit, "train", train)
     tune_in_process(tmp_path, kaggle_folder, ["hparams_search.n_trials=2",
-                                              f"hparams_search.best_experiment_file={tmp_path}/tuned_t.yaml"], None)
+                                              f"hparams_search.best_experiment_file={tmp_path}/experiment/tuned_t.yaml"], None)
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path}/optuna.db")
     assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
     assert sweep_run_status(tmp_path) == "FINISHED"
