@@ -98,6 +98,29 @@ def test_review_store_queues_each_photo_once_and_keeps_the_latest_correction(tmp
             store.record("0" * 64, {"gender": "Men"})
 
 
+def test_more_corrections_than_a_database_takes_values_in_one_statement_are_all_read(tmp_path):
+    """The export fetched the corrected items by a list of every corrected hash, one bound value each: PostgreSQL takes
+    65,535 in a statement, so a queue with more corrections could not be exported. SQLite, its limit lowered to 999,
+    stands in (1,200 corrections)."""
+    import sqlite3
+    from datetime import UTC, datetime
+
+    from sqlalchemy import event, insert
+
+    from fashion.feedback.store import Correction, ReviewItem
+
+    store = ReviewStore(f"sqlite:///{tmp_path / 'review.db'}", tmp_path / "images")
+    event.listen(store.engine, "connect", lambda connection, _: connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999))
+    store.engine.dispose()   # the connections opened so far had the default limit
+    now, n = datetime.now(UTC), 1200
+    with store.engine.begin() as connection:   # executemany binds a row at a time: under the limit
+        connection.execute(insert(ReviewItem), [dict(id=i, image_sha256=f"{i:064x}", image_file=f"{i}.jpg", predictions={},
+                                                     needs_review=[], status="reviewed", created_at=now) for i in range(1, n + 1)])
+        connection.execute(insert(Correction), [dict(image_sha256=f"{i:064x}", item_id=i, labels={"gender": "Men"},
+                                                     created_at=now) for i in range(1, n + 1)])
+    assert [c[0] for c in store.corrections()] == list(range(1, n + 1))
+
+
 def test_an_over_long_upload_name_fits_the_queue_and_an_over_long_reviewer_is_a_422(trained, tmp_path):
     """PostgreSQL refused a filename over the column's 500 characters (the client names its upload) and a
     reviewer over 200: the photo's review was lost, and POST /v1/feedback answered 500."""
