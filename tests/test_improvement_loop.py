@@ -264,6 +264,11 @@ def test_drift_score_moves_when_the_label_mix_shifts():
     shifted = scrape(monitor.exposition(), "fashion_label_drift_psi")
     assert stable < 0.01 and shifted > 1.0
     assert scrape(monitor.exposition(), "fashion_needs_review_share") == 1.0
+    # a reload to a model that no longer tags articleType: its window gauges leave /metrics, not frozen at their last
+    monitor.reference({"season": LabelVocabulary("season", ["Summer", "Winter"], counts=[5, 5])})
+    for metric in ("fashion_label_drift_psi", "fashion_needs_review_share"):
+        with pytest.raises(AssertionError, match="not in /metrics"):
+            scrape(monitor.exposition(), metric)
 
 
 def test_drift_on_the_api_moves_when_traffic_shifts_to_one_kind_of_photo(trained):
