@@ -53,17 +53,18 @@ class Monitor:
                                   ["reason"], registry=registry)
         self.window_size = Gauge("fashion_drift_window", "Predictions in the drift window", registry=registry)
         self.lock, self.window = threading.Lock(), window
+        self.recent: dict[str, deque[tuple[str, bool]]] = {}
         self.reference(vocabularies)
 
     def reference(self, vocabularies: dict[str, LabelVocabulary]) -> None:
         """The training distribution to compare against (set again when a reload swaps the model). An attribute the
         new model does not tag leaves the window gauges: they showed its last values for good, as if still served."""
         with self.lock:
-            for attribute in set(getattr(self, "recent", {})) - set(vocabularies):
+            for attribute in set(self.recent) - set(vocabularies):
                 self.review_share.remove(attribute)   # a label set never set is no error
                 self.drift.remove(attribute)
             self.expected = {a: normalised(dict(zip(v.classes, v.counts))) for a, v in vocabularies.items() if v.counts}
-            self.recent: dict[str, deque[tuple[str, bool]]] = {a: deque(maxlen=self.window) for a in vocabularies}
+            self.recent = {a: deque(maxlen=self.window) for a in vocabularies}
 
     def observe(self, predictions: dict[str, dict[str, Any]]) -> None:
         """One image's served predictions ({attribute: Prediction.to_dict()})."""

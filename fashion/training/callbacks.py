@@ -47,8 +47,8 @@ class EMAWeights(EMAWeightAveraging):
                  update_starting_at_step: AtLeastZero | None = None,
                  update_starting_at_epoch: AtLeastZero | None = None,
                  device: torch.device | str | int | None = None, use_buffers: bool = True) -> None:
-        # Named, not the stock **kwargs (handed on to torch's AveragedModel): the config check then refuses a
-        # misspelt key before the run opens, instead of a TypeError once it has.
+        # Named and typed: the config check refuses `decay: 1.5` (Lightning's is any float) and, as for any class whose
+        # **kwargs reach no base __init__, a misspelt key, before the run opens.
         super().__init__(device=device, use_buffers=use_buffers, decay=decay, update_every_n_steps=update_every_n_steps,
                          update_starting_at_step=update_starting_at_step,
                          update_starting_at_epoch=update_starting_at_epoch)
